@@ -1,0 +1,71 @@
+"""What every attack shares: the call signature, mode handling, the 4-D view."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from attacks.domain import Domain
+
+
+class Attack:
+    """``attack(model, x, y, eps=..., domain=..., seed=..., index=...) -> x_adv``.
+
+    ``index`` holds each row's global sample index; every random draw for a row
+    comes from a stream keyed by it, so the result does not depend on batching.
+    The model is put in eval mode for the attack and left in the mode it was
+    found in, also when the attack raises.
+    """
+
+    name: ClassVar[str]
+    norm: ClassVar[str] = "linf"
+    reference: ClassVar[str] = ""
+
+    def params(self) -> dict:
+        return {}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain: Domain,
+                 seed: int, index: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                x_adv = self.perturb(model, x.detach(), y, eps=eps, domain=domain, seed=seed, index=index)
+            return domain.project(x_adv, x, eps=eps, norm=self.norm)
+        finally:
+            model.train(was_training)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain: Domain,
+                seed: int, index: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ImageView(nn.Module):
+    """Presents any input as the 4-D image batch torchattacks assumes.
+
+    torchattacks' APGD (and so AutoAttack) unsqueezes anything that is not 4-D;
+    inputs of another rank travel as (N, 1, 1, numel) and are reshaped back
+    here, inside the wrapped model. Positions the Domain freezes are taken from
+    the clean input, so the attack's gradient on them is zero.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], domain: Domain, clean: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        self.mutable = domain.mutable.to(clean.device)
+        self.clean = clean
+
+    @staticmethod
+    def to_4d(x: torch.Tensor) -> torch.Tensor:
+        return x if x.ndim == 4 else x.reshape(x.shape[0], 1, 1, -1)
+
+    def from_4d(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.from_4d(x)
+        x = torch.where(self.mutable, x, self.clean)
+        return self.model(x)

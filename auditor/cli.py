@@ -1,0 +1,184 @@
+"""The ``audit`` command line.
+
+Exit codes, decided here and nowhere else: 0 every gate passed, 1 a gate
+failed, 2 bad usage or bad input (one line, no traceback), 3 an internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from detectors.errors import BadInputError
+
+EXIT_INTERNAL = 3
+
+
+class InputProblem(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class InternalProblem(click.ClickException):
+    exit_code = EXIT_INTERNAL
+
+    def show(self, file=None) -> None:
+        click.echo(f"internal error: {self.format_message()} (set AUDIT_DEBUG=1 for a traceback; please report it)",
+                   err=True)
+
+
+class AuditGroup(click.Group):
+    """Turns the library's exceptions into exit codes, once, for every command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BadInputError as error:
+            raise InputProblem(str(error)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as error:  # the one place an unexpected failure becomes exit code 3
+            if os.environ.get("AUDIT_DEBUG"):
+                traceback.print_exc()
+            raise InternalProblem(f"{type(error).__name__}: {error}") from None
+
+
+def _eps_list(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, e.g. 0.01,0.03,0.1; got {value!r}") from None
+    if not values or any(not (0 < v <= 1) for v in values):
+        raise click.BadParameter(f"each eps must lie in (0, 1] (a fraction of each feature's range); got {value!r}")
+    return tuple(sorted(set(values)))
+
+
+def _name_list(ctx, param, value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="attention-audit", prog_name="audit")
+def cli() -> None:
+    """Audit attention-based detectors: accuracy, adversarial robustness, attention faithfulness."""
+
+
+@cli.command()
+@click.option("--detector", type=click.Choice(["tabular"]), default="tabular", show_default=True)
+@click.option("--data", "data_spec", required=True, help="breast-cancer, flows, flows:N, or a CSV file")
+@click.option("--label-column", default="label", show_default=True, help="label column of a CSV file")
+@click.option("--positive-class", default=None, help="the class the detector exists to catch")
+@click.option("--defense", type=click.Choice(["none"]), default="none", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+              help="stop after this many epochs without a better validation loss")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train(detector, data_spec, label_column, positive_class, defense, epochs, batch_size, lr, patience, seed,
+          device, out_path, quiet) -> None:
+    """Train a detector and write a .safetensors checkpoint."""
+    from detectors.train import train_and_save
+
+    summary = train_and_save(
+        detector=detector, data_spec=data_spec, label_column=label_column, positive_class=positive_class,
+        defense=defense, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+        device=device, out_path=out_path, progress=not quiet,
+    )
+    click.echo(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} "
+               f"(validation {summary['val_accuracy']:.4f}, {summary['epochs_run']} epochs, {summary['seconds']:.1f} s)")
+
+
+def audit_options(function):
+    """Options shared by ``audit run`` and ``audit demo``."""
+    options = [
+        click.option("--eps", callback=_eps_list, default="0.01,0.03,0.1", show_default=True,
+                     help="attack budgets, fractions of each feature's range"),
+        click.option("--attacks", callback=_name_list, default="fgsm,pgd", show_default=True,
+                     help="attacks to run, by registered name"),
+        click.option("--max-samples", type=click.IntRange(min=0), default=1000, show_default=True,
+                     help="audit a seeded, stratified subset of this many rows (0 = all)"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N"),
+        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True),
+        click.option("--save-adversarial", is_flag=True, help="write adversarial.safetensors"),
+        click.option("--save-explanations", is_flag=True, help="write explanations.safetensors"),
+        click.option("--quiet", is_flag=True, help="print only the verdict line"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, help="a .safetensors checkpoint written by audit train")
+@click.option("--data", "data_spec", default=None, help="rows to audit (default: the checkpoint's test split)")
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML policy file with a [gates] table (default: the built-in policy)")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@audit_options
+def run(model_path, data_spec, label_column, policy_path, out_dir, **options) -> None:
+    """Audit a checkpoint; exit 0 when every gate passes, 1 when one fails."""
+    from auditor.runner import audit_to_folder
+
+    outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
+                              policy_path=policy_path, out_dir=out_dir, **options)
+    _print_outcome(outcome, quiet=options["quiet"])
+    sys.exit(outcome.exit_code)
+
+
+@cli.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@audit_options
+def demo(out_dir, epochs, **options) -> None:
+    """Train the tabular detector on breast-cancer, audit it, write the report (exit 0 once written)."""
+    from auditor.runner import audit_to_folder
+    from detectors.train import train_and_save
+
+    model_path = out_dir / "model.safetensors"
+    started = time.perf_counter()
+    summary = train_and_save(detector="tabular", data_spec="breast-cancer", label_column="label",
+                             positive_class=None, defense="none", epochs=epochs, batch_size=128, lr=3e-3,
+                             patience=10, seed=options["seed"], device=options["device"], out_path=model_path,
+                             progress=not options["quiet"])
+    if not options["quiet"]:
+        click.echo(f"trained {model_path} in {summary['seconds']:.1f} s: test accuracy {summary['test_accuracy']:.4f}")
+    outcome = audit_to_folder(model_path=str(model_path), data_spec=None, label_column="label", policy_path=None,
+                              out_dir=out_dir, **options)
+    _print_outcome(outcome, quiet=options["quiet"])
+    if not options["quiet"]:
+        click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
+
+
+def _print_outcome(outcome, *, quiet: bool) -> None:
+    verdict = "PASSED" if outcome.exit_code == 0 else "FAILED"
+    failed = [g for g in outcome.gates if not g.passed]
+    if not quiet:
+        width = max((len(g.name) for g in outcome.gates), default=10)
+        for gate in outcome.gates:
+            value = "—" if gate.value is None else f"{gate.value:.3g}"
+            click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}")
+        click.echo(f"report: {outcome.report_path}")
+    click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="audit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The metric catalogue and the numbers every stage writes into.
+
+Each metric family declares its facts here, next to nothing else: its name
+pattern, whether higher is better, its range and a one-line definition. Gates
+validate names against it, the report prints it, and a test checks the README
+lists every entry, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    pattern: str
+    higher_is_better: bool
+    value_range: str
+    definition: str
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+    def regex(self, attacks: list[str], explainers: list[str]) -> re.Pattern:
+        text = re.escape(self.pattern)
+        text = text.replace(re.escape("{attack}"), "(?P<attack>" + "|".join(map(re.escape, attacks)) + ")")
+        text = text.replace(re.escape("{explainer}"), "(?P<explainer>" + "|".join(map(re.escape, explainers)) + ")")
+        text = text.replace(re.escape("{eps}"), r"(?P<eps>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)")
+        return re.compile(text + r"\Z")
+
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    MetricSpec("clean.accuracy", True, "[0, 1]", "share of samples whose predicted class is the true class"),
+    MetricSpec("clean.precision", True, "[0, 1]",
+               "of the samples flagged as the positive class, the share that are (macro average over classes "
+               "when there are more than two)"),
+    MetricSpec("clean.recall", True, "[0, 1]",
+               "of the positive-class samples, the share flagged (macro average when more than two classes)"),
+    MetricSpec("clean.f1", True, "[0, 1]", "harmonic mean of precision and recall"),
+    MetricSpec("clean.roc_auc", True, "[0, 1]",
+               "area under the ROC curve of the positive class's probability (one-vs-rest macro average "
+               "when more than two classes)"),
+    MetricSpec("robust.accuracy.{attack}@{eps}", True, "[0, 1]",
+               "accuracy on the attack's adversarial examples at budget eps (all audited samples)"),
+    MetricSpec("robust.attack_success_rate.{attack}@{eps}", False, "[0, 1]",
+               "among samples classified correctly when clean, the share the attack makes misclassified"),
+    MetricSpec("faithfulness.deletion_auc.{explainer}", False, "[0, 1]",
+               "area under the predicted-class probability as the top-attributed features are replaced by "
+               "the baseline, one by one (x-axis: fraction of features removed)"),
+    MetricSpec("faithfulness.insertion_auc.{explainer}", True, "[0, 1]",
+               "area under the predicted-class probability as the top-attributed features are restored into "
+               "the baseline, one by one"),
+)
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    value: float
+    ci95: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "ci95": list(self.ci95) if self.ci95 is not None else None}
+
+
+def format_eps(eps: float) -> str:
+    return f"{eps:g}"
+
+
+def spec_for(name: str, attacks: list[str], explainers: list[str]) -> MetricSpec | None:
+    for spec in CATALOGUE:
+        if spec.regex(attacks, explainers).match(name):
+            return spec
+    return None
+
+
+class Bootstrap:
+    """Percentile bootstrap over one fixed set of resampled rows.
+
+    All metrics of a run resample the same rows (a paired bootstrap), drawn
+    from the run's seed, so two metrics' intervals are comparable.
+    """
+
+    def __init__(self, n_samples: int, *, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> None:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(b"bootstrap")]))
+        self.rows = rng.integers(0, n_samples, size=(resamples, n_samples)) if n_samples else None
+
+    def interval(self, statistic, *arrays: np.ndarray) -> tuple[float, float] | None:
+        """``statistic(*resampled)`` takes arrays of shape (resamples, n) and returns (resamples,)."""
+        if self.rows is None:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.asarray(statistic(*(a[self.rows] for a in arrays)), dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(values) < 0.5 * len(self.rows):
+            return None
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        return (float(lo), float(hi))
+
+    def mean(self, per_sample: np.ndarray, *, mask: np.ndarray | None = None) -> MetricValue | None:
+        """The mean of ``per_sample`` (over rows where ``mask`` holds) with its interval."""
+        per_sample = np.asarray(per_sample, dtype=np.float64)
+        if mask is None:
+            mask = np.ones(len(per_sample), dtype=bool)
+        if not mask.any():
+            return None
+        value = float(per_sample[mask].mean())
+        weights = mask.astype(np.float64)
+        ci = self.interval(lambda v, w: (v * w).sum(1) / w.sum(1), per_sample, weights)
+        return MetricValue(value, ci)
+
+
+def finite(value: float) -> bool:
+    return value is not None and math.isfinite(value)

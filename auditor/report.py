@@ -1,0 +1,227 @@
+"""Turning an audit into files: results.json, report.html, junit.xml, summary.md.
+
+Data and presentation apart: results become plain dicts and dataclasses here;
+the jinja2 template only renders them and never touches a tensor.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from importlib import resources
+
+import jinja2
+import matplotlib
+import numpy as np
+from markupsafe import Markup
+from matplotlib.figure import Figure
+
+from auditor.gates import GateResult, Policy
+from auditor.metrics import CATALOGUE, MetricValue, spec_for
+
+SCHEMA_VERSION = 1
+TOOL_NAME = "attention-audit"
+GROUP_TITLES = {"clean": "Detection (clean data)", "robust": "Robustness", "faithfulness": "Faithfulness"}
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(TOOL_NAME)
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def results_document(*, model: dict, data: dict, config: dict, metrics: dict[str, MetricValue],
+                     skipped: dict[str, str], gates: list[GateResult], policy: Policy, timing: dict) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": TOOL_NAME, "version": tool_version()},
+        "model": model,
+        "data": data,
+        "config": config,
+        "metrics": {name: metrics[name].to_dict() for name in sorted(metrics)},
+        "skipped": dict(sorted(skipped.items())),
+        "policy": {"source": policy.source},
+        "gates": [g.to_dict() for g in gates],
+        "passed": all(g.passed for g in gates),
+        "timing": timing,
+    }
+
+
+def render_json(document: dict) -> bytes:
+    return (json.dumps(document, indent=2, allow_nan=False, ensure_ascii=False) + "\n").encode()
+
+
+def render_junit(gates: list[GateResult]) -> bytes:
+    suites = ET.Element("testsuites", name=TOOL_NAME, tests=str(len(gates)),
+                        failures=str(sum(not g.passed for g in gates)))
+    suite = ET.SubElement(suites, "testsuite", name="gates", tests=str(len(gates)),
+                          failures=str(sum(not g.passed for g in gates)), errors="0", skipped="0")
+    for gate in gates:
+        case = ET.SubElement(suite, "testcase", classname=f"gates.{gate.kind}", name=gate.name, time="0")
+        if not gate.passed:
+            failure = ET.SubElement(case, "failure", message=gate.message, type="GateFailed")
+            failure.text = f"{gate.metric}: {gate.message}"
+    ET.indent(suites)
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="utf-8") + b"\n"
+
+
+def _md(text: str) -> str:
+    return re.sub(r"([|\\`*_<>\[\]])", r"\\\1", text)
+
+
+def render_summary(document: dict) -> bytes:
+    verdict = "PASSED" if document["passed"] else "FAILED"
+    model = document["model"]
+    lines = [
+        f"## attention-audit: {verdict}",
+        "",
+        f"Model `{_md(model['path'])}` ({_md(model['detector'])}, defense {_md(model['defense'])}), "
+        f"{document['data']['n_samples']} samples of {_md(document['data']['name'])}; "
+        f"policy: {_md(document['policy']['source'])}.",
+        "",
+        "| Gate | Value | 95% interval | Result |",
+        "| --- | --- | --- | --- |",
+    ]
+    for gate in document["gates"]:
+        value = "—" if gate["value"] is None else f"{gate['value']:.3g}"
+        ci = "—" if not gate["ci95"] else f"[{gate['ci95'][0]:.3g}, {gate['ci95'][1]:.3g}]"
+        lines.append(f"| `{gate['name']}` | {value} | {ci} | {'pass' if gate['passed'] else '**FAIL**'} |")
+    return ("\n".join(lines) + "\n").encode()
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _svg(figure: Figure) -> Markup:
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": TOOL_NAME, "font.size": 9}):
+        figure.savefig(buffer, format="svg", bbox_inches="tight",
+                       metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]
+    return Markup(text)
+
+
+def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy: float) -> Markup:
+    figure = Figure(figsize=(5.2, 3.0))
+    axes = figure.subplots()
+    for attack, points in curves.items():
+        eps = [0.0] + [p[0] for p in points]
+        acc = [clean_accuracy] + [p[1] for p in points]
+        axes.plot(eps, acc, marker="o", label=attack)
+    axes.set_xlabel("eps (fraction of each feature's range, L-inf)")
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(frameon=False)
+    return _svg(figure)
+
+
+def removal_plot(curves: dict[str, dict[str, list[float]]]) -> Markup:
+    figure = Figure(figsize=(8.0, 3.0))
+    left, right = figure.subplots(1, 2, sharey=True)
+    for name, curve in curves.items():
+        style = dict(color="0.5", linestyle="--") if name == "random" else {}
+        left.plot(curve["fractions"], curve["deletion"], label=name, **style)
+        right.plot(curve["fractions"], curve["insertion"], label=name, **style)
+    left.set_title("deletion (lower is more faithful)")
+    right.set_title("insertion (higher is more faithful)")
+    for axes in (left, right):
+        axes.set_xlabel("fraction of features changed")
+        axes.grid(alpha=0.3)
+    left.set_ylabel("predicted-class probability")
+    right.legend(frameon=False, fontsize=8)
+    return _svg(figure)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+@dataclass
+class MetricRow:
+    name: str
+    value: str
+    interval: str
+    arrow: str
+    definition: str
+
+
+@dataclass
+class MetricGroup:
+    title: str
+    rows: list[MetricRow] = field(default_factory=list)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def metric_groups(metrics: dict[str, MetricValue], attacks: list[str], explainers: list[str]) -> list[MetricGroup]:
+    groups: dict[str, MetricGroup] = {}
+    for name in metrics:
+        spec = spec_for(name, attacks, explainers)
+        group = name.split(".", 1)[0]
+        value = metrics[name]
+        interval = ""
+        if value.ci95 is not None:
+            interval = f"± {_fmt((value.ci95[1] - value.ci95[0]) / 2)}  [{_fmt(value.ci95[0])}, {_fmt(value.ci95[1])}]"
+        groups.setdefault(group, MetricGroup(GROUP_TITLES.get(group, group))).rows.append(MetricRow(
+            name=name, value=_fmt(value.value), interval=interval, arrow=spec.arrow if spec else "",
+            definition=spec.definition if spec else "",
+        ))
+    return list(groups.values())
+
+
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_template_source), autoescape=True,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    environment.filters["fmt"] = _fmt
+    return environment
+
+
+def _template_source(name: str) -> str:
+    return resources.files("reports").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricValue], attacks: list[str],
+                  explainers: list[str], robustness_curves: dict, removal_curves: dict, confusion: list[list[int]],
+                  class_names: list[str], gallery: list, skipped: dict[str, str]) -> bytes:
+    clean_accuracy = metrics["clean.accuracy"].value if "clean.accuracy" in metrics else float("nan")
+    failed_first = sorted(document["gates"], key=lambda g: g["passed"])
+    context = dict(
+        doc=document,
+        gates=failed_first,
+        policy=policy,
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        groups=metric_groups(metrics, attacks, explainers),
+        catalogue=CATALOGUE,
+        robustness_svg=robustness_plot(robustness_curves, clean_accuracy) if robustness_curves else None,
+        removal_svg=removal_plot(removal_curves) if removal_curves else None,
+        confusion=confusion,
+        class_names=class_names,
+        gallery=gallery,
+        explainers=explainers,
+        skipped=skipped,
+        bar=lambda v: f"{min(abs(float(v)), 1.0) * 100:.1f}",
+    )
+    html = _environment().get_template("report.html.j2").render(**context)
+    return html.encode("utf-8")
+
+
+def finite_metrics(metrics: dict[str, MetricValue], skipped: dict[str, str]) -> dict[str, MetricValue]:
+    """Drop any metric that came out NaN or infinite into ``skipped`` (results.json never holds NaN)."""
+    kept = {}
+    for name, value in metrics.items():
+        if value is None or not np.isfinite(value.value):
+            skipped.setdefault(name, "the value is undefined on these samples")
+            continue
+        if value.ci95 is not None and not all(np.isfinite(value.ci95)):
+            value = MetricValue(value.value, None)
+        kept[name] = value
+    return kept

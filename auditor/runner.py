@@ -1,0 +1,72 @@
+"""``audit run`` from options to files: validate everything first, audit, then write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+
+from auditor.gates import GateResult, default_policy, evaluate, exit_code, load_policy, validate_policy
+from auditor.outputs import write_atomically
+from auditor.report import finite_metrics, render_json, render_junit, render_report, render_summary, results_document
+from auditor.session import AuditConfig, load_subject, planned_metrics, run_audit
+from detectors.errors import BadInputError
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    gates: list[GateResult]
+    report_path: Path
+    document: dict
+
+
+def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str, policy_path: Path | None,
+                    out_dir: Path, eps: tuple[float, ...], attacks: tuple[str, ...], max_samples: int, seed: int,
+                    device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
+                    quiet: bool) -> Outcome:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
+    config = AuditConfig(eps=eps, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
+                         batch_size=batch_size, save_adversarial=save_adversarial,
+                         save_explanations=save_explanations)
+    planned = planned_metrics(config)
+    if policy_path is not None:
+        policy = load_policy(policy_path)
+    else:
+        policy = default_policy(planned, eps_grid=config.eps, attacks=config.attacks)
+    validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks)
+    subject = load_subject(model_path, data_spec=data_spec, label_column=label_column, max_samples=max_samples,
+                           seed=seed, device_name=device)
+    result = run_audit(subject, config, progress=not quiet)
+    skipped = dict(result.skipped)
+    metrics = finite_metrics(result.metrics, skipped)
+    gates = evaluate(policy, metrics, skipped)
+    config_doc = config.to_dict()
+    config_doc["device"] = str(subject.device)
+    model_doc = {k: subject.model_info[k] for k in ("path", "sha256", "detector", "defense", "data set")}
+    document = results_document(
+        model=model_doc,
+        data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples)},
+        config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
+    )
+    files = {
+        "results.json": render_json(document),
+        "report.html": render_report(
+            document, policy=policy, metrics=metrics, attacks=list(config.attacks),
+            explainers=list(config.explainers), robustness_curves=result.robustness_curves,
+            removal_curves=result.removal_curves, confusion=result.confusion,
+            class_names=subject.data.class_names, gallery=result.gallery, skipped=skipped,
+        ),
+        "junit.xml": render_junit(gates),
+        "summary.md": render_summary(document),
+    }
+    if save_adversarial:
+        files["adversarial.safetensors"] = safetensors.torch.save(
+            {k: v.contiguous() for k, v in result.adversarial.items()})
+    if save_explanations:
+        files["explanations.safetensors"] = safetensors.torch.save(
+            {k: v.contiguous() for k, v in result.explanations.items()})
+    write_atomically(out_dir, files)
+    return Outcome(exit_code=exit_code(gates), gates=gates, report_path=out_dir / "report.html", document=document)

@@ -1,0 +1,160 @@
+"""Checkpoints: one ``.safetensors`` file, weights plus JSON metadata in its header.
+
+Tensors: the detector's state dict under ``model.<name>`` and the training
+split's per-feature mean under ``audit.train_mean`` (the removal baseline of
+the faithfulness metrics). Metadata: one header entry, ``attention_audit``,
+holding a JSON object (see :func:`save_checkpoint` and the README). Loading
+validates the metadata and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from detectors.base import Detector
+from detectors.data import Scaler
+from detectors.errors import BadInputError
+from detectors.registry import DETECTORS, build_detector
+
+FORMAT_NAME = "attention-audit"
+FORMAT_VERSION = 1
+METADATA_KEY = "attention_audit"
+MODEL_PREFIX = "model."
+TRAIN_MEAN_KEY = "audit.train_mean"
+REQUIRED = ("format", "format_version", "detector", "features", "classes", "scaler", "data", "defense")
+
+
+@dataclass
+class Checkpoint:
+    detector: Detector
+    metadata: dict
+    train_mean: torch.Tensor | None
+
+    @property
+    def scaler(self) -> Scaler:
+        return Scaler.from_dict(self.metadata["scaler"])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.metadata["features"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+
+def save_checkpoint(path: str | os.PathLike, detector: Detector, *, metadata: dict,
+                    train_mean: np.ndarray | None = None) -> None:
+    """Write weights and metadata atomically (temporary file, then rename)."""
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+              "detector": {"kind": detector.kind, "hparams": detector.hparams()}, **metadata}
+    missing = [key for key in REQUIRED if key not in header]
+    if missing:
+        raise ValueError(f"checkpoint metadata lacks {missing}")
+    tensors = {MODEL_PREFIX + name: value.detach().cpu().contiguous() for name, value in detector.state_dict().items()}
+    if train_mean is not None:
+        tensors[TRAIN_MEAN_KEY] = torch.as_tensor(np.asarray(train_mean, dtype=np.float32))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(header)})
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The validated metadata of a checkpoint, without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata()
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BadInputError(f"{path}: not a safetensors checkpoint ({_first_line(error)})") from None
+    return _validate(path, header)
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild the detector from a checkpoint; weights must match its architecture exactly."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        detector = build_detector(metadata["detector"]["kind"], metadata["detector"]["hparams"])
+    except (TypeError, ValueError) as error:
+        raise BadInputError(f"{path}: metadata describes a detector that cannot be built ({error})") from None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            state = {key[len(MODEL_PREFIX):]: handle.get_tensor(key) for key in keys if key.startswith(MODEL_PREFIX)}
+            train_mean = handle.get_tensor(TRAIN_MEAN_KEY) if TRAIN_MEAN_KEY in keys else None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BadInputError(f"{path}: weights cannot be read ({_first_line(error)})") from None
+    expected = detector.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise BadInputError(
+            f"{path}: weights do not match a {metadata['detector']['kind']} detector "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    wrong = [k for k in expected if expected[k].shape != state[k].shape]
+    if wrong:
+        raise BadInputError(
+            f"{path}: weight {wrong[0]!r} has shape {tuple(state[wrong[0]].shape)}, "
+            f"the metadata's detector expects {tuple(expected[wrong[0]].shape)}"
+        )
+    detector.load_state_dict(state)
+    detector.to(device).eval()
+    n_features = len(metadata["features"])
+    if train_mean is not None and train_mean.numel() != n_features:
+        raise BadInputError(f"{path}: stored training mean has {train_mean.numel()} values for {n_features} features")
+    return Checkpoint(detector=detector, metadata=metadata, train_mean=train_mean)
+
+
+def _validate(path: Path, header: dict | None) -> dict:
+    if not header or METADATA_KEY not in header:
+        raise BadInputError(f"{path}: a safetensors file but not an attention-audit checkpoint (no metadata)")
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError:
+        raise BadInputError(f"{path}: checkpoint metadata is not valid JSON (the file is corrupted)") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise BadInputError(f"{path}: metadata is not of the {FORMAT_NAME} format")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise BadInputError(f"{path}: checkpoint has no valid format_version")
+    if version > FORMAT_VERSION:
+        raise BadInputError(
+            f"{path}: checkpoint format {version} is newer than this tool reads ({FORMAT_VERSION}); "
+            "upgrade attention-audit"
+        )
+    missing = [key for key in REQUIRED if key not in metadata]
+    if missing:
+        raise BadInputError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
+    kind = metadata["detector"].get("kind") if isinstance(metadata["detector"], dict) else None
+    if kind not in DETECTORS:
+        raise BadInputError(f"{path}: unknown detector kind {kind!r}; known: {', '.join(sorted(DETECTORS))}")
+    n_features = len(metadata["features"])
+    scaler = metadata["scaler"]
+    if not (isinstance(scaler, dict) and len(scaler.get("lo", ())) == n_features == len(scaler.get("hi", ()))):
+        raise BadInputError(f"{path}: scaler does not cover the checkpoint's {n_features} features")
+    return metadata
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
