@@ -47,16 +47,16 @@ class ImageView(nn.Module):
 
     torchattacks' APGD (and so AutoAttack) unsqueezes anything that is not 4-D;
     inputs of another rank travel as (N, 1, 1, numel) and are reshaped back
-    here, inside the wrapped model. Positions the Domain freezes are taken from
-    the clean input, so the attack's gradient on them is zero.
+    here, inside the wrapped model. Positions the Domain freezes are detached,
+    so the attack's gradient on them is zero (torchattacks evaluates sub-batches,
+    so no per-row state may live here); the Domain's final projection resets them.
     """
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], domain: Domain, clean: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], domain: Domain) -> None:
         super().__init__()
         self.model = model
         self.input_shape = tuple(input_shape)
-        self.mutable = domain.mutable.to(clean.device)
-        self.clean = clean
+        self.register_buffer("mutable", domain.mutable.clone(), persistent=False)
 
     @staticmethod
     def to_4d(x: torch.Tensor) -> torch.Tensor:
@@ -67,5 +67,5 @@ class ImageView(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.from_4d(x)
-        x = torch.where(self.mutable, x, self.clean)
+        x = torch.where(self.mutable.to(x.device), x, x.detach())
         return self.model(x)

@@ -33,7 +33,7 @@ class FGSM(Attack):
     reference = "Goodfellow et al. 2015"
 
     def perturb(self, model, x, y, *, eps, domain, seed, index):
-        view = ImageView(model, tuple(x.shape[1:]), domain, x)
+        view = ImageView(model, tuple(x.shape[1:]), domain)
         attack = torchattacks.FGSM(view, eps=eps)
         return view.from_4d(attack(view.to_4d(x), y))
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import click
 
 from detectors.errors import BadInputError
+from detectors.train import TrainConfig
+
+TRAIN_DEFAULTS = TrainConfig()
 
 EXIT_INTERNAL = 3
 
@@ -78,10 +81,10 @@ def cli() -> None:
 @click.option("--label-column", default="label", show_default=True, help="label column of a CSV file")
 @click.option("--positive-class", default=None, help="the class the detector exists to catch")
 @click.option("--defense", type=click.Choice(["none"]), default="none", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
-@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.patience, show_default=True,
               help="stop after this many epochs without a better validation loss")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
@@ -142,7 +145,7 @@ def run(model_path, data_spec, label_column, policy_path, out_dir, **options) ->
 
 @cli.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.epochs, show_default=True)
 @audit_options
 def demo(out_dir, epochs, **options) -> None:
     """Train the tabular detector on breast-cancer, audit it, write the report (exit 0 once written)."""
@@ -152,8 +155,9 @@ def demo(out_dir, epochs, **options) -> None:
     model_path = out_dir / "model.safetensors"
     started = time.perf_counter()
     summary = train_and_save(detector="tabular", data_spec="breast-cancer", label_column="label",
-                             positive_class=None, defense="none", epochs=epochs, batch_size=128, lr=3e-3,
-                             patience=10, seed=options["seed"], device=options["device"], out_path=model_path,
+                             positive_class=None, defense="none", epochs=epochs,
+                             batch_size=TRAIN_DEFAULTS.batch_size, lr=TRAIN_DEFAULTS.lr,
+                             patience=TRAIN_DEFAULTS.patience, seed=options["seed"], device=options["device"], out_path=model_path,
                              progress=not options["quiet"])
     if not options["quiet"]:
         click.echo(f"trained {model_path} in {summary['seconds']:.1f} s: test accuracy {summary['test_accuracy']:.4f}")

@@ -133,7 +133,7 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
     checkpoint = load_checkpoint(model_path, device=device)
     meta = checkpoint.metadata
     trained_on = meta["data"]
-    if data_spec is None or data_spec == trained_on["name"]:
+    if data_spec is None or _same_data(data_spec, trained_on["name"]):
         spec = trained_on["name"]
         if not is_builtin(spec) and not Path(spec).is_file():
             raise BadInputError(
@@ -168,6 +168,15 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
     }
     return Subject(detector=checkpoint.detector, data=data, baseline=baseline.to(device), model_info=model_info,
                    device=device)
+
+
+def _same_data(spec: str, trained_on: str) -> bool:
+    """Whether ``spec`` names the data the checkpoint was trained on (then its test split is audited)."""
+    if spec == trained_on:
+        return True
+    if is_builtin(spec) or is_builtin(trained_on):
+        return False
+    return Path(spec).resolve() == Path(trained_on).resolve()
 
 
 def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -> AuditResult:
@@ -271,7 +280,7 @@ def _gallery(data: Dataset, proba: np.ndarray, attributions: dict[str, torch.Ten
         scaled = {}
         for name, attribution in attributions.items():
             values = attribution[row].flatten().cpu().numpy()[top].astype(np.float64)
-            peak = np.abs(attribution[row]).max().item() or 1.0
+            peak = attribution[row].abs().max().item() or 1.0
             scaled[name] = (values / peak).tolist()
         views.append(SampleView(
             row=int(data.row_index[row]), label=data.class_names[int(data.y[row])],

@@ -22,10 +22,10 @@ from detectors.data import Splits
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 60
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    patience: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    patience: int = 15
     seed: int = 0
 
 

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny detectors trained in seconds, fixed seeds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A small tabular detector trained on breast-cancer (a few seconds), written as a checkpoint."""
+    from detectors.train import train_and_save
+
+    path = tmp_path_factory.mktemp("model") / "bc.safetensors"
+    summary = train_and_save(detector="tabular", data_spec="breast-cancer", label_column="label",
+                             positive_class=None, defense="none", epochs=60, batch_size=64, lr=2e-3, patience=15,
+                             seed=0, device="cpu", out_path=path, progress=False)
+    return path, summary
+
+
+@pytest.fixture()
+def tiny_detector():
+    from detectors.tabular import FeatureTokenTransformer
+
+    torch.manual_seed(0)
+    return FeatureTokenTransformer(6, 2, dim=8, depth=2, heads=2, mlp_dim=16, dropout=0.0).eval()

@@ -1,0 +1,102 @@
+import pytest
+import torch
+import torchattacks
+
+from attacks import ATTACKS, Domain, ImageView, make_attack
+
+
+def _inputs(n=32, f=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, f, generator=g), torch.randint(0, 2, (n,), generator=g)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_budget_bounds_and_frozen_features_hold(name, eps, tiny_detector):
+    x, y = _inputs()
+    frozen = torch.tensor([True, False, False, True, False, False])
+    domain = Domain.unit((6,), frozen=frozen)
+    x_adv = make_attack(name)(tiny_detector, x, y, eps=eps, domain=domain, seed=0, index=torch.arange(len(x)))
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert torch.equal(x_adv[:, frozen], x[:, frozen])
+    assert domain.contains(x_adv, x, eps=eps)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_same_seed_same_result_and_batch_size_does_not_matter(name, tiny_detector):
+    x, y = _inputs(n=64)
+    domain = Domain.unit((6,))
+    attack = make_attack(name)
+    index = torch.arange(64)
+    whole = attack(tiny_detector, x, y, eps=0.1, domain=domain, seed=3, index=index)
+    again = attack(tiny_detector, x, y, eps=0.1, domain=domain, seed=3, index=index)
+    assert torch.equal(whole, again)
+    pieces = torch.cat([attack(tiny_detector, x[i:i + 7], y[i:i + 7], eps=0.1, domain=domain, seed=3,
+                               index=index[i:i + 7]) for i in range(0, 64, 7)])
+    assert torch.allclose(whole, pieces, atol=1e-6)
+
+
+def test_pgd_random_start_depends_on_seed(tiny_detector):
+    x, y = _inputs()
+    domain = Domain.unit((6,))
+    pgd = make_attack("pgd", steps=1)
+    a = pgd(tiny_detector, x, y, eps=0.1, domain=domain, seed=0, index=torch.arange(len(x)))
+    b = pgd(tiny_detector, x, y, eps=0.1, domain=domain, seed=1, index=torch.arange(len(x)))
+    assert not torch.equal(a, b)
+
+
+def test_pgd_without_random_start_matches_torchattacks(tiny_detector):
+    x, y = _inputs()
+    ours = make_attack("pgd", steps=10, random_start=False)(
+        tiny_detector, x, y, eps=0.1, domain=Domain.unit((6,)), seed=0, index=torch.arange(len(x)))
+    reference = torchattacks.PGD(tiny_detector, eps=0.1, alpha=0.025, steps=10, random_start=False)(x, y)
+    assert torch.allclose(ours, reference, atol=1e-6)
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(tiny_detector):
+    x, y = _inputs(n=128)
+    y = tiny_detector(x).argmax(1)  # start from correct predictions
+    domain, index = Domain.unit((6,)), torch.arange(128)
+    acc = {}
+    for name in ("fgsm", "pgd"):
+        x_adv = make_attack(name)(tiny_detector, x, y, eps=0.3, domain=domain, seed=0, index=index)
+        acc[name] = (tiny_detector(x_adv).argmax(1) == y).float().mean().item()
+    assert acc["pgd"] <= acc["fgsm"]
+    assert acc["pgd"] < 0.5
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_model_mode_is_restored_even_when_the_model_raises(name, tiny_detector):
+    x, y = _inputs()
+    tiny_detector.train()
+    calls = {"n": 0}
+
+    def boom(module, args):
+        calls["n"] += 1
+        raise RuntimeError("mid-forward failure")
+
+    handle = tiny_detector.head.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="mid-forward"):
+            make_attack(name)(tiny_detector, x, y, eps=0.1, domain=Domain.unit((6,)), seed=0,
+                              index=torch.arange(len(x)))
+    finally:
+        handle.remove()
+    assert tiny_detector.training and calls["n"] >= 1
+
+
+def test_image_view_lets_torchattacks_apgd_run_on_flat_inputs(tiny_detector):
+    """torchattacks' APGD unsqueezes non-4-D input; through the view it runs on (N, F) data."""
+    x, y = _inputs(n=16)
+    view = ImageView(tiny_detector, (6,), Domain.unit((6,)))
+    attack = torchattacks.APGD(view, eps=0.1, steps=5, n_restarts=1, seed=0)
+    x_adv = view.from_4d(attack(view.to_4d(x), y))
+    assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_domain_l2_projection():
+    domain = Domain.unit((4,))
+    x = torch.full((2, 4), 0.5)
+    projected = domain.project(x + torch.tensor([[0.3, 0.4, 0.0, 0.0], [0.01, 0.0, 0.0, 0.0]]), x, eps=0.25, norm="l2")
+    assert torch.allclose((projected - x).norm(dim=1), torch.tensor([0.25, 0.01]), atol=1e-6)

@@ -1,0 +1,213 @@
+"""The command line, driven through click's CliRunner: exact exit codes and one-line errors."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from auditor.cli import cli
+
+FAST = ["--eps", "0.03,0.1", "--max-samples", "60", "--quiet"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def model(trained_checkpoint):
+    return trained_checkpoint[0]
+
+
+def test_passing_policy_exits_0_and_writes_every_output(model, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[gates]\n"clean.accuracy" = ">= 0.5"\n"faithfulness.insertion_auc.attention" = "> 0"\n')
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--policy", policy, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "audit PASSED: 2/2 gates passed"
+    document = json.loads((out / "results.json").read_text())
+    assert document["passed"] is True and document["schema_version"] == 1
+    assert isinstance(document["data"]["n_samples"], int) and document["data"]["n_samples"] == 60
+    assert [g["kind"] for g in document["gates"]] == ["threshold", "threshold"]
+    assert set(document["timing"]) == {"clean", "robustness", "explain", "faithfulness"}
+    for value in document["metrics"].values():
+        assert value["value"] == value["value"]  # never NaN
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert len(suite.findall(".//testcase")) == 2 and not suite.findall(".//failure")
+    assert "| `clean.accuracy >= 0.5` |" in (out / "summary.md").read_text()
+    assert (out / "report.html").stat().st_size > 10_000
+    assert not list(out.glob(".*"))
+
+
+def test_failing_gate_exits_1_with_the_failure_in_junit(model, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[gates]\n"robust.accuracy.pgd@0.1" = ">= 0.999"\n')
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--policy", policy, "--out", out, *FAST)
+    assert result.exit_code == 1, result.output
+    failure = ET.parse(out / "junit.xml").getroot().find(".//failure")
+    assert failure is not None and "< threshold 0.999" in failure.get("message")
+    assert json.loads((out / "results.json").read_text())["passed"] is False
+
+
+def test_saved_adversarial_examples_respect_bounds_and_budget(model, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--out", out, "--save-adversarial", "--save-explanations", *FAST)
+    assert result.exit_code in (0, 1), result.output
+    saved = load_file(out / "adversarial.safetensors")
+    x = saved["x"]
+    assert saved["y"].shape == (len(x),)
+    keys = sorted(k for k in saved if k.startswith("adv/"))
+    assert keys == ["adv/fgsm@0.03", "adv/fgsm@0.1", "adv/pgd@0.03", "adv/pgd@0.1"]
+    for key in keys:
+        eps = float(key.split("@")[1])
+        adv = saved[key]
+        assert adv.shape == x.shape
+        assert adv.min() >= 0 and adv.max() <= 1
+        assert (adv - x).abs().max() <= eps + 1e-6
+    explained = load_file(out / "explanations.safetensors")
+    assert explained["pred"].dtype == torch.int64
+    assert {k for k in explained if k.startswith("attr/")} == {
+        "attr/attention", "attr/rollout", "attr/integrated-gradients", "attr/random"}
+
+
+def test_missing_model_is_exit_2(tmp_path):
+    out = tmp_path / "out"
+    result = invoke("run", "--model", tmp_path / "nope.safetensors", "--out", out, *FAST)
+    assert_one_line_error(result, "does not exist")
+    assert not out.exists()
+
+
+def test_corrupted_checkpoint_is_exit_2(model, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(model.read_bytes()[:200])
+    result = invoke("run", "--model", broken, "--out", tmp_path / "out", *FAST)
+    assert_one_line_error(result, "broken.safetensors")
+
+
+def test_text_file_as_model_is_exit_2(tmp_path):
+    bogus = tmp_path / "model.safetensors"
+    bogus.write_text("not a model")
+    result = invoke("run", "--model", bogus, "--out", tmp_path / "out", *FAST)
+    assert_one_line_error(result, "not a safetensors checkpoint")
+
+
+def test_bad_toml_is_exit_2_and_leaves_existing_outputs_alone(model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("previous")
+    policy = tmp_path / "p.toml"
+    policy.write_text("[gates\n")
+    result = invoke("run", "--model", model, "--policy", policy, "--out", out, *FAST)
+    assert_one_line_error(result, "invalid TOML")
+    assert (out / "results.json").read_text() == "previous"
+
+
+def test_unknown_metric_in_policy_is_exit_2(model, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[gates]\n"clean.acuracy" = ">= 0.9"\n')
+    result = invoke("run", "--model", model, "--policy", policy, "--out", tmp_path / "out", *FAST)
+    assert_one_line_error(result, "unknown metric 'clean.acuracy'")
+
+
+def test_metric_not_computed_is_exit_2_with_the_option(model, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[gates]\n"robust.accuracy.pgd@0.05" = ">= 0.5"\n')
+    result = invoke("run", "--model", model, "--policy", policy, "--out", tmp_path / "out", *FAST)
+    assert_one_line_error(result, "add 0.05 to --eps")
+
+
+def test_data_with_the_wrong_columns_is_exit_2(model, tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("a,b,label\n1,2,malignant\n", encoding="utf-8")
+    result = invoke("run", "--model", model, "--data", csv, "--out", tmp_path / "out", *FAST)
+    assert_one_line_error(result, "expected x of shape (N, 30)")
+
+
+def test_nan_in_data_is_exit_2(model, tmp_path):
+    from detectors.data import load_table
+    table = load_table("breast-cancer")
+    csv = tmp_path / "d.csv"
+    rows = [",".join(table.feature_names + ["label"])]
+    for i in range(5):
+        values = [str(v) for v in table.x[i]]
+        if i == 3:
+            values[4] = "NaN"
+        rows.append(",".join(values + [table.class_names[table.y[i]]]))
+    csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = invoke("run", "--model", model, "--data", csv, "--out", tmp_path / "out", *FAST)
+    assert_one_line_error(result, "line 5")
+
+
+def test_bad_eps_is_usage_error_exit_2(model, tmp_path):
+    result = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(tmp_path / "o"), "--eps", "0,2"])
+    assert result.exit_code == 2 and "eps" in result.output
+
+
+def test_unknown_attack_is_exit_2(model, tmp_path):
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--attacks", "pgd,zoo", "--quiet")
+    assert_one_line_error(result, "unknown attack zoo")
+
+
+def test_missing_cuda_is_exit_2(model, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--device", "cuda", "--quiet")
+    assert_one_line_error(result, "no CUDA device")
+
+
+def test_internal_error_is_exit_3(model, tmp_path, monkeypatch):
+    import auditor.session
+    monkeypatch.setattr(auditor.session, "run_audit", lambda *a, **k: 1 / 0)
+    import auditor.runner
+    monkeypatch.setattr(auditor.runner, "run_audit", lambda *a, **k: 1 / 0)
+    result = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 3
+    assert "internal error: ZeroDivisionError" in result.output and "Traceback" not in result.output
+
+
+def test_train_writes_a_checkpoint_that_audits(tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = invoke("train", "--data", "flows:600", "--epochs", "3", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output
+    from detectors.checkpoint import read_metadata
+    meta = read_metadata(out)
+    assert meta["data"]["name"] == "flows:600" and meta["relevant_features"][0] == "syn_ratio"
+    assert meta["defense"] == {"name": "none"}
+    audit = invoke("run", "--model", out, "--out", tmp_path / "o", "--attacks", "fgsm", *FAST)
+    assert audit.exit_code in (0, 1), audit.output
+
+
+def test_train_on_a_csv_with_a_custom_label_column(tmp_path):
+    csv = tmp_path / "d.csv"
+    lines = ["x1,x2,verdict"] + [f"{i % 7},{(i * 3) % 5},{'bad' if i % 7 > 3 else 'good'}" for i in range(80)]
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "m.safetensors"
+    result = invoke("train", "--data", csv, "--label-column", "verdict", "--positive-class", "bad",
+                    "--epochs", "2", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    audit = invoke("run", "--model", out, "--data", csv, "--label-column", "verdict", "--out", tmp_path / "o",
+                   "--attacks", "fgsm", *FAST)
+    assert audit.exit_code in (0, 1), audit.output
+    document = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert document["data"]["split"] == "test" and document["data"]["n_samples"] == 20  # the held-out quarter
+    other = tmp_path / "fresh.csv"
+    other.write_text(csv.read_text(encoding="utf-8"), encoding="utf-8")
+    audit = invoke("run", "--model", out, "--data", other, "--label-column", "verdict", "--out", tmp_path / "p",
+                   "--attacks", "fgsm", *FAST)
+    assert audit.exit_code in (0, 1), audit.output
+    document = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert document["data"]["split"] == "all" and document["data"]["n_samples"] == 60
