@@ -123,3 +123,15 @@ class Bootstrap:
 
 def finite(value: float) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def catalogue_markdown() -> str:
+    """The README's metric table, generated from CATALOGUE (``python -m auditor.metrics``)."""
+    lines = ["| Metric | Better | Range | Definition |", "| --- | --- | --- | --- |"]
+    for spec in CATALOGUE:
+        lines.append(f"| `{spec.pattern}` | {spec.arrow} {spec.direction} | {spec.value_range} | {spec.definition} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(catalogue_markdown())
