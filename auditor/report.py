@@ -25,7 +25,8 @@ from auditor.metrics import CATALOGUE, MetricValue, spec_for
 
 SCHEMA_VERSION = 1
 TOOL_NAME = "attention-audit"
-GROUP_TITLES = {"clean": "Detection (clean data)", "robust": "Robustness", "faithfulness": "Faithfulness"}
+GROUP_TITLES = {"clean": "Detection", "robust": "Robustness", "faithfulness": "Faithfulness"}
+SHORT_NAMES = {"integrated-gradients": "int. grad."}
 
 
 def tool_version() -> str:
@@ -152,6 +153,7 @@ class MetricRow:
 
 @dataclass
 class MetricGroup:
+    key: str
     title: str
     rows: list[MetricRow] = field(default_factory=list)
 
@@ -161,7 +163,7 @@ def _fmt(value: float) -> str:
 
 
 def metric_groups(metrics: dict[str, MetricValue], attacks: list[str], explainers: list[str]) -> list[MetricGroup]:
-    groups: dict[str, MetricGroup] = {}
+    groups: dict[str, MetricGroup] = {key: MetricGroup(key, title) for key, title in GROUP_TITLES.items()}
     for name in metrics:
         spec = spec_for(name, attacks, explainers)
         group = name.split(".", 1)[0]
@@ -169,11 +171,11 @@ def metric_groups(metrics: dict[str, MetricValue], attacks: list[str], explainer
         interval = ""
         if value.ci95 is not None:
             interval = f"± {_fmt((value.ci95[1] - value.ci95[0]) / 2)}  [{_fmt(value.ci95[0])}, {_fmt(value.ci95[1])}]"
-        groups.setdefault(group, MetricGroup(GROUP_TITLES.get(group, group))).rows.append(MetricRow(
+        groups.setdefault(group, MetricGroup(group, GROUP_TITLES.get(group, group))).rows.append(MetricRow(
             name=name, value=_fmt(value.value), interval=interval, arrow=spec.arrow if spec else "",
             definition=spec.definition if spec else "",
         ))
-    return list(groups.values())
+    return [group for group in groups.values() if group.rows]
 
 
 def _environment() -> jinja2.Environment:
@@ -207,6 +209,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
         class_names=class_names,
         gallery=gallery,
         explainers=explainers,
+        short_names={name: SHORT_NAMES.get(name, name) for name in explainers},
         skipped=skipped,
         bar=lambda v: f"{min(abs(float(v)), 1.0) * 100:.1f}",
     )
