@@ -15,9 +15,11 @@ from pathlib import Path
 import click
 
 from detectors.errors import BadInputError
-from detectors.train import TrainConfig
+from detectors.registry import DETECTORS
+from detectors.train import DEFENSES, DefenseConfig, TrainConfig
 
 TRAIN_DEFAULTS = TrainConfig()
+DEFENSE_DEFAULTS = DefenseConfig()
 
 EXIT_INTERNAL = 3
 
@@ -75,33 +77,79 @@ def cli() -> None:
     """Audit attention-based detectors: accuracy, adversarial robustness, attention faithfulness."""
 
 
-@cli.command()
-@click.option("--detector", type=click.Choice(["tabular"]), default="tabular", show_default=True)
-@click.option("--data", "data_spec", required=True, help="breast-cancer, flows, flows:N, or a CSV file")
-@click.option("--label-column", default="label", show_default=True, help="label column of a CSV file")
+@cli.command(context_settings={"show_default": True})
+@click.option("--detector", type=click.Choice(sorted(DETECTORS)), default="tabular",
+              help="tabular (rows), vit (images), sequence (event sequences)")
+@click.option("--data", "data_spec", required=True,
+              help="breast-cancer, flows[:N], digits, sequences[:N], a .csv or an .npz file")
+@click.option("--label-column", default="label", help="label column of a CSV file")
 @click.option("--positive-class", default=None, help="the class the detector exists to catch")
-@click.option("--defense", type=click.Choice(["none"]), default="none", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.epochs, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.batch_size, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr, show_default=True)
-@click.option("--patience", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.patience, show_default=True,
+@click.option("--defense", type=click.Choice(DEFENSES), default="none")
+@click.option("--eps", "defense_eps", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help=f"defense budget (pgd-at, trades, attention-consistency) [default: {DEFENSE_DEFAULTS.eps}]")
+@click.option("--steps", "defense_steps", type=click.IntRange(min=1), default=None,
+              help=f"attack steps per training batch [default: {DEFENSE_DEFAULTS.steps}]")
+@click.option("--step-size", "defense_step_size", type=click.FloatRange(0, min_open=True), default=None,
+              help=f"attack step as a fraction of eps [default: {DEFENSE_DEFAULTS.step_size}]")
+@click.option("--beta", type=click.FloatRange(min=0), default=None,
+              help=f"TRADES weight of the robustness term [default: {DEFENSE_DEFAULTS.beta}]")
+@click.option("--lambda-attention", type=click.FloatRange(min=0), default=None,
+              help=f"weight of the attention JSD penalty [default: {DEFENSE_DEFAULTS.lambda_attention}]")
+@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.epochs)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="global batch size, split across processes [default: 64, or 256 from 4,000 training rows]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr)
+@click.option("--patience", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.patience,
               help="stop after this many epochs without a better validation loss")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--seed", type=int, default=0)
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the training forward")
+@click.option("--resume", is_flag=True, help="continue from OUT.resume.pt, written beside --out every epoch")
+@click.option("--nproc", type=click.IntRange(min=1), default=1,
+              help="data-parallel processes, launched with torchrun (gloo on CPU, NCCL on GPU)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train(detector, data_spec, label_column, positive_class, defense, epochs, batch_size, lr, patience, seed,
-          device, out_path, quiet) -> None:
+@click.pass_context
+def train(ctx, detector, data_spec, label_column, positive_class, defense, defense_eps, defense_steps,
+          defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device, use_compile,
+          resume, nproc, out_path, quiet) -> None:
     """Train a detector and write a .safetensors checkpoint."""
-    from detectors.train import train_and_save
+    from detectors.train import DefenseConfig, train_and_save
 
+    defense_config = DefenseConfig.from_options(defense, eps=defense_eps, steps=defense_steps,
+                                                step_size=defense_step_size, beta=beta,
+                                                lambda_attention=lambda_attention)
+    if nproc > 1:
+        sys.exit(_launch_torchrun(ctx, nproc))
     summary = train_and_save(
         detector=detector, data_spec=data_spec, label_column=label_column, positive_class=positive_class,
-        defense=defense, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-        device=device, out_path=out_path, progress=not quiet,
+        defense=defense_config, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+        device=device, out_path=out_path, compile=use_compile, resume=resume, progress=not quiet,
     )
-    click.echo(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} "
-               f"(validation {summary['val_accuracy']:.4f}, {summary['epochs_run']} epochs, {summary['seconds']:.1f} s)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} "
+                   f"(validation {summary['val_accuracy']:.4f}, {summary['epochs_run']} epochs, "
+                   f"{summary['seconds']:.1f} s, defense {defense})")
+
+
+def _launch_torchrun(ctx: click.Context, nproc: int) -> int:
+    """Re-run this command under torchrun with the same options (all but --nproc)."""
+    import subprocess
+
+    args = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "nproc" or value is None or param.name == "help":
+            continue
+        flag = param.opts[0]
+        if getattr(param, "is_flag", False):
+            if value:
+                args.append(flag)
+        else:
+            args += [flag, str(value)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "detectors.train", *args]
+    return subprocess.call(command)
 
 
 def audit_options(function):
@@ -125,20 +173,51 @@ def audit_options(function):
     return function
 
 
+def _bounds(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI, e.g. 0,255; got {value!r}") from None
+    if not hi > lo:
+        raise click.BadParameter(f"expected LO < HI, got {value!r}")
+    return (lo, hi)
+
+
 @cli.command()
-@click.option("--model", "model_path", required=True, help="a .safetensors checkpoint written by audit train")
+@click.option("--model", "model_path", required=True,
+              help="a .safetensors checkpoint written by audit train, or python:PATH_OR_MODULE:FACTORY")
 @click.option("--data", "data_spec", default=None, help="rows to audit (default: the checkpoint's test split)")
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="TOML policy file with a [gates] table (default: the built-in policy)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--weights", default=None, help="python: models: a state dict (.safetensors, or torch.save'd tensors)")
+@click.option("--input-kind", type=click.Choice(["tabular", "image", "sequence"]), default=None,
+              help="python: models: how tokens map to inputs (features, patches, time steps)")
+@click.option("--patch-size", type=click.IntRange(min=1), default=None, help="python: image models: patch side")
+@click.option("--cls-token", type=click.Choice(["first", "none"]), default="first", show_default=True,
+              help="python: models: token 0 is CLS, or none (mean-pooled)")
+@click.option("--attention-module", "attention_modules", multiple=True,
+              help="python: models: a submodule whose output holds attention weights (repeatable)")
+@click.option("--logits-key", default=None, help="python: models returning a dict or tuple: where the logits are")
+@click.option("--bounds", callback=_bounds, default=None,
+              help="python: models: LO,HI of every input (default: each feature's min and max over the data)")
+@click.option("--bounds-file", default=None, help="python: models: JSON {\"lo\": [...], \"hi\": [...]}")
+@click.option("--positive-class", default=None, help="python: models: the class to catch")
 @audit_options
-def run(model_path, data_spec, label_column, policy_path, out_dir, **options) -> None:
-    """Audit a checkpoint; exit 0 when every gate passes, 1 when one fails."""
+def run(model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
+        attention_modules, logits_key, bounds, bounds_file, positive_class, **options) -> None:
+    """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails."""
     from auditor.runner import audit_to_folder
+    from auditor.session import ForeignOptions
 
+    foreign = ForeignOptions(weights=weights, input_kind=input_kind, patch_size=patch_size, cls_token=cls_token,
+                             attention_modules=tuple(attention_modules), logits_key=logits_key, bounds=bounds,
+                             bounds_file=bounds_file, positive_class=positive_class)
     outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
-                              policy_path=policy_path, out_dir=out_dir, **options)
+                              policy_path=policy_path, out_dir=out_dir, foreign=foreign, **options)
     _print_outcome(outcome, quiet=options["quiet"])
     sys.exit(outcome.exit_code)
 
@@ -155,8 +234,8 @@ def demo(out_dir, epochs, **options) -> None:
     model_path = out_dir / "model.safetensors"
     started = time.perf_counter()
     summary = train_and_save(detector="tabular", data_spec="breast-cancer", label_column="label",
-                             positive_class=None, defense="none", epochs=epochs,
-                             batch_size=TRAIN_DEFAULTS.batch_size, lr=TRAIN_DEFAULTS.lr,
+                             positive_class=None, epochs=epochs,
+                             lr=TRAIN_DEFAULTS.lr,
                              patience=TRAIN_DEFAULTS.patience, seed=options["seed"], device=options["device"], out_path=model_path,
                              progress=not options["quiet"])
     if not options["quiet"]:

@@ -10,7 +10,8 @@ import safetensors.torch
 from auditor.gates import GateResult, default_policy, evaluate, exit_code, load_policy, validate_policy
 from auditor.outputs import write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_report, render_summary, results_document
-from auditor.session import AuditConfig, load_subject, planned_metrics, run_audit
+from auditor.session import (AuditConfig, ForeignOptions, is_foreign, load_foreign_subject, load_subject,
+                             planned_metrics, run_audit)
 from detectors.errors import BadInputError
 
 
@@ -25,7 +26,7 @@ class Outcome:
 def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str, policy_path: Path | None,
                     out_dir: Path, eps: tuple[float, ...], attacks: tuple[str, ...], max_samples: int, seed: int,
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
-                    quiet: bool) -> Outcome:
+                    quiet: bool, foreign: ForeignOptions | None = None) -> Outcome:
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig(eps=eps, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
@@ -37,8 +38,16 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
     else:
         policy = default_policy(planned, eps_grid=config.eps, attacks=config.attacks)
     validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks)
-    subject = load_subject(model_path, data_spec=data_spec, label_column=label_column, max_samples=max_samples,
-                           seed=seed, device_name=device)
+    if is_foreign(model_path):
+        subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
+                                       label_column=label_column, max_samples=max_samples, seed=seed,
+                                       device_name=device)
+    else:
+        if foreign is not None and foreign != ForeignOptions():
+            raise BadInputError("--weights, --input-kind, --patch-size, --cls-token, --attention-module, "
+                                "--logits-key, --bounds and --bounds-file apply to python: models only")
+        subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
+                               max_samples=max_samples, seed=seed, device_name=device)
     result = run_audit(subject, config, progress=not quiet)
     skipped = dict(result.skipped)
     metrics = finite_metrics(result.metrics, skipped)

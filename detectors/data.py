@@ -18,6 +18,17 @@ Built-in sets:
     :data:`FLOW_THRESHOLD`. About 97 % of rows lie more than
     :data:`FLOW_MARGIN` from that boundary, so an L-inf perturbation of 0.05 on
     the scaled features cannot cross it; the rest sit close to it on purpose.
+``digits``
+    scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes) as
+    (N, 1, 8, 8) images, scaled by one range for all pixels.
+``sequences`` / ``sequences:N``
+    synthetic event sequences (4,000 by default) of 16 steps with 4 features
+    each. Half carry a trigger: two consecutive steps whose first two features
+    are both above 0.88; no other step has both above 0.85. The trigger's steps
+    are recorded per sample as ground truth for localisation.
+
+User files: ``.csv`` (tabular) and ``.npz`` with ``x`` of shape (N, C, H, W) or
+(N, T, F) and ``y``.
 """
 
 from __future__ import annotations
@@ -28,32 +39,52 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 
 from detectors.errors import BadInputError
 
-BUILTIN = ("breast-cancer", "flows")
-FLOWS_DEFAULT_ROWS = 20_000
+BUILTIN = ("breast-cancer", "flows", "digits", "sequences")
+SIZED = {"flows": 20_000, "sequences": 4_000}
+FLOWS_DEFAULT_ROWS = SIZED["flows"]
+SEQUENCE_STEPS, SEQUENCE_FEATURES, TRIGGER_LENGTH = 16, 4, 2
 FLOW_RELEVANT_FEATURES = ("syn_ratio", "rst_ratio", "dst_port_entropy", "payload_entropy")
 FLOW_THRESHOLD = 0.575
 FLOW_MARGIN = 0.06
 FLOW_ATTACK_SHARE = 0.30
 _FLOW_HARD_SHARE = 0.03
+_FLOW_CLOSENESS = 0.04  # beyond the margin, distance to the boundary falls off like exp(-d / 0.04)
 TEST_SHARE = 0.25
 VALIDATION_SHARE = 0.15
 
 
 @dataclass(frozen=True)
 class Scaler:
-    """Per-feature min-max scaling to [0, 1], clipped; constant features map to 0."""
+    """Min-max scaling to [0, 1], clipped; constant positions map to 0.
+
+    ``lo`` and ``hi`` have the shape of one sample. ``mode`` says how they were
+    fitted: ``feature`` (each position its own range: tabular columns),
+    ``global`` (one range for every position: image pixels), ``channel`` (one
+    range per last-axis feature, shared over time steps: sequences).
+    """
 
     lo: np.ndarray
     hi: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "Scaler":
-        return cls(lo=x.min(axis=0).astype(np.float64), hi=x.max(axis=0).astype(np.float64))
+    def fit(cls, x: np.ndarray, mode: str = "feature") -> "Scaler":
+        x = x.astype(np.float64)
+        if mode == "feature":
+            lo, hi = x.min(axis=0), x.max(axis=0)
+        elif mode == "global":
+            lo, hi = np.full(x.shape[1:], x.min()), np.full(x.shape[1:], x.max())
+        elif mode == "channel":
+            axes = tuple(range(x.ndim - 1))
+            lo = np.broadcast_to(x.min(axis=axes), x.shape[1:]).copy()
+            hi = np.broadcast_to(x.max(axis=axes), x.shape[1:]).copy()
+        else:
+            raise ValueError(f"unknown scaling mode {mode!r}")
+        return cls(lo=lo, hi=hi)
 
     @property
     def span(self) -> np.ndarray:
@@ -64,11 +95,13 @@ class Scaler:
         return np.clip((x - self.lo) / self.span, 0.0, 1.0).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"lo": self.lo.tolist(), "hi": self.hi.tolist()}
+        return {"lo": self.lo.ravel().tolist(), "hi": self.hi.ravel().tolist(), "shape": list(self.lo.shape)}
 
     @classmethod
     def from_dict(cls, payload: dict) -> "Scaler":
-        return cls(lo=np.asarray(payload["lo"], dtype=np.float64), hi=np.asarray(payload["hi"], dtype=np.float64))
+        shape = tuple(payload.get("shape") or (len(payload["lo"]),))
+        return cls(lo=np.asarray(payload["lo"], dtype=np.float64).reshape(shape),
+                   hi=np.asarray(payload["hi"], dtype=np.float64).reshape(shape))
 
 
 @dataclass
@@ -82,6 +115,12 @@ class Table:
     class_names: list[str]
     positive_class: int | None
     relevant_features: list[str] | None = None
+    scale_mode: str = "feature"
+    relevant_mask: np.ndarray | None = None  # (N, *sample shape): per-sample ground truth
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
 
 
 @dataclass
@@ -97,6 +136,7 @@ class Dataset:
     positive_class: int | None
     relevant_features: list[str] | None = None
     row_index: np.ndarray = field(default=None)  # rows of the split, for traceability
+    relevant_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.row_index is None:
@@ -105,8 +145,13 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
     def subset(self, rows: np.ndarray) -> "Dataset":
-        return replace(self, x=self.x[rows], y=self.y[rows], row_index=self.row_index[rows])
+        mask = self.relevant_mask[rows] if self.relevant_mask is not None else None
+        return replace(self, x=self.x[rows], y=self.y[rows], row_index=self.row_index[rows], relevant_mask=mask)
 
 
 @dataclass
@@ -123,14 +168,14 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
     name, _, size = spec.partition(":")
     if name not in BUILTIN or not size:
         return spec, None
-    if name != "flows":
+    if name not in SIZED:
         raise BadInputError(f"data set {name!r} has a fixed size; drop ':{size}'")
     try:
         rows = int(size)
     except ValueError:
-        raise BadInputError(f"expected a row count after 'flows:', got {size!r} (e.g. flows:5000)") from None
+        raise BadInputError(f"expected a row count after '{name}:', got {size!r} (e.g. {name}:5000)") from None
     if rows < 100:
-        raise BadInputError(f"flows needs at least 100 rows to split, got {rows}")
+        raise BadInputError(f"{name} needs at least 100 rows to split, got {rows}")
     return name, rows
 
 
@@ -146,11 +191,18 @@ def load_table(spec: str, *, label_column: str = "label", positive_class: str | 
         table = _breast_cancer()
     elif name == "flows":
         table = make_flows(rows or FLOWS_DEFAULT_ROWS, seed=seed)
+    elif name == "digits":
+        table = _digits()
+    elif name == "sequences":
+        table = make_sequences(rows or SIZED["sequences"], seed=seed)
     elif name.lower().endswith(".csv"):
         table = read_csv(Path(name), label_column=label_column)
+    elif name.lower().endswith(".npz"):
+        table = read_npz(Path(name))
     else:
         raise BadInputError(
-            f"unknown data {spec!r}: expected one of {', '.join(BUILTIN)}, flows:N, or a path ending in .csv"
+            f"unknown data {spec!r}: expected one of {', '.join(BUILTIN)}, flows:N, sequences:N, "
+            "or a path ending in .csv or .npz"
         )
     if positive_class is not None:
         if positive_class not in table.class_names:
@@ -174,7 +226,7 @@ def split_table(table: Table, *, seed: int) -> Splits:
         rest, test_size=VALIDATION_SHARE, random_state=seed,
         stratify=table.y[rest] if stratify is not None else None,
     )
-    scaler = Scaler.fit(table.x[train])
+    scaler = Scaler.fit(table.x[train], table.scale_mode)
 
     def part(split: str, index: np.ndarray) -> Dataset:
         index = np.sort(index)
@@ -182,6 +234,7 @@ def split_table(table: Table, *, seed: int) -> Splits:
             name=table.name, split=split, x=scaler.transform(table.x[index]), y=table.y[index].astype(np.int64),
             feature_names=list(table.feature_names), class_names=list(table.class_names),
             positive_class=table.positive_class, relevant_features=table.relevant_features, row_index=index,
+            relevant_mask=table.relevant_mask[index] if table.relevant_mask is not None else None,
         )
 
     return Splits(train=part("train", train), val=part("val", val), test=part("test", test), scaler=scaler, seed=seed)
@@ -198,7 +251,15 @@ def stratified_subset(data: Dataset, max_samples: int, *, seed: int) -> Dataset:
 
 
 def align_table(table: Table, *, feature_names: list[str], class_names: list[str], scaler: Scaler) -> Dataset:
-    """Scale a table read for auditing with a checkpoint's scaler, matching columns by name."""
+    """Scale a table read for auditing with a checkpoint's scaler, matching columns by name (tabular) or
+    requiring the checkpoint's sample shape (images, sequences)."""
+    if table.x.ndim > 2 or scaler.lo.ndim > 1:
+        if table.input_shape != scaler.lo.shape:
+            raise BadInputError(
+                f"expected samples of shape (N, {', '.join(map(str, scaler.lo.shape))}) to match the checkpoint, "
+                f"got {tuple(table.x.shape)}; pass --data with the same kind of data the model was trained on"
+            )
+        table = replace(table, feature_names=list(feature_names))
     missing = [name for name in feature_names if name not in table.feature_names]
     if missing:
         shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
@@ -208,6 +269,7 @@ def align_table(table: Table, *, feature_names: list[str], class_names: list[str
             "pass --data with the same columns the model was trained on"
         )
     order = [table.feature_names.index(name) for name in feature_names]
+    x = table.x if table.x.ndim > 2 else table.x[:, order]
     unknown = sorted(set(table.class_names[i] for i in np.unique(table.y)) - set(class_names))
     if unknown:
         raise BadInputError(
@@ -216,9 +278,9 @@ def align_table(table: Table, *, feature_names: list[str], class_names: list[str
         )
     remap = np.array([class_names.index(name) if name in class_names else -1 for name in table.class_names])
     return Dataset(
-        name=table.name, split="all", x=scaler.transform(table.x[:, order]), y=remap[table.y].astype(np.int64),
+        name=table.name, split="all", x=scaler.transform(x), y=remap[table.y].astype(np.int64),
         feature_names=list(feature_names), class_names=list(class_names), positive_class=None,
-        relevant_features=table.relevant_features,
+        relevant_features=table.relevant_features, relevant_mask=table.relevant_mask,
     )
 
 
@@ -282,15 +344,93 @@ def _flow_relevant_unit(rng: np.random.Generator, rows: int, n_attack: int) -> n
     picked = {0: [], 1: []}
     wanted = {0: rows - n_attack, 1: n_attack}
     while any(sum(len(p) for p in picked[c]) < wanted[c] for c in (0, 1)):
-        candidates = rng.random((2 * rows + 64, len(FLOW_RELEVANT_FEATURES)))
+        candidates = rng.random((4 * rows + 64, len(FLOW_RELEVANT_FEATURES)))
         score = candidates.mean(axis=1)
-        keep = (np.abs(score - FLOW_THRESHOLD) > FLOW_MARGIN) | (rng.random(len(score)) < _FLOW_HARD_SHARE)
+        distance = np.abs(score - FLOW_THRESHOLD)
+        close_call = rng.random(len(score)) < np.exp(-(distance - FLOW_MARGIN) / _FLOW_CLOSENESS)
+        keep = ((distance > FLOW_MARGIN) & close_call) | (rng.random(len(score)) < _FLOW_HARD_SHARE * 0.3)
         for label in (0, 1):
             picked[label].append(candidates[keep & ((score > FLOW_THRESHOLD) == bool(label))])
     unit = np.concatenate(
         [np.concatenate(picked[0])[: wanted[0]], np.concatenate(picked[1])[: wanted[1]]]
     )
     return unit[rng.permutation(rows)]
+
+
+def _digits() -> Table:
+    bunch = load_digits()
+    images = bunch.images.astype(np.float64)[:, None, :, :]
+    return Table(
+        name="digits", x=images, y=bunch.target.astype(np.int64), feature_names=_pixel_names(images.shape[1:]),
+        class_names=[str(c) for c in bunch.target_names], positive_class=None, scale_mode="global",
+    )
+
+
+def _pixel_names(shape: tuple[int, ...]) -> list[str]:
+    channels, height, width = shape
+    return [f"c{c}_y{y}_x{x}" if channels > 1 else f"y{y}_x{x}"
+            for c in range(channels) for y in range(height) for x in range(width)]
+
+
+def _step_names(steps: int, features: int) -> list[str]:
+    return [f"t{t}.f{f}" for t in range(steps) for f in range(features)]
+
+
+def make_sequences(rows: int = 4_000, *, seed: int = 0) -> Table:
+    """Event sequences; label 1 when a two-step trigger is present (positions recorded per sample)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((rows, SEQUENCE_STEPS, SEQUENCE_FEATURES))
+    both_high = (x[:, :, 0] > 0.85) & (x[:, :, 1] > 0.85)
+    while both_high.any():  # background steps never look like a trigger step
+        x[both_high, 1] = rng.random(int(both_high.sum())) * 0.85
+        both_high = (x[:, :, 0] > 0.85) & (x[:, :, 1] > 0.85)
+    y = (rng.random(rows) < 0.5).astype(np.int64)
+    mask = np.zeros((rows, SEQUENCE_STEPS, SEQUENCE_FEATURES), dtype=bool)
+    starts = rng.integers(0, SEQUENCE_STEPS - TRIGGER_LENGTH + 1, rows)
+    for row in np.flatnonzero(y):
+        steps = slice(starts[row], starts[row] + TRIGGER_LENGTH)
+        x[row, steps, :2] = rng.uniform(0.88, 1.0, (TRIGGER_LENGTH, 2))
+        mask[row, steps, :] = True
+    return Table(
+        name="sequences" if rows == SIZED["sequences"] else f"sequences:{rows}", x=x, y=y,
+        feature_names=_step_names(SEQUENCE_STEPS, SEQUENCE_FEATURES), class_names=["normal", "trigger"],
+        positive_class=1, scale_mode="channel", relevant_mask=mask,
+    )
+
+
+def read_npz(path: Path) -> Table:
+    """``x`` (N, C, H, W) images or (N, T, F) sequences, ``y`` labels; optional ``class_names``."""
+    if not path.is_file():
+        raise BadInputError(f"data file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive or "y" not in archive:
+                raise BadInputError(f"{path}: expected arrays 'x' and 'y', found {sorted(archive.files)}")
+            x, y = archive["x"], archive["y"]
+            names = [str(n) for n in archive["class_names"]] if "class_names" in archive else None
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"{path}: not a readable .npz file ({error})") from None
+    if x.ndim not in (3, 4):
+        raise BadInputError(f"{path}: expected x of shape (N, C, H, W) or (N, T, F), got {x.shape}")
+    if len(x) != len(y) or y.ndim != 1:
+        raise BadInputError(f"{path}: expected y of shape ({len(x)},), got {y.shape}")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0] if np.issubdtype(x.dtype, np.number) else None
+        where = f" (first at index {tuple(int(i) for i in bad)})" if bad is not None else ""
+        raise BadInputError(f"{path}: x must be finite numbers{where}; remove or impute missing values first")
+    labels = [str(v) for v in y.tolist()]
+    class_names = names or sorted(set(labels), key=_label_order)
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise BadInputError(f"{path}: labels {unknown[:3]} are not among class_names")
+    image = x.ndim == 4
+    return Table(
+        name=str(path), x=x.astype(np.float64), y=np.array([index[v] for v in labels], dtype=np.int64),
+        feature_names=_pixel_names(x.shape[1:]) if image else _step_names(*x.shape[1:]), class_names=class_names,
+        positive_class=(class_names.index("1") if "1" in index else len(class_names) - 1) if len(class_names) == 2 else None,
+        scale_mode="global" if image else "channel",
+    )
 
 
 def read_csv(path: Path, *, label_column: str = "label") -> Table:
