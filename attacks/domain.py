@@ -17,15 +17,32 @@ NORMS = ("linf", "l2")
 
 @dataclass(frozen=True)
 class Domain:
+    """Bounds, mutable positions and integer features of the scaled input space.
+
+    ``integer`` marks positions whose raw value is an integer (a packet count, a
+    port bucket); ``raw_lo``/``raw_span`` map scaled values back to raw units
+    (raw = raw_lo + x * raw_span) so that they can be rounded there.
+    """
+
     lower: torch.Tensor
     upper: torch.Tensor
     mutable: torch.Tensor
+    integer: torch.Tensor | None = None
+    raw_lo: torch.Tensor | None = None
+    raw_span: torch.Tensor | None = None
 
     @classmethod
-    def unit(cls, input_shape: tuple[int, ...], *, frozen: torch.Tensor | None = None) -> "Domain":
+    def unit(cls, input_shape: tuple[int, ...], *, frozen: torch.Tensor | None = None,
+             integer: torch.Tensor | None = None, raw_lo=None, raw_span=None) -> "Domain":
         """The [0, 1] box; ``frozen`` marks positions the attacker may not change."""
         mutable = torch.ones(input_shape, dtype=torch.bool) if frozen is None else ~frozen.bool()
-        return cls(lower=torch.zeros(input_shape), upper=torch.ones(input_shape), mutable=mutable)
+        if integer is not None and not integer.any():
+            integer = None
+        if integer is not None:
+            raw_lo = torch.as_tensor(raw_lo, dtype=torch.float64).reshape(input_shape)
+            raw_span = torch.as_tensor(raw_span, dtype=torch.float64).reshape(input_shape)
+        return cls(lower=torch.zeros(input_shape), upper=torch.ones(input_shape), mutable=mutable,
+                   integer=integer.bool() if integer is not None else None, raw_lo=raw_lo, raw_span=raw_span)
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf") -> torch.Tensor:
         """Nearest point (per sample) within ``eps`` of ``x`` in ``norm``, frozen positions kept, in bounds."""
@@ -38,7 +55,18 @@ class Domain:
             delta = (flat * scale[:, None]).view_as(delta)
         else:
             raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
-        return torch.maximum(torch.minimum(x + delta, self.upper.to(x.device)), self.lower.to(x.device)).detach()
+        projected = torch.maximum(torch.minimum(x + delta, self.upper.to(x.device)), self.lower.to(x.device))
+        if self.integer is not None:
+            projected = self._round_integers(projected, x)
+        return projected.detach()
+
+    def _round_integers(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Integer features move by whole raw units, rounded toward the clean value so the budget still holds."""
+        lo, span = self.raw_lo.to(x.device), self.raw_span.to(x.device)
+        clean_raw = torch.round(lo + x.double() * span)
+        step = torch.trunc(lo + x_adv.double() * span - clean_raw)
+        rounded = ((clean_raw + step - lo) / span).to(x.dtype)
+        return torch.where(self.integer.to(x.device), rounded, x_adv)
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf",
                  tol: float = 1e-6) -> bool:

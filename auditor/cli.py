@@ -95,7 +95,8 @@ def cli() -> None:
               help=f"TRADES weight of the robustness term [default: {DEFENSE_DEFAULTS.beta}]")
 @click.option("--lambda-attention", type=click.FloatRange(min=0), default=None,
               help=f"weight of the attention JSD penalty [default: {DEFENSE_DEFAULTS.lambda_attention}]")
-@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN_DEFAULTS.epochs)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="[default: 60, or 20 from 4,000 training rows]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="global batch size, split across processes [default: 64, or 256 from 4,000 training rows]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr)
@@ -157,10 +158,17 @@ def audit_options(function):
     options = [
         click.option("--eps", callback=_eps_list, default="0.01,0.03,0.1", show_default=True,
                      help="attack budgets, fractions of each feature's range"),
-        click.option("--attacks", callback=_name_list, default="fgsm,pgd", show_default=True,
-                     help="attacks to run, by registered name"),
-        click.option("--max-samples", type=click.IntRange(min=0), default=1000, show_default=True,
-                     help="audit a seeded, stratified subset of this many rows (0 = all)"),
+        click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default="quick",
+                     show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
+        click.option("--attacks", callback=_name_list, default="",
+                     help="override the profile's attacks: registered names, comma-separated"),
+        click.option("--masking-checks/--no-masking-checks", default=None,
+                     help="gradient-masking checks [default: on for standard and full]"),
+        click.option("--frozen-features", callback=_name_list, default="",
+                     help="features an attacker may not change, comma-separated"),
+        click.option("--max-samples", type=click.IntRange(min=0), default=None,
+                     help="audit a seeded, stratified subset of this many rows, 0 = all "
+                          "[default: 1000; full profile 5000]"),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N"),
         click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True),
@@ -245,6 +253,23 @@ def demo(out_dir, epochs, **options) -> None:
     _print_outcome(outcome, quiet=options["quiet"])
     if not options["quiet"]:
         click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
+
+
+@cli.command("attacks")
+def list_attacks() -> None:
+    """List the registered attacks with their norm, parameters and reference, and the profiles."""
+    from attacks import ATTACKS, make_attack
+    from auditor.session import PROFILES
+
+    for name in sorted(ATTACKS):
+        attack = make_attack(name)
+        params = ", ".join(f"{k}={v}" for k, v in attack.params().items()) or "single step of size eps"
+        click.echo(f"{name:<18} {attack.norm:<5} {attack.reference}\n{'':<24}{params}")
+    click.echo("")
+    for profile, (chosen, checks) in PROFILES.items():
+        settings = ", ".join(f"{n}({', '.join(f'{k}={v}' for k, v in p.items())})" if p else n
+                             for n, p in chosen.items())
+        click.echo(f"profile {profile}: {settings}; masking checks {'on' if checks else 'off'}")
 
 
 def _print_outcome(outcome, *, quiet: bool) -> None:

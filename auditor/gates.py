@@ -138,12 +138,16 @@ def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], atta
 
 
 def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: tuple[str, ...]) -> Policy:
-    """clean accuracy, and pgd's (else the last attack's) robust accuracy at the largest eps audited."""
+    """clean accuracy, pgd's (else the last such attack's) robust accuracy at the largest eps audited, and no
+    suspected gradient masking when the masking checks ran."""
     gates = [Gate("clean.accuracy", ">=", DEFAULT_MIN_ACCURACY)]
-    attack = "pgd" if "pgd" in attacks else attacks[-1]
-    robust = f"robust.accuracy.{attack}@{format_eps(max(eps_grid))}"
-    if robust in planned:
-        gates.append(Gate(robust, ">=", DEFAULT_MIN_ROBUST_ACCURACY))
+    largest = format_eps(max(eps_grid))
+    candidates = [a for a in attacks if f"robust.accuracy.{a}@{largest}" in planned]
+    if candidates:
+        attack = "pgd" if "pgd" in candidates else candidates[-1]
+        gates.append(Gate(f"robust.accuracy.{attack}@{largest}", ">=", DEFAULT_MIN_ROBUST_ACCURACY))
+    if "robust.masking_suspected" in planned:
+        gates.append(Gate("robust.masking_suspected", "<=", 0.0))
     return Policy(gates=tuple(gates), source="default")
 
 

@@ -25,7 +25,8 @@ from auditor.metrics import CATALOGUE, MetricValue, spec_for
 
 SCHEMA_VERSION = 1
 TOOL_NAME = "attention-audit"
-GROUP_TITLES = {"clean": "Detection", "robust": "Robustness", "faithfulness": "Faithfulness"}
+GROUP_TITLES = {"clean": "Detection", "robust": "Robustness", "stability": "Attention under attack",
+                "faithfulness": "Faithfulness"}
 SHORT_NAMES = {"integrated-gradients": "int. grad."}
 
 
@@ -38,7 +39,8 @@ def tool_version() -> str:
 
 
 def results_document(*, model: dict, data: dict, config: dict, metrics: dict[str, MetricValue],
-                     skipped: dict[str, str], gates: list[GateResult], policy: Policy, timing: dict) -> dict:
+                     skipped: dict[str, str], gates: list[GateResult], policy: Policy, timing: dict,
+                     masking: list[dict] | None = None) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": TOOL_NAME, "version": tool_version()},
@@ -48,6 +50,7 @@ def results_document(*, model: dict, data: dict, config: dict, metrics: dict[str
         "metrics": {name: metrics[name].to_dict() for name in sorted(metrics)},
         "skipped": dict(sorted(skipped.items())),
         "policy": {"source": policy.source},
+        "masking_checks": masking or [],
         "gates": [g.to_dict() for g in gates],
         "passed": all(g.passed for g in gates),
         "timing": timing,

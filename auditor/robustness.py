@@ -1,15 +1,20 @@
-"""Robustness stage: robust accuracy and attack success under each attack and budget."""
+"""Robustness stage: robust accuracy, attack success and evasion under each attack and budget,
+the stability of attention under the attention attacks, and the gradient-masking checks."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from attacks import Attack, Domain
+from attacks import CHUNK, Attack, Domain, is_minimum_norm, make_attack
 from auditor.metrics import Bootstrap, MetricValue, format_eps
+
+FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth")
+TOPK = 5
 
 
 @dataclass
@@ -17,41 +22,109 @@ class RobustnessOutcome:
     metrics: dict[str, MetricValue] = field(default_factory=dict)
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    masking: list[dict] = field(default_factory=list)
 
 
-def run_attacks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor,
-                attacks: dict[str, Attack], eps_grid: list[float], *, domain: Domain, seed: int,
-                batch_size: int, bootstrap: Bootstrap, keep_examples: bool, progress: bool | None) -> RobustnessOutcome:
-    outcome = RobustnessOutcome()
-    clean_correct = (clean_pred == y).cpu().numpy()
+def is_attention_attack(name: str) -> bool:
+    from attacks import ATTENTION_ATTACKS
+    return name in ATTENTION_ATTACKS
+
+
+def aligned_batch(batch_size: int) -> int:
+    """Batches start on multiples of the chunk grid, so stochastic attacks see whole chunks."""
+    return max(CHUNK, (batch_size + CHUNK - 1) // CHUNK * CHUNK)
+
+
+def craft(model, attack: Attack, x, y, *, eps: float, domain: Domain, seed: int, batch_size: int,
+          bar=None) -> torch.Tensor:
     index = torch.arange(len(x))
-    total = len(attacks) * len(eps_grid) * ((len(x) + batch_size - 1) // batch_size)
-    bar = tqdm(total=total, desc="attacks", unit="batch", disable=None if progress else True,
-               leave=False)
+    parts = []
+    for start in range(0, len(x), batch_size):
+        rows = slice(start, start + batch_size)
+        parts.append(attack(model, x[rows], y[rows], eps=eps, domain=domain, seed=seed, index=index[rows]))
+        if bar is not None:
+            bar.update()
+    return torch.cat(parts)
+
+
+@torch.inference_mode()
+def predict(model, x, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, attacks: dict[str, Attack],
+                eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, bootstrap: Bootstrap,
+                keep_examples: bool, progress: bool | None, positive: int | None, n_classes: int,
+                topk: int = TOPK) -> RobustnessOutcome:
+    outcome = RobustnessOutcome()
+    batch_size = aligned_batch(batch_size)
+    clean_correct = (clean_pred == y).cpu().numpy()
+    y_np = y.cpu().numpy()
+    batches = (len(x) + batch_size - 1) // batch_size
+    total = sum(batches * (1 if is_minimum_norm(a) else len(eps_grid)) for a in attacks.values())
+    bar = tqdm(total=total, desc="attacks", unit="batch", disable=None if progress else True, leave=False)
+    detection = n_classes == 2
+    pos = positive if positive is not None else 1
     try:
         for name, attack in attacks.items():
             curve = []
+            unbounded = craft(model, attack, x, y, eps=math.inf, domain=domain, seed=seed, batch_size=batch_size,
+                              bar=bar) if is_minimum_norm(attack) else None
             for eps in eps_grid:
-                parts, adv_pred = [], []
-                for start in range(0, len(x), batch_size):
-                    rows = slice(start, start + batch_size)
-                    x_adv = attack(model, x[rows], y[rows], eps=eps, domain=domain, seed=seed, index=index[rows])
-                    with torch.inference_mode():
-                        adv_pred.append(model(x_adv).argmax(1))
-                    if keep_examples:
-                        parts.append(x_adv.cpu())
-                    bar.update()
-                correct = (torch.cat(adv_pred) == y).cpu().numpy()
                 tag = f"{name}@{format_eps(eps)}"
-                accuracy = bootstrap.mean(correct.astype(np.float64))
-                outcome.metrics[f"robust.accuracy.{tag}"] = accuracy
-                success = bootstrap.mean((~correct).astype(np.float64), mask=clean_correct)
-                if success is not None:
-                    outcome.metrics[f"robust.attack_success_rate.{tag}"] = success
-                curve.append((eps, accuracy.value))
+                if unbounded is not None:
+                    within = (unbounded - x).flatten(1).norm(dim=1) <= eps + 1e-6
+                    x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), unbounded, x)
+                else:
+                    x_adv = craft(model, attack, x, y, eps=eps, domain=domain, seed=seed, batch_size=batch_size,
+                                  bar=bar)
+                adv_pred = predict(model, x_adv, batch_size)
+                correct = (adv_pred == y).cpu().numpy()
+                if is_attention_attack(name):
+                    outcome.metrics.update(_stability(model, name, tag, x, x_adv, clean_pred, adv_pred,
+                                                      bootstrap, batch_size, topk))
+                    outcome.attention_pairs[tag] = (x, x_adv)
+                if not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS:
+                    accuracy = bootstrap.mean(correct.astype(np.float64))
+                    outcome.metrics[f"robust.accuracy.{tag}"] = accuracy
+                    success = bootstrap.mean((~correct).astype(np.float64), mask=clean_correct)
+                    if success is not None:
+                        outcome.metrics[f"robust.attack_success_rate.{tag}"] = success
+                    if detection:
+                        caught = clean_correct & (y_np == pos)
+                        evaded = bootstrap.mean((adv_pred.cpu().numpy() != pos).astype(np.float64), mask=caught)
+                        if evaded is not None:
+                            outcome.metrics[f"robust.evasion_rate.{tag}"] = evaded
+                    curve.append((eps, accuracy.value))
                 if keep_examples:
-                    outcome.adversarial[f"adv/{tag}"] = torch.cat(parts)
-            outcome.curves[name] = curve
+                    outcome.adversarial[f"adv/{tag}"] = x_adv.detach().cpu()
+            if curve:
+                outcome.curves[name] = curve
     finally:
         bar.close()
     return outcome
+
+
+def _stability(model, name: str, tag: str, x, x_adv, clean_pred, adv_pred, bootstrap: Bootstrap,
+               batch_size: int, topk: int) -> dict[str, MetricValue]:
+    from attacks.attention import attention_distribution, hijack_success
+    from auditor import stability
+
+    with torch.no_grad():
+        p = torch.cat([attention_distribution(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        q = torch.cat([attention_distribution(model, x_adv[i:i + batch_size])
+                       for i in range(0, len(x), batch_size)])
+    values = {
+        "topk_intersection": stability.topk_intersection(p, q, k=topk),
+        "spearman": stability.spearman(p, q),
+        "jsd": stability.jsd(p, q),
+        "prediction_kept": stability.prediction_kept(clean_pred, adv_pred),
+    }
+    if name == "attention-hijack":
+        with torch.no_grad():
+            values["hijack_success"] = torch.cat([
+                hijack_success(model, x[i:i + batch_size], x_adv[i:i + batch_size])
+                for i in range(0, len(x), batch_size)]).float()
+    return {f"stability.{key}.{tag}": bootstrap.mean(v.detach().cpu().numpy().astype(np.float64))
+            for key, v in values.items()}

@@ -26,13 +26,15 @@ class Outcome:
 def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str, policy_path: Path | None,
                     out_dir: Path, eps: tuple[float, ...], attacks: tuple[str, ...], max_samples: int, seed: int,
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
-                    quiet: bool, foreign: ForeignOptions | None = None) -> Outcome:
+                    quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
+                    masking_checks: bool | None = None, frozen_features: tuple[str, ...] = ()) -> Outcome:
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
-    config = AuditConfig(eps=eps, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
-                         batch_size=batch_size, save_adversarial=save_adversarial,
-                         save_explanations=save_explanations)
-    planned = planned_metrics(config)
+    config = AuditConfig.from_profile(profile, attacks=attacks or None, masking_checks=masking_checks,
+                                      max_samples=max_samples, eps=eps, seed=seed, device=device,
+                                      batch_size=batch_size, save_adversarial=save_adversarial,
+                                      save_explanations=save_explanations, frozen_features=tuple(frozen_features))
+    planned = planned_metrics(config, binary=True)
     if policy_path is not None:
         policy = load_policy(policy_path)
     else:
@@ -40,16 +42,20 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
     validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks)
     if is_foreign(model_path):
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
-                                       label_column=label_column, max_samples=max_samples, seed=seed,
-                                       device_name=device)
+                                       label_column=label_column, max_samples=config.max_samples, seed=seed,
+                                       device_name=device, frozen_features=config.frozen_features)
     else:
         if foreign is not None and foreign != ForeignOptions():
             raise BadInputError("--weights, --input-kind, --patch-size, --cls-token, --attention-module, "
                                 "--logits-key, --bounds and --bounds-file apply to python: models only")
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
-                               max_samples=max_samples, seed=seed, device_name=device)
+                               max_samples=config.max_samples, seed=seed, device_name=device,
+                               frozen_features=config.frozen_features)
     result = run_audit(subject, config, progress=not quiet)
     skipped = dict(result.skipped)
+    for name in planned_metrics(config, binary=subject.detector.n_classes == 2):
+        if name not in result.metrics and name not in skipped and name in planned:
+            skipped[name] = "not computed for this detector"
     metrics = finite_metrics(result.metrics, skipped)
     gates = evaluate(policy, metrics, skipped)
     config_doc = config.to_dict()
@@ -59,6 +65,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
         model=model_doc,
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples)},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
+        masking=result.masking,
     )
     files = {
         "results.json": render_json(document),

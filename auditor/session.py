@@ -28,8 +28,18 @@ from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 
 DEFAULT_EPS = (0.01, 0.03, 0.1)
-DEFAULT_ATTACKS = ("fgsm", "pgd")
 DEFAULT_EXPLAINERS = ("attention", "rollout", "integrated-gradients", "random")
+PROFILES = {
+    # attacks and their settings; masking checks on or off
+    "quick": ({"fgsm": {}, "pgd": {}, "attention-shift": {}}, False),
+    "standard": ({"fgsm": {}, "pgd": {}, "attention-shift": {}, "autoattack": {}, "square": {"n_queries": 1000},
+                  "cw": {}, "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
+    "full": ({"fgsm": {}, "pgd": {"restarts": 5}, "attention-shift": {"restarts": 3}, "autoattack": {},
+              "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 5},
+              "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
+}
+PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}
+DEFAULT_ATTACKS = tuple(PROFILES["quick"][0])
 GALLERY_SIZE = 3
 GALLERY_FEATURES = 10
 
@@ -45,6 +55,26 @@ class AuditConfig:
     batch_size: int = 256
     save_adversarial: bool = False
     save_explanations: bool = False
+    profile: str = "quick"
+    masking_checks: bool = False
+    frozen_features: tuple[str, ...] = ()
+
+    @classmethod
+    def from_profile(cls, profile: str, *, attacks: tuple[str, ...] | None = None,
+                     masking_checks: bool | None = None, max_samples: int | None = None, **options) -> "AuditConfig":
+        """The profile picks attacks, their settings and the masking checks; explicit options win."""
+        if profile not in PROFILES:
+            raise BadInputError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        chosen, checks = PROFILES[profile]
+        return cls(attacks=tuple(attacks) if attacks else tuple(chosen), profile=profile,
+                   masking_checks=checks if masking_checks is None else masking_checks,
+                   max_samples=PROFILE_MAX_SAMPLES[profile] if max_samples is None else max_samples, **options)
+
+    def attack_settings(self, name: str) -> dict:
+        return dict(PROFILES[self.profile][0].get(name, {}))
+
+    def build_attacks(self) -> dict:
+        return {name: make_attack(name, **self.attack_settings(name)) for name in self.attacks}
 
     def __post_init__(self) -> None:
         bad = [e for e in self.eps if not (0 < e <= 1)]
@@ -62,7 +92,7 @@ class AuditConfig:
     def to_dict(self) -> dict:
         payload = asdict(self)
         payload["eps"] = [float(e) for e in self.eps]
-        payload["attack_params"] = {name: make_attack(name).params() for name in self.attacks}
+        payload["attack_params"] = {name: attack.params() for name, attack in self.build_attacks().items()}
         payload["removal_baseline"] = "training-split mean"
         return payload
 
@@ -76,6 +106,7 @@ class Subject:
     baseline: torch.Tensor
     model_info: dict
     device: torch.device
+    domain: Domain | None = None
 
 
 @dataclass
@@ -104,15 +135,29 @@ class AuditResult:
     gallery: list[SampleView] = field(default_factory=list)
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
     explanations: dict[str, torch.Tensor] = field(default_factory=dict)
+    masking: list[dict] = field(default_factory=list)
 
 
-def planned_metrics(config: AuditConfig) -> list[str]:
+def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
     """Every metric name this configuration sets out to compute."""
+    from auditor.robustness import FLIPPING_ATTENTION_ATTACKS, is_attention_attack
+
     names = ["clean.accuracy", "clean.precision", "clean.recall", "clean.f1", "clean.roc_auc"]
     for attack in config.attacks:
         for eps in config.eps:
             tag = f"{attack}@{format_eps(eps)}"
+            if is_attention_attack(attack):
+                names += [f"stability.{key}.{tag}" for key in
+                          ("topk_intersection", "spearman", "jsd", "prediction_kept")]
+                if attack == "attention-hijack":
+                    names.append(f"stability.hijack_success.{tag}")
+                if attack not in FLIPPING_ATTENTION_ATTACKS:
+                    continue
             names += [f"robust.accuracy.{tag}", f"robust.attack_success_rate.{tag}"]
+            if binary:
+                names.append(f"robust.evasion_rate.{tag}")
+    if config.masking_checks:
+        names.append("robust.masking_suspected")
     for explainer in config.explainers:
         names += [f"faithfulness.deletion_auc.{explainer}", f"faithfulness.insertion_auc.{explainer}"]
     return names
@@ -126,8 +171,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def build_domain(input_shape: tuple[int, ...], feature_names: list[str], *, frozen: tuple[str, ...] = (),
+                 integer: list[str] | None = None, lo=None, hi=None) -> Domain:
+    """The attacker's space: [0, 1] box, frozen features by name, integer features rounded in raw units."""
+    unknown = [name for name in frozen if name not in feature_names]
+    if unknown:
+        raise BadInputError(f"--frozen-features: {', '.join(map(repr, unknown[:3]))} not among the model's features "
+                            f"({', '.join(map(repr, feature_names[:6]))}{' ...' if len(feature_names) > 6 else ''})")
+    frozen_mask = torch.tensor([name in frozen for name in feature_names]).reshape(input_shape)
+    integer_mask = torch.tensor([name in (integer or ()) for name in feature_names]).reshape(input_shape)
+    span = None if hi is None else np.where(np.asarray(hi) - np.asarray(lo) > 0, np.asarray(hi) - np.asarray(lo), 1.0)
+    return Domain.unit(input_shape, frozen=frozen_mask, integer=integer_mask if integer else None, raw_lo=lo,
+                       raw_span=span)
+
+
 def load_subject(model_path: str, *, data_spec: str | None, label_column: str, max_samples: int, seed: int,
-                 device_name: str) -> Subject:
+                 device_name: str, frozen_features: tuple[str, ...] = ()) -> Subject:
     """The checkpoint's detector with the data to audit, validated against each other."""
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(model_path, device=device)
@@ -166,8 +225,12 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
         "defense": meta["defense"].get("name", "none"), "data set": trained_on["name"],
         "hparams": meta["detector"]["hparams"], "training": meta.get("training", {}),
     }
+    scaler = checkpoint.scaler
+    domain = build_domain(tuple(checkpoint.detector.input_shape), checkpoint.feature_names,
+                          frozen=tuple(frozen_features) + tuple(meta.get("frozen_features") or ()),
+                          integer=meta.get("integer_features"), lo=scaler.lo, hi=scaler.hi)
     return Subject(detector=checkpoint.detector, data=data, baseline=baseline.to(device), model_info=model_info,
-                   device=device)
+                   device=device, domain=domain)
 
 
 @dataclass(frozen=True)
@@ -190,7 +253,8 @@ def is_foreign(model: str) -> bool:
 
 
 def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec: str | None, label_column: str,
-                         max_samples: int, seed: int, device_name: str) -> Subject:
+                         max_samples: int, seed: int, device_name: str,
+                         frozen_features: tuple[str, ...] = ()) -> Subject:
     """A user's own model with its data: the data reaches the model exactly as read, never rescaled.
 
     The attacks and explainers work in [0, 1] units of each input position's range (the data's minimum
@@ -240,7 +304,9 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
         "defense": "unknown", "data set": table.name, "hparams": detector.hparams(), "training": {},
     }
     baseline = torch.as_tensor(data.x.mean(axis=0), device=device)
-    return Subject(detector=detector, data=data, baseline=baseline, model_info=model_info, device=device)
+    domain = build_domain(table.input_shape, list(table.feature_names), frozen=tuple(frozen_features))
+    return Subject(detector=detector, data=data, baseline=baseline, model_info=model_info, device=device,
+                   domain=domain)
 
 
 def parse_location(model_spec: str) -> str:
@@ -340,15 +406,24 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
     timing["clean"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    domain = Domain.unit(detector.input_shape)
-    attacks = {name: make_attack(name) for name in config.attacks}
+    domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
+    attacks = config.build_attacks()
     robust = run_attacks(detector, x, y, pred, attacks, list(config.eps), domain=domain, seed=config.seed,
                          batch_size=config.batch_size, bootstrap=bootstrap, keep_examples=config.save_adversarial,
-                         progress=progress)
+                         progress=progress, positive=data.positive_class, n_classes=detector.n_classes)
     metrics.update(robust.metrics)
-    for name in planned_metrics(config):
-        if name.startswith("robust.attack_success_rate.") and name not in metrics:
-            skipped[name] = "no audited sample was classified correctly when clean"
+    checks = []
+    if config.masking_checks:
+        from auditor.masking import masking_checks, masking_suspected
+
+        checks = masking_checks(detector, x, y, metrics, attacks, list(config.eps), domain=domain,
+                                seed=config.seed, batch_size=config.batch_size)
+        suspected = masking_suspected(checks)
+        if suspected is not None:
+            metrics["robust.masking_suspected"] = MetricValue(suspected)
+    for name in planned_metrics(config, binary=detector.n_classes == 2):
+        if name.startswith(("robust.attack_success_rate.", "robust.evasion_rate.")) and name not in metrics:
+            skipped[name] = "no audited sample qualified (correct when clean; positive class for evasion)"
     timing["robustness"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -371,7 +446,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
     result = AuditResult(
         metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(x),
         robustness_curves=robust.curves, removal_curves=curves_view, confusion=confusion.tolist(),
-        gallery=_gallery(data, proba_np, attributions),
+        gallery=_gallery(data, proba_np, attributions), masking=[c.to_dict() for c in checks],
     )
     if config.save_adversarial:
         result.adversarial = {"x": x.cpu(), "y": y.cpu(), **robust.adversarial}

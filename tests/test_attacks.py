@@ -1,3 +1,5 @@
+"""Attack specifics; the properties every attack shares are in test_attack_contract.py."""
+
 import pytest
 import torch
 import torchattacks
@@ -10,33 +12,6 @@ def _inputs(n=32, f=6, seed=0):
     return torch.rand(n, f, generator=g), torch.randint(0, 2, (n,), generator=g)
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
-@pytest.mark.parametrize("eps", [0.05, 0.3])
-def test_budget_bounds_and_frozen_features_hold(name, eps, tiny_detector):
-    x, y = _inputs()
-    frozen = torch.tensor([True, False, False, True, False, False])
-    domain = Domain.unit((6,), frozen=frozen)
-    x_adv = make_attack(name)(tiny_detector, x, y, eps=eps, domain=domain, seed=0, index=torch.arange(len(x)))
-    assert (x_adv - x).abs().max() <= eps + 1e-6
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
-    assert torch.equal(x_adv[:, frozen], x[:, frozen])
-    assert domain.contains(x_adv, x, eps=eps)
-
-
-@pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_same_seed_same_result_and_batch_size_does_not_matter(name, tiny_detector):
-    x, y = _inputs(n=64)
-    domain = Domain.unit((6,))
-    attack = make_attack(name)
-    index = torch.arange(64)
-    whole = attack(tiny_detector, x, y, eps=0.1, domain=domain, seed=3, index=index)
-    again = attack(tiny_detector, x, y, eps=0.1, domain=domain, seed=3, index=index)
-    assert torch.equal(whole, again)
-    pieces = torch.cat([attack(tiny_detector, x[i:i + 7], y[i:i + 7], eps=0.1, domain=domain, seed=3,
-                               index=index[i:i + 7]) for i in range(0, 64, 7)])
-    assert torch.allclose(whole, pieces, atol=1e-6)
-
-
 def test_pgd_random_start_depends_on_seed(tiny_detector):
     x, y = _inputs()
     domain = Domain.unit((6,))
@@ -44,6 +19,16 @@ def test_pgd_random_start_depends_on_seed(tiny_detector):
     a = pgd(tiny_detector, x, y, eps=0.1, domain=domain, seed=0, index=torch.arange(len(x)))
     b = pgd(tiny_detector, x, y, eps=0.1, domain=domain, seed=1, index=torch.arange(len(x)))
     assert not torch.equal(a, b)
+
+
+def test_pgd_l2_without_random_start_matches_torchattacks(tiny_detector):
+    x, y = _inputs()
+    ours = make_attack("pgd-l2", steps=10, random_start=False)(
+        tiny_detector, x, y, eps=0.5, domain=Domain.unit((6,)), seed=0, index=torch.arange(len(x)))
+    view = ImageView(tiny_detector, (6,), Domain.unit((6,)))  # torchattacks' PGDL2 assumes 4-D input
+    reference = view.from_4d(torchattacks.PGDL2(view, eps=0.5, alpha=0.125, steps=10, random_start=False)(
+        view.to_4d(x), y))
+    assert torch.allclose(ours, reference, atol=1e-5)
 
 
 def test_pgd_without_random_start_matches_torchattacks(tiny_detector):

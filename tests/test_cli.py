@@ -70,7 +70,8 @@ def test_saved_adversarial_examples_respect_bounds_and_budget(model, tmp_path):
     x = saved["x"]
     assert saved["y"].shape == (len(x),)
     keys = sorted(k for k in saved if k.startswith("adv/"))
-    assert keys == ["adv/fgsm@0.03", "adv/fgsm@0.1", "adv/pgd@0.03", "adv/pgd@0.1"]
+    assert keys == ["adv/attention-shift@0.03", "adv/attention-shift@0.1", "adv/fgsm@0.03", "adv/fgsm@0.1",
+                    "adv/pgd@0.03", "adv/pgd@0.1"]
     for key in keys:
         eps = float(key.split("@")[1])
         adv = saved[key]
@@ -154,6 +155,44 @@ def test_nan_in_data_is_exit_2(model, tmp_path):
 def test_bad_eps_is_usage_error_exit_2(model, tmp_path):
     result = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(tmp_path / "o"), "--eps", "0,2"])
     assert result.exit_code == 2 and "eps" in result.output
+
+
+def test_profiles_attacks_and_frozen_features(model, tmp_path):
+    from detectors.checkpoint import read_metadata
+    feature = read_metadata(model)["features"][0]
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--out", out, "--attacks", "pgd,square,stealth", "--masking-checks",
+                    "--frozen-features", feature, "--save-adversarial", "--eps", "0.05,0.1", "--max-samples", "64",
+                    "--quiet")
+    assert result.exit_code in (0, 1), result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["attacks"] == ["pgd", "square", "stealth"]
+    assert document["config"]["frozen_features"] == [feature]
+    assert {c["name"] for c in document["masking_checks"]} == {
+        "iterative-beats-single-step", "unbounded-succeeds", "black-box-not-stronger", "more-effort-same-answer",
+        "monotone-in-eps"}
+    assert "robust.masking_suspected" in document["metrics"]
+    assert any(g["metric"] == "robust.masking_suspected" for g in document["gates"])
+    for name in ("robust.accuracy.stealth@0.1", "stability.jsd.stealth@0.1", "robust.evasion_rate.pgd@0.1"):
+        assert name in document["metrics"], name
+    saved = load_file(out / "adversarial.safetensors")
+    for key in (k for k in saved if k.startswith("adv/")):
+        assert torch.equal(saved[key][:, 0], saved["x"][:, 0]), f"{key} moved a frozen feature"
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Gradient-masking checks" in html and "Attention under attack" in html
+
+
+def test_attacks_command_lists_the_registry():
+    result = invoke("attacks")
+    assert result.exit_code == 0
+    for name in ("fgsm", "pgd", "pgd-l2", "cw", "deepfool", "square", "autoattack", "attention-shift",
+                 "attention-hijack", "attention-guided", "stealth", "profile standard"):
+        assert name in result.output
+
+
+def test_unknown_frozen_feature_is_exit_2(model, tmp_path):
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--frozen-features", "nope", "--quiet")
+    assert_one_line_error(result, "--frozen-features: 'nope' not among the model's features")
 
 
 def test_unknown_attack_is_exit_2(model, tmp_path):

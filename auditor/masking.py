@@ -1,0 +1,125 @@
+"""Checks that tell a masked gradient from real robustness.
+
+An audit that a masked gradient fools is worse than none (Athalye et al. 2018;
+Carlini et al. 2019, "On Evaluating Adversarial Robustness"). With n audited
+samples and tolerance t = max(0.02, 3/n):
+
+1. ``iterative-beats-single-step``: pgd's robust accuracy <= fgsm's + t at every eps;
+2. ``unbounded-succeeds``: pgd at eps = 1.0 (the whole [0, 1] box) leaves robust
+   accuracy <= 0.05 (run by the check itself);
+3. ``black-box-not-stronger``: square's robust accuracy >= pgd's - max(0.05, 3/n)
+   at the same eps;
+4. ``more-effort-same-answer``: pgd with 5x the steps and restarts lowers robust
+   accuracy by at most t (run by the check itself, at every eps);
+5. ``monotone-in-eps``: each attack's robust accuracy does not increase with eps
+   by more than t.
+
+A check whose attacks did not run is reported as not run, never as passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from attacks import Attack, Domain, make_attack
+from auditor.metrics import format_eps
+from auditor.robustness import aligned_batch, craft, predict
+
+MEANING = {
+    "iterative-beats-single-step": "an iterative attack weaker than a single step means its gradient steps go "
+                                   "nowhere: typical of masked or shattered gradients",
+    "unbounded-succeeds": "with the whole input box allowed, any working attack must break almost every sample; "
+                          "if not, the gradient does not lead anywhere",
+    "black-box-not-stronger": "a black-box attack beating the white-box one means gradients are misleading",
+    "more-effort-same-answer": "if more steps and restarts keep lowering robust accuracy, the reported numbers "
+                               "overstate robustness",
+    "monotone-in-eps": "a larger budget contains every smaller one; accuracy rising with eps means the attack "
+                       "fails to optimise",
+}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "passed", "failed" or "not run"
+    detail: str
+    meaning: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _robust(metrics: dict, attack: str, eps: float) -> float | None:
+    value = metrics.get(f"robust.accuracy.{attack}@{format_eps(eps)}")
+    return value.value if value is not None else None
+
+
+def masking_checks(model, x: torch.Tensor, y: torch.Tensor, metrics: dict, attacks: dict[str, Attack],
+                   eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int) -> list[Check]:
+    n = len(x)
+    tolerance = max(0.02, 3 / n) + 1e-9  # the 1e-9 keeps a difference of exactly 3/n from failing by rounding
+    checks = []
+
+    def add(name: str, status: str, detail: str) -> None:
+        checks.append(Check(name, status, detail, MEANING[name]))
+
+    if "pgd" in attacks and "fgsm" in attacks:
+        gaps = [(eps, _robust(metrics, "pgd", eps), _robust(metrics, "fgsm", eps)) for eps in eps_grid]
+        bad = [(e, p, f) for e, p, f in gaps if p > f + tolerance]
+        detail = "; ".join(f"eps {e:g}: pgd {p:.3f} vs fgsm {f:.3f}" for e, p, f in (bad or gaps))
+        add("iterative-beats-single-step", "failed" if bad else "passed", detail + f" (tolerance {tolerance:.3f})")
+    else:
+        add("iterative-beats-single-step", "not run", "needs both fgsm and pgd in --attacks")
+
+    pgd = attacks.get("pgd") or make_attack("pgd")
+    batch = aligned_batch(batch_size)
+    unbounded = craft(model, pgd, x, y, eps=1.0, domain=domain, seed=seed, batch_size=batch)
+    accuracy = (predict(model, unbounded, batch) == y).float().mean().item()
+    add("unbounded-succeeds", "failed" if accuracy > 0.05 + 1e-9 else "passed",
+        f"pgd at eps 1.0 leaves robust accuracy {accuracy:.3f} (must be <= 0.05)")
+
+    if "square" in attacks and "pgd" in attacks:
+        margin = max(0.05, 3 / n) + 1e-9
+        pairs = [(eps, _robust(metrics, "square", eps), _robust(metrics, "pgd", eps)) for eps in eps_grid]
+        bad = [(e, s, p) for e, s, p in pairs if s < p - margin]
+        detail = "; ".join(f"eps {e:g}: square {s:.3f} vs pgd {p:.3f}" for e, s, p in (bad or pairs))
+        add("black-box-not-stronger", "failed" if bad else "passed", detail + f" (margin {margin:.3f})")
+    else:
+        add("black-box-not-stronger", "not run", "needs both square and pgd in --attacks")
+
+    if "pgd" in attacks:
+        base = attacks["pgd"]
+        stronger = make_attack("pgd", steps=5 * base.steps, step_size=base.step_size, restarts=5 * base.restarts,
+                               random_start=True)
+        drops = []
+        for eps in eps_grid:
+            adv = craft(model, stronger, x, y, eps=eps, domain=domain, seed=seed + 1, batch_size=batch)
+            strong = (predict(model, adv, batch) == y).float().mean().item()
+            drops.append((eps, _robust(metrics, "pgd", eps), strong))
+        bad = [(e, r, s) for e, r, s in drops if r - s > tolerance]
+        detail = "; ".join(f"eps {e:g}: {r:.3f} -> {s:.3f}" for e, r, s in (bad or drops))
+        add("more-effort-same-answer", "failed" if bad else "passed",
+            f"pgd with 5x steps and restarts: {detail} (tolerance {tolerance:.3f})")
+    else:
+        add("more-effort-same-answer", "not run", "needs pgd in --attacks")
+
+    curves = {name: [_robust(metrics, name, eps) for eps in sorted(eps_grid)] for name in attacks}
+    curves = {name: values for name, values in curves.items() if all(v is not None for v in values)}
+    if curves and len(eps_grid) > 1:
+        bad = [(name, values) for name, values in curves.items()
+               if any(b > a + tolerance for a, b in zip(values, values[1:]))]
+        detail = "; ".join(f"{name}: " + " → ".join(f"{v:.3f}" for v in values) for name, values in (bad or []))
+        add("monotone-in-eps", "failed" if bad else "passed",
+            detail or f"{len(curves)} attack(s) non-increasing within {tolerance:.3f}")
+    else:
+        add("monotone-in-eps", "not run", "needs at least two eps values")
+    return checks
+
+
+def masking_suspected(checks: list[Check]) -> float | None:
+    ran = [c for c in checks if c.status != "not run"]
+    if not ran:
+        return None
+    return 1.0 if any(c.status == "failed" for c in ran) else 0.0
