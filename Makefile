@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test clean
 
 install: $(STAMP)
 
@@ -19,9 +19,6 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
-
-bench: install
-	$(PY) -m bench
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info

@@ -85,6 +85,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attacks.base import Attack
+from attacks.standard import PGD
 from attacks.domain import Domain
 from detectors.base import TokenMap
 from detectors.seeding import per_sample_uniform
@@ -233,6 +234,19 @@ def hijack_success(detector: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *,
 
 # --------------------------------------------------------------------------- the attacks
 
+def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, index: torch.Tensor) -> TokenMap:
+    """Refuse inputs that do not fit the detector's TokenMap, before any gradient is taken."""
+    token_map = _token_map(model)
+    if tuple(x.shape[1:]) != tuple(token_map.token_of_input.shape):
+        raise ValueError(f"expected inputs of shape (batch, {tuple(token_map.token_of_input.shape)}), "
+                         f"got {tuple(x.shape)}")
+    if y.shape != (len(x),) or len(index) != len(x):
+        raise ValueError(f"expected y and index of shape ({len(x)},), got {tuple(y.shape)} and {len(index)}")
+    if not 0 <= eps < math.inf:
+        raise ValueError(f"expected a finite budget eps >= 0 (these are L-inf budget attacks), got {eps}")
+    return token_map
+
+
 class _AttentionAttack(Attack):
     """Signed-gradient ascent settings, argument checks and the seeded random start."""
 
@@ -251,15 +265,7 @@ class _AttentionAttack(Attack):
 
     def _check(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                index: torch.Tensor) -> TokenMap:
-        token_map = _token_map(model)
-        if tuple(x.shape[1:]) != tuple(token_map.token_of_input.shape):
-            raise ValueError(f"expected inputs of shape (batch, {tuple(token_map.token_of_input.shape)}), "
-                             f"got {tuple(x.shape)}")
-        if y.shape != (len(x),) or len(index) != len(x):
-            raise ValueError(f"expected y and index of shape ({len(x)},), got {tuple(y.shape)} and {len(index)}")
-        if not 0 <= eps < math.inf:
-            raise ValueError(f"expected a finite budget eps >= 0 (these are L-inf budget attacks), got {eps}")
-        return token_map
+        return _check_inputs(model, x, y, eps, index)
 
     def _noise(self, x: torch.Tensor, eps: float, seed: int, index: torch.Tensor, restart: int) -> torch.Tensor:
         """A uniform draw in the eps-box, from each sample's own stream."""
@@ -400,7 +406,7 @@ class AttentionHijack(_PredictionKeeping):
         return 2.0 * success.to(dist.dtype) + dist.gather(1, context).sum(1)
 
 
-class AttentionGuided(_AttentionAttack):
+class AttentionGuided(PGD):
     """PGD on the cross-entropy restricted to the inputs under the k most attended tokens of the clean input."""
 
     name = "attention-guided"
@@ -425,32 +431,12 @@ class AttentionGuided(_AttentionAttack):
         tokens = token_positions_from(token_map).to(x.device)[top]
         return _input_mask(token_map, tokens, tuple(x.shape[1:]))
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain: Domain,
-                seed: int, index: torch.Tensor) -> torch.Tensor:
-        self._check(model, x, y, eps, index)
-        if len(x) == 0:
-            return x.clone()
-        mask = self.input_mask(model, x)
-        alpha = self.step_size * eps
-        best = x.clone()
-        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for restart in range(self.restarts):
-            x_adv = x.clone()
-            if self.random_start:
-                x_adv = domain.project(x + mask * self._noise(x, eps, seed, index, restart), x, eps=eps,
-                                       norm=self.norm)
-            for _ in range(self.steps):
-                x_adv.requires_grad_(True)
-                loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-                grad, = torch.autograd.grad(loss, x_adv)
-                x_adv = domain.project(x_adv.detach() + alpha * grad.sign() * mask, x, eps=eps, norm=self.norm)
-                x_adv = torch.where(mask, x_adv, x)
-            with torch.no_grad():
-                now_fooled = model(x_adv).argmax(1) != y
-            take = now_fooled & ~fooled if restart else torch.ones_like(fooled)
-            best[take] = x_adv[take]
-            fooled |= now_fooled
-        return best
+    def restrict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.input_mask(model, x)
+
+    def perturb(self, model, x, y, *, eps, domain, seed, index):
+        _check_inputs(model, x, y, eps, index)
+        return super().perturb(model, x, y, eps=eps, domain=domain, seed=seed, index=index)
 
 
 class Stealth(_AttentionAttack):

@@ -87,20 +87,27 @@ class PGD(Attack):
     def _step(self, grad: torch.Tensor) -> torch.Tensor:
         return grad.sign()
 
+    def restrict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample inputs the attack may change, (batch, *input_shape) bool; None: all of them."""
+        return None
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain: Domain,
                 seed: int, index: torch.Tensor) -> torch.Tensor:
         alpha = self.step_size * eps
         best = x.clone()
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        mask = self.restrict(model, x)
+        keep = (lambda t: t) if mask is None else (lambda t: t * mask)
         for restart in range(self.restarts):
             x_adv = x.clone()
             if self.random_start:
-                x_adv = domain.project(self._start(x, eps, seed, index, restart), x, eps=eps, norm=self.norm)
+                start = x + keep(self._start(x, eps, seed, index, restart) - x)
+                x_adv = domain.project(start, x, eps=eps, norm=self.norm)
             for _ in range(self.steps):
                 x_adv.requires_grad_(True)
                 loss = F.cross_entropy(model(x_adv), y, reduction="sum")
                 grad, = torch.autograd.grad(loss, x_adv)
-                x_adv = domain.project(x_adv.detach() + alpha * self._step(grad), x, eps=eps, norm=self.norm)
+                x_adv = domain.project(x_adv.detach() + alpha * keep(self._step(grad)), x, eps=eps, norm=self.norm)
             with torch.no_grad():
                 now_fooled = model(x_adv).argmax(1) != y
             take = now_fooled & ~fooled if restart else torch.ones_like(fooled)
