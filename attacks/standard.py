@@ -146,7 +146,6 @@ class _Chunked(Attack):
         return view.from_4d(self.build(view, eps, n_classes, chunk_seed)(view.to_4d(x), y))
 
     def perturb(self, model, x, y, *, eps, domain, seed, index):
-        view = ImageView(model, tuple(x.shape[1:]), domain)
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
         out = x.clone()
@@ -155,6 +154,7 @@ class _Chunked(Attack):
         for chunk in torch.unique(chunks).tolist():
             rows = chunks == chunk
             chunk_seed = stream_seed(seed, f"{self.name}/chunk/{eps:g}", chunk) % (2 ** 31)
+            view = ImageView(model, tuple(x.shape[1:]), domain)  # nothing may carry over from one chunk
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(chunk_seed)
                 out[rows] = self.run(view, x[rows], y[rows], eps, n_classes, chunk_seed)
