@@ -155,10 +155,22 @@ class MetricRow:
 
 
 @dataclass
+class MetricMatrix:
+    """One metric family as attack x eps: what a reviewer compares at a glance."""
+
+    family: str
+    arrow: str
+    definition: str
+    eps: list[str]
+    rows: list[tuple[str, list[str]]]
+
+
+@dataclass
 class MetricGroup:
     key: str
     title: str
     rows: list[MetricRow] = field(default_factory=list)
+    matrices: list[MetricMatrix] = field(default_factory=list)
 
 
 def _fmt(value: float) -> str:
@@ -178,7 +190,39 @@ def metric_groups(metrics: dict[str, MetricValue], attacks: list[str], explainer
             name=name, value=_fmt(value.value), interval=interval, arrow=spec.arrow if spec else "",
             definition=spec.definition if spec else "",
         ))
+    for group in groups.values():
+        group.matrices = metric_matrices({row.name: metrics[row.name] for row in group.rows}, attacks, explainers)
     return [group for group in groups.values() if group.rows]
+
+
+_PER_ATTACK = re.compile(r"^(?P<family>[a-z_]+\.[a-z_]+)\.(?P<attack>[a-z0-9-]+)@(?P<eps>[0-9.e-]+)$")
+
+
+def metric_matrices(metrics: dict[str, MetricValue], attacks: list[str], explainers: list[str]) -> list[MetricMatrix]:
+    """Metrics named FAMILY.ATTACK@EPS, arranged as one attack x eps table per family."""
+    cells: dict[str, dict[str, dict[str, MetricValue]]] = {}
+    for name, value in metrics.items():
+        match = _PER_ATTACK.match(name)
+        if match:
+            cells.setdefault(match["family"], {}).setdefault(match["attack"], {})[match["eps"]] = value
+    matrices = []
+    for family, by_attack in cells.items():
+        eps = sorted({e for row in by_attack.values() for e in row}, key=float)
+        spec = spec_for(f"{family}.{next(iter(by_attack))}@{eps[0]}", attacks, explainers)
+        rows = []
+        for attack in [a for a in attacks if a in by_attack]:
+            values = by_attack[attack]
+            rows.append((attack, [_cell(values.get(e)) for e in eps]))
+        matrices.append(MetricMatrix(family, spec.arrow if spec else "", spec.definition if spec else "", eps, rows))
+    return matrices
+
+
+def _cell(value: MetricValue | None) -> str:
+    if value is None:
+        return "—"
+    if value.ci95 is None:
+        return _fmt(value.value)
+    return f"{_fmt(value.value)} ± {_fmt((value.ci95[1] - value.ci95[0]) / 2)}"
 
 
 def _environment() -> jinja2.Environment:

@@ -74,4 +74,7 @@ def test_report_has_the_sections_a_reviewer_needs(trained_checkpoint, tmp_path):
                     "Method", "built-in default policy"):
         assert heading in html, heading
     assert html.count("<svg") == 2  # robust accuracy vs eps, and deletion/insertion curves
+    # robustness and attention-under-attack read as attack x eps tables, full rows folded away
+    assert html.count("attack \\ eps") >= 5 and "<details>" in html
+    assert "<code>robust.accuracy</code>" in html and "<code>stability.topk_intersection</code>" in html
     assert "misclassified" in html or "correct" in html
