@@ -57,6 +57,9 @@ class ImageView(nn.Module):
         self.model = model
         self.input_shape = tuple(input_shape)
         self.register_buffer("mutable", domain.mutable.clone(), persistent=False)
+        # A new module starts in training mode; torchattacks records the mode it finds and calls .train()
+        # afterwards when that was training, which would switch the wrapped detector's dropout on.
+        self.train(model.training)
 
     @staticmethod
     def to_4d(x: torch.Tensor) -> torch.Tensor:

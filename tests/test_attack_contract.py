@@ -137,10 +137,6 @@ KNOWN_FAILURES = {
     ("attention-shift", "image", "check_effective"):
         "on the briefly trained digits ViT, JSD ascent at eps 0.3 moves attention mass but keeps about 0.6 of "
         "the top-5 patch tokens (0.51 with 3 restarts, 0.59 with step 0.5*eps); the issue asks for < 0.5",
-    ("autoattack", "image", "check_batch_size"):
-        "on the 10-class ViT (where APGD-T and FAB-T run) the second chunk's result changes when the first chunk "
-        "ran earlier in the same call; each component alone is chunk-independent given equal inputs and RNG, "
-        "so some state outlives a chunk: not found yet",
 }
 
 

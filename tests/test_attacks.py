@@ -85,3 +85,15 @@ def test_domain_l2_projection():
     x = torch.full((2, 4), 0.5)
     projected = domain.project(x + torch.tensor([[0.3, 0.4, 0.0, 0.0], [0.01, 0.0, 0.0, 0.0]]), x, eps=0.25, norm="l2")
     assert torch.allclose((projected - x).norm(dim=1), torch.tensor([0.25, 0.01]), atol=1e-6)
+
+
+def test_image_view_keeps_the_detector_in_eval_mode_through_torchattacks():
+    """torchattacks restores the mode it found on the view; a view made in training mode would switch the
+    detector's dropout on for everything after the first call (a real bug this test pins down)."""
+    from detectors.tabular import FeatureTokenTransformer
+    torch.manual_seed(0)
+    model = FeatureTokenTransformer(6, 2, dim=8, depth=1, heads=2, mlp_dim=16, dropout=0.5).eval()
+    x, y = _inputs()
+    view = ImageView(model, (6,), Domain.unit((6,)))
+    torchattacks.FGSM(view, eps=0.1)(view.to_4d(x), y)
+    assert not model.training and not view.training
