@@ -376,6 +376,10 @@ def train_and_save(*, detector: str, data_spec: str, label_column: str = "label"
     parallel = Parallel.from_environment()
     defense = DefenseConfig(name=defense) if isinstance(defense, str) else defense
     out_path = Path(out_path)
+    if out_path.exists() and out_path.is_dir():
+        raise BadInputError(f"--out {str(out_path)!r} is a folder; name the checkpoint file, e.g. model.safetensors")
+    if parallel.is_main:
+        out_path.parent.mkdir(parents=True, exist_ok=True)  # the resume file is written there after epoch 1
     target_device = resolve_device(device)
     if parallel.world > 1:
         if target_device.type == "cuda":

@@ -230,6 +230,19 @@ def test_train_writes_a_checkpoint_that_audits(tmp_path):
     assert audit.exit_code in (0, 1), audit.output
 
 
+def test_train_and_demo_create_missing_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", "--data", "flows:300", "--epochs", "1", "--out", "deep/er/m.safetensors", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "deep/er/m.safetensors").is_file()
+    assert not list((tmp_path / "deep/er").glob("*.resume.pt"))
+    result = invoke("train", "--data", "flows:300", "--epochs", "1", "--out", "deep", "--quiet")
+    assert result.exit_code == 2 and "'deep' is a directory" in result.output  # click's own usage error
+    demo = invoke("demo", "--out", "out/demo", "--epochs", "2", "--max-samples", "40", "--eps", "0.1", "--quiet")
+    assert demo.exit_code == 0, demo.output
+    assert (tmp_path / "out/demo/report.html").is_file() and (tmp_path / "out/demo/results.json").is_file()
+
+
 def test_train_on_a_csv_with_a_custom_label_column(tmp_path):
     csv = tmp_path / "d.csv"
     lines = ["x1,x2,verdict"] + [f"{i % 7},{(i * 3) % 5},{'bad' if i % 7 > 3 else 'good'}" for i in range(80)]
