@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
+from attacks.attention import ATTENTION_ATTACKS
 from attacks.base import Attack, ImageView
 from attacks.domain import Domain
 from attacks.standard import CHUNK, STANDARD_ATTACKS
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in STANDARD_ATTACKS}
-
-try:  # the attention attacks live in their own module
-    from attacks.attention import ATTENTION_ATTACKS
-except ImportError:  # pragma: no cover - only while that module is being written
-    ATTENTION_ATTACKS = {}
-ATTACKS.update(ATTENTION_ATTACKS)
+ATTACKS: dict[str, type[Attack]] = {**{cls.name: cls for cls in STANDARD_ATTACKS}, **ATTENTION_ATTACKS}
 
 __all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "Attack", "Domain", "ImageView", "is_minimum_norm", "make_attack"]
 

@@ -8,7 +8,6 @@ lists every entry, so the three cannot drift apart.
 
 from __future__ import annotations
 
-import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -135,9 +134,6 @@ class Bootstrap:
         ci = self.interval(lambda v, w: (v * w).sum(1) / w.sum(1), per_sample, weights)
         return MetricValue(value, ci)
 
-
-def finite(value: float) -> bool:
-    return value is not None and math.isfinite(value)
 
 
 def catalogue_markdown() -> str:

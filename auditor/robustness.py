@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from attacks import CHUNK, Attack, Domain, is_minimum_norm, make_attack
+from attacks import CHUNK, Attack, Domain, is_minimum_norm
 from auditor.metrics import Bootstrap, MetricValue, format_eps
 
 FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth")
@@ -22,7 +22,6 @@ class RobustnessOutcome:
     metrics: dict[str, MetricValue] = field(default_factory=dict)
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
-    attention_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     masking: list[dict] = field(default_factory=list)
 
 
@@ -84,7 +83,6 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 if is_attention_attack(name):
                     outcome.metrics.update(_stability(model, name, tag, x, x_adv, clean_pred, adv_pred,
                                                       bootstrap, batch_size, topk))
-                    outcome.attention_pairs[tag] = (x, x_adv)
                 if not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS:
                     accuracy = bootstrap.mean(correct.astype(np.float64))
                     outcome.metrics[f"robust.accuracy.{tag}"] = accuracy

@@ -1,10 +1,8 @@
 """A model written the ordinary way, audited through the command line with no change to its code."""
 
 import json
-import pickle
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
