@@ -65,6 +65,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
     bar = tqdm(total=total, desc="attacks", unit="batch", disable=None if progress else True, leave=False)
     detection = n_classes == 2
     pos = positive if positive is not None else 1
+    clean_attention = None
     try:
         for name, attack in attacks.items():
             curve = []
@@ -81,8 +82,10 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 adv_pred = predict(model, x_adv, batch_size)
                 correct = (adv_pred == y).cpu().numpy()
                 if is_attention_attack(name):
-                    outcome.metrics.update(_stability(model, name, tag, x, x_adv, clean_pred, adv_pred,
-                                                      bootstrap, batch_size, topk))
+                    if clean_attention is None:  # the same for every attention attack and eps
+                        clean_attention = _attention(model, x, batch_size)
+                    outcome.metrics.update(_stability(model, name, tag, x, x_adv, clean_attention, clean_pred,
+                                                      adv_pred, bootstrap, batch_size, topk))
                 if not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS:
                     accuracy = bootstrap.mean(correct.astype(np.float64))
                     outcome.metrics[f"robust.accuracy.{tag}"] = accuracy
@@ -104,15 +107,19 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
     return outcome
 
 
-def _stability(model, name: str, tag: str, x, x_adv, clean_pred, adv_pred, bootstrap: Bootstrap,
+@torch.no_grad()
+def _attention(model, x, batch_size: int) -> torch.Tensor:
+    from attacks.attention import attention_distribution
+
+    return torch.cat([attention_distribution(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _stability(model, name: str, tag: str, x, x_adv, p, clean_pred, adv_pred, bootstrap: Bootstrap,
                batch_size: int, topk: int) -> dict[str, MetricValue]:
-    from attacks.attention import attention_distribution, hijack_success
+    from attacks.attention import hijack_success
     from auditor import stability
 
-    with torch.no_grad():
-        p = torch.cat([attention_distribution(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        q = torch.cat([attention_distribution(model, x_adv[i:i + batch_size])
-                       for i in range(0, len(x), batch_size)])
+    q = _attention(model, x_adv, batch_size)
     values = {
         "topk_intersection": stability.topk_intersection(p, q, k=topk),
         "spearman": stability.spearman(p, q),
