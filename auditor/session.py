@@ -34,7 +34,7 @@ PROFILES = {
     "quick": ({"fgsm": {}, "pgd": {}, "attention-shift": {}}, False),
     "standard": ({"fgsm": {}, "pgd": {}, "attention-shift": {}, "autoattack": {}, "square": {"n_queries": 1000},
                   "cw": {}, "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
-    "full": ({"fgsm": {}, "pgd": {"restarts": 5}, "attention-shift": {"restarts": 3}, "autoattack": {},
+    "full": ({"fgsm": {}, "pgd": {"restarts": 5}, "attention-shift": {"restarts": 10}, "autoattack": {},
               "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 5},
               "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
 }

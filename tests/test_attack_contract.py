@@ -132,11 +132,8 @@ def check_effective(name, kind, model, x, y):
 
 CHECKS = [check_budget, check_domain, check_frozen, check_seeded, check_batch_size, check_mode_restored,
           check_effective]
-KNOWN_FAILURES = {
+KNOWN_FAILURES: dict = {
     # (attack, kind, check): reason. Listed here they become strict xfails, never silent skips.
-    ("attention-shift", "image", "check_effective"):
-        "on the briefly trained digits ViT, JSD ascent at eps 0.3 moves attention mass but keeps about 0.6 of "
-        "the top-5 patch tokens (0.51 with 3 restarts, 0.59 with step 0.5*eps); the issue asks for < 0.5",
 }
 
 
