@@ -12,7 +12,7 @@ a few large forward passes under ``torch.inference_mode``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -81,3 +81,39 @@ def removal_curves(model: torch.nn.Module, x: torch.Tensor, attribution: torch.T
     fractions = counts.cpu().numpy() / flat_x.shape[1]
     return RemovalCurves(fractions=fractions, deletion=deletion.numpy().astype(np.float64),
                          insertion=insertion.numpy().astype(np.float64))
+
+
+@dataclass
+class FaithfulnessOutcome:
+    """Per-sample metrics (name -> (n,), NaN where a sample does not count) and per-sample curves
+    (name -> (n, points)) whose mean over samples the report plots, with their x-axis in ``fractions``."""
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    fractions: dict[str, list[float]] = field(default_factory=dict)
+
+
+def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
+                       attributions: dict[str, torch.Tensor], *, baseline: torch.Tensor, seed: int,
+                       index: torch.Tensor) -> FaithfulnessOutcome:
+    """Every faithfulness metric of every explainer, per sample. ``index`` holds the samples' global
+    indices: every random draw is keyed by them, so a shard computes exactly its rows of the whole."""
+    outcome = FaithfulnessOutcome()
+    for name, attribution in attributions.items():
+        curves = removal_curves(model, x, attribution, target, baseline)
+        outcome.per_sample[f"faithfulness.deletion_auc.{name}"] = curves.deletion_auc
+        outcome.per_sample[f"faithfulness.insertion_auc.{name}"] = curves.insertion_auc
+        outcome.curves[f"deletion.{name}"] = curves.deletion
+        outcome.curves[f"insertion.{name}"] = curves.insertion
+        outcome.fractions[f"deletion.{name}"] = outcome.fractions[f"insertion.{name}"] = curves.fractions.tolist()
+    return outcome
+
+
+def mean_curves(outcome: FaithfulnessOutcome, explainers: list[str]) -> dict[str, dict[str, list[float]]]:
+    """The report's view: per explainer the x-axis and the mean deletion and insertion curves."""
+    view = {}
+    for name in explainers:
+        if f"deletion.{name}" in outcome.curves:
+            view[name] = {"fractions": outcome.fractions[f"deletion.{name}"],
+                          "deletion": outcome.curves[f"deletion.{name}"].mean(0).tolist(),
+                          "insertion": outcome.curves[f"insertion.{name}"].mean(0).tolist()}
+    return view

@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import CHUNK, Attack, Domain, is_minimum_norm
-from auditor.metrics import Bootstrap, MetricValue, format_eps
+from auditor.metrics import MetricValue, format_eps
+from auditor.persample import only_where
 
 FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth")
 TOPK = 5
@@ -19,10 +20,10 @@ TOPK = 5
 
 @dataclass
 class RobustnessOutcome:
-    metrics: dict[str, MetricValue] = field(default_factory=dict)
-    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Per-sample results: metric name -> (n,) float64, NaN where the sample does not count for that metric
+    (``auditor.persample``); the aggregate metrics are their means, computed once all samples are in."""
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
-    masking: list[dict] = field(default_factory=list)
 
 
 def is_attention_attack(name: str) -> bool:
@@ -53,8 +54,7 @@ def predict(model, x, batch_size: int) -> torch.Tensor:
 
 
 def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, attacks: dict[str, Attack],
-                eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, bootstrap: Bootstrap,
-                keep_examples: bool, progress: bool | None, positive: int | None, n_classes: int,
+                eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, keep_examples: bool, progress: bool | None, positive: int | None, n_classes: int,
                 topk: int = TOPK) -> RobustnessOutcome:
     outcome = RobustnessOutcome()
     batch_size = aligned_batch(batch_size)
@@ -68,7 +68,6 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
     clean_attention = None
     try:
         for name, attack in attacks.items():
-            curve = []
             unbounded = craft(model, attack, x, y, eps=math.inf, domain=domain, seed=seed, batch_size=batch_size,
                               bar=bar) if is_minimum_norm(attack) else None
             for eps in eps_grid:
@@ -84,24 +83,17 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 if is_attention_attack(name):
                     if clean_attention is None:  # the same for every attention attack and eps
                         clean_attention = _attention(model, x, batch_size)
-                    outcome.metrics.update(_stability(model, name, tag, x, x_adv, clean_attention, clean_pred,
-                                                      adv_pred, bootstrap, batch_size, topk))
+                    outcome.per_sample.update(_stability(model, name, tag, x, x_adv, clean_attention, clean_pred,
+                                                         adv_pred, batch_size, topk))
                 if not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS:
-                    accuracy = bootstrap.mean(correct.astype(np.float64))
-                    outcome.metrics[f"robust.accuracy.{tag}"] = accuracy
-                    success = bootstrap.mean((~correct).astype(np.float64), mask=clean_correct)
-                    if success is not None:
-                        outcome.metrics[f"robust.attack_success_rate.{tag}"] = success
+                    outcome.per_sample[f"robust.accuracy.{tag}"] = correct.astype(np.float64)
+                    outcome.per_sample[f"robust.attack_success_rate.{tag}"] = only_where(~correct, clean_correct)
                     if detection:
                         caught = clean_correct & (y_np == pos)
-                        evaded = bootstrap.mean((adv_pred.cpu().numpy() != pos).astype(np.float64), mask=caught)
-                        if evaded is not None:
-                            outcome.metrics[f"robust.evasion_rate.{tag}"] = evaded
-                    curve.append((eps, accuracy.value))
+                        outcome.per_sample[f"robust.evasion_rate.{tag}"] = only_where(
+                            adv_pred.cpu().numpy() != pos, caught)
                 if keep_examples:
                     outcome.adversarial[f"adv/{tag}"] = x_adv.detach().cpu()
-            if curve:
-                outcome.curves[name] = curve
     finally:
         bar.close()
     return outcome
@@ -114,8 +106,8 @@ def _attention(model, x, batch_size: int) -> torch.Tensor:
     return torch.cat([attention_distribution(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _stability(model, name: str, tag: str, x, x_adv, p, clean_pred, adv_pred, bootstrap: Bootstrap,
-               batch_size: int, topk: int) -> dict[str, MetricValue]:
+def _stability(model, name: str, tag: str, x, x_adv, p, clean_pred, adv_pred, batch_size: int,
+               topk: int) -> dict[str, np.ndarray]:
     from attacks.attention import hijack_success
     from auditor import stability
 
@@ -131,5 +123,16 @@ def _stability(model, name: str, tag: str, x, x_adv, p, clean_pred, adv_pred, bo
             values["hijack_success"] = torch.cat([
                 hijack_success(model, x[i:i + batch_size], x_adv[i:i + batch_size])
                 for i in range(0, len(x), batch_size)]).float()
-    return {f"stability.{key}.{tag}": bootstrap.mean(v.detach().cpu().numpy().astype(np.float64))
-            for key, v in values.items()}
+    return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
+
+
+def robustness_curves(metrics: dict[str, MetricValue], attacks: list[str],
+                      eps_grid: list[float]) -> dict[str, list[tuple[float, float]]]:
+    """Robust accuracy against eps per attack, from the aggregated metrics (for the report's plot)."""
+    curves = {}
+    for name in attacks:
+        points = [(eps, metrics[f"robust.accuracy.{name}@{format_eps(eps)}"].value) for eps in eps_grid
+                  if f"robust.accuracy.{name}@{format_eps(eps)}" in metrics]
+        if points:
+            curves[name] = points
+    return curves

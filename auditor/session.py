@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 from attacks import ATTACKS, Domain, make_attack
 from auditor.clean import clean_metrics, predict_proba
 from auditor.explain import EXPLAINERS, make_explainer
-from auditor.faithfulness import removal_curves
+from auditor.faithfulness import faithfulness_stage, mean_curves
 from auditor.metrics import Bootstrap, MetricValue, format_eps
-from auditor.robustness import run_attacks
+from auditor.persample import aggregate
+from auditor.robustness import robustness_curves, run_attacks
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
 from detectors.data import Dataset, align_table, is_builtin, load_table, split_table, stratified_subset
@@ -409,9 +410,11 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
     domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
     attacks = config.build_attacks()
     robust = run_attacks(detector, x, y, pred, attacks, list(config.eps), domain=domain, seed=config.seed,
-                         batch_size=config.batch_size, bootstrap=bootstrap, keep_examples=config.save_adversarial,
+                         batch_size=config.batch_size, keep_examples=config.save_adversarial,
                          progress=progress, positive=data.positive_class, n_classes=detector.n_classes)
-    metrics.update(robust.metrics)
+    robust_metrics, robust_skipped = aggregate(robust.per_sample, bootstrap)
+    metrics.update(robust_metrics)
+    skipped.update(robust_skipped)
     checks = []
     if config.masking_checks:
         from auditor.masking import masking_checks, masking_suspected
@@ -421,9 +424,6 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
         suspected = masking_suspected(checks)
         if suspected is not None:
             metrics["robust.masking_suspected"] = MetricValue(suspected)
-    for name in planned_metrics(config, binary=detector.n_classes == 2):
-        if name.startswith(("robust.attack_success_rate.", "robust.evasion_rate.")) and name not in metrics:
-            skipped[name] = "no audited sample qualified (correct when clean; positive class for evasion)"
     timing["robustness"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -431,21 +431,17 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
     timing["explain"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    curves_view = {}
-    for name, attribution in attributions.items():
-        curves = removal_curves(detector, x, attribution, pred, subject.baseline)
-        metrics[f"faithfulness.deletion_auc.{name}"] = bootstrap.mean(curves.deletion_auc)
-        metrics[f"faithfulness.insertion_auc.{name}"] = bootstrap.mean(curves.insertion_auc)
-        curves_view[name] = {
-            "fractions": curves.fractions.tolist(),
-            "deletion": curves.deletion.mean(0).tolist(),
-            "insertion": curves.insertion.mean(0).tolist(),
-        }
+    faithful = faithfulness_stage(detector, x, pred, attributions, baseline=subject.baseline, seed=config.seed,
+                                  index=torch.arange(len(x)))
+    faithful_metrics, faithful_skipped = aggregate(faithful.per_sample, bootstrap)
+    metrics.update(faithful_metrics)
+    skipped.update(faithful_skipped)
+    curves_view = mean_curves(faithful, list(attributions))
     timing["faithfulness"] = time.perf_counter() - started
 
     result = AuditResult(
         metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(x),
-        robustness_curves=robust.curves, removal_curves=curves_view, confusion=confusion.tolist(),
+        robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=curves_view, confusion=confusion.tolist(),
         gallery=_gallery(data, proba_np, attributions), masking=[c.to_dict() for c in checks],
     )
     if config.save_adversarial:

@@ -6,6 +6,7 @@ from torch import nn
 from attacks import Domain, make_attack
 from auditor.masking import masking_checks, masking_suspected
 from auditor.metrics import Bootstrap
+from auditor.persample import aggregate
 from auditor.robustness import run_attacks
 from detectors.base import Detector, TokenMap
 
@@ -44,9 +45,9 @@ def _audit(masked: bool):
                for name in ("fgsm", "pgd", "square")}
     domain = Domain.unit((4,))
     outcome = run_attacks(model, x, y, y, attacks, EPS, domain=domain, seed=0, batch_size=64,
-                          bootstrap=Bootstrap(len(x), seed=0), keep_examples=False, progress=False, positive=1,
-                          n_classes=2)
-    checks = masking_checks(model, x, y, outcome.metrics, attacks, EPS, domain=domain, seed=0, batch_size=64)
+                          keep_examples=False, progress=False, positive=1, n_classes=2)
+    metrics, _ = aggregate(outcome.per_sample, Bootstrap(len(x), seed=0))
+    checks = masking_checks(model, x, y, metrics, attacks, EPS, domain=domain, seed=0, batch_size=64)
     return {c.name: c for c in checks}, masking_suspected(checks)
 
 
