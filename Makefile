@@ -18,7 +18,7 @@ demo: install
 	$(VENV)/bin/audit demo --out out/demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info

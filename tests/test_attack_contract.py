@@ -16,14 +16,15 @@ import torch
 from attacks import ATTACKS, ATTENTION_ATTACKS, Domain, is_minimum_norm, make_attack
 
 SPEED = {"autoattack": {"apgd_steps": 20, "square_queries": 300}, "square": {"n_queries": 300},
-         "cw": {"steps": 30}, "deepfool": {"steps": 20}}
+         "cw": {"steps": 30}, "deepfool": {"steps": 20}, "attention-shift": {"steps": 20, "restarts": 2}}
 CHUNKED = {"square", "autoattack", "cw", "deepfool"}  # run over the fixed 64-sample chunk grid
 EXPECTED_REGISTRY = {"fgsm", "pgd", "pgd-l2", "cw", "deepfool", "autoattack", "square",
                      "attention-shift", "attention-hijack", "attention-guided", "stealth"}
 
 
-def build(name: str):
-    return make_attack(name, **SPEED.get(name, {}))
+def build(name: str, *, defaults: bool = False):
+    """The attack with the suite's lighter settings, or its defaults (``check_effective`` tests those)."""
+    return make_attack(name) if defaults else make_attack(name, **SPEED.get(name, {}))
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,12 @@ def models():
     return out
 
 
-def _run(name, model, x, y, *, eps, domain=None, seed=0, index=None):
+def _run(name, model, x, y, *, eps, domain=None, seed=0, index=None, defaults=False):
     domain = domain or Domain.unit(tuple(x.shape[1:]))
     index = torch.arange(len(x)) if index is None else index
-    return build(name)(model, x, y, eps=math.inf if is_minimum_norm(build(name)) else eps, domain=domain,
-                       seed=seed, index=index)
+    attack = build(name, defaults=defaults and name in ATTENTION_ATTACKS)
+    return attack(model, x, y, eps=math.inf if is_minimum_norm(attack) else eps, domain=domain, seed=seed,
+                  index=index)
 
 
 def check_budget(name, kind, model, x, y):
@@ -82,8 +84,9 @@ def check_seeded(name, kind, model, x, y):
 
 
 def check_batch_size(name, kind, model, x, y):
-    """Per-sample attacks: batches of 7 and 128 agree. Chunked ones: any chunk-aligned batching agrees."""
-    n = 128
+    """Per-sample attacks: batches of 7 and 128 agree. Chunked ones: any chunk-aligned batching agrees
+    (96 rows: a whole chunk and a partial one)."""
+    n = 96 if name in CHUNKED else 128
     whole = _run(name, model, x[:n], y[:n], eps=0.1)
     size = 64 if name in CHUNKED else 7
     parts = torch.cat([_run(name, model, x[i:min(i + size, n)], y[i:min(i + size, n)], eps=0.1,
@@ -106,7 +109,7 @@ def check_effective(name, kind, model, x, y):
     with torch.no_grad():
         keep = model(x).argmax(1) == y
     x, y = x[keep], y[keep]
-    x_adv = _run(name, model, x, y, eps=0.3)
+    x_adv = _run(name, model, x, y, eps=0.3, defaults=True)
     with torch.no_grad():
         accuracy = (model(x_adv).argmax(1) == y).float().mean().item()
     if name in ATTENTION_ATTACKS:

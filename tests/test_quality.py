@@ -11,7 +11,7 @@ def test_breast_cancer_detector_is_accurate_and_robust_accuracy_falls_with_eps(t
     path, summary = trained_checkpoint
     assert summary["test_accuracy"] >= 0.93
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--out", str(out), "--attacks", "fgsm,pgd", "--quiet"])
     assert result.exit_code in (0, 1), result.output
     metrics = {k: v["value"] for k, v in json.loads((out / "results.json").read_text())["metrics"].items()}
     assert metrics["clean.accuracy"] >= 0.93

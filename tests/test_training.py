@@ -137,7 +137,7 @@ def test_adversarial_training_beats_no_defense_under_pgd_on_flows(tmp_path):
     robust = {}
     for defense in ("none", "pgd-at"):
         model = tmp_path / f"{defense}.safetensors"
-        trained = invoke("train", "--data", "flows:3000", "--defense", defense, "--epochs", "10", "--out", model,
+        trained = invoke("train", "--data", "flows:2000", "--defense", defense, "--epochs", "8", "--out", model,
                          "--quiet")
         assert trained.exit_code == 0, trained.output
         out = tmp_path / f"audit-{defense}"
