@@ -166,6 +166,12 @@ def audit_options(function):
                      help="gradient-masking checks [default: on for standard and full]"),
         click.option("--frozen-features", callback=_name_list, default="",
                      help="features an attacker may not change, comma-separated"),
+        click.option("--target-class", default=None,
+                     help="targetable attacks (fgsm, pgd, pgd-l2, cw, square, attention-guided) aim at this class "
+                          "(a class name, e.g. the benign class of a detector)"),
+        click.option("--hijack-features", callback=_name_list, default="",
+                     help="attention-hijack pulls the attention onto these features, comma-separated "
+                          "[default: the 5 least-attended tokens of each sample]"),
         click.option("--max-samples", type=click.IntRange(min=0), default=None,
                      help="audit a seeded, stratified subset of this many rows, 0 = all "
                           "[default: 1000; full profile 5000]"),
@@ -264,7 +270,8 @@ def list_attacks() -> None:
     for name in sorted(ATTACKS):
         attack = make_attack(name)
         params = ", ".join(f"{k}={v}" for k, v in attack.params().items()) or "single step of size eps"
-        click.echo(f"{name:<18} {attack.norm:<5} {attack.reference}\n{'':<24}{params}")
+        targeted = "; targeted mode (--target-class)" if attack.targetable else ""
+        click.echo(f"{name:<18} {attack.norm:<5} {attack.reference}\n{'':<24}{params}{targeted}")
     click.echo("")
     for profile, (chosen, checks) in PROFILES.items():
         settings = ", ".join(f"{n}({', '.join(f'{k}={v}' for k, v in p.items())})" if p else n

@@ -58,6 +58,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("robust.evasion_rate.{attack}@{eps}", False, "[0, 1]",
                "binary detectors: among positive-class samples detected when clean, the share the attack turns "
                "into the negative class (the malicious sample passing as benign)"),
+    MetricSpec("robust.targeted_success_rate.{attack}@{eps}", False, "[0, 1]",
+               "with --target-class: among samples outside the target class classified correctly when clean, the "
+               "share the targeted attack moves into the target class"),
     MetricSpec("robust.masking_suspected", False, "{0, 1}",
                "1 when any gradient-masking check failed, 0 when every check that ran passed"),
     MetricSpec("stability.topk_intersection.{attack}@{eps}", True, "[0, 1]",

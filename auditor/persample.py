@@ -20,6 +20,7 @@ from auditor.metrics import Bootstrap, MetricValue
 WHY_EMPTY = {
     "robust.attack_success_rate.": "no audited sample was classified correctly when clean",
     "robust.evasion_rate.": "no audited positive-class sample was detected when clean",
+    "robust.targeted_success_rate.": "no audited sample outside the target class was classified correctly when clean",
 }
 
 

@@ -54,7 +54,8 @@ def predict(model, x, batch_size: int) -> torch.Tensor:
 
 
 def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, attacks: dict[str, Attack],
-                eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, keep_examples: bool, progress: bool | None, positive: int | None, n_classes: int,
+                eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, keep_examples: bool,
+                progress: bool | None, positive: int | None, n_classes: int, target: int | None = None,
                 topk: int = TOPK) -> RobustnessOutcome:
     outcome = RobustnessOutcome()
     batch_size = aligned_batch(batch_size)
@@ -83,7 +84,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 if is_attention_attack(name):
                     if clean_attention is None:  # the same for every attention attack and eps
                         clean_attention = _attention(model, x, batch_size)
-                    outcome.per_sample.update(_stability(model, name, tag, x, x_adv, clean_attention, clean_pred,
+                    outcome.per_sample.update(_stability(model, attack, tag, x, x_adv, clean_attention, clean_pred,
                                                          adv_pred, batch_size, topk))
                 if not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS:
                     outcome.per_sample[f"robust.accuracy.{tag}"] = correct.astype(np.float64)
@@ -92,6 +93,9 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                         caught = clean_correct & (y_np == pos)
                         outcome.per_sample[f"robust.evasion_rate.{tag}"] = only_where(
                             adv_pred.cpu().numpy() != pos, caught)
+                    if target is not None and attack.target_class is not None:
+                        outcome.per_sample[f"robust.targeted_success_rate.{tag}"] = only_where(
+                            adv_pred.cpu().numpy() == target, clean_correct & (y_np != target))
                 if keep_examples:
                     outcome.adversarial[f"adv/{tag}"] = x_adv.detach().cpu()
     finally:
@@ -106,7 +110,7 @@ def _attention(model, x, batch_size: int) -> torch.Tensor:
     return torch.cat([attention_distribution(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _stability(model, name: str, tag: str, x, x_adv, p, clean_pred, adv_pred, batch_size: int,
+def _stability(model, attack: Attack, tag: str, x, x_adv, p, clean_pred, adv_pred, batch_size: int,
                topk: int) -> dict[str, np.ndarray]:
     from attacks.attention import hijack_success
     from auditor import stability
@@ -118,10 +122,11 @@ def _stability(model, name: str, tag: str, x, x_adv, p, clean_pred, adv_pred, ba
         "jsd": stability.jsd(p, q),
         "prediction_kept": stability.prediction_kept(clean_pred, adv_pred),
     }
-    if name == "attention-hijack":
-        with torch.no_grad():
+    if attack.name == "attention-hijack":
+        with torch.no_grad():  # the targets the attack aimed at: its k least attended, or the chosen inputs
             values["hijack_success"] = torch.cat([
-                hijack_success(model, x[i:i + batch_size], x_adv[i:i + batch_size])
+                hijack_success(model, x[i:i + batch_size], x_adv[i:i + batch_size], k=attack.k,
+                               target_positions=attack.target_positions)
                 for i in range(0, len(x), batch_size)]).float()
     return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
 

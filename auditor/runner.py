@@ -27,13 +27,15 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     out_dir: Path, eps: tuple[float, ...], attacks: tuple[str, ...], max_samples: int, seed: int,
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
-                    masking_checks: bool | None = None, frozen_features: tuple[str, ...] = ()) -> Outcome:
+                    masking_checks: bool | None = None, frozen_features: tuple[str, ...] = (),
+                    target_class: str | None = None, hijack_features: tuple[str, ...] = ()) -> Outcome:
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, seed=seed, device=device,
                                       batch_size=batch_size, save_adversarial=save_adversarial,
-                                      save_explanations=save_explanations, frozen_features=tuple(frozen_features))
+                                      save_explanations=save_explanations, frozen_features=tuple(frozen_features),
+                                      target_class=target_class, hijack_features=tuple(hijack_features))
     planned = planned_metrics(config, binary=True)
     if policy_path is not None:
         policy = load_policy(policy_path)
@@ -51,6 +53,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
                                frozen_features=config.frozen_features)
+    config = config.bind(subject.data.feature_names, subject.data.class_names)
     result = run_audit(subject, config, progress=not quiet)
     skipped = dict(result.skipped)
     for name in planned_metrics(config, binary=subject.detector.n_classes == 2):

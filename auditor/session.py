@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,11 @@ class AuditConfig:
     profile: str = "quick"
     masking_checks: bool = False
     frozen_features: tuple[str, ...] = ()
+    target_class: str | None = None  # a class name: targetable attacks aim at it (``--target-class``)
+    hijack_features: tuple[str, ...] = ()  # attention-hijack pulls attention onto these (``--hijack-features``)
+    # resolved against the audited data by :meth:`bind`
+    target_index: int | None = None
+    hijack_positions: tuple[int, ...] = ()
 
     @classmethod
     def from_profile(cls, profile: str, *, attacks: tuple[str, ...] | None = None,
@@ -74,7 +79,31 @@ class AuditConfig:
                    max_samples=PROFILE_MAX_SAMPLES[profile] if max_samples is None else max_samples, **options)
 
     def attack_settings(self, name: str) -> dict:
-        return dict(PROFILES[self.profile][0].get(name, {}))
+        settings = dict(PROFILES[self.profile][0].get(name, {}))
+        if self.target_index is not None and ATTACKS[name].targetable:
+            settings["target_class"] = self.target_index
+        if name == "attention-hijack" and self.hijack_positions:
+            settings["target_positions"] = list(self.hijack_positions)
+        return settings
+
+    def bind(self, feature_names: list[str], class_names: list[str]) -> "AuditConfig":
+        """Resolve ``target_class`` and ``hijack_features`` names against the audited data."""
+        target_index = None
+        if self.target_class is not None:
+            if self.target_class in class_names:
+                target_index = class_names.index(self.target_class)
+            elif self.target_class.isdigit() and int(self.target_class) < len(class_names):
+                target_index = int(self.target_class)
+            else:
+                raise BadInputError(f"--target-class {self.target_class!r} is not a class of the model; classes: "
+                                    f"{', '.join(map(repr, class_names))}")
+        unknown = [name for name in self.hijack_features if name not in feature_names]
+        if unknown:
+            raise BadInputError(f"--hijack-features: {', '.join(map(repr, unknown[:3]))} not among the model's "
+                                f"features ({', '.join(map(repr, feature_names[:6]))}"
+                                f"{' ...' if len(feature_names) > 6 else ''})")
+        positions = tuple(feature_names.index(name) for name in self.hijack_features)
+        return replace(self, target_index=target_index, hijack_positions=positions)
 
     def build_attacks(self) -> dict:
         return {name: make_attack(name, **self.attack_settings(name)) for name in self.attacks}
@@ -91,6 +120,12 @@ class AuditConfig:
             raise BadInputError(f"unknown explainer {unknown[0]}; registered: {', '.join(sorted(EXPLAINERS))}")
         if self.max_samples < 0 or self.batch_size < 1:
             raise BadInputError("--max-samples must be >= 0 (0 = all rows) and the batch size >= 1")
+        if self.hijack_features and "attention-hijack" not in self.attacks:
+            raise BadInputError("--hijack-features applies to attention-hijack; add it to --attacks "
+                                "(or use --profile standard)")
+        if self.target_class is not None and not any(ATTACKS[a].targetable for a in self.attacks):
+            raise BadInputError("--target-class applies to the targetable attacks (fgsm, pgd, pgd-l2, cw, square, "
+                                "attention-guided); add one to --attacks")
 
     def to_dict(self) -> dict:
         payload = asdict(self)
@@ -159,6 +194,8 @@ def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
             names += [f"robust.accuracy.{tag}", f"robust.attack_success_rate.{tag}"]
             if binary:
                 names.append(f"robust.evasion_rate.{tag}")
+            if config.target_class is not None and ATTACKS[attack].targetable:
+                names.append(f"robust.targeted_success_rate.{tag}")
     if config.masking_checks:
         names.append("robust.masking_suspected")
     for explainer in config.explainers:
@@ -413,7 +450,8 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
     attacks = config.build_attacks()
     robust = run_attacks(detector, x, y, pred, attacks, list(config.eps), domain=domain, seed=config.seed,
                          batch_size=config.batch_size, keep_examples=config.save_adversarial,
-                         progress=progress, positive=data.positive_class, n_classes=detector.n_classes)
+                         progress=progress, positive=data.positive_class, n_classes=detector.n_classes,
+                         target=config.target_index)
     robust_metrics, robust_skipped = aggregate(robust.per_sample, bootstrap)
     metrics.update(robust_metrics)
     skipped.update(robust_skipped)

@@ -263,3 +263,41 @@ def test_train_on_a_csv_with_a_custom_label_column(tmp_path):
     assert audit.exit_code in (0, 1), audit.output
     document = json.loads((tmp_path / "p" / "results.json").read_text())
     assert document["data"]["split"] == "all" and document["data"]["n_samples"] == 60
+
+
+def test_target_class_adds_the_targeted_success_rate(model, tmp_path):
+    from detectors.checkpoint import read_metadata
+    benign = read_metadata(model)["classes"][1]
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--out", out, "--attacks", "fgsm,pgd,deepfool", "--target-class", benign,
+                    *FAST)
+    assert result.exit_code in (0, 1), result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["attack_params"]["pgd"]["target_class"] == 1
+    assert "target_class" not in document["config"]["attack_params"]["deepfool"]  # no targeted mode: untargeted
+    for eps in ("0.03", "0.1"):
+        assert f"robust.targeted_success_rate.pgd@{eps}" in document["metrics"]
+        assert f"robust.targeted_success_rate.deepfool@{eps}" not in document["metrics"]
+
+
+def test_unknown_target_class_and_hijack_feature_are_exit_2(model, tmp_path):
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--target-class", "nope", *FAST)
+    assert_one_line_error(result, "--target-class 'nope' is not a class of the model")
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--attacks", "attention-hijack",
+                    "--hijack-features", "nope", *FAST)
+    assert_one_line_error(result, "--hijack-features: 'nope' not among the model's features")
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--hijack-features", "nope", *FAST)
+    assert_one_line_error(result, "--hijack-features applies to attention-hijack")
+    assert not (tmp_path / "o").exists()
+
+
+def test_hijack_features_become_the_hijack_targets(model, tmp_path):
+    from detectors.checkpoint import read_metadata
+    features = read_metadata(model)["features"]
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--out", out, "--attacks", "attention-hijack", "--hijack-features",
+                    f"{features[3]},{features[7]}", "--eps", "0.1", "--max-samples", "40", "--quiet")
+    assert result.exit_code in (0, 1), result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["attack_params"]["attention-hijack"]["target_positions"] == [3, 7]
+    assert "stability.hijack_success.attention-hijack@0.1" in document["metrics"]
