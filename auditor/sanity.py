@@ -92,27 +92,39 @@ def _reinitialise(modules: list[nn.Module], done: set[int]) -> None:
 @dataclass
 class SanityOutcome:
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
-    curves: dict[str, list[dict]] = field(default_factory=dict)  # explainer -> [{"layer", "spearman"}], top first
+    # explainer -> (cascade layer labels, top first; per-sample Spearman after each step, (n, steps), NaN rows
+    # for the samples MPRT did not run on)
+    curves: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
 def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: torch.Tensor,
          attribution: torch.Tensor, *, baseline: torch.Tensor, seed: int,
-         index: torch.Tensor) -> tuple[np.ndarray, list[dict]]:
-    """Per-sample Spearman after the last cascade step, and the mean curve over the steps (top layer first)."""
+         index: torch.Tensor) -> tuple[list[str], np.ndarray]:
+    """The cascade's layer labels (top first) and each sample's Spearman after each step, (n, steps);
+    the metric is the last column."""
     randomised = copy.deepcopy(detector)
     done: set[int] = set()
-    curve, last = [], np.full(len(x), np.nan)
+    labels, columns = [], []
     for step, (label, modules) in enumerate(cascade_layers(randomised)):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(seed, f"sanity/mprt/{label}", step))
             _reinitialise(modules, done)
         draws = stream_seed(seed, f"sanity/mprt/explain/{step}", 0) & 0x7FFFFFFF
         changed = explainer.explain(randomised, x, target, baseline=baseline, seed=draws, index=index)
-        last = spearman_rows(attribution, changed)
-        finite = last[np.isfinite(last)]
-        curve.append({"layer": label, "spearman": float(finite.mean()) if len(finite) else float("nan")})
-    return last, curve
+        labels.append(label)
+        columns.append(spearman_rows(attribution, changed))
+    return labels, np.stack(columns, axis=1)
+
+
+def mean_sanity_curves(outcome: "SanityOutcome") -> dict[str, list[dict]]:
+    """The report's view (AuditResult.sanity_curves): per explainer, the mean Spearman over the samples that
+    counted after each cascade step, top layer first. From per-sample rows, so gathered shards give the same."""
+    view = {}
+    for name, (labels, values) in outcome.curves.items():
+        means = [float(np.nanmean(column)) if np.isfinite(column).any() else float("nan") for column in values.T]
+        view[name] = [{"layer": label, "spearman": mean} for label, mean in zip(labels, means)]
+    return view
 
 
 def _last_attention(detector: nn.Module) -> SelfAttention | None:
@@ -171,14 +183,16 @@ def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
     for name, explainer in explainers.items():
         if name == "random" or name not in attributions:
             continue
-        values = np.full(len(x), np.nan)
+        labels = [label for label, _ in cascade_layers(model)]
+        values = np.full((len(x), len(labels)), np.nan)
         if chosen.any():
             rows = chosen.nonzero().flatten()
-            part, curve = mprt(model, explainer, x[rows], target[rows], attributions[name][rows], baseline=baseline,
-                               seed=seed, index=index[rows])
+            on_device = rows.to(x.device)
+            labels, part = mprt(model, explainer, x[on_device], target[on_device], attributions[name][on_device],
+                                baseline=baseline, seed=seed, index=index[rows])
             values[rows.numpy()] = part
-            outcome.curves[name] = curve
-        outcome.per_sample[f"sanity.mprt.{name}"] = values
+        outcome.curves[name] = (labels, values)
+        outcome.per_sample[f"sanity.mprt.{name}"] = values[:, -1].copy()
     reason = flip_rate_unsupported(model)
     if reason is None:
         with evaluating(model):

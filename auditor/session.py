@@ -24,7 +24,7 @@ from auditor.localisation import localisation_stage, relevant_mask_of
 from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.persample import aggregate
 from auditor.robustness import robustness_curves, run_attacks
-from auditor.sanity import FLIP_RATE_METRICS, sanity_stage
+from auditor.sanity import FLIP_RATE_METRICS, mean_sanity_curves, sanity_stage
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
 from detectors.data import Dataset, align_table, is_builtin, load_table, split_table, stratified_subset
@@ -485,7 +485,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
         metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(x),
         robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=curves_view, confusion=confusion.tolist(),
         gallery=_gallery(data, proba_np, attributions), masking=[c.to_dict() for c in checks],
-        sanity_curves=sane.curves,
+        sanity_curves=mean_sanity_curves(sane),
     )
     if config.save_adversarial:
         result.adversarial = {"x": x.cpu(), "y": y.cpu(), **robust.adversarial}

@@ -254,9 +254,9 @@ def test_mprt_of_random_is_near_zero_and_of_an_input_copy_is_one(tiny_detector):
     for name, expected, tolerance in (("random", 0.0, 0.15), ("input-copy", 1.0, 1e-9)):
         explainer = InputCopy() if name == "input-copy" else make_explainer(name)
         trained = explainer.explain(tiny_detector, x, target, **kwargs)
-        values, curve = mprt(tiny_detector, explainer, x, target, trained, **kwargs)
-        assert abs(values.mean() - expected) <= tolerance
-        assert [step["layer"] for step in curve] == ["head", "block 2", "block 1", "embedding"]
+        labels, values = mprt(tiny_detector, explainer, x, target, trained, **kwargs)
+        assert abs(values[:, -1].mean() - expected) <= tolerance
+        assert labels == ["head", "block 2", "block 1", "embedding"]
     assert all(torch.equal(v, state[k]) for k, v in tiny_detector.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
 
@@ -268,9 +268,9 @@ def test_mprt_of_attention_drops_once_the_model_is_randomised(tiny_detector):
     target = tiny_detector(x).argmax(1)
     kwargs = dict(baseline=torch.zeros(6), seed=0, index=torch.arange(32))
     explainer = make_explainer("attention")
-    values, _ = mprt(tiny_detector, explainer, x, target, explainer.explain(tiny_detector, x, target, **kwargs),
+    _, values = mprt(tiny_detector, explainer, x, target, explainer.explain(tiny_detector, x, target, **kwargs),
                      **kwargs)
-    assert values.mean() < 0.9
+    assert values[:, -1].mean() < 0.9
 
 
 def test_precision_at_k_of_the_true_ranking_is_one_and_skips_samples_without_ground_truth():
@@ -282,3 +282,35 @@ def test_precision_at_k_of_the_true_ranking_is_one_and_skips_samples_without_gro
     assert np.isnan(precision_at_k(truth, relevant)[1])
     reversed_ranking = -truth
     assert np.array_equal(precision_at_k(reversed_ranking, relevant)[[0, 2]], [0.0, 0.0])
+
+
+def test_sanity_stage_is_per_sample_so_shards_gather_to_the_whole(tiny_detector):
+    from auditor.sanity import mean_sanity_curves, sanity_stage
+
+    x = torch.rand(12, 6)
+    target = tiny_detector(x).argmax(1)
+    explainers = {name: make_explainer(name) for name in ("attention", "random")}
+    kwargs = dict(baseline=torch.zeros(6), seed=0)
+    attributions = {name: e.explain(tiny_detector, x, target, index=torch.arange(12), **kwargs)
+                    for name, e in explainers.items()}
+    whole = sanity_stage(tiny_detector, x, target, attributions, index=torch.arange(12), explainers=explainers,
+                         **kwargs)
+    halves = [sanity_stage(tiny_detector, x[rows], target[rows], {k: v[rows] for k, v in attributions.items()},
+                           index=torch.arange(12)[rows], explainers=explainers, **kwargs)
+              for rows in (slice(0, 5), slice(5, 12))]
+    assert set(whole.per_sample) == {"sanity.mprt.attention", "sanity.flip_rate.attention", "sanity.flip_rate.random"}
+    for name, values in whole.per_sample.items():
+        assert np.allclose(np.concatenate([h.per_sample[name] for h in halves]), values, equal_nan=True)
+    gathered = np.concatenate([h.curves["attention"][1] for h in halves])
+    assert np.allclose(gathered, whole.curves["attention"][1], equal_nan=True)
+    assert [p["layer"] for p in mean_sanity_curves(whole)["attention"]] == ["head", "block 2", "block 1", "embedding"]
+
+
+def test_flip_rate_is_skipped_with_the_reason_on_models_without_editable_attention():
+    from auditor.sanity import sanity_stage
+
+    model = HardWiredAttention(torch.tensor([0.1, 0.6, 0.1, 0.2]))
+    x = torch.rand(4, 3)
+    outcome = sanity_stage(model, x, torch.ones(4, dtype=torch.long), {}, baseline=torch.zeros(3), seed=0,
+                           index=torch.arange(4), explainers={})
+    assert "cannot be edited" in outcome.skipped["sanity.flip_rate.attention"] and not outcome.per_sample
