@@ -156,7 +156,10 @@ class Bootstrap:
             return None
         value = float(per_sample[mask].mean())
         weights = mask.astype(np.float64)
-        ci = self.interval(lambda v, w: (v * w).sum(1) / w.sum(1), per_sample, weights)
+        # rows outside the mask may hold NaN (a sample that does not count): zero them, or NaN·0 = NaN
+        # would void every resample and with it the interval
+        counted = np.where(mask, per_sample, 0.0)
+        ci = self.interval(lambda v, w: (v * w).sum(1) / w.sum(1), counted, weights)
         return MetricValue(value, ci)
 
 

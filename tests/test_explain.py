@@ -314,3 +314,13 @@ def test_flip_rate_is_skipped_with_the_reason_on_models_without_editable_attenti
     outcome = sanity_stage(model, x, torch.ones(4, dtype=torch.long), {}, baseline=torch.zeros(3), seed=0,
                            index=torch.arange(4), explainers={})
     assert "cannot be edited" in outcome.skipped["sanity.flip_rate.attention"] and not outcome.per_sample
+
+
+def test_a_metric_counted_on_some_samples_keeps_its_interval():
+    from auditor.metrics import Bootstrap
+    from auditor.persample import aggregate
+
+    values = np.where(np.arange(200) < 60, np.linspace(0, 1, 200), np.nan)
+    metrics, _ = aggregate({"sanity.mprt.attention": values}, Bootstrap(200, seed=0))
+    value = metrics["sanity.mprt.attention"]
+    assert value.ci95 is not None and value.ci95[0] <= value.value <= value.ci95[1]
