@@ -21,7 +21,9 @@ sample's attribution does not depend on the batch it was computed in.
     R += mean_h((∇A ⊙ A)⁺) R, with ∇A the gradient of the target logit with
     respect to that layer's attention weights; CLS row. Needs attention weights
     that are part of the autograd graph (the built-in blocks return them so;
-    ``nn.MultiheadAttention`` weights captured by hooks are too).
+    ``nn.MultiheadAttention`` hands back a reshaped view of the weights it used,
+    so the gradient is taken with respect to the view's base); a model whose
+    logits do not depend on the tensors it returns is refused with the reason.
 ``integrated-gradients``
     captum's IntegratedGradients from the removal baseline (the training mean),
     32 steps, Gauss-Legendre, in bounded internal batches.
@@ -174,6 +176,13 @@ def gradient_weighted_rollout(attentions: list[torch.Tensor], gradients: list[to
     return relevance
 
 
+def _graph_node(weights: torch.Tensor) -> torch.Tensor:
+    """The tensor the forward computed with: ``nn.MultiheadAttention`` returns a reshaped view of its weights
+    that nothing downstream uses, so the gradient must be taken with respect to the view's base."""
+    base = weights._base
+    return base if base is not None and base.numel() == weights.numel() else weights
+
+
 class GradientAttention(Explainer):
     name = "grad-attention"
     family = "attention"
@@ -190,8 +199,12 @@ class GradientAttention(Explainer):
                     "returns detached ones; leave grad-attention out of --explainers or return the weights "
                     "without .detach()")
             picked = logits.gather(1, target.view(-1, 1)).sum()
-            gradients = torch.autograd.grad(picked, attentions, allow_unused=True)
-        gradients = [torch.zeros_like(a) if g is None else g for a, g in zip(attentions, gradients)]
+            gradients = torch.autograd.grad(picked, [_graph_node(a) for a in attentions], allow_unused=True)
+        if all(g is None for g in gradients):
+            raise BadInputError(
+                "grad-attention: the model's logits do not depend on the attention tensors it hands back (a copy, "
+                "not the weights its forward used); leave grad-attention out of --explainers")
+        gradients = [torch.zeros_like(a) if g is None else g.reshape(a.shape) for a, g in zip(attentions, gradients)]
         relevance = gradient_weighted_rollout([a.detach() for a in attentions], gradients)
         return detector.token_map.to_input(_token_scores_from_row(relevance, detector.token_map.cls_index))
 
