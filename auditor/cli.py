@@ -162,6 +162,9 @@ def audit_options(function):
                      show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
         click.option("--attacks", callback=_name_list, default="",
                      help="override the profile's attacks: registered names, comma-separated"),
+        click.option("--explainers", callback=_name_list, default="",
+                     help="override the profile's explainers: registered names, comma-separated "
+                          "(quick: attention, rollout, integrated-gradients, random; standard and full: all)"),
         click.option("--masking-checks/--no-masking-checks", default=None,
                      help="gradient-masking checks [default: on for standard and full]"),
         click.option("--frozen-features", callback=_name_list, default="",

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 1000
+# the reference explainers attention is compared with (auditor.agreement; kept here so the catalogue
+# needs no import of the stages)
+AGREEMENT_REFERENCES = ("integrated-gradients", "feature-ablation")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class MetricSpec:
         text = re.escape(self.pattern)
         text = text.replace(re.escape("{attack}"), "(?P<attack>" + "|".join(map(re.escape, attacks)) + ")")
         text = text.replace(re.escape("{explainer}"), "(?P<explainer>" + "|".join(map(re.escape, explainers)) + ")")
+        text = text.replace(re.escape("{reference}"),
+                            "(?P<reference>" + "|".join(map(re.escape, AGREEMENT_REFERENCES)) + ")")
         text = text.replace(re.escape("{eps}"), r"(?P<eps>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)")
         return re.compile(text + r"\Z")
 
@@ -79,6 +84,26 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("faithfulness.insertion_auc.{explainer}", True, "[0, 1]",
                "area under the predicted-class probability as the top-attributed features are restored into "
                "the baseline, one by one"),
+    MetricSpec("agreement.kendall_tau.{explainer}~{reference}", True, "[-1, 1]",
+               "Kendall's tau-b between the attention explainer's and the reference's token rankings (each "
+               "attribution summed in absolute value over a token's inputs), mean over samples (Jain & Wallace "
+               "2019); reference: integrated-gradients or feature-ablation"),
+    MetricSpec("agreement.topk_overlap.{explainer}~{reference}", True, "[0, 1]",
+               "share of the attention explainer's top-k tokens (k = min(5, tokens)) that are also in the "
+               "reference's top-k"),
+    MetricSpec("sanity.mprt.{explainer}", False, "[-1, 1]",
+               "Adebayo et al. 2018 cascading model-parameter randomisation: Spearman correlation between the "
+               "explanations of the trained model and of the model with every layer re-initialised (top-down); "
+               "high = the explanation ignores the model, a failed sanity check"),
+    MetricSpec("sanity.flip_rate.attention", True, "[0, 1]",
+               "Serrano & Smith 2019: share of samples whose decision flips when the highest CLS attention weight "
+               "of the last layer is zeroed and the row renormalised (compare with sanity.flip_rate.random)"),
+    MetricSpec("sanity.flip_rate.random", False, "[0, 1]",
+               "the same when a random non-CLS weight is zeroed instead: the chance level that "
+               "sanity.flip_rate.attention should exceed"),
+    MetricSpec("localisation.precision_at_k.{explainer}", True, "[0, 1]",
+               "on data with known relevant features: share of the k top-attributed features that are truly "
+               "relevant (k = number of relevant features of the sample)"),
 )
 
 
@@ -134,7 +159,10 @@ class Bootstrap:
             return None
         value = float(per_sample[mask].mean())
         weights = mask.astype(np.float64)
-        ci = self.interval(lambda v, w: (v * w).sum(1) / w.sum(1), per_sample, weights)
+        # rows outside the mask may hold NaN (a sample that does not count): zero them, or NaN·0 = NaN
+        # would void every resample and with it the interval
+        counted = np.where(mask, per_sample, 0.0)
+        ci = self.interval(lambda v, w: (v * w).sum(1) / w.sum(1), counted, weights)
         return MetricValue(value, ci)
 
 

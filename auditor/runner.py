@@ -28,10 +28,12 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] = (),
-                    target_class: str | None = None, hijack_features: tuple[str, ...] = ()) -> Outcome:
+                    target_class: str | None = None, hijack_features: tuple[str, ...] = (),
+                    explainers: tuple[str, ...] = ()) -> Outcome:
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
-    config = AuditConfig.from_profile(profile, attacks=attacks or None, masking_checks=masking_checks,
+    config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
+                                      masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, seed=seed, device=device,
                                       batch_size=batch_size, save_adversarial=save_adversarial,
                                       save_explanations=save_explanations, frozen_features=tuple(frozen_features),

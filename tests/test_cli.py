@@ -41,7 +41,8 @@ def test_passing_policy_exits_0_and_writes_every_output(model, tmp_path):
     assert document["passed"] is True and document["schema_version"] == 1
     assert isinstance(document["data"]["n_samples"], int) and document["data"]["n_samples"] == 60
     assert [g["kind"] for g in document["gates"]] == ["threshold", "threshold"]
-    assert set(document["timing"]) == {"clean", "robustness", "explain", "faithfulness"}
+    assert set(document["timing"]) == {"clean", "robustness", "explain", "faithfulness", "agreement", "sanity",
+                                       "localisation"}
     for value in document["metrics"].values():
         assert value["value"] == value["value"]  # never NaN
     suite = ET.parse(out / "junit.xml").getroot()
@@ -49,6 +50,27 @@ def test_passing_policy_exits_0_and_writes_every_output(model, tmp_path):
     assert "| `clean.accuracy >= 0.5` |" in (out / "summary.md").read_text()
     assert (out / "report.html").stat().st_size > 10_000
     assert not list(out.glob(".*"))
+
+
+def test_explainers_option_runs_agreement_sanity_and_skips_localisation_without_ground_truth(model, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[gates]\n"agreement.kendall_tau.grad-attention~feature-ablation" = ">= -1"\n'
+                      '"sanity.flip_rate.attention" = ">= 0"\n')
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--policy", policy, "--out", out, "--attacks", "fgsm",
+                    "--explainers", "attention,grad-attention,feature-ablation,random", "--eps", "0.1",
+                    "--max-samples", "40", "--quiet")
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["explainers"] == ["attention", "grad-attention", "feature-ablation", "random"]
+    metrics = document["metrics"]
+    for name in ("agreement.kendall_tau.attention~feature-ablation", "agreement.topk_overlap.attention~feature-ablation",
+                 "sanity.mprt.attention", "sanity.mprt.feature-ablation", "sanity.flip_rate.random"):
+        assert name in metrics and metrics[name]["ci95"] is not None
+    assert "sanity.mprt.random" not in metrics and "agreement.kendall_tau.rollout~feature-ablation" not in metrics
+    assert "ground truth" in document["skipped"]["localisation.precision_at_k.attention"]
+    unknown = invoke("run", "--model", model, "--out", tmp_path / "o2", "--explainers", "lime", *FAST)
+    assert_one_line_error(unknown, "unknown explainer lime")
 
 
 def test_failing_gate_exits_1_with_the_failure_in_junit(model, tmp_path):

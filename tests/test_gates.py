@@ -25,6 +25,21 @@ def test_policy_parses_operators_and_canonical_eps(tmp_path):
     validate_policy(policy, PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
 
 
+def test_policy_accepts_agreement_sanity_and_localisation_names(tmp_path):
+    config = AuditConfig.from_profile("standard")
+    policy = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~integrated-gradients" = ">= 0.2"\n'
+                               '"agreement.topk_overlap.grad-attention~feature-ablation" = ">= 0.2"\n'
+                               '"sanity.mprt.attention" = "<= 0.5"\n"sanity.flip_rate.attention" = ">= 0.1"\n'
+                               '"localisation.precision_at_k.integrated-gradients" = ">= 0.5"\n')
+    validate_policy(policy, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
+    bad = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~saliency" = ">= 0.2"\n')
+    with pytest.raises(BadInputError, match="unknown metric"):
+        validate_policy(bad, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
+    quick = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~feature-ablation" = ">= 0.2"\n')
+    with pytest.raises(BadInputError, match="not computed by this run"):
+        validate_policy(quick, PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
+
+
 @pytest.mark.parametrize("text,match", [
     ("[gates\n", "invalid TOML"),
     ('[gates]\n"clean.accuracy" = 0.9\n', "not a condition"),
