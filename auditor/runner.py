@@ -27,13 +27,16 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     out_dir: Path, eps: tuple[float, ...], attacks: tuple[str, ...], max_samples: int, seed: int,
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
-                    masking_checks: bool | None = None, frozen_features: tuple[str, ...] = ()) -> Outcome:
+                    masking_checks: bool | None = None, frozen_features: tuple[str, ...] = (),
+                    faithfulness_metrics: tuple[str, ...] = (), removal_baseline: str = "mean") -> Outcome:
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, seed=seed, device=device,
                                       batch_size=batch_size, save_adversarial=save_adversarial,
-                                      save_explanations=save_explanations, frozen_features=tuple(frozen_features))
+                                      save_explanations=save_explanations, frozen_features=tuple(frozen_features),
+                                      faithfulness_metrics=tuple(faithfulness_metrics) or None,
+                                      removal_baseline=removal_baseline)
     planned = planned_metrics(config, binary=True)
     if policy_path is not None:
         policy = load_policy(policy_path)

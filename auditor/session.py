@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from attacks import ATTACKS, Domain, make_attack
 from auditor.clean import clean_metrics, predict_proba
 from auditor.explain import EXPLAINERS, make_explainer
-from auditor.faithfulness import faithfulness_stage, mean_curves
+from auditor.faithfulness import (FAITHFULNESS_METRICS, REMOVAL_BASELINES, check_metric_names, faithfulness_stage,
+                                   mean_curves, planned_names, removal_baseline)
 from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.persample import aggregate
 from auditor.robustness import robustness_curves, run_attacks
@@ -41,6 +42,9 @@ PROFILES = {
               "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 5},
               "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
 }
+# faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS)
+PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFULNESS_METRICS,
+                        "full": FAITHFULNESS_METRICS}
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}
 DEFAULT_ATTACKS = tuple(PROFILES["quick"][0])
 GALLERY_SIZE = 3
@@ -61,17 +65,23 @@ class AuditConfig:
     profile: str = "quick"
     masking_checks: bool = False
     frozen_features: tuple[str, ...] = ()
+    faithfulness_metrics: tuple[str, ...] = PROFILE_FAITHFULNESS["quick"]
+    removal_baseline: str = "mean"
 
     @classmethod
     def from_profile(cls, profile: str, *, attacks: tuple[str, ...] | None = None,
-                     masking_checks: bool | None = None, max_samples: int | None = None, **options) -> "AuditConfig":
-        """The profile picks attacks, their settings and the masking checks; explicit options win."""
+                     masking_checks: bool | None = None, max_samples: int | None = None,
+                     faithfulness_metrics: tuple[str, ...] | None = None, **options) -> "AuditConfig":
+        """The profile picks attacks, their settings, the masking checks and the faithfulness metrics;
+        explicit options win."""
         if profile not in PROFILES:
             raise BadInputError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
         chosen, checks = PROFILES[profile]
         return cls(attacks=tuple(attacks) if attacks else tuple(chosen), profile=profile,
                    masking_checks=checks if masking_checks is None else masking_checks,
-                   max_samples=PROFILE_MAX_SAMPLES[profile] if max_samples is None else max_samples, **options)
+                   max_samples=PROFILE_MAX_SAMPLES[profile] if max_samples is None else max_samples,
+                   faithfulness_metrics=tuple(faithfulness_metrics) if faithfulness_metrics
+                   else PROFILE_FAITHFULNESS[profile], **options)
 
     def attack_settings(self, name: str) -> dict:
         return dict(PROFILES[self.profile][0].get(name, {}))
@@ -89,6 +99,10 @@ class AuditConfig:
         unknown = [e for e in self.explainers if e not in EXPLAINERS]
         if unknown:
             raise BadInputError(f"unknown explainer {unknown[0]}; registered: {', '.join(sorted(EXPLAINERS))}")
+        check_metric_names(self.faithfulness_metrics)
+        if self.removal_baseline not in REMOVAL_BASELINES:
+            raise BadInputError(f"unknown removal baseline {self.removal_baseline!r}; "
+                                f"choose one of {', '.join(REMOVAL_BASELINES)}")
         if self.max_samples < 0 or self.batch_size < 1:
             raise BadInputError("--max-samples must be >= 0 (0 = all rows) and the batch size >= 1")
 
@@ -96,7 +110,7 @@ class AuditConfig:
         payload = asdict(self)
         payload["eps"] = [float(e) for e in self.eps]
         payload["attack_params"] = {name: attack.params() for name, attack in self.build_attacks().items()}
-        payload["removal_baseline"] = "training-split mean"
+        payload["faithfulness_metrics"] = list(self.faithfulness_metrics)
         return payload
 
 
@@ -161,9 +175,7 @@ def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
                 names.append(f"robust.evasion_rate.{tag}")
     if config.masking_checks:
         names.append("robust.masking_suspected")
-    for explainer in config.explainers:
-        names += [f"faithfulness.deletion_auc.{explainer}", f"faithfulness.insertion_auc.{explainer}"]
-    return names
+    return names + planned_names(config.faithfulness_metrics, config.explainers)
 
 
 def sha256_of(path: Path) -> str:
@@ -393,6 +405,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
         raise BadInputError(
             f"expected x of shape (N, {', '.join(map(str, detector.input_shape))}), got {tuple(x.shape)}"
         )
+    baseline = removal_baseline(config.removal_baseline, x, subject.baseline)
     bootstrap = Bootstrap(len(x), seed=config.seed)
     timing: dict[str, float] = {}
     skipped: dict[str, str] = {}
@@ -429,12 +442,13 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
     timing["robustness"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    attributions = explain_all(detector, x, pred, config, baseline=subject.baseline, progress=progress)
+    attributions = explain_all(detector, x, pred, config, baseline=baseline, progress=progress)
     timing["explain"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    faithful = faithfulness_stage(detector, x, pred, attributions, baseline=subject.baseline, seed=config.seed,
-                                  index=torch.arange(len(x)))
+    faithful = faithfulness_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
+                                  index=torch.arange(len(x)), metrics=config.faithfulness_metrics,
+                                  explainers={name: make_explainer(name) for name in attributions})
     faithful_metrics, faithful_skipped = aggregate(faithful.per_sample, bootstrap)
     metrics.update(faithful_metrics)
     skipped.update(faithful_skipped)
@@ -467,7 +481,8 @@ def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, confi
             parts = []
             for start in batches:
                 rows = slice(start, start + config.batch_size)
-                parts.append(explainer.explain(detector, x[rows], target[rows], baseline=baseline,
+                rows_baseline = baseline[rows] if baseline.shape == x.shape else baseline
+                parts.append(explainer.explain(detector, x[rows], target[rows], baseline=rows_baseline,
                                                seed=config.seed, index=index[rows]).detach())
                 bar.update()
             out[name] = torch.cat(parts)
