@@ -333,8 +333,8 @@ def infidelity_per_sample(model: torch.nn.Module, x: torch.Tensor, attribution: 
 
 
 def max_sensitivity(model: torch.nn.Module, explainer, x: torch.Tensor, target: torch.Tensor,
-                    baseline: torch.Tensor, *, seed: int, index: torch.Tensor, max_batch: int = 2048) -> np.ndarray:
-    """(n,) captum sensitivity_max of ``explainer`` (re-run on every perturbed input)."""
+                    baseline: torch.Tensor, *, seed: int, index: torch.Tensor, max_batch: int = 16384) -> np.ndarray:
+    """(n,) captum sensitivity_max of ``explainer``, re-run on ``max_batch`` perturbed inputs at a time."""
     k = SENSITIVITY_PERTURBATIONS
     chunk = max(1, max_batch // k)
     out = np.empty(len(x))
@@ -356,8 +356,10 @@ def max_sensitivity(model: torch.nn.Module, explainer, x: torch.Tensor, target: 
             repeat = len(inputs) // m
             rows_base = base.repeat_interleave(repeat, dim=0) if base.shape == xs.shape else base
             with torch.enable_grad():  # captum calls this under no_grad; gradient explainers need autograd
-                return explainer.explain(model, inputs, target[rows].repeat_interleave(repeat), baseline=rows_base,
-                                         seed=seed, index=index[rows].repeat_interleave(repeat)).detach()
+                attribution = explainer.explain(model, inputs, target[rows].repeat_interleave(repeat),
+                                                baseline=rows_base, seed=seed,
+                                                index=index[rows].repeat_interleave(repeat)).detach()
+            return (attribution,)  # captum iterates over the first call's result as a tuple of inputs
 
         values = sensitivity_max(explain, xs, perturb_func=perturb, n_perturb_samples=k,
                                  max_examples_per_batch=None)
@@ -427,8 +429,7 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
             if explainers is None or name not in explainers:
                 raise ValueError(f"max_sensitivity re-runs the explainer: pass explainers[{name!r}]")
             outcome.per_sample[f"stability.max_sensitivity.{name}"] = max_sensitivity(
-                model, explainers[name], x, target, baseline, seed=seed, index=index,
-                max_batch=max(1, max_batch // 8))
+                model, explainers[name], x, target, baseline, seed=seed, index=index, max_batch=max_batch)
     return outcome
 
 
