@@ -218,3 +218,20 @@ def test_blur_on_tabular_data_is_refused_with_exit_2(trained_checkpoint, tmp_pat
     result = CliRunner().invoke(cli, ["run", "--model", str(path), "--out", str(tmp_path / "out"),
                                       "--faithfulness-metrics", "deletion,faithful", "--quiet"])
     assert result.exit_code == 2 and "unknown faithfulness metric 'faithful'" in result.output
+
+
+def test_profiles_choose_the_faithfulness_metrics_and_the_config_records_them():
+    from auditor.session import AuditConfig, planned_metrics
+
+    quick = AuditConfig.from_profile("quick")
+    assert quick.faithfulness_metrics == ("deletion", "insertion")
+    assert AuditConfig.from_profile("standard").faithfulness_metrics == FAITHFULNESS_METRICS
+    chosen = AuditConfig.from_profile("quick", faithfulness_metrics=("correlation", "max_sensitivity"),
+                                      removal_baseline="zero")
+    names = planned_metrics(chosen)
+    assert "faithfulness.correlation.attention" in names and "stability.max_sensitivity.random" in names
+    assert "faithfulness.deletion_auc.attention" not in names
+    doc = chosen.to_dict()
+    assert doc["removal_baseline"] == "zero" and doc["faithfulness_metrics"] == ["correlation", "max_sensitivity"]
+    with pytest.raises(BadInputError, match="removal baseline"):
+        AuditConfig(removal_baseline="median")
