@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install install-bench demo test clean
 
 install: $(STAMP)
 
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+install-bench: install
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test,bench]'
 
 demo: install
 	$(VENV)/bin/audit demo --out out/demo

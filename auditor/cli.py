@@ -175,6 +175,14 @@ def audit_options(function):
         click.option("--hijack-features", callback=_name_list, default="",
                      help="attention-hijack pulls the attention onto these features, comma-separated "
                           "[default: the 5 least-attended tokens of each sample]"),
+        click.option("--faithfulness-metrics", callback=_name_list, default="",
+                     help="override the profile's faithfulness metrics, comma-separated: deletion, insertion, "
+                          "deletion_gain, comprehensiveness, sufficiency, correlation, infidelity, max_sensitivity "
+                          "[default: quick: deletion,insertion; standard and full: all]"),
+        click.option("--removal-baseline", type=click.Choice(["mean", "zero", "blur"]), default="mean",
+                     show_default=True,
+                     help="what a removed feature becomes: the training-split mean, zero, or (images only) a "
+                          "Gaussian blur of the input, sigma 1 pixel"),
         click.option("--max-samples", type=click.IntRange(min=0), default=None,
                      help="audit a seeded, stratified subset of this many rows, 0 = all "
                           "[default: 1000; full profile 5000]"),

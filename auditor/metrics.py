@@ -84,6 +84,26 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("faithfulness.insertion_auc.{explainer}", True, "[0, 1]",
                "area under the predicted-class probability as the top-attributed features are restored into "
                "the baseline, one by one"),
+    MetricSpec("faithfulness.deletion_gain.{explainer}", True, "(-inf, 1]",
+               "1 - deletion AUC / mean deletion AUC of 8 random feature rankings of the same sample (above 0: "
+               "removing the explainer's top features hurts the prediction sooner than chance)"),
+    MetricSpec("faithfulness.comprehensiveness.{explainer}", True, "[-1, 1]",
+               "ERASER AOPC: mean over k = 1, 5, 10, 20, 50% of features (rounded up, at least one) of p_y(x) - "
+               "p_y(x with its top-k features at the baseline)"),
+    MetricSpec("faithfulness.sufficiency.{explainer}", False, "[-1, 1]",
+               "ERASER AOPC: mean over the same k of p_y(x) - p_y(x with only its top-k features kept, the rest at "
+               "the baseline)"),
+    MetricSpec("faithfulness.correlation.{explainer}", True, "[-1, 1]",
+               "Bhatt et al. 2020: Pearson correlation over 64 random subsets of 20% of the features between the "
+               "subset's attribution sum and the drop in p_y when the subset is set to the baseline (samples where "
+               "either side is constant do not count; n says how many did)"),
+    MetricSpec("faithfulness.infidelity.{explainer}", False, "[0, inf)",
+               "captum infidelity (Yeh et al. 2019) of p_y, scale-normalised: mean squared error between "
+               "sum_i a_i eps_i and the drop in p_y when each feature moves a fraction eps_i ~ N(0, 0.1^2) "
+               "toward the baseline (16 draws)"),
+    MetricSpec("stability.max_sensitivity.{explainer}", False, "[0, inf)",
+               "captum sensitivity_max (Yeh et al. 2019): largest relative change ||e(x) - e(x')|| / ||e(x)|| of "
+               "the explanation over 8 inputs x' drawn uniformly within 0.02 (L-inf, [0,1] units) of x"),
     MetricSpec("agreement.kendall_tau.{explainer}~{reference}", True, "[-1, 1]",
                "Kendall's tau-b between the attention explainer's and the reference's token rankings (each "
                "attribution summed in absolute value over a token's inputs), mean over samples (Jain & Wallace "
@@ -111,9 +131,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 class MetricValue:
     value: float
     ci95: tuple[float, float] | None = None
+    n: int | None = None  # samples that counted, for means over per-sample values
 
     def to_dict(self) -> dict:
-        return {"value": self.value, "ci95": list(self.ci95) if self.ci95 is not None else None}
+        payload = {"value": self.value, "ci95": list(self.ci95) if self.ci95 is not None else None}
+        if self.n is not None:
+            payload["n"] = self.n
+        return payload
 
 
 def format_eps(eps: float) -> str:

@@ -12,6 +12,8 @@ numbers do not depend on how the samples were split.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from auditor.metrics import Bootstrap, MetricValue
@@ -31,17 +33,19 @@ def only_where(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def aggregate(per_sample: dict[str, np.ndarray], bootstrap: Bootstrap) -> tuple[dict[str, MetricValue],
                                                                                  dict[str, str]]:
-    """Means with intervals over the finite entries; names with no finite entry go to ``skipped``."""
+    """Means with intervals over the finite entries, each with ``n`` (how many counted); names with no finite
+    entry go to ``skipped``."""
     metrics: dict[str, MetricValue] = {}
     skipped: dict[str, str] = {}
     for name, values in per_sample.items():
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 1:
             raise ValueError(f"expected per-sample values of shape (n,) for {name}, got {values.shape}")
-        value = bootstrap.mean(values, mask=np.isfinite(values))
+        counted = np.isfinite(values)
+        value = bootstrap.mean(values, mask=counted)
         if value is None:
             skipped[name] = next((why for prefix, why in WHY_EMPTY.items() if name.startswith(prefix)),
                                  "no audited sample qualified for this metric")
         else:
-            metrics[name] = value
+            metrics[name] = replace(value, n=int(counted.sum()))
     return metrics, skipped

@@ -11,7 +11,7 @@ import io
 import json
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import jinja2
@@ -272,6 +272,6 @@ def finite_metrics(metrics: dict[str, MetricValue], skipped: dict[str, str]) -> 
             skipped.setdefault(name, "the value is undefined on these samples")
             continue
         if value.ci95 is not None and not all(np.isfinite(value.ci95)):
-            value = MetricValue(value.value, None)
+            value = replace(value, ci95=None)
         kept[name] = value
     return kept

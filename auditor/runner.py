@@ -29,7 +29,8 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
-                    explainers: tuple[str, ...] = ()) -> Outcome:
+                    explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
+                    removal_baseline: str = "mean") -> Outcome:
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
@@ -37,7 +38,9 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                                       max_samples=max_samples, eps=eps, seed=seed, device=device,
                                       batch_size=batch_size, save_adversarial=save_adversarial,
                                       save_explanations=save_explanations, frozen_features=tuple(frozen_features),
-                                      target_class=target_class, hijack_features=tuple(hijack_features))
+                                      target_class=target_class, hijack_features=tuple(hijack_features),
+                                      faithfulness_metrics=tuple(faithfulness_metrics) or None,
+                                      removal_baseline=removal_baseline)
     planned = planned_metrics(config, binary=True)
     if policy_path is not None:
         policy = load_policy(policy_path)

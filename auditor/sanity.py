@@ -188,8 +188,9 @@ def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
         if chosen.any():
             rows = chosen.nonzero().flatten()
             on_device = rows.to(x.device)
+            rows_baseline = baseline[on_device] if baseline.shape == x.shape else baseline  # per-sample (blur)
             labels, part = mprt(model, explainer, x[on_device], target[on_device], attributions[name][on_device],
-                                baseline=baseline, seed=seed, index=index[rows])
+                                baseline=rows_baseline, seed=seed, index=index[rows])
             values[rows.numpy()] = part
         outcome.curves[name] = (labels, values)
         outcome.per_sample[f"sanity.mprt.{name}"] = values[:, -1].copy()

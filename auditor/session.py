@@ -19,7 +19,8 @@ from attacks import ATTACKS, Domain, make_attack
 from auditor.clean import clean_metrics, predict_proba
 from auditor.agreement import agreement_stage, planned_agreement
 from auditor.explain import EXPLAINERS, AttentionExplainer, make_explainer
-from auditor.faithfulness import faithfulness_stage, mean_curves
+from auditor.faithfulness import (FAITHFULNESS_METRICS, REMOVAL_BASELINES, check_metric_names, faithfulness_stage,
+                                   mean_curves, planned_names, removal_baseline)
 from auditor.localisation import localisation_stage, relevant_mask_of
 from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.persample import aggregate
@@ -54,6 +55,9 @@ PROFILES = {
               "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 5},
               "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
 }
+# faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS)
+PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFULNESS_METRICS,
+                        "full": FAITHFULNESS_METRICS}
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}
 DEFAULT_ATTACKS = tuple(PROFILES["quick"][0])
 GALLERY_SIZE = 3
@@ -80,18 +84,25 @@ class AuditConfig:
     target_index: int | None = None
     hijack_positions: tuple[int, ...] = ()
 
+    faithfulness_metrics: tuple[str, ...] = PROFILE_FAITHFULNESS["quick"]
+    removal_baseline: str = "mean"
+
     @classmethod
     def from_profile(cls, profile: str, *, attacks: tuple[str, ...] | None = None,
                      explainers: tuple[str, ...] | None = None, masking_checks: bool | None = None,
-                     max_samples: int | None = None, **options) -> "AuditConfig":
-        """The profile picks attacks, their settings, the explainers and the masking checks; explicit options win."""
+                     max_samples: int | None = None, faithfulness_metrics: tuple[str, ...] | None = None,
+                     **options) -> "AuditConfig":
+        """The profile picks attacks, their settings, the explainers, the masking checks and the faithfulness
+        metrics; explicit options win."""
         if profile not in PROFILES:
             raise BadInputError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
         chosen, checks = PROFILES[profile]
         return cls(attacks=tuple(attacks) if attacks else tuple(chosen), profile=profile,
                    explainers=tuple(explainers) if explainers else PROFILE_EXPLAINERS[profile],
                    masking_checks=checks if masking_checks is None else masking_checks,
-                   max_samples=PROFILE_MAX_SAMPLES[profile] if max_samples is None else max_samples, **options)
+                   max_samples=PROFILE_MAX_SAMPLES[profile] if max_samples is None else max_samples,
+                   faithfulness_metrics=tuple(faithfulness_metrics) if faithfulness_metrics
+                   else PROFILE_FAITHFULNESS[profile], **options)
 
     def attack_settings(self, name: str) -> dict:
         settings = dict(PROFILES[self.profile][0].get(name, {}))
@@ -133,6 +144,10 @@ class AuditConfig:
         unknown = [e for e in self.explainers if e not in EXPLAINERS]
         if unknown:
             raise BadInputError(f"unknown explainer {unknown[0]}; registered: {', '.join(sorted(EXPLAINERS))}")
+        check_metric_names(self.faithfulness_metrics)
+        if self.removal_baseline not in REMOVAL_BASELINES:
+            raise BadInputError(f"unknown removal baseline {self.removal_baseline!r}; "
+                                f"choose one of {', '.join(REMOVAL_BASELINES)}")
         if self.max_samples < 0 or self.batch_size < 1:
             raise BadInputError("--max-samples must be >= 0 (0 = all rows) and the batch size >= 1")
         if self.hijack_features and "attention-hijack" not in self.attacks:
@@ -146,7 +161,7 @@ class AuditConfig:
         payload = asdict(self)
         payload["eps"] = [float(e) for e in self.eps]
         payload["attack_params"] = {name: attack.params() for name, attack in self.build_attacks().items()}
-        payload["removal_baseline"] = "training-split mean"
+        payload["faithfulness_metrics"] = list(self.faithfulness_metrics)
         return payload
 
 
@@ -214,8 +229,7 @@ def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
                 names.append(f"robust.targeted_success_rate.{tag}")
     if config.masking_checks:
         names.append("robust.masking_suspected")
-    for explainer in config.explainers:
-        names += [f"faithfulness.deletion_auc.{explainer}", f"faithfulness.insertion_auc.{explainer}"]
+    names += planned_names(config.faithfulness_metrics, config.explainers)
     names += planned_agreement(config.explainers)
     names += [f"sanity.mprt.{explainer}" for explainer in config.explainers if explainer != "random"]
     names += list(FLIP_RATE_METRICS)
@@ -450,6 +464,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
         raise BadInputError(
             f"expected x of shape (N, {', '.join(map(str, detector.input_shape))}), got {tuple(x.shape)}"
         )
+    baseline = removal_baseline(config.removal_baseline, x, subject.baseline)
     bootstrap = Bootstrap(len(x), seed=config.seed)
     timing: dict[str, float] = {}
     skipped: dict[str, str] = {}
@@ -487,12 +502,13 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
     timing["robustness"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    attributions = explain_all(detector, x, pred, config, baseline=subject.baseline, progress=progress)
+    attributions = explain_all(detector, x, pred, config, baseline=baseline, progress=progress)
     timing["explain"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    faithful = faithfulness_stage(detector, x, pred, attributions, baseline=subject.baseline, seed=config.seed,
-                                  index=torch.arange(len(x)))
+    faithful = faithfulness_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
+                                  index=torch.arange(len(x)), metrics=config.faithfulness_metrics,
+                                  explainers={name: make_explainer(name) for name in attributions})
     faithful_metrics, faithful_skipped = aggregate(faithful.per_sample, bootstrap)
     metrics.update(faithful_metrics)
     skipped.update(faithful_skipped)
@@ -501,15 +517,15 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
 
     index = torch.arange(len(x))
     started = time.perf_counter()
-    agreed = agreement_stage(detector, x, pred, attributions, baseline=subject.baseline, seed=config.seed,
+    agreed = agreement_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
                              index=index)
     timing["agreement"] = time.perf_counter() - started
     started = time.perf_counter()
-    sane = sanity_stage(detector, x, pred, attributions, baseline=subject.baseline, seed=config.seed, index=index,
+    sane = sanity_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed, index=index,
                         explainers={name: make_explainer(name) for name in attributions})
     timing["sanity"] = time.perf_counter() - started
     started = time.perf_counter()
-    located = localisation_stage(detector, x, pred, attributions, baseline=subject.baseline, seed=config.seed,
+    located = localisation_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
                                  index=index, relevant=relevant_mask_of(data, len(x)))
     timing["localisation"] = time.perf_counter() - started
     for outcome in (agreed, sane, located):
@@ -547,13 +563,14 @@ def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, confi
     try:
         for start in batches:
             rows = slice(start, start + config.batch_size)
+            rows_baseline = baseline[rows] if baseline.shape == x.shape else baseline
             attentions = None
             if readers:
                 with torch.no_grad():
                     _, attentions = detector.forward_with_attention(x[rows])
             for name, explainer in explainers.items():
                 parts[name].append(explainer.explain(
-                    detector, x[rows], target[rows], baseline=baseline, seed=config.seed, index=index[rows],
+                    detector, x[rows], target[rows], baseline=rows_baseline, seed=config.seed, index=index[rows],
                     attentions=attentions if name in readers else None))
                 bar.update()
     finally:
