@@ -145,7 +145,7 @@ def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
     """Every metric name this configuration sets out to compute."""
     from auditor.robustness import FLIPPING_ATTENTION_ATTACKS, is_attention_attack
 
-    names = ["clean.accuracy", "clean.precision", "clean.recall", "clean.f1", "clean.roc_auc"]
+    names = ["clean.accuracy", "clean.precision", "clean.recall", "clean.f1", "clean.roc_auc", "clean.ece"]
     for attack in config.attacks:
         for eps in config.eps:
             tag = f"{attack}@{format_eps(eps)}"
