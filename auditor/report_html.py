@@ -400,7 +400,7 @@ def attention_verdict(metrics: dict[str, MetricValue]) -> list[str]:
     gain = value("faithfulness.deletion_gain.attention")
     if gain is not None:
         sentences.append(f"Attention is {'more' if gain > 0 else 'less'} faithful than random by {_fmt(abs(gain))} "
-                         f"(deletion_gain: the random explainer's deletion AUC minus attention's).")
+                         f"(faithfulness.deletion_gain.attention).")
     else:
         against_random = compare("deletion_auc", "random", "random", higher=False)
         if against_random:

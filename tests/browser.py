@@ -84,8 +84,9 @@ class _Pipe:
         return json.loads(message)
 
 
-def visit(path: Path, *, chromium: str, width: int = 1200, height: int = 900) -> PageVisit:
-    """Load ``path`` offline, wait for it, and return its requests, console errors, text and a full-page PNG."""
+def visit(path: Path, *, chromium: str, width: int = 1200, height: int = 900, interact: str = "") -> PageVisit:
+    """Load ``path`` offline, run ``interact`` (JavaScript standing in for a person's clicks), and return the
+    requests, console errors, the page's text and a full-page PNG."""
     to_browser_read, to_browser_write = os.pipe()
     from_browser_read, from_browser_write = os.pipe()
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
@@ -115,12 +116,18 @@ def visit(path: Path, *, chromium: str, width: int = 1200, height: int = 900) ->
                       session=session)
             pipe.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
             pipe.wait_for("Page.loadEventFired")
+            thrown = []
+            if interact:
+                reply = pipe.send("Runtime.evaluate", {"expression": interact}, session=session)
+                if "exceptionDetails" in reply:
+                    thrown.append(reply["exceptionDetails"].get("exception", {}).get("description", "exception"))
             text = pipe.send("Runtime.evaluate", {"expression": "document.body.innerText", "returnByValue": True},
                              session=session)["result"].get("value", "")
             shot = pipe.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
                              session=session)
             pipe.send("Runtime.evaluate", {"expression": "0"}, session=session)  # drain late console events
-            return PageVisit(requests=_requests(pipe.events), console_errors=_console_errors(pipe.events), text=text,
+            return PageVisit(requests=_requests(pipe.events), console_errors=_console_errors(pipe.events) + thrown,
+                             text=text,
                              screenshot=base64.b64decode(shot["data"]))
         finally:
             try:
