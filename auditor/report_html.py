@@ -128,8 +128,8 @@ class DetectionView:
 def detection_view(result: AuditResult, metrics: dict[str, MetricValue], class_names: list[str],
                    positive: int | None) -> DetectionView:
     y = np.asarray(result.labels, dtype=int)
-    proba = np.asarray(result.probabilities, dtype=np.float64).reshape(len(y), -1)
     n_classes = len(class_names)
+    proba = np.asarray(result.probabilities, dtype=np.float64).reshape(len(y), n_classes)
     confusion = result.confusion or [[0] * n_classes for _ in range(n_classes)]
     rows = []
     if len(y):
