@@ -56,6 +56,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("clean.roc_auc", True, "[0, 1]",
                "area under the ROC curve of the positive class's probability (one-vs-rest macro average "
                "when more than two classes)"),
+    MetricSpec("clean.ece", False, "[0, 1]",
+               "expected calibration error: the predicted-class probability against the accuracy over 10 "
+               "equal-width confidence bins, the bins weighted by their share of samples (Guo et al. 2017)"),
     MetricSpec("robust.accuracy.{attack}@{eps}", True, "[0, 1]",
                "accuracy on the attack's adversarial examples at budget eps (all audited samples)"),
     MetricSpec("robust.attack_success_rate.{attack}@{eps}", False, "[0, 1]",

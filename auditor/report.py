@@ -6,7 +6,6 @@ the jinja2 template only renders them and never touches a tensor.
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import re
@@ -236,32 +235,6 @@ def _environment() -> jinja2.Environment:
 
 def _template_source(name: str) -> str:
     return resources.files("reports").joinpath("templates", name).read_text(encoding="utf-8")
-
-
-def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricValue], attacks: list[str],
-                  explainers: list[str], robustness_curves: dict, removal_curves: dict, confusion: list[list[int]],
-                  class_names: list[str], gallery: list, skipped: dict[str, str]) -> bytes:
-    clean_accuracy = metrics["clean.accuracy"].value if "clean.accuracy" in metrics else float("nan")
-    failed_first = sorted(document["gates"], key=lambda g: g["passed"])
-    context = dict(
-        doc=document,
-        gates=failed_first,
-        policy=policy,
-        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        groups=metric_groups(metrics, attacks, explainers),
-        catalogue=CATALOGUE,
-        robustness_svg=robustness_plot(robustness_curves, clean_accuracy) if robustness_curves else None,
-        removal_svg=removal_plot(removal_curves) if removal_curves else None,
-        confusion=confusion,
-        class_names=class_names,
-        gallery=gallery,
-        explainers=explainers,
-        short_names={name: SHORT_NAMES.get(name, name) for name in explainers},
-        skipped=skipped,
-        bar=lambda v: f"{min(abs(float(v)), 1.0) * 100:.1f}",
-    )
-    html = _environment().get_template("report.html.j2").render(**context)
-    return html.encode("utf-8")
 
 
 def finite_metrics(metrics: dict[str, MetricValue], skipped: dict[str, str]) -> dict[str, MetricValue]:

@@ -9,7 +9,8 @@ import safetensors.torch
 
 from auditor.gates import GateResult, default_policy, evaluate, exit_code, load_policy, validate_policy
 from auditor.outputs import write_atomically
-from auditor.report import finite_metrics, render_json, render_junit, render_report, render_summary, results_document
+from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
+from auditor.report_html import render_report
 from auditor.session import (AuditConfig, ForeignOptions, is_foreign, load_foreign_subject, load_subject,
                              planned_metrics, run_audit)
 from detectors.errors import BadInputError
@@ -78,10 +79,10 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
     files = {
         "results.json": render_json(document),
         "report.html": render_report(
-            document, policy=policy, metrics=metrics, attacks=list(config.attacks),
-            explainers=list(config.explainers), robustness_curves=result.robustness_curves,
-            removal_curves=result.removal_curves, confusion=result.confusion,
-            class_names=subject.data.class_names, gallery=result.gallery, skipped=skipped,
+            document, policy=policy, metrics=metrics, result=result, attacks=list(config.attacks),
+            explainers=list(config.explainers), class_names=subject.data.class_names,
+            feature_names=subject.data.feature_names, positive_class=subject.data.positive_class,
+            row_index=[int(i) for i in subject.data.row_index], skipped=skipped,
         ),
         "junit.xml": render_junit(gates),
         "summary.md": render_summary(document),

@@ -179,7 +179,13 @@ class Subject:
 
 @dataclass
 class SampleView:
-    """One sample for the gallery: plain numbers, ready for the template."""
+    """One sample for the gallery: plain numbers, ready for the report.
+
+    ``features``, ``values`` and ``attributions`` hold the top features by the lead explainer (tabular bars);
+    ``x`` and ``maps`` hold the whole input and each explainer's attribution in the input's shape (image
+    overlays and time x feature strips). An adversarial sample names its ``attack`` and the prediction before
+    it (``clean_predicted``); ``changes`` lists the features the attack moved most as (name, clean, adversarial).
+    """
 
     row: int
     label: str
@@ -189,6 +195,12 @@ class SampleView:
     features: list[str]
     values: list[float]
     attributions: dict[str, list[float]]
+    x: list = field(default_factory=list)
+    maps: dict[str, list] = field(default_factory=dict)
+    attack: str | None = None
+    eps: float | None = None
+    clean_predicted: str | None = None
+    changes: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -204,6 +216,10 @@ class AuditResult:
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
     explanations: dict[str, torch.Tensor] = field(default_factory=dict)
     masking: list[dict] = field(default_factory=list)
+    probabilities: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    attention_examples: list = field(default_factory=list)
+    adversarial_gallery: list[SampleView] = field(default_factory=list)
     sanity_curves: dict[str, list[dict]] = field(default_factory=dict)
 
 
@@ -211,7 +227,7 @@ def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
     """Every metric name this configuration sets out to compute."""
     from auditor.robustness import FLIPPING_ATTENTION_ATTACKS, is_attention_attack
 
-    names = ["clean.accuracy", "clean.precision", "clean.recall", "clean.f1", "clean.roc_auc"]
+    names = ["clean.accuracy", "clean.precision", "clean.recall", "clean.f1", "clean.roc_auc", "clean.ece"]
     for attack in config.attacks:
         for eps in config.eps:
             tag = f"{attack}@{format_eps(eps)}"
@@ -540,6 +556,10 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
         robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=curves_view, confusion=confusion.tolist(),
         gallery=_gallery(data, proba_np, attributions), masking=[c.to_dict() for c in checks],
         sanity_curves=mean_sanity_curves(sane),
+        probabilities=proba_np.tolist(), labels=[int(v) for v in y_np],
+        attention_examples=robust.attention_examples,
+        adversarial_gallery=_adversarial_gallery(detector, data, x, proba_np, robust.flipped, metrics, config,
+                                                 baseline=baseline),
     )
     if config.save_adversarial:
         result.adversarial = {"x": x.cpu(), "y": y.cpu(), **robust.adversarial}
@@ -583,20 +603,61 @@ def _gallery(data: Dataset, proba: np.ndarray, attributions: dict[str, torch.Ten
     pred = proba.argmax(1)
     correct_rows = np.flatnonzero(pred == data.y)[:GALLERY_SIZE]
     wrong_rows = np.flatnonzero(pred != data.y)[:GALLERY_SIZE]
+    return [_sample_view(data, int(row), data.x[row], proba[row], {k: v[row] for k, v in attributions.items()})
+            for row in [*correct_rows, *wrong_rows]]
+
+
+def _sample_view(data: Dataset, row: int, x: np.ndarray, proba: np.ndarray,
+                 attributions: dict[str, torch.Tensor]) -> SampleView:
+    """One sample's view: the top features by the lead explainer, each attribution scaled to its largest magnitude."""
     lead = "attention" if "attention" in attributions else next(iter(attributions))
+    top = np.argsort(-attributions[lead].flatten().cpu().numpy(), kind="stable")[:GALLERY_FEATURES]
+    scaled, maps = {}, {}
+    for name, attribution in attributions.items():
+        values = attribution.detach().cpu().double().numpy()
+        peak = float(np.abs(values).max()) or 1.0
+        scaled[name] = (values.flatten()[top] / peak).tolist()
+        maps[name] = (values / peak).tolist()
+    predicted = int(proba.argmax())
+    return SampleView(
+        row=int(data.row_index[row]), label=data.class_names[int(data.y[row])],
+        predicted=data.class_names[predicted], confidence=float(proba.max()),
+        correct=bool(predicted == data.y[row]), features=[data.feature_names[i] for i in top],
+        values=[float(x.flatten()[i]) for i in top], attributions=scaled,
+        x=np.asarray(x, dtype=np.float64).tolist(), maps=maps,
+    )
+
+
+def _adversarial_gallery(detector: Detector, data: Dataset, x: torch.Tensor, proba: np.ndarray, flipped: dict,
+                         metrics: dict[str, MetricValue], config: AuditConfig, *,
+                         baseline: torch.Tensor) -> list[SampleView]:
+    """A few samples the strongest attack (lowest robust accuracy at the largest eps) flips, with each
+    explainer's attribution of the adversarial input for its new prediction."""
+    largest = format_eps(max(config.eps))
+    ranked = sorted((metrics[f"robust.accuracy.{name}@{largest}"].value, name) for name, examples in flipped.items()
+                    if examples and f"robust.accuracy.{name}@{largest}" in metrics)
+    if not ranked:
+        return []
+    examples = flipped[ranked[0][1]]
+    x_adv = torch.stack([e.x_adv for e in examples]).to(x.device)
+    index = torch.tensor([e.index for e in examples])
+    with torch.no_grad():
+        adv_proba = torch.softmax(detector(x_adv), dim=1).cpu().double().numpy()
+    target = torch.as_tensor(adv_proba.argmax(1), device=x.device)
+    if baseline.shape == x.shape:  # a per-sample removal baseline (blur): the rows of these samples
+        baseline = baseline[index.to(baseline.device)]
+    attributions = {name: make_explainer(name).explain(detector, x_adv, target, baseline=baseline, seed=config.seed,
+                                                       index=index).detach()
+                    for name in config.explainers}
     views = []
-    for row in [*correct_rows, *wrong_rows]:
-        lead_attr = attributions[lead][row].flatten().cpu().numpy()
-        top = np.argsort(-lead_attr, kind="stable")[:GALLERY_FEATURES]
-        scaled = {}
-        for name, attribution in attributions.items():
-            values = attribution[row].flatten().cpu().numpy()[top].astype(np.float64)
-            peak = attribution[row].abs().max().item() or 1.0
-            scaled[name] = (values / peak).tolist()
-        views.append(SampleView(
-            row=int(data.row_index[row]), label=data.class_names[int(data.y[row])],
-            predicted=data.class_names[int(pred[row])], confidence=float(proba[row].max()),
-            correct=bool(pred[row] == data.y[row]), features=[data.feature_names[i] for i in top],
-            values=[float(data.x[row].flatten()[i]) for i in top], attributions=scaled,
-        ))
+    for k, example in enumerate(examples):
+        clean_x = x[example.index].cpu().double().numpy()
+        adv_x = x_adv[k].cpu().double().numpy()
+        view = _sample_view(data, example.index, adv_x, adv_proba[k], {n: a[k] for n, a in attributions.items()})
+        moved = np.argsort(-np.abs(adv_x - clean_x).flatten(), kind="stable")[:GALLERY_FEATURES]
+        view.attack, view.eps = example.attack, example.eps
+        view.clean_predicted = data.class_names[int(proba[example.index].argmax())]
+        view.changes = [(data.feature_names[i], float(clean_x.flatten()[i]), float(adv_x.flatten()[i]))
+                        for i in moved if adv_x.flatten()[i] != clean_x.flatten()[i]]
+        views.append(view)
     return views
