@@ -214,9 +214,14 @@ def _bounds(ctx, param, value):
               help="python: models: LO,HI of every input (default: each feature's min and max over the data)")
 @click.option("--bounds-file", default=None, help="python: models: JSON {\"lo\": [...], \"hi\": [...]}")
 @click.option("--positive-class", default=None, help="python: models: the class to catch")
+@click.option("--baseline", "baseline_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="results.json of an earlier run: add regression gates (the policy's [regression] table, "
+                   "else 0.02 on every gated metric)")
+@click.option("--json", "as_json", is_flag=True, help="print results.json to stdout and nothing else")
 @audit_options
 def run(model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
-        attention_modules, logits_key, bounds, bounds_file, positive_class, **options) -> None:
+        attention_modules, logits_key, bounds, bounds_file, positive_class, baseline_path, as_json,
+        **options) -> None:
     """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails."""
     from auditor.runner import audit_to_folder
     from auditor.session import ForeignOptions
@@ -225,8 +230,15 @@ def run(model_path, data_spec, label_column, policy_path, out_dir, weights, inpu
                              attention_modules=tuple(attention_modules), logits_key=logits_key, bounds=bounds,
                              bounds_file=bounds_file, positive_class=positive_class)
     outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
-                              policy_path=policy_path, out_dir=out_dir, foreign=foreign, **options)
-    _print_outcome(outcome, quiet=options["quiet"])
+                              policy_path=policy_path, out_dir=out_dir, foreign=foreign, baseline_path=baseline_path,
+                              **options)
+    if as_json:
+        from auditor.report import render_json
+
+        click.echo(render_json(outcome.document).decode(), nl=False)
+        _print_outcome(outcome, quiet=True, err=True)
+    else:
+        _print_outcome(outcome, quiet=options["quiet"])
     sys.exit(outcome.exit_code)
 
 
@@ -272,16 +284,17 @@ def list_attacks() -> None:
         click.echo(f"profile {profile}: {settings}; masking checks {'on' if checks else 'off'}")
 
 
-def _print_outcome(outcome, *, quiet: bool) -> None:
+def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
+    """The verdict line; unless quiet, first a short table of the gates."""
     verdict = "PASSED" if outcome.exit_code == 0 else "FAILED"
     failed = [g for g in outcome.gates if not g.passed]
     if not quiet:
         width = max((len(g.name) for g in outcome.gates), default=10)
         for gate in outcome.gates:
             value = "—" if gate.value is None else f"{gate.value:.3g}"
-            click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}")
-        click.echo(f"report: {outcome.report_path}")
-    click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed")
+            click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}", err=err)
+        click.echo(f"report: {outcome.report_path}", err=err)
+    click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed", err=err)
 
 
 def main(argv: list[str] | None = None) -> None:
