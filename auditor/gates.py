@@ -301,8 +301,10 @@ def evaluate_regression(tolerances: dict[str, float], baseline: Baseline,
 
 def change_significance(new: MetricValue, old: MetricValue) -> str:
     """Whether a change is larger than the two 95% intervals explain: disjoint intervals are "significant"."""
+    if new.value == old.value:
+        return "unchanged"
     if new.ci95 is None or old.ci95 is None:
-        return "no interval" if new.value != old.value else "unchanged"
+        return "no interval"
     if new.ci95[0] > old.ci95[1] or new.ci95[1] < old.ci95[0]:
         return "significant"
     return "within the intervals"
