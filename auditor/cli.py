@@ -231,9 +231,14 @@ def _bounds(ctx, param, value):
               help="python: models: LO,HI of every input (default: each feature's min and max over the data)")
 @click.option("--bounds-file", default=None, help="python: models: JSON {\"lo\": [...], \"hi\": [...]}")
 @click.option("--positive-class", default=None, help="python: models: the class to catch")
+@click.option("--baseline", "baseline_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="results.json of an earlier run: add regression gates (the policy's [regression] table, "
+                   "else 0.02 on every gated metric)")
+@click.option("--json", "as_json", is_flag=True, help="print results.json to stdout and nothing else")
 @audit_options
 def run(model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
-        attention_modules, logits_key, bounds, bounds_file, positive_class, **options) -> None:
+        attention_modules, logits_key, bounds, bounds_file, positive_class, baseline_path, as_json,
+        **options) -> None:
     """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails."""
     from auditor.runner import audit_to_folder
     from auditor.session import ForeignOptions
@@ -242,8 +247,15 @@ def run(model_path, data_spec, label_column, policy_path, out_dir, weights, inpu
                              attention_modules=tuple(attention_modules), logits_key=logits_key, bounds=bounds,
                              bounds_file=bounds_file, positive_class=positive_class)
     outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
-                              policy_path=policy_path, out_dir=out_dir, foreign=foreign, **options)
-    _print_outcome(outcome, quiet=options["quiet"])
+                              policy_path=policy_path, out_dir=out_dir, foreign=foreign, baseline_path=baseline_path,
+                              **options)
+    if as_json:
+        from auditor.report import render_json
+
+        click.echo(render_json(outcome.document).decode(), nl=False)
+        _print_outcome(outcome, quiet=True, err=True)
+    else:
+        _print_outcome(outcome, quiet=options["quiet"])
     sys.exit(outcome.exit_code)
 
 
@@ -272,6 +284,65 @@ def demo(out_dir, epochs, **options) -> None:
         click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
 
 
+@cli.command(context_settings={"show_default": True})
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True,
+              help="a checkpoint to audit first (repeatable), each into OUT/runs/NAME with one shared configuration")
+@click.option("--data", "data_spec", default=None, help="--model: rows to audit (default: each checkpoint's test split)")
+@click.option("--label-column", default="label")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="evaluate this policy on every checkpoint [default: each audit's own gates]")
+@click.option("--allow-mismatch", is_flag=True,
+              help="compare audits whose data, eps grid, attacks, explainers or seed differ (listed in the outputs)")
+@click.option("--robust-metric", default=None,
+              help="the y axis of the clean-versus-robust scatter [default: pgd at the largest common eps]")
+@click.option("--explainer", default="attention", help="whose deletion and insertion curves are overlaid")
+@audit_options
+def compare(folders, models, data_spec, label_column, out_dir, policy_path, allow_mismatch, robust_metric,
+            explainer, **options) -> None:
+    """Compare audits side by side: audit output folders, or checkpoints audited first with --model.
+
+    Writes compare.html, compare.json and compare.md; exits 0 once they are written, whatever the verdicts,
+    and 2 when the audits were configured differently (unless --allow-mismatch).
+    """
+    from auditor.compare import compare_audits, compare_files, load_audit, unique_names
+    from auditor.gates import load_policy
+    from auditor.outputs import append_step_summary, write_atomically
+    from auditor.runner import audit_to_folder
+
+    if len(folders) + len(models) < 2:
+        raise click.UsageError("give at least two audit folders, or two --model checkpoints")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
+    policy = load_policy(policy_path) if policy_path is not None else None
+    for path in folders:
+        if not (path / "results.json").is_file() and not path.is_file():
+            raise BadInputError(f"{str(path)!r} holds no results.json; pass audit output folders written by audit run")
+    run_names = unique_names([Path(m) for m in models])
+    sources = list(folders)
+    for name, model in zip(run_names, models):
+        run_dir = out_dir / "runs" / name
+        outcome = audit_to_folder(model_path=model, data_spec=data_spec, label_column=label_column,
+                                  policy_path=policy_path, out_dir=run_dir, **options)
+        if not options["quiet"]:
+            click.echo(f"audited {model} into {run_dir}: {'PASSED' if outcome.exit_code == 0 else 'FAILED'}",
+                       err=True)
+        sources.append(run_dir)
+    names = unique_names([Path(p) for p in folders]) + run_names
+    if len(set(names)) < len(names):
+        names = [f"{i + 1}-{name}" for i, name in enumerate(names)]
+    audits = [load_audit(Path(path), name) for path, name in zip(sources, names)]
+    comparison = compare_audits(audits, allow_mismatch=allow_mismatch, policy=policy, robust_metric=robust_metric,
+                                explainer=explainer)
+    files = compare_files(comparison, allow_mismatch=allow_mismatch)
+    write_atomically(out_dir, files)
+    append_step_summary(files["compare.md"])
+    passing = [v.name for v in comparison.verdicts if v.passed]
+    click.echo(f"compared {len(audits)} audits into {out_dir / 'compare.html'}; passing the policy: "
+               f"{', '.join(passing) or 'none'}")
+
+
 @cli.command("attacks")
 def list_attacks() -> None:
     """List the registered attacks with their norm, parameters and reference, and the profiles."""
@@ -290,16 +361,17 @@ def list_attacks() -> None:
         click.echo(f"profile {profile}: {settings}; masking checks {'on' if checks else 'off'}")
 
 
-def _print_outcome(outcome, *, quiet: bool) -> None:
+def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
+    """The verdict line; unless quiet, first a short table of the gates."""
     verdict = "PASSED" if outcome.exit_code == 0 else "FAILED"
     failed = [g for g in outcome.gates if not g.passed]
     if not quiet:
         width = max((len(g.name) for g in outcome.gates), default=10)
         for gate in outcome.gates:
             value = "—" if gate.value is None else f"{gate.value:.3g}"
-            click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}")
-        click.echo(f"report: {outcome.report_path}")
-    click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed")
+            click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}", err=err)
+        click.echo(f"report: {outcome.report_path}", err=err)
+    click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed", err=err)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import safetensors.torch
 
-from auditor.gates import GateResult, default_policy, evaluate, exit_code, load_policy, validate_policy
-from auditor.outputs import write_atomically
+from auditor.gates import (GateResult, check_baseline, default_policy, evaluate, evaluate_regression, exit_code,
+                           load_baseline, load_policy, regression_tolerances, validate_policy)
+from auditor.outputs import append_step_summary, write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
 from auditor.report_html import render_report
 from auditor.session import (AuditConfig, ForeignOptions, is_foreign, load_foreign_subject, load_subject,
@@ -31,7 +32,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
                     explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
-                    removal_baseline: str = "mean") -> Outcome:
+                    removal_baseline: str = "mean", baseline_path: Path | None = None) -> Outcome:
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
@@ -43,11 +44,14 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                                       faithfulness_metrics=tuple(faithfulness_metrics) or None,
                                       removal_baseline=removal_baseline)
     planned = planned_metrics(config, binary=True)
-    if policy_path is not None:
-        policy = load_policy(policy_path)
-    else:
-        policy = default_policy(planned, eps_grid=config.eps, attacks=config.attacks)
+    fallback = default_policy(planned, eps_grid=config.eps, attacks=config.attacks)
+    policy = load_policy(policy_path) if policy_path is not None else fallback
     validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks)
+    baseline = tolerances = None
+    if baseline_path is not None:
+        baseline = load_baseline(baseline_path)
+        tolerances = regression_tolerances(policy, fallback)
+        check_baseline(baseline, tolerances)
     if is_foreign(model_path):
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
                                        label_column=label_column, max_samples=config.max_samples, seed=seed,
@@ -67,14 +71,22 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             skipped[name] = "not computed for this detector"
     metrics = finite_metrics(result.metrics, skipped)
     gates = evaluate(policy, metrics, skipped)
+    if baseline is not None:
+        gates += evaluate_regression(tolerances, baseline, metrics, skipped)
     config_doc = config.to_dict()
     config_doc["device"] = str(subject.device)
     model_doc = {k: subject.model_info[k] for k in ("path", "sha256", "detector", "defense", "data set")}
+    model_doc["defense_settings"] = subject.model_info.get("defense_settings", {})
+    model_doc["training"] = training_facts(subject.model_info.get("training", {}))
     document = results_document(
         model=model_doc,
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples)},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
         masking=result.masking,
+        curves={"robustness": {attack: [list(point) for point in points]
+                               for attack, points in result.robustness_curves.items()},
+                "removal": result.removal_curves},
+        baseline={"source": baseline.source, "tolerances": tolerances} if baseline is not None else None,
     )
     files = {
         "results.json": render_json(document),
@@ -94,4 +106,15 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
         files["explanations.safetensors"] = safetensors.torch.save(
             {k: v.contiguous() for k, v in result.explanations.items()})
     write_atomically(out_dir, files)
+    append_step_summary(files["summary.md"])
     return Outcome(exit_code=exit_code(gates), gates=gates, report_path=out_dir / "report.html", document=document)
+
+
+def training_facts(training: dict) -> dict:
+    """What a comparison of checkpoints needs from the checkpoint's training record (no per-epoch history)."""
+    config = training.get("config", {})
+    facts = {key: training[key] for key in ("epochs_run", "best_epoch", "val_accuracy", "test_accuracy", "seconds",
+                                            "device", "processes") if key in training}
+    facts.update({key: config[key] for key in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed")
+                  if key in config})
+    return facts

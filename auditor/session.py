@@ -314,6 +314,7 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
         "path": str(path), "sha256": sha256_of(path), "detector": meta["detector"]["kind"],
         "defense": meta["defense"].get("name", "none"), "data set": trained_on["name"],
         "hparams": meta["detector"]["hparams"], "training": meta.get("training", {}),
+        "defense_settings": dict(meta["defense"]),
     }
     scaler = checkpoint.scaler
     domain = build_domain(tuple(checkpoint.detector.input_shape), checkpoint.feature_names,
