@@ -89,8 +89,9 @@ def test_report_has_the_sections_a_reviewer_needs(trained_checkpoint, tmp_path):
     for heading in ("Verdict", "Gates", "Model and run", "Detection", "Robustness", "Attention under attack",
                     "Faithfulness", "Samples", "Method", "built-in default policy"):
         assert heading in html, heading
-    # ROC, reliability, robust accuracy and evasion vs eps, attention vs eps, deletion/insertion curves
-    assert html.count("<svg") == 6
+    # ROC, reliability, robust accuracy and evasion vs eps, attention vs eps, deletion/insertion curves, and the
+    # cascading-randomisation (MPRT) curve of the quick profile's explainers
+    assert html.count("<svg") == 7
     # robustness and attention-under-attack read as attack x eps tables; every section open without script
     assert html.count("attack \\ eps") >= 5 and "<details open>" in html and "<details>" not in html
     assert "<code>robust.accuracy</code>" in html and "<code>stability.topk_intersection</code>" in html
