@@ -16,7 +16,7 @@ import torch
 from attacks import ATTACKS, ATTENTION_ATTACKS, Domain, is_minimum_norm, make_attack
 
 SPEED = {"autoattack": {"apgd_steps": 20, "square_queries": 300}, "square": {"n_queries": 300},
-         "cw": {"steps": 30}, "deepfool": {"steps": 20}, "attention-shift": {"steps": 20, "restarts": 2}}
+         "cw": {"steps": 30}, "deepfool": {"steps": 10}, "attention-shift": {"steps": 20, "restarts": 2}}
 CHUNKED = {"square", "autoattack", "cw", "deepfool"}  # run over the fixed 64-sample chunk grid
 EXPECTED_REGISTRY = {"fgsm", "pgd", "pgd-l2", "cw", "deepfool", "autoattack", "square",
                      "attention-shift", "attention-hijack", "attention-guided", "stealth"}
@@ -85,8 +85,8 @@ def check_seeded(name, kind, model, x, y):
 
 def check_batch_size(name, kind, model, x, y):
     """Per-sample attacks: batches of 7 and 128 agree. Chunked ones: any chunk-aligned batching agrees
-    (96 rows: a whole chunk and a partial one)."""
-    n = 96 if name in CHUNKED else 128
+    (72 rows: a whole chunk and a partial one)."""
+    n = 72 if name in CHUNKED else 128
     whole = _run(name, model, x[:n], y[:n], eps=0.1)
     size = 64 if name in CHUNKED else 7
     parts = torch.cat([_run(name, model, x[i:min(i + size, n)], y[i:min(i + size, n)], eps=0.1,

@@ -184,7 +184,7 @@ def test_profiles_attacks_and_frozen_features(model, tmp_path):
     feature = read_metadata(model)["features"][0]
     out = tmp_path / "out"
     result = invoke("run", "--model", model, "--out", out, "--attacks", "pgd,square,stealth", "--masking-checks",
-                    "--frozen-features", feature, "--save-adversarial", "--eps", "0.05,0.1", "--max-samples", "64",
+                    "--frozen-features", feature, "--save-adversarial", "--eps", "0.05,0.1", "--max-samples", "32",
                     "--quiet")
     assert result.exit_code in (0, 1), result.output
     document = json.loads((out / "results.json").read_text())
