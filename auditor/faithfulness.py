@@ -94,12 +94,13 @@ class FaithfulnessOutcome:
 
 def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
                        attributions: dict[str, torch.Tensor], *, baseline: torch.Tensor, seed: int,
-                       index: torch.Tensor) -> FaithfulnessOutcome:
+                       index: torch.Tensor, max_batch: int = 16384) -> FaithfulnessOutcome:
     """Every faithfulness metric of every explainer, per sample. ``index`` holds the samples' global
-    indices: every random draw is keyed by them, so a shard computes exactly its rows of the whole."""
+    indices: every random draw is keyed by them, so a shard computes exactly its rows of the whole.
+    ``max_batch``: model inputs per stacked forward pass (from the memory budget)."""
     outcome = FaithfulnessOutcome()
     for name, attribution in attributions.items():
-        curves = removal_curves(model, x, attribution, target, baseline)
+        curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch)
         outcome.per_sample[f"faithfulness.deletion_auc.{name}"] = curves.deletion_auc
         outcome.per_sample[f"faithfulness.insertion_auc.{name}"] = curves.insertion_auc
         outcome.curves[f"deletion.{name}"] = curves.deletion

@@ -18,10 +18,12 @@ from tqdm.auto import tqdm
 from attacks import ATTACKS, Domain, make_attack
 from auditor.clean import clean_metrics, predict_proba
 from auditor.explain import EXPLAINERS, make_explainer
-from auditor.faithfulness import faithfulness_stage, mean_curves
+from auditor.faithfulness import faithfulness_stage
 from auditor.metrics import Bootstrap, MetricValue, format_eps
+from auditor.memory import MemoryPlan, plan_memory
 from auditor.persample import aggregate
 from auditor.robustness import robustness_curves, run_attacks
+from auditor.shard import RowTable, Shard, concatenate
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
 from detectors.data import Dataset, align_table, is_builtin, load_table, split_table, stratified_subset
@@ -61,6 +63,8 @@ class AuditConfig:
     profile: str = "quick"
     masking_checks: bool = False
     frozen_features: tuple[str, ...] = ()
+    max_memory_gb: float | None = None
+    attack_params: tuple[tuple[str, str, float], ...] = ()  # (attack, parameter, value): overrides the profile
 
     @classmethod
     def from_profile(cls, profile: str, *, attacks: tuple[str, ...] | None = None,
@@ -74,7 +78,9 @@ class AuditConfig:
                    max_samples=PROFILE_MAX_SAMPLES[profile] if max_samples is None else max_samples, **options)
 
     def attack_settings(self, name: str) -> dict:
-        return dict(PROFILES[self.profile][0].get(name, {}))
+        settings = dict(PROFILES[self.profile][0].get(name, {}))
+        settings.update({key: value for attack, key, value in self.attack_params if attack == name})
+        return settings
 
     def build_attacks(self) -> dict:
         return {name: make_attack(name, **self.attack_settings(name)) for name in self.attacks}
@@ -89,6 +95,16 @@ class AuditConfig:
         unknown = [e for e in self.explainers if e not in EXPLAINERS]
         if unknown:
             raise BadInputError(f"unknown explainer {unknown[0]}; registered: {', '.join(sorted(EXPLAINERS))}")
+        for attack, key, value in self.attack_params:
+            if attack not in self.attacks:
+                raise BadInputError(f"--attack-param {attack}.{key}: {attack} is not among the attacks run "
+                                    f"({', '.join(self.attacks)})")
+            known = make_attack(attack).params()
+            if key not in known:
+                raise BadInputError(f"--attack-param {attack}.{key}: {attack} has no parameter {key!r}; "
+                                    f"it has {', '.join(known) or 'none'}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise BadInputError(f"--max-memory-gb must be positive, got {self.max_memory_gb}")
         if self.max_samples < 0 or self.batch_size < 1:
             raise BadInputError("--max-samples must be >= 0 (0 = all rows) and the batch size >= 1")
 
@@ -139,6 +155,7 @@ class AuditResult:
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
     explanations: dict[str, torch.Tensor] = field(default_factory=dict)
     masking: list[dict] = field(default_factory=list)
+    memory: dict = field(default_factory=dict)
 
 
 def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
@@ -384,7 +401,12 @@ def _same_data(spec: str, trained_on: str) -> bool:
     return Path(spec).resolve() == Path(trained_on).resolve()
 
 
-def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -> AuditResult:
+def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True,
+              shard: Shard | None = None) -> AuditResult | None:
+    """Audit ``subject``: this process's shard of the rows is streamed through the stages in chunks of
+    whole attack chunks; the per-sample tables of every shard are gathered to rank 0, which aggregates
+    them once over all rows (and returns the result; other ranks return None)."""
+    shard = shard or Shard()
     detector, data, device = subject.detector, subject.data, subject.device
     detector.eval()
     x = torch.as_tensor(data.x, device=device)
@@ -393,72 +415,152 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
         raise BadInputError(
             f"expected x of shape (N, {', '.join(map(str, detector.input_shape))}), got {tuple(x.shape)}"
         )
-    bootstrap = Bootstrap(len(x), seed=config.seed)
-    timing: dict[str, float] = {}
-    skipped: dict[str, str] = {}
-
-    started = time.perf_counter()
-    proba = predict_proba(detector, x, batch_size=config.batch_size)
-    pred = proba.argmax(1)
-    y_np, proba_np, pred_np = data.y, proba.cpu().numpy().astype(np.float64), pred.cpu().numpy()
-    metrics, clean_skipped = clean_metrics(y_np, proba_np, positive=data.positive_class,
-                                           n_classes=detector.n_classes, bootstrap=bootstrap)
-    skipped.update(clean_skipped)
-    confusion = np.zeros((detector.n_classes, detector.n_classes), dtype=int)
-    np.add.at(confusion, (y_np, pred_np), 1)
-    timing["clean"] = time.perf_counter() - started
-
-    started = time.perf_counter()
     domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
     attacks = config.build_attacks()
+    plan = plan_memory(detector, x[:2], budget_gb=config.max_memory_gb, batch_size=config.batch_size,
+                       per_row_bytes=_row_bytes(x, config))
+    timing: dict[str, float] = {}
+    try:
+        parts = []
+        rows = torch.as_tensor(shard.rows(len(x)), device=device)
+        for start in range(0, len(rows), plan.stream_rows):
+            index = rows[start:start + plan.stream_rows]
+            parts.append(audit_rows(detector, x[index], y[index], index, config, attacks, domain=domain,
+                                    baseline=subject.baseline, positive=data.positive_class, plan=plan,
+                                    timing=timing, progress=progress))
+        local: RowTable | Exception = concatenate(parts)
+    except Exception as error:  # sent to rank 0 instead of the rows, so no rank waits forever
+        local = error
+    tables = shard.gather(local)
+    if tables is None:
+        return None
+    return summarise(tables, subject, config, attacks, timing=timing, plan=plan)
+
+
+def _row_bytes(x: torch.Tensor, config: AuditConfig) -> int:
+    """What the stages hold per streamed row: attributions per explainer, adversarial rows, curves."""
+    one = x[0].numel() * 4
+    kept = len(config.attacks) * len(config.eps) if config.save_adversarial else 1
+    return one * (len(config.explainers) + kept + 2) + len(config.explainers) * 2 * 8 * 66
+
+
+def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, config: AuditConfig,
+               attacks: dict, *, domain: Domain, baseline: torch.Tensor, positive: int | None, plan: MemoryPlan,
+               timing: dict[str, float], progress: bool) -> RowTable:
+    """Every per-sample stage on a block of rows with global indices ``index`` (a multiple of the attack
+    chunk from its start). Returns the block's row table: ``index``, ``proba`` (clean probabilities),
+    ``per_sample`` (metric name -> values, aggregated later), ``curves`` (name -> (rows, points)),
+    ``masking`` (the masking checks' own attacks) and, when asked, ``adversarial`` / ``explanations``
+    tensors. Two groups are not one entry per row: ``gallery`` holds the block's first correct and
+    misclassified rows (their global ``index`` and attributions), ``fractions`` one row per block (the
+    curves' x-axes, the same in every block)."""
+
+    def timed(stage: str, started: float) -> None:
+        timing[stage] = timing.get(stage, 0.0) + time.perf_counter() - started
+
+    table: RowTable = {"rows": {"index": index.cpu().numpy()}}
+    started = time.perf_counter()
+    proba = predict_proba(detector, x, batch_size=plan.forward_batch)
+    pred = proba.argmax(1)
+    table["rows"]["proba"] = proba.cpu().numpy().astype(np.float64)
+    timed("clean", started)
+
+    started = time.perf_counter()
     robust = run_attacks(detector, x, y, pred, attacks, list(config.eps), domain=domain, seed=config.seed,
-                         batch_size=config.batch_size, keep_examples=config.save_adversarial,
-                         progress=progress, positive=data.positive_class, n_classes=detector.n_classes)
-    robust_metrics, robust_skipped = aggregate(robust.per_sample, bootstrap)
-    metrics.update(robust_metrics)
-    skipped.update(robust_skipped)
+                         batch_size=plan.attack_batch, keep_examples=config.save_adversarial,
+                         progress=progress, positive=positive, n_classes=detector.n_classes, index=index)
+    per_sample = dict(robust.per_sample)
+    if config.masking_checks:
+        from auditor.masking import masking_attack_rows
+
+        table["masking"] = masking_attack_rows(detector, x, y, attacks, list(config.eps), domain=domain,
+                                               seed=config.seed, batch_size=plan.attack_batch, index=index)
+    if config.save_adversarial:
+        table["adversarial"] = {"x": x.cpu().numpy(), "y": y.cpu().numpy(),
+                                **{k: v.numpy() for k, v in robust.adversarial.items()}}
+    del robust
+    timed("robustness", started)
+
+    started = time.perf_counter()
+    attributions = explain_all(detector, x, pred, config, baseline=baseline, progress=progress, index=index,
+                               batch_size=plan.attack_batch)
+    timed("explain", started)
+
+    started = time.perf_counter()
+    faithful = faithfulness_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
+                                  index=index, max_batch=plan.forward_batch)
+    per_sample.update(faithful.per_sample)
+    table["curves"] = {name: curve.astype(np.float32) for name, curve in faithful.curves.items()}
+    table["fractions"] = {name: np.asarray(values)[None, :] for name, values in faithful.fractions.items()}
+    timed("faithfulness", started)
+
+    table["per_sample"] = per_sample
+    correct = (pred == y).cpu().numpy()
+    chosen = np.concatenate([np.flatnonzero(correct)[:GALLERY_SIZE], np.flatnonzero(~correct)[:GALLERY_SIZE]])
+    table["gallery"] = {"index": index.cpu().numpy()[chosen],
+                        **{name: a[chosen].cpu().numpy() for name, a in attributions.items()}}
+    if config.save_explanations:
+        table["explanations"] = {"x": x.cpu().numpy(), "y": y.cpu().numpy(), "pred": pred.cpu().numpy(),
+                                 **{f"attr/{k}": v.cpu().numpy() for k, v in attributions.items()}}
+    return table
+
+
+def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: dict, *,
+              timing: dict[str, float], plan: MemoryPlan) -> AuditResult:
+    """Rank 0: the gathered rows of every shard become metrics, intervals, checks and report data."""
+    data = subject.data
+    n_classes = subject.detector.n_classes
+    started = time.perf_counter()
+    order = np.argsort(tables["rows"]["index"], kind="stable")
+    if not np.array_equal(tables["rows"]["index"][order], np.arange(len(data))):
+        raise RuntimeError("the gathered shards do not cover every audited row exactly once")
+    rows = {group: {name: values[order] for name, values in table.items()}
+            for group, table in tables.items() if group not in ("gallery", "fractions")}
+    bootstrap = Bootstrap(len(data), seed=config.seed)
+    proba_np = rows["rows"]["proba"]
+    metrics, skipped = clean_metrics(data.y, proba_np, positive=data.positive_class, n_classes=n_classes,
+                                     bootstrap=bootstrap)
+    confusion = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(confusion, (data.y, proba_np.argmax(1)), 1)
+    sample_metrics, sample_skipped = aggregate(rows.get("per_sample", {}), bootstrap)
+    metrics.update(sample_metrics)
+    skipped.update(sample_skipped)
     checks = []
     if config.masking_checks:
-        from auditor.masking import masking_checks, masking_suspected
+        from auditor.masking import evaluate_checks, masking_suspected
 
-        checks = masking_checks(detector, x, y, metrics, attacks, list(config.eps), domain=domain,
-                                seed=config.seed, batch_size=config.batch_size)
+        checks = evaluate_checks(metrics, rows["masking"], attacks, list(config.eps), n=len(data))
         suspected = masking_suspected(checks)
         if suspected is not None:
             metrics["robust.masking_suspected"] = MetricValue(suspected)
-    timing["robustness"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    attributions = explain_all(detector, x, pred, config, baseline=subject.baseline, progress=progress)
-    timing["explain"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    faithful = faithfulness_stage(detector, x, pred, attributions, baseline=subject.baseline, seed=config.seed,
-                                  index=torch.arange(len(x)))
-    faithful_metrics, faithful_skipped = aggregate(faithful.per_sample, bootstrap)
-    metrics.update(faithful_metrics)
-    skipped.update(faithful_skipped)
-    curves_view = mean_curves(faithful, list(attributions))
-    timing["faithfulness"] = time.perf_counter() - started
-
+    fractions = {name: values[0].tolist() for name, values in tables.get("fractions", {}).items()}
+    removal = {}
+    for name in config.explainers:
+        if f"deletion.{name}" in rows.get("curves", {}):
+            removal[name] = {"fractions": fractions[f"deletion.{name}"],
+                             "deletion": rows["curves"][f"deletion.{name}"].mean(0, dtype=np.float64).tolist(),
+                             "insertion": rows["curves"][f"insertion.{name}"].mean(0, dtype=np.float64).tolist()}
+    timing["aggregate"] = time.perf_counter() - started
     result = AuditResult(
-        metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(x),
-        robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=curves_view, confusion=confusion.tolist(),
-        gallery=_gallery(data, proba_np, attributions), masking=[c.to_dict() for c in checks],
+        metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(data),
+        robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=removal,
+        confusion=confusion.tolist(), gallery=_gallery(data, proba_np, tables["gallery"]),
+        masking=[c.to_dict() for c in checks],
     )
-    if config.save_adversarial:
-        result.adversarial = {"x": x.cpu(), "y": y.cpu(), **robust.adversarial}
-    if config.save_explanations:
-        result.explanations = {"x": x.cpu(), "y": y.cpu(), "pred": pred.cpu().long(),
-                               **{f"attr/{k}": v.cpu() for k, v in attributions.items()}}
+    result.memory = plan.to_dict()
+    for group, target in (("adversarial", result.adversarial), ("explanations", result.explanations)):
+        for name, values in rows.get(group, {}).items():
+            target[name] = torch.from_numpy(np.ascontiguousarray(values))
     return result
 
 
 def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, config: AuditConfig, *,
-                baseline: torch.Tensor, progress: bool) -> dict[str, torch.Tensor]:
-    index = torch.arange(len(x))
+                baseline: torch.Tensor, progress: bool, index: torch.Tensor | None = None,
+                batch_size: int | None = None) -> dict[str, torch.Tensor]:
+    index = torch.arange(len(x)) if index is None else index
+    batch_size = batch_size or config.batch_size
     out: dict[str, torch.Tensor] = {}
-    batches = range(0, len(x), config.batch_size)
+    batches = range(0, len(x), batch_size)
     bar = tqdm(total=len(config.explainers) * len(batches), desc="explain", unit="batch",
                disable=None if progress else True, leave=False)
     try:
@@ -466,7 +568,7 @@ def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, confi
             explainer = make_explainer(name)
             parts = []
             for start in batches:
-                rows = slice(start, start + config.batch_size)
+                rows = slice(start, start + batch_size)
                 parts.append(explainer.explain(detector, x[rows], target[rows], baseline=baseline,
                                                seed=config.seed, index=index[rows]).detach())
                 bar.update()
@@ -476,20 +578,27 @@ def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, confi
     return out
 
 
-def _gallery(data: Dataset, proba: np.ndarray, attributions: dict[str, torch.Tensor]) -> list[SampleView]:
-    """The first few correct and the first few misclassified samples, with their top features by attention."""
+def _gallery(data: Dataset, proba: np.ndarray, candidates: dict[str, np.ndarray]) -> list[SampleView]:
+    """The first few correct and the first few misclassified samples, with their top features by attention.
+    ``candidates``: global ``index`` of rows that may be shown and their attributions per explainer."""
     pred = proba.argmax(1)
     correct_rows = np.flatnonzero(pred == data.y)[:GALLERY_SIZE]
     wrong_rows = np.flatnonzero(pred != data.y)[:GALLERY_SIZE]
+    where = {int(row): i for i, row in enumerate(candidates["index"])}
+    attributions = {name: values for name, values in candidates.items() if name != "index"}
+    if not attributions:
+        return []
     lead = "attention" if "attention" in attributions else next(iter(attributions))
     views = []
     for row in [*correct_rows, *wrong_rows]:
-        lead_attr = attributions[lead][row].flatten().cpu().numpy()
+        at = where[int(row)]
+        lead_attr = attributions[lead][at].reshape(-1)
         top = np.argsort(-lead_attr, kind="stable")[:GALLERY_FEATURES]
         scaled = {}
         for name, attribution in attributions.items():
-            values = attribution[row].flatten().cpu().numpy()[top].astype(np.float64)
-            peak = attribution[row].abs().max().item() or 1.0
+            flat = attribution[at].reshape(-1)
+            values = flat[top].astype(np.float64)
+            peak = float(np.abs(flat).max()) or 1.0
             scaled[name] = (values / peak).tolist()
         views.append(SampleView(
             row=int(data.row_index[row]), label=data.class_names[int(data.y[row])],
