@@ -149,14 +149,22 @@ def train(ctx, detector, data_spec, label_column, positive_class, defense, defen
 
 
 def _launch_torchrun(ctx: click.Context, nproc: int, *, module: str, command: tuple[str, ...] = ()) -> int:
-    """Re-run this command under ``torchrun --standalone`` with the same options (all but --nproc)."""
+    """Re-run this command under ``torchrun --standalone`` with the same options (all but --nproc); the exit
+    code is rank 0's (torchrun itself answers 1 for any failed process), passed back through a file."""
     import subprocess
+    import tempfile
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BadInputError("--nproc launches torchrun itself; under torchrun leave it out")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", module, *command, *_command_line(ctx, skip=("nproc",))]
-    return subprocess.call(command)
+    with tempfile.TemporaryDirectory() as folder:
+        code_file = Path(folder) / "exit-code"
+        code = subprocess.call(command, env={**os.environ, EXIT_CODE_FILE: str(code_file)})
+        return int(code_file.read_text()) if code_file.is_file() else code
+
+
+EXIT_CODE_FILE = "AUDIT_EXIT_CODE_FILE"
 
 
 def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
@@ -291,6 +299,8 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
         code = shard.broadcast_code(code)
     finally:
         shard.close()
+    if shard.is_main and os.environ.get(EXIT_CODE_FILE):
+        Path(os.environ[EXIT_CODE_FILE]).write_text(str(code))
     if problem is not None and shard.is_main:
         raise problem
     sys.exit(code)

@@ -510,7 +510,6 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     """Rank 0: the gathered rows of every shard become metrics, intervals, checks and report data."""
     data = subject.data
     n_classes = subject.detector.n_classes
-    started = time.perf_counter()
     order = np.argsort(tables["rows"]["index"], kind="stable")
     if not np.array_equal(tables["rows"]["index"][order], np.arange(len(data))):
         raise RuntimeError("the gathered shards do not cover every audited row exactly once")
@@ -540,7 +539,6 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
             removal[name] = {"fractions": fractions[f"deletion.{name}"],
                              "deletion": rows["curves"][f"deletion.{name}"].mean(0, dtype=np.float64).tolist(),
                              "insertion": rows["curves"][f"insertion.{name}"].mean(0, dtype=np.float64).tolist()}
-    timing["aggregate"] = time.perf_counter() - started
     result = AuditResult(
         metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(data),
         robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=removal,
