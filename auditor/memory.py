@@ -23,18 +23,21 @@ MAX_FORWARD_BATCH = 4096  # larger inference batches cost memory and gain nothin
 MAX_STREAM_ROWS = 8192  # rows per streamed chunk: what the stages hold at once does not grow with the data
 BACKWARD_FACTOR = 3  # activations kept + their gradients + the input gradient, per activation byte
 SHARE_OF_AVAILABLE = 0.5
+CPU_DEFAULT_CAP = 2 * 2 ** 30
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
     budget_bytes: int
     input_bytes: int  # one model input through a forward pass
-    attack_batch: int  # rows per attack / explainer batch (a multiple of CHUNK)
+    attack_batch: int  # rows per attack batch (a multiple of CHUNK)
+    gradient_inputs: int  # model inputs per forward+backward (an explainer's batch x its steps)
     forward_batch: int  # model inputs per inference pass (the stacked faithfulness batches)
     stream_rows: int  # rows streamed through the stages at once (a multiple of CHUNK)
 
     def to_dict(self) -> dict:
         return {"budget_gb": round(self.budget_bytes / 2 ** 30, 3), "attack_batch": self.attack_batch,
+                "gradient_inputs": self.gradient_inputs,
                 "forward_batch": self.forward_batch, "stream_rows": self.stream_rows}
 
 
@@ -57,8 +60,11 @@ def available_bytes(device: torch.device) -> int:
 
 
 def default_budget(device: torch.device) -> int:
+    """Half the available memory, shared by this machine's processes; on CPU at most CPU_DEFAULT_CAP
+    (larger batches buy no speed there, only memory)."""
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return int(available_bytes(device) * SHARE_OF_AVAILABLE / max(1, processes))
+    share = int(available_bytes(device) * SHARE_OF_AVAILABLE / max(1, processes))
+    return share if device.type == "cuda" else min(share, CPU_DEFAULT_CAP)
 
 
 def input_bytes(model: torch.nn.Module, sample: torch.Tensor) -> int:
@@ -87,10 +93,12 @@ def plan_memory(model: torch.nn.Module, sample: torch.Tensor, *, budget_gb: floa
     budget = int(budget_gb * 2 ** 30) if budget_gb is not None else default_budget(sample.device)
     one = input_bytes(model, sample)
     passes = budget // 2
-    cap = max(CHUNK, passes // (BACKWARD_FACTOR * one) // CHUNK * CHUNK)
+    gradient_inputs = max(1, passes // (BACKWARD_FACTOR * one))
+    cap = max(CHUNK, gradient_inputs // CHUNK * CHUNK)
     attack_batch = min(max(CHUNK, (batch_size + CHUNK - 1) // CHUNK * CHUNK), cap)
     forward_batch = int(max(CHUNK, min(MAX_FORWARD_BATCH, passes // one)))
     rows = (budget // 4) // max(1, per_row_bytes + sample[0].numel() * sample.element_size())
     stream_rows = int(max(attack_batch, min(MAX_STREAM_ROWS, rows)) // attack_batch * attack_batch)
     return MemoryPlan(budget_bytes=budget, input_bytes=one, attack_batch=int(attack_batch),
+                      gradient_inputs=int(gradient_inputs),
                       forward_batch=forward_batch, stream_rows=max(attack_batch, stream_rows))

@@ -483,7 +483,7 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
 
     started = time.perf_counter()
     attributions = explain_all(detector, x, pred, config, baseline=baseline, progress=progress, index=index,
-                               batch_size=plan.attack_batch)
+                               batch_size=plan.attack_batch, gradient_inputs=plan.gradient_inputs)
     timed("explain", started)
 
     started = time.perf_counter()
@@ -554,22 +554,27 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
 
 def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, config: AuditConfig, *,
                 baseline: torch.Tensor, progress: bool, index: torch.Tensor | None = None,
-                batch_size: int | None = None) -> dict[str, torch.Tensor]:
+                batch_size: int | None = None, gradient_inputs: int | None = None) -> dict[str, torch.Tensor]:
+    """Every explainer's attributions, in batches of at most ``batch_size`` rows and, for explainers that
+    evaluate the model on several inputs per sample (``steps``: integrated gradients), at most
+    ``gradient_inputs`` model inputs per batch."""
     index = torch.arange(len(x)) if index is None else index
     batch_size = batch_size or config.batch_size
     out: dict[str, torch.Tensor] = {}
-    batches = range(0, len(x), batch_size)
-    bar = tqdm(total=len(config.explainers) * len(batches), desc="explain", unit="batch",
+    bar = tqdm(total=len(config.explainers) * len(x), desc="explain", unit="row",
                disable=None if progress else True, leave=False)
     try:
         for name in config.explainers:
             explainer = make_explainer(name)
+            rows_per_batch = batch_size
+            if gradient_inputs is not None:
+                rows_per_batch = max(1, min(batch_size, gradient_inputs // max(1, int(getattr(explainer, "steps", 1)))))
             parts = []
-            for start in batches:
-                rows = slice(start, start + batch_size)
+            for start in range(0, len(x), rows_per_batch):
+                rows = slice(start, start + rows_per_batch)
                 parts.append(explainer.explain(detector, x[rows], target[rows], baseline=baseline,
                                                seed=config.seed, index=index[rows]).detach())
-                bar.update()
+                bar.update(len(x[rows]))
             out[name] = torch.cat(parts)
     finally:
         bar.close()
