@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install install-bench install-browser demo test bench clean
 
 install: $(STAMP)
 
@@ -13,6 +13,15 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+install-bench: install
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test,bench]'
+
+# Debian's chromium for the browser test (tests/test_browser.py, marker `browser`): it opens the reports
+# headless and offline over the DevTools pipe, so no Python driver and no browser download are needed.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
 demo: install
 	$(VENV)/bin/audit demo --out out/demo

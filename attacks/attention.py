@@ -421,8 +421,9 @@ class AttentionGuided(PGD):
     reference = "Fu et al. 2022 (Patch-Fool: Are Vision Transformers Always Robust Against Adversarial Perturbations?)"
 
     def __init__(self, *, steps: int = 20, step_size: float = 0.25, restarts: int = 1, random_start: bool = True,
-                 k: int = 5) -> None:
-        super().__init__(steps=steps, step_size=step_size, restarts=restarts, random_start=random_start)
+                 k: int = 5, target_class: int | None = None) -> None:
+        super().__init__(steps=steps, step_size=step_size, restarts=restarts, random_start=random_start,
+                         target_class=target_class)
         if int(k) != k or k < 1:
             raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
         self.k = int(k)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from attacks.domain import Domain
+
+if TYPE_CHECKING:
+    import torchattacks
 
 
 class Attack:
@@ -22,9 +25,27 @@ class Attack:
     name: ClassVar[str]
     norm: ClassVar[str] = "linf"
     reference: ClassVar[str] = ""
+    #: whether the attack can aim at one class (``target_class``) instead of away from the true one
+    targetable: ClassVar[bool] = False
+    target_class: int | None = None
 
     def params(self) -> dict:
         return {}
+
+    def _set_target(self, target_class: int | None) -> None:
+        if target_class is not None and (int(target_class) != target_class or target_class < 0):
+            raise ValueError(f"{self.name}: expected a class index >= 0 as target_class, got {target_class!r}")
+        self.target_class = None if target_class is None else int(target_class)
+
+    def _target_params(self) -> dict:
+        return {} if self.target_class is None else {"target_class": self.target_class}
+
+    def _aim(self, attack: "torchattacks.Attack") -> "torchattacks.Attack":
+        """A torchattacks attack in targeted mode toward ``target_class`` when one is set."""
+        if self.target_class is not None:
+            target = self.target_class
+            attack.set_mode_targeted_by_function(lambda images, labels: torch.full_like(labels, target), quiet=True)
+        return attack
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain: Domain,
                  seed: int, index: torch.Tensor) -> torch.Tensor:

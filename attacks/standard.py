@@ -37,6 +37,13 @@ size used for speed, and the caller's RNG state is left alone.
     torchattacks' own AutoAttack wrapper uses fewer APGD iterations. DLR losses
     are undefined below 3 classes (targeted DLR below 4), so binary detectors
     run APGD-CE and Square, and 3-class ones add FAB-T.
+
+Targeted mode (``target_class``): ``fgsm``, ``pgd``, ``pgd-l2``, ``cw`` and
+``square`` can aim at one class instead of away from the true one
+(torchattacks' targeted mode for its attacks; for ``pgd`` descent on the
+target class's cross-entropy, a restart counting as successful when it reaches
+the target). ``deepfool`` and ``autoattack`` have no targeted mode here:
+torchattacks' DeepFool supports none, and AutoAttack's protocol is untargeted.
 """
 
 from __future__ import annotations
@@ -59,25 +66,35 @@ class FGSM(Attack):
     name = "fgsm"
     norm = "linf"
     reference = "Goodfellow et al. 2015"
+    targetable = True
+
+    def __init__(self, *, target_class: int | None = None):
+        self._set_target(target_class)
+
+    def params(self) -> dict:
+        return self._target_params()
 
     def perturb(self, model, x, y, *, eps, domain, seed, index):
         view = ImageView(model, tuple(x.shape[1:]), domain)
-        return view.from_4d(torchattacks.FGSM(view, eps=eps)(view.to_4d(x), y))
+        return view.from_4d(self._aim(torchattacks.FGSM(view, eps=eps))(view.to_4d(x), y))
 
 
 class PGD(Attack):
     name = "pgd"
     norm = "linf"
     reference = "Madry et al. 2018"
+    targetable = True
 
-    def __init__(self, *, steps: int = 20, step_size: float = 0.25, restarts: int = 1, random_start: bool = True):
+    def __init__(self, *, steps: int = 20, step_size: float = 0.25, restarts: int = 1, random_start: bool = True,
+                 target_class: int | None = None):
         if steps < 1 or restarts < 1 or step_size <= 0:
             raise ValueError(f"{self.name} needs steps >= 1, restarts >= 1 and step_size > 0")
         self.steps, self.step_size, self.restarts, self.random_start = steps, step_size, restarts, random_start
+        self._set_target(target_class)
 
     def params(self) -> dict:
         return {"steps": self.steps, "step_size": f"{self.step_size:g}*eps", "restarts": self.restarts,
-                "random_start": self.random_start}
+                "random_start": self.random_start, **self._target_params()}
 
     def _start(self, x: torch.Tensor, eps: float, seed: int, index: torch.Tensor, restart: int) -> torch.Tensor:
         noise = per_sample_uniform(x.shape[1:], index, seed=seed, purpose=f"{self.name}/start/{restart}/{eps:g}",
@@ -96,6 +113,8 @@ class PGD(Attack):
         alpha = self.step_size * eps
         best = x.clone()
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        # targeted: descend the cross-entropy of the target class (torchattacks' targeted PGD), success = target
+        sign, aim = (1.0, y) if self.target_class is None else (-1.0, torch.full_like(y, self.target_class))
         mask = self.restrict(model, x)
         keep = (lambda t: t) if mask is None else (lambda t: t * mask)
         for restart in range(self.restarts):
@@ -105,11 +124,12 @@ class PGD(Attack):
                 x_adv = domain.project(start, x, eps=eps, norm=self.norm)
             for _ in range(self.steps):
                 x_adv.requires_grad_(True)
-                loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+                loss = sign * F.cross_entropy(model(x_adv), aim, reduction="sum")
                 grad, = torch.autograd.grad(loss, x_adv)
                 x_adv = domain.project(x_adv.detach() + alpha * keep(self._step(grad)), x, eps=eps, norm=self.norm)
             with torch.no_grad():
-                now_fooled = model(x_adv).argmax(1) != y
+                predicted = model(x_adv).argmax(1)
+                now_fooled = predicted != y if self.target_class is None else predicted == aim
             take = now_fooled & ~fooled if restart else torch.ones_like(fooled)
             best[take] = x_adv[take]
             fooled |= now_fooled
@@ -175,15 +195,19 @@ class MinimumNorm(_Chunked):
 class CW(MinimumNorm):
     name = "cw"
     reference = "Carlini & Wagner 2017"
+    targetable = True
 
-    def __init__(self, *, steps: int = 100, c: float = 1.0, kappa: float = 0.0, lr: float = 0.01):
+    def __init__(self, *, steps: int = 100, c: float = 1.0, kappa: float = 0.0, lr: float = 0.01,
+                 target_class: int | None = None):
         self.steps, self.c, self.kappa, self.lr = steps, c, kappa, lr
+        self._set_target(target_class)
 
     def params(self) -> dict:
-        return {"steps": self.steps, "c": self.c, "kappa": self.kappa, "lr": self.lr, "minimum_norm": True}
+        return {"steps": self.steps, "c": self.c, "kappa": self.kappa, "lr": self.lr, "minimum_norm": True,
+                **self._target_params()}
 
     def build(self, view, eps, n_classes, chunk_seed):
-        return torchattacks.CW(view, c=self.c, kappa=self.kappa, steps=self.steps, lr=self.lr)
+        return self._aim(torchattacks.CW(view, c=self.c, kappa=self.kappa, steps=self.steps, lr=self.lr))
 
 
 class DeepFool(MinimumNorm):
@@ -204,16 +228,18 @@ class Square(_Chunked):
     name = "square"
     norm = "linf"
     reference = "Andriushchenko et al. 2020"
+    targetable = True
 
-    def __init__(self, *, n_queries: int = 1000, p_init: float = 0.8):
+    def __init__(self, *, n_queries: int = 1000, p_init: float = 0.8, target_class: int | None = None):
         self.n_queries, self.p_init = n_queries, p_init
+        self._set_target(target_class)
 
     def params(self) -> dict:
-        return {"n_queries": self.n_queries, "p_init": self.p_init, "loss": "margin"}
+        return {"n_queries": self.n_queries, "p_init": self.p_init, "loss": "margin", **self._target_params()}
 
     def build(self, view, eps, n_classes, chunk_seed):
-        return torchattacks.Square(view, norm="Linf", eps=eps, n_queries=self.n_queries, n_restarts=1,
-                                   p_init=self.p_init, loss="margin", seed=chunk_seed)
+        return self._aim(torchattacks.Square(view, norm="Linf", eps=eps, n_queries=self.n_queries, n_restarts=1,
+                                             p_init=self.p_init, loss="margin", seed=chunk_seed))
 
 
 class AutoAttack(_Chunked):

@@ -9,6 +9,8 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc
 
 from auditor.metrics import Bootstrap, MetricValue
 
+ECE_BINS = 10
+
 
 @torch.inference_mode()
 def predict_proba(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int) -> torch.Tensor:
@@ -36,6 +38,9 @@ def clean_metrics(y: np.ndarray, proba: np.ndarray, *, positive: int | None, n_c
         p, r, f, _ = precision_recall_fscore_support(y, pred, average="macro", labels=range(n_classes), zero_division=0)
         for key, value in (("precision", p), ("recall", r), ("f1", f)):
             metrics[f"clean.{key}"] = MetricValue(float(value), None)
+    confidence = proba.max(axis=1)
+    metrics["clean.ece"] = MetricValue(float(expected_calibration_error(correct[None], confidence[None])[0]),
+                                       bootstrap.interval(expected_calibration_error, correct, confidence))
     present = np.unique(y)
     if len(present) < 2:
         skipped["clean.roc_auc"] = "the audited samples hold a single class"
@@ -48,6 +53,19 @@ def clean_metrics(y: np.ndarray, proba: np.ndarray, *, positive: int | None, n_c
     else:
         skipped["clean.roc_auc"] = "one-vs-rest ROC AUC needs every class among the audited samples"
     return metrics, skipped
+
+
+def calibration_bins(confidence: np.ndarray, *, bins: int = ECE_BINS) -> np.ndarray:
+    """Bin of each confidence among ``bins`` equal-width bins ((0, 0.1], (0.1, 0.2], ... for 10)."""
+    return np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+
+
+def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, *, bins: int = ECE_BINS) -> np.ndarray:
+    """ECE (Guo et al. 2017) per row of (rows, n) arrays: sum over bins of |B|/n * |accuracy(B) - confidence(B)|,
+    which is the mean over samples of the per-bin gap, |sum over B of (correct - confidence)| / n."""
+    which = calibration_bins(confidence, bins=bins)
+    gap = np.asarray(correct, dtype=np.float64) - confidence
+    return sum(np.abs((gap * (which == b)).sum(axis=1)) for b in range(bins)) / gap.shape[1]
 
 
 def _mean(values: np.ndarray) -> np.ndarray:

@@ -203,10 +203,27 @@ def audit_options(function):
         click.option("--attack-param", "attack_params", multiple=True, callback=_attack_params,
                      help="override one attack setting of the profile, e.g. pgd.steps=50 (repeatable; "
                           "`audit attacks` lists the parameters)"),
+        click.option("--explainers", callback=_name_list, default="",
+                     help="override the profile's explainers: registered names, comma-separated "
+                          "(quick: attention, rollout, integrated-gradients, random; standard and full: all)"),
         click.option("--masking-checks/--no-masking-checks", default=None,
                      help="gradient-masking checks [default: on for standard and full]"),
         click.option("--frozen-features", callback=_name_list, default="",
                      help="features an attacker may not change, comma-separated"),
+        click.option("--target-class", default=None,
+                     help="targetable attacks (fgsm, pgd, pgd-l2, cw, square, attention-guided) aim at this class "
+                          "(a class name, e.g. the benign class of a detector)"),
+        click.option("--hijack-features", callback=_name_list, default="",
+                     help="attention-hijack pulls the attention onto these features, comma-separated "
+                          "[default: the 5 least-attended tokens of each sample]"),
+        click.option("--faithfulness-metrics", callback=_name_list, default="",
+                     help="override the profile's faithfulness metrics, comma-separated: deletion, insertion, "
+                          "deletion_gain, comprehensiveness, sufficiency, correlation, infidelity, max_sensitivity "
+                          "[default: quick: deletion,insertion; standard and full: all]"),
+        click.option("--removal-baseline", type=click.Choice(["mean", "zero", "blur"]), default="mean",
+                     show_default=True,
+                     help="what a removed feature becomes: the training-split mean, zero, or (images only) a "
+                          "Gaussian blur of the input, sigma 1 pixel"),
         click.option("--max-samples", type=click.IntRange(min=0), default=None,
                      help="audit a seeded, stratified subset of this many rows, 0 = all "
                           "[default: 1000; full profile 5000]"),
@@ -261,10 +278,15 @@ def _bounds(ctx, param, value):
 @click.option("--positive-class", default=None, help="python: models: the class to catch")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="shard the audit over this many processes, launched with torchrun (gloo on CPU, NCCL on GPU)")
+@click.option("--baseline", "baseline_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="results.json of an earlier run: add regression gates (the policy's [regression] table, "
+                   "else 0.02 on every gated metric)")
+@click.option("--json", "as_json", is_flag=True, help="print results.json to stdout and nothing else")
 @audit_options
 @click.pass_context
 def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
-        attention_modules, logits_key, bounds, bounds_file, positive_class, nproc, **options) -> None:
+        attention_modules, logits_key, bounds, bounds_file, positive_class, nproc, baseline_path, as_json,
+        **options) -> None:
     """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails.
 
     Under torchrun (or with --nproc) each process audits its shard of the rows and rank 0 writes the
@@ -279,17 +301,29 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
                              attention_modules=tuple(attention_modules), logits_key=logits_key, bounds=bounds,
                              bounds_file=bounds_file, positive_class=positive_class)
     shard = Shard.from_environment()
+
+    def report(outcome) -> None:
+        if as_json:
+            from auditor.report import render_json
+
+            click.echo(render_json(outcome.document).decode(), nl=False)
+            _print_outcome(outcome, quiet=True, err=True)
+        else:
+            _print_outcome(outcome, quiet=options["quiet"])
+
     if not shard.distributed:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
-                                  policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard, **options)
-        _print_outcome(outcome, quiet=options["quiet"])
+                                  policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
+                                  baseline_path=baseline_path, **options)
+        report(outcome)
         sys.exit(outcome.exit_code)
     code, problem = EXIT_INTERNAL, None
     try:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
-                                  policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard, **options)
+                                  policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
+                                  baseline_path=baseline_path, **options)
         if outcome is not None:
-            _print_outcome(outcome, quiet=options["quiet"])
+            report(outcome)
             code = outcome.exit_code
     except BadInputError as error:
         code, problem = 2, error
@@ -331,6 +365,65 @@ def demo(out_dir, epochs, **options) -> None:
         click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
 
 
+@cli.command(context_settings={"show_default": True})
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True,
+              help="a checkpoint to audit first (repeatable), each into OUT/runs/NAME with one shared configuration")
+@click.option("--data", "data_spec", default=None, help="--model: rows to audit (default: each checkpoint's test split)")
+@click.option("--label-column", default="label")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="evaluate this policy on every checkpoint [default: each audit's own gates]")
+@click.option("--allow-mismatch", is_flag=True,
+              help="compare audits whose data, eps grid, attacks, explainers or seed differ (listed in the outputs)")
+@click.option("--robust-metric", default=None,
+              help="the y axis of the clean-versus-robust scatter [default: pgd at the largest common eps]")
+@click.option("--explainer", default="attention", help="whose deletion and insertion curves are overlaid")
+@audit_options
+def compare(folders, models, data_spec, label_column, out_dir, policy_path, allow_mismatch, robust_metric,
+            explainer, **options) -> None:
+    """Compare audits side by side: audit output folders, or checkpoints audited first with --model.
+
+    Writes compare.html, compare.json and compare.md; exits 0 once they are written, whatever the verdicts,
+    and 2 when the audits were configured differently (unless --allow-mismatch).
+    """
+    from auditor.compare import compare_audits, compare_files, load_audit, unique_names
+    from auditor.gates import load_policy
+    from auditor.outputs import append_step_summary, write_atomically
+    from auditor.runner import audit_to_folder
+
+    if len(folders) + len(models) < 2:
+        raise click.UsageError("give at least two audit folders, or two --model checkpoints")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
+    policy = load_policy(policy_path) if policy_path is not None else None
+    for path in folders:
+        if not (path / "results.json").is_file() and not path.is_file():
+            raise BadInputError(f"{str(path)!r} holds no results.json; pass audit output folders written by audit run")
+    run_names = unique_names([Path(m) for m in models])
+    sources = list(folders)
+    for name, model in zip(run_names, models):
+        run_dir = out_dir / "runs" / name
+        outcome = audit_to_folder(model_path=model, data_spec=data_spec, label_column=label_column,
+                                  policy_path=policy_path, out_dir=run_dir, **options)
+        if not options["quiet"]:
+            click.echo(f"audited {model} into {run_dir}: {'PASSED' if outcome.exit_code == 0 else 'FAILED'}",
+                       err=True)
+        sources.append(run_dir)
+    names = unique_names([Path(p) for p in folders]) + run_names
+    if len(set(names)) < len(names):
+        names = [f"{i + 1}-{name}" for i, name in enumerate(names)]
+    audits = [load_audit(Path(path), name) for path, name in zip(sources, names)]
+    comparison = compare_audits(audits, allow_mismatch=allow_mismatch, policy=policy, robust_metric=robust_metric,
+                                explainer=explainer)
+    files = compare_files(comparison, allow_mismatch=allow_mismatch)
+    write_atomically(out_dir, files)
+    append_step_summary(files["compare.md"])
+    passing = [v.name for v in comparison.verdicts if v.passed]
+    click.echo(f"compared {len(audits)} audits into {out_dir / 'compare.html'}; passing the policy: "
+               f"{', '.join(passing) or 'none'}")
+
+
 @cli.command("attacks")
 def list_attacks() -> None:
     """List the registered attacks with their norm, parameters and reference, and the profiles."""
@@ -340,7 +433,8 @@ def list_attacks() -> None:
     for name in sorted(ATTACKS):
         attack = make_attack(name)
         params = ", ".join(f"{k}={v}" for k, v in attack.params().items()) or "single step of size eps"
-        click.echo(f"{name:<18} {attack.norm:<5} {attack.reference}\n{'':<24}{params}")
+        targeted = "; targeted mode (--target-class)" if attack.targetable else ""
+        click.echo(f"{name:<18} {attack.norm:<5} {attack.reference}\n{'':<24}{params}{targeted}")
     click.echo("")
     for profile, (chosen, checks) in PROFILES.items():
         settings = ", ".join(f"{n}({', '.join(f'{k}={v}' for k, v in p.items())})" if p else n
@@ -348,16 +442,17 @@ def list_attacks() -> None:
         click.echo(f"profile {profile}: {settings}; masking checks {'on' if checks else 'off'}")
 
 
-def _print_outcome(outcome, *, quiet: bool) -> None:
+def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
+    """The verdict line; unless quiet, first a short table of the gates."""
     verdict = "PASSED" if outcome.exit_code == 0 else "FAILED"
     failed = [g for g in outcome.gates if not g.passed]
     if not quiet:
         width = max((len(g.name) for g in outcome.gates), default=10)
         for gate in outcome.gates:
             value = "—" if gate.value is None else f"{gate.value:.3g}"
-            click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}")
-        click.echo(f"report: {outcome.report_path}")
-    click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed")
+            click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}", err=err)
+        click.echo(f"report: {outcome.report_path}", err=err)
+    click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed", err=err)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,41 +1,111 @@
 """Explainers by name: ``explain(detector, x, target, ...) -> attribution`` of x's shape.
 
-Attention explainers and captum's gradient explainers share one interface, so
-every faithfulness metric runs on all of them and attention is always judged
-against gradient methods and against ``random``.
+Attention explainers and captum's gradient and perturbation explainers share one
+interface, so every faithfulness metric runs on all of them and attention is
+always judged against gradient methods and against ``random``. Every explainer
+runs with the model in eval mode and gives the caller's mode back (in
+``finally``); every random draw comes from the sample's own stream, so a
+sample's attribution does not depend on the batch it was computed in.
 
 ``attention``
     CLS row of the last layer's attention, mean over heads, mapped to inputs
     through the TokenMap (mean over query rows for models without CLS).
+``attention-max``
+    the same row, max over heads.
 ``rollout``
     Abnar & Zuidema 2020: per layer Ã = rownorm(mean_h A + I), R = Ã_L ... Ã_1,
     CLS row. Rows are normalised (``keepdim=True``): a known bug in a popular ViT
     implementation normalises columns instead.
+``grad-attention``
+    Chefer, Gur & Wolf 2021, the batch form: R = I; per layer
+    R += mean_h((∇A ⊙ A)⁺) R, with ∇A the gradient of the target logit with
+    respect to that layer's attention weights; CLS row. Needs attention weights
+    that are part of the autograd graph (the built-in blocks return them so;
+    ``nn.MultiheadAttention`` hands back a reshaped view of the weights it used,
+    so the gradient is taken with respect to the view's base); a model whose
+    logits do not depend on the tensors it returns is refused with the reason.
 ``integrated-gradients``
     captum's IntegratedGradients from the removal baseline (the training mean),
     32 steps, Gauss-Legendre, in bounded internal batches.
+``saliency``, ``input-x-gradient``
+    captum's Saliency (|∂logit/∂x|) and InputXGradient (x ⊙ ∂logit/∂x).
+``deeplift``
+    captum's DeepLift (rescale rule) from the removal baseline. On these
+    transformers it runs but is only partly DeepLift: captum applies the
+    rescale rule to ``nn`` activation modules of its list (ReLU, Sigmoid,
+    Softmax, ...), while GELU, LayerNorm and the functional softmax of the
+    attention pass plain gradients, so the attributions do not sum to
+    f(x) − f(baseline) exactly. captum warns about this on every call (and that
+    the input did not require gradients); both warnings are expected here and
+    silenced, nothing else is.
+``gradient-shap``
+    Lundberg & Lee 2017, the expected-gradients estimator captum's GradientShap
+    computes: mean over 16 draws of (x + ε − b) ⊙ ∇f(b + α(x + ε − b)), baselines
+    b uniform in the [0, 1] input box, α ~ U(0, 1), ε ~ N(0, 0.05²). captum's class
+    draws b, α and ε from the global torch and numpy RNGs for the whole batch, so
+    its result would depend on the batch; the same estimator is written here with
+    every draw from the sample's own stream (a test checks it equals captum's
+    where both are deterministic).
+``feature-ablation``
+    captum's FeatureAblation: each input position alone replaced by the removal
+    baseline (leave-one-out), attribution = target logit drop.
 ``random``
     uniform draws from each sample's own stream: the floor every explainer must beat.
 """
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
-from captum.attr import IntegratedGradients
+from captum.attr import DeepLift, FeatureAblation, InputXGradient, IntegratedGradients, Saliency
 
 from detectors.base import Detector
+from detectors.errors import BadInputError
 from detectors.seeding import per_sample_uniform
+
+FAMILIES = ("attention", "gradient", "perturbation", "baseline")
+MAX_INTERNAL_BATCH = 8192
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """The model in eval mode for the block, its own mode restored afterwards, even on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class Explainer:
+    """Subclasses declare ``name``, ``family`` and ``reference`` and implement ``_attribute``."""
+
     name: ClassVar[str]
     family: ClassVar[str]
     reference: ClassVar[str] = ""
 
     def explain(self, detector: Detector, x: torch.Tensor, target: torch.Tensor, *, baseline: torch.Tensor,
-                seed: int, index: torch.Tensor) -> torch.Tensor:
+                seed: int, index: torch.Tensor, attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """An attribution of ``x``'s shape for each sample's ``target`` class.
+
+        ``attentions`` may hand in the detector's attention on ``x`` (from one shared
+        ``forward_with_attention``); explainers that read attention then skip their own forward.
+        """
+        if len(x) != len(target) or len(x) != len(index):
+            raise ValueError(f"expected x, target and index of one length, got {len(x)}, {len(target)}, {len(index)}")
+        with evaluating(detector):
+            attribution = self._attribute(detector, x, target, baseline=baseline, seed=seed, index=index,
+                                          attentions=attentions)
+        attribution = attribution.detach()
+        if attribution.shape != x.shape:
+            raise RuntimeError(f"{self.name} returned shape {tuple(attribution.shape)} for x of {tuple(x.shape)}")
+        return attribution
+
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
         raise NotImplementedError
 
 
@@ -44,16 +114,36 @@ def _token_scores_from_row(attention: torch.Tensor, cls_index: int | None) -> to
     return attention[:, cls_index, :] if cls_index is not None else attention.mean(dim=1)
 
 
-class RawAttention(Explainer):
-    name = "attention"
+class AttentionExplainer(Explainer):
+    """Reads the attention weights only: ``scores`` turns per-layer (b, h, t, t) into (b, t)."""
+
     family = "attention"
+
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
+        if attentions is None:
+            with torch.no_grad():
+                _, attentions = detector.forward_with_attention(x)
+        scores = self.scores([a.detach() for a in attentions], detector.token_map.cls_index)
+        return detector.token_map.to_input(scores)
+
+    def scores(self, attentions: list[torch.Tensor], cls_index: int | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RawAttention(AttentionExplainer):
+    name = "attention"
     reference = "CLS attention of the last layer, mean over heads"
 
-    @torch.no_grad()
-    def explain(self, detector, x, target, *, baseline, seed, index):
-        _, attentions = detector.forward_with_attention(x)
-        mean_heads = attentions[-1].mean(dim=1)
-        return detector.token_map.to_input(_token_scores_from_row(mean_heads, detector.token_map.cls_index))
+    def scores(self, attentions, cls_index):
+        return _token_scores_from_row(attentions[-1].mean(dim=1), cls_index)
+
+
+class MaxAttention(AttentionExplainer):
+    name = "attention-max"
+    reference = "CLS attention of the last layer, max over heads"
+
+    def scores(self, attentions, cls_index):
+        return _token_scores_from_row(attentions[-1].amax(dim=1), cls_index)
 
 
 def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
@@ -67,15 +157,60 @@ def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
     return result
 
 
-class Rollout(Explainer):
+class Rollout(AttentionExplainer):
     name = "rollout"
-    family = "attention"
     reference = "Abnar & Zuidema 2020"
 
-    @torch.no_grad()
-    def explain(self, detector, x, target, *, baseline, seed, index):
-        _, attentions = detector.forward_with_attention(x)
-        return detector.token_map.to_input(_token_scores_from_row(rollout(attentions), detector.token_map.cls_index))
+    def scores(self, attentions, cls_index):
+        return _token_scores_from_row(rollout(attentions), cls_index)
+
+
+def gradient_weighted_rollout(attentions: list[torch.Tensor], gradients: list[torch.Tensor]) -> torch.Tensor:
+    """Chefer, Gur & Wolf 2021 (batch form): R = I; per layer R += mean_h((∇A ⊙ A)⁺) R. (b, t, t)."""
+    tokens = attentions[0].shape[-1]
+    relevance = torch.eye(tokens, dtype=attentions[0].dtype, device=attentions[0].device).expand(
+        attentions[0].shape[0], tokens, tokens)
+    for attention, gradient in zip(attentions, gradients):
+        cam = (gradient * attention).clamp(min=0).mean(dim=1)
+        relevance = relevance + cam @ relevance
+    return relevance
+
+
+def _graph_node(weights: torch.Tensor) -> torch.Tensor:
+    """The tensor the forward computed with: ``nn.MultiheadAttention`` returns a reshaped view of its weights
+    that nothing downstream uses, so the gradient must be taken with respect to the view's base."""
+    base = weights._base
+    return base if base is not None and base.numel() == weights.numel() else weights
+
+
+class GradientAttention(Explainer):
+    name = "grad-attention"
+    family = "attention"
+    reference = "Chefer, Gur & Wolf 2021 (gradient-weighted attention, batch form)"
+
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
+        with torch.enable_grad():
+            # x joins the graph so the attention weights do even when every parameter is frozen
+            inputs = x.detach().clone().requires_grad_(True)
+            logits, attentions = detector.forward_with_attention(inputs)
+            if not all(a.requires_grad for a in attentions):
+                raise BadInputError(
+                    "grad-attention needs attention weights that are part of the autograd graph, but the model "
+                    "returns detached ones; leave grad-attention out of --explainers or return the weights "
+                    "without .detach()")
+            picked = logits.gather(1, target.view(-1, 1)).sum()
+            gradients = torch.autograd.grad(picked, [_graph_node(a) for a in attentions], allow_unused=True)
+        if all(g is None for g in gradients):
+            raise BadInputError(
+                "grad-attention: the model's logits do not depend on the attention tensors it hands back (a copy, "
+                "not the weights its forward used); leave grad-attention out of --explainers")
+        gradients = [torch.zeros_like(a) if g is None else g.reshape(a.shape) for a, g in zip(attentions, gradients)]
+        relevance = gradient_weighted_rollout([a.detach() for a in attentions], gradients)
+        return detector.token_map.to_input(_token_scores_from_row(relevance, detector.token_map.cls_index))
+
+
+def _internal_batch(n: int, steps: int) -> int:
+    return min(max(n, 1) * steps, MAX_INTERNAL_BATCH)
 
 
 class IntegratedGradientsExplainer(Explainer):
@@ -84,14 +219,96 @@ class IntegratedGradientsExplainer(Explainer):
     reference = "Sundararajan et al. 2017 (captum)"
     steps = 32
 
-    def explain(self, detector, x, target, *, baseline, seed, index):
-        method = IntegratedGradients(detector)
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
         with torch.enable_grad():
-            attribution = method.attribute(
+            return IntegratedGradients(detector).attribute(
                 x, baselines=baseline.expand_as(x), target=target, n_steps=self.steps,
-                internal_batch_size=min(max(len(x), 1) * self.steps, 8192),
-            )
-        return attribution.detach()
+                internal_batch_size=_internal_batch(len(x), self.steps))
+
+
+class SaliencyExplainer(Explainer):
+    name = "saliency"
+    family = "gradient"
+    reference = "Simonyan et al. 2014 (captum Saliency, absolute gradient)"
+
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
+        with torch.enable_grad():
+            return Saliency(detector).attribute(x.detach().clone().requires_grad_(True), target=target,
+                                                abs=True)
+
+
+class InputXGradientExplainer(Explainer):
+    name = "input-x-gradient"
+    family = "gradient"
+    reference = "Shrikumar et al. 2016 (captum InputXGradient)"
+
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
+        with torch.enable_grad():
+            return InputXGradient(detector).attribute(x.detach().clone().requires_grad_(True), target=target)
+
+
+class DeepLiftExplainer(Explainer):
+    name = "deeplift"
+    family = "gradient"
+    reference = "Shrikumar et al. 2017 (captum DeepLift, rescale rule, from the removal baseline)"
+
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
+        with warnings.catch_warnings(), torch.enable_grad():
+            warnings.filterwarnings("ignore", message="Setting forward, backward hooks and attributes on non-linear")
+            warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
+            return DeepLift(detector).attribute(x.detach().clone(), baselines=baseline.expand_as(x).contiguous(),
+                                                target=target)
+
+
+def per_sample_normal(shape, index: torch.Tensor, *, seed: int, purpose: str, device) -> torch.Tensor:
+    """Standard normal draws from each sample's own stream (inverse CDF of its uniforms)."""
+    uniform = per_sample_uniform(shape, index, seed=seed, purpose=purpose, device=device).double()
+    tiny = torch.finfo(torch.float64).tiny
+    return torch.special.ndtri(uniform.clamp(tiny, 1 - 1e-16)).float()
+
+
+class GradientShapExplainer(Explainer):
+    name = "gradient-shap"
+    family = "gradient"
+    reference = "Lundberg & Lee 2017 (captum GradientShap's estimator, per-sample draws)"
+    n_samples = 16
+    stdev = 0.05
+
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
+        draws, shape = self.n_samples, x.shape[1:]
+        per_draw = (draws, *shape)
+        baselines = per_sample_uniform(per_draw, index, seed=seed, purpose="explainer/gradient-shap/baseline",
+                                       device=x.device)
+        noise = self.stdev * per_sample_normal(per_draw, index, seed=seed, purpose="explainer/gradient-shap/noise",
+                                               device=x.device)
+        alpha = per_sample_uniform((draws,), index, seed=seed, purpose="explainer/gradient-shap/alpha",
+                                   device=x.device)
+        noisy = (x[:, None] + noise).flatten(0, 1)
+        baselines = baselines.flatten(0, 1)
+        alpha = alpha.reshape(-1, *([1] * len(shape)))
+        targets = target.repeat_interleave(draws)
+        gradients = torch.empty_like(noisy)
+        chunk = MAX_INTERNAL_BATCH
+        with torch.enable_grad():
+            for start in range(0, len(noisy), chunk):
+                rows = slice(start, start + chunk)
+                point = (baselines[rows] + alpha[rows] * (noisy[rows] - baselines[rows])).requires_grad_(True)
+                picked = detector(point).gather(1, targets[rows].view(-1, 1)).sum()
+                gradients[rows] = torch.autograd.grad(picked, point)[0]
+        return ((noisy - baselines) * gradients).reshape(len(x), draws, *shape).mean(dim=1)
+
+
+class FeatureAblationExplainer(Explainer):
+    name = "feature-ablation"
+    family = "perturbation"
+    reference = "leave-one-out against the removal baseline (captum FeatureAblation)"
+
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
+        features = x[0].numel() if len(x) else 1
+        per_eval = max(1, min(features, MAX_INTERNAL_BATCH // max(len(x), 1)))
+        with torch.no_grad():
+            return FeatureAblation(detector).attribute(x, baselines=baseline.expand_as(x).contiguous(),
+                                                       target=target, perturbations_per_eval=per_eval)
 
 
 class RandomExplainer(Explainer):
@@ -99,12 +316,14 @@ class RandomExplainer(Explainer):
     family = "baseline"
     reference = "uniform noise from per-sample streams"
 
-    def explain(self, detector, x, target, *, baseline, seed, index):
+    def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
         return per_sample_uniform(x.shape[1:], index, seed=seed, purpose="explainer/random", device=x.device)
 
 
 EXPLAINERS: dict[str, type[Explainer]] = {
-    cls.name: cls for cls in (RawAttention, Rollout, IntegratedGradientsExplainer, RandomExplainer)
+    cls.name: cls for cls in (RawAttention, MaxAttention, Rollout, GradientAttention, IntegratedGradientsExplainer,
+                              SaliencyExplainer, InputXGradientExplainer, DeepLiftExplainer, GradientShapExplainer,
+                              FeatureAblationExplainer, RandomExplainer)
 }
 
 

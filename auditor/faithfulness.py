@@ -1,24 +1,151 @@
-"""Deletion and insertion curves, computed batched.
+"""Faithfulness metrics of attributions, computed batched: does removing what an explainer points at
+change the decision?
 
-Definition (so anyone can recompute it): attributions target the predicted
-class; features are ranked by signed attribution, descending, ties by feature
-index. Deletion replaces the top-ranked features with the baseline, one feature
-per step from 0 to all F (for F > 64, in 32 equal steps); insertion starts from
-the baseline and restores features in the same order. The curve is the
-predicted-class probability, the x-axis the fraction of features changed in
-[0, 1], the area the trapezoid rule. Every step of every sample is stacked into
-a few large forward passes under ``torch.inference_mode``.
+Conventions shared by every metric (so anyone can recompute them): attributions target the
+predicted class y; p_y is the softmax probability of y; features are ranked by signed attribution,
+descending, ties by feature index; "removing" a feature sets it to the removal baseline (the
+training-split mean by default, all zeros, or a per-sample Gaussian blur for images, see
+:func:`removal_baseline`). Every masked input of every sample is stacked into a few large forward
+passes of at most ``max_batch`` inputs under ``torch.inference_mode``; every random draw comes from
+the sample's own stream (:mod:`detectors.seeding`), so no value depends on batch size or sharding.
+
+``deletion`` / ``insertion``
+    Deletion replaces the top-ranked features with the baseline, one feature per step from 0 to all
+    F (for F > 64, in 32 equal steps); insertion starts from the baseline and restores features in
+    the same order. The curve is p_y, the x-axis the fraction of features changed in [0, 1], the
+    area the trapezoid rule.
+``deletion_gain``
+    1 - deletion_auc / (mean deletion_auc of 8 random rankings of the same sample). The rankings are
+    drawn from a stream of their own (not the ``random`` explainer's) and their curves are computed
+    once per run, shared by every explainer. Above 0: better than chance.
+``comprehensiveness`` / ``sufficiency``
+    ERASER's AOPC (DeYoung et al. 2020) over k = ceil(q F), at least 1, for q in 1, 5, 10, 20, 50%:
+    comprehensiveness = mean_q [p_y(x) - p_y(x with its top k removed)] (higher is better),
+    sufficiency = mean_q [p_y(x) - p_y(x with only its top k kept)] (lower is better).
+``correlation``
+    Bhatt et al. 2020: the Pearson correlation, over 64 random subsets S of max(1, round(0.2 F))
+    features, between sum_{i in S} a_i and p_y(x) - p_y(x with S removed). NaN (the sample does not
+    count) where either side is constant (an attribution side with no spread, or probability
+    changes that all lie within ``CONSTANT_PROBABILITY`` of each other, float32 rounding).
+``infidelity``
+    captum.metrics.infidelity (Yeh et al. 2019) of p_y, with 16 perturbations per sample that move
+    each feature a random fraction eps_i ~ N(0, 0.1^2) of the way to the baseline:
+    x' = x - eps * (x - baseline). The perturbation handed to captum is eps itself, i.e. captum's
+    ``multiply_by_inputs`` convention: an attribution a_i that is feature i's contribution relative
+    to the baseline (integrated gradients, for instance) explains f(x) - f(x') = sum_i a_i eps_i
+    exactly when f is linear, and then the infidelity is 0. ``normalize=True``: each sample's
+    attribution is first rescaled by its least-squares factor, so an explainer is not punished for
+    the arbitrary scale of its scores (attention weights sum to 1). Lower is better.
+``max_sensitivity``
+    captum.metrics.sensitivity_max (Yeh et al. 2019): max over 8 perturbations drawn uniformly from
+    the L-infinity ball of radius 0.02 in [0, 1] units (clipped to the [0, 1] box) of
+    ||e(x) - e(x')|| / ||e(x)||, where e re-runs the explainer. Lower is better.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from captum.metrics import infidelity, sensitivity_max
+
+from detectors.errors import BadInputError
+from detectors.seeding import per_sample_uniform, stream_seed
 
 MAX_UNIT_STEPS = 64
 COARSE_STEPS = 32
+RANDOM_RANKINGS = 8
+AOPC_SHARES = (0.01, 0.05, 0.10, 0.20, 0.50)
+CORRELATION_SUBSETS = 64
+CORRELATION_SUBSET_SHARE = 0.2
+CONSTANT_PROBABILITY = 1e-6
+INFIDELITY_STD = 0.1
+INFIDELITY_PERTURBATIONS = 16
+SENSITIVITY_RADIUS = 0.02
+SENSITIVITY_PERTURBATIONS = 8
+BLUR_SIGMA = 1.0
+
+REMOVAL_BASELINES = ("mean", "zero", "blur")
+FAITHFULNESS_METRICS = ("deletion", "insertion", "deletion_gain", "comprehensiveness", "sufficiency",
+                        "correlation", "infidelity", "max_sensitivity")
+METRIC_NAMES = {"deletion": "faithfulness.deletion_auc", "insertion": "faithfulness.insertion_auc",
+                "deletion_gain": "faithfulness.deletion_gain",
+                "comprehensiveness": "faithfulness.comprehensiveness", "sufficiency": "faithfulness.sufficiency",
+                "correlation": "faithfulness.correlation", "infidelity": "faithfulness.infidelity",
+                "max_sensitivity": "stability.max_sensitivity"}
+
+
+def removal_baseline(kind: str, x: torch.Tensor, train_mean: torch.Tensor) -> torch.Tensor:
+    """The values a removed feature takes: (*shape) for ``mean`` and ``zero``, (n, *shape) for ``blur``.
+
+    ``blur`` is a Gaussian blur of each image (sigma 1 pixel, 7-tap separable kernel, edges
+    replicated), per channel; it exists only for image inputs (C, H, W).
+    """
+    if kind == "mean":
+        return train_mean.to(x.device, x.dtype).reshape(x.shape[1:])
+    if kind == "zero":
+        return torch.zeros(x.shape[1:], device=x.device, dtype=x.dtype)
+    if kind == "blur":
+        if x.ndim != 4:
+            raise BadInputError(f"--removal-baseline blur applies to image inputs (C, H, W) only; these inputs have "
+                                f"shape {tuple(x.shape[1:])}: use mean or zero")
+        return gaussian_blur(x, sigma=BLUR_SIGMA)
+    raise BadInputError(f"unknown removal baseline {kind!r}; choose one of {', '.join(REMOVAL_BASELINES)}")
+
+
+def gaussian_blur(images: torch.Tensor, *, sigma: float) -> torch.Tensor:
+    """(n, C, H, W) blurred per channel with a separable Gaussian of ``sigma`` pixels."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-taps.square() / (2 * sigma ** 2))
+    kernel = (kernel / kernel.sum()).to(images.device, images.dtype)
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def _flat_baseline(baseline: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(n, F): one baseline row per sample, from a shared (*shape) or a per-sample (n, *shape) baseline."""
+    baseline = baseline.to(x.device, x.dtype)
+    if baseline.shape == x.shape[1:]:
+        return baseline.reshape(1, -1).expand(len(x), -1)
+    if baseline.shape == x.shape:
+        return baseline.reshape(len(x), -1)
+    raise ValueError(f"expected a baseline of shape {tuple(x.shape[1:])} or {tuple(x.shape)}, "
+                     f"got {tuple(baseline.shape)}")
+
+
+def _baseline_rows(baseline: torch.Tensor, x: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    return baseline[rows] if baseline.shape == x.shape else baseline
+
+
+@torch.inference_mode()
+def masked_probabilities(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, baseline: torch.Tensor,
+                         masks: Callable[[slice], torch.Tensor], n_masks: int, *,
+                         max_batch: int = 16384) -> torch.Tensor:
+    """(n, n_masks) float64 p_y of every masked copy of every sample.
+
+    ``masks(rows)`` returns (m, n_masks, F) booleans for the samples ``rows``, True where a feature is
+    replaced by the baseline; ``max_batch // n_masks`` samples go into one forward pass (at least one).
+    """
+    model.eval()
+    n, shape = len(x), x.shape[1:]
+    flat_x, flat_base = x.flatten(1), _flat_baseline(baseline, x)
+    chunk = max(1, max_batch // n_masks)
+    out = torch.empty(n, n_masks, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        rows = slice(start, min(start + chunk, n))
+        removed = masks(rows)
+        m = removed.shape[0]
+        batch = torch.where(removed, flat_base[rows, None, :], flat_x[rows, None, :]).reshape(-1, *shape)
+        proba = torch.softmax(model(batch), dim=1).reshape(m, n_masks, -1)
+        out[rows] = proba.gather(2, target[rows].view(m, 1, 1).expand(m, n_masks, 1))[..., 0].double().cpu()
+    return out
 
 
 @dataclass
@@ -43,6 +170,11 @@ def removal_counts(n_features: int) -> np.ndarray:
     return np.round(np.linspace(0, n_features, COARSE_STEPS + 1)).astype(np.int64)
 
 
+def aopc_counts(n_features: int) -> np.ndarray:
+    """k for each AOPC share: ceil(share * F), at least 1 and at most F."""
+    return np.array([min(n_features, max(1, math.ceil(share * n_features - 1e-9))) for share in AOPC_SHARES])
+
+
 def feature_ranks(attribution: torch.Tensor) -> torch.Tensor:
     """rank[i, f] = position of feature f when sample i's attributions are sorted descending, ties by index."""
     flat = attribution.flatten(1).double().cpu().numpy()
@@ -52,35 +184,187 @@ def feature_ranks(attribution: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(ranks)
 
 
-@torch.inference_mode()
 def removal_curves(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
                    baseline: torch.Tensor, *, max_batch: int = 16384) -> RemovalCurves:
     """Deletion and insertion curves of every sample, ``max_batch`` model inputs per forward pass."""
-    model.eval()
-    n, shape = len(x), x.shape[1:]
-    flat_x = x.flatten(1)
-    flat_base = baseline.reshape(1, -1).to(x.device, x.dtype).expand_as(flat_x)
-    counts = torch.as_tensor(removal_counts(flat_x.shape[1]), device=x.device)
+    n_features = x[0].numel()
+    counts = torch.as_tensor(removal_counts(n_features), device=x.device)
     ranks = feature_ranks(attribution).to(x.device)
     steps = len(counts)
-    chunk = max(1, max_batch // (2 * steps))
-    deletion = torch.empty(n, steps)
-    insertion = torch.empty(n, steps)
-    for start in range(0, n, chunk):
-        rows = slice(start, start + chunk)
-        changed = ranks[rows, None, :] < counts[None, :, None]  # (chunk, steps, F)
-        xs, bs = flat_x[rows, None, :], flat_base[rows, None, :]
-        deleted = torch.where(changed, bs, xs)
-        inserted = torch.where(changed, xs, bs)
-        batch = torch.cat([deleted, inserted]).reshape(-1, *shape)
-        proba = torch.softmax(model(batch), dim=1)
-        m = changed.shape[0]
-        picked = proba.reshape(2, m, steps, -1).gather(3, target[rows].view(1, m, 1, 1).expand(2, m, steps, 1))
-        deletion[rows] = picked[0, ..., 0].float().cpu()
-        insertion[rows] = picked[1, ..., 0].float().cpu()
-    fractions = counts.cpu().numpy() / flat_x.shape[1]
-    return RemovalCurves(fractions=fractions, deletion=deletion.numpy().astype(np.float64),
-                         insertion=insertion.numpy().astype(np.float64))
+
+    def masks(rows):
+        changed = ranks[rows, None, :] < counts[None, :, None]
+        return torch.cat([changed, ~changed], dim=1)
+
+    proba = masked_probabilities(model, x, target, baseline, masks, 2 * steps, max_batch=max_batch).numpy()
+    return RemovalCurves(fractions=counts.cpu().numpy() / n_features, deletion=proba[:, :steps],
+                         insertion=proba[:, steps:])
+
+
+def random_ranking_scores(shape: tuple[int, ...], index: torch.Tensor, *, seed: int) -> torch.Tensor:
+    """(n, RANDOM_RANKINGS, F) uniform scores whose order is each ranking, from the samples' own streams."""
+    n_features = int(np.prod(shape))
+    return per_sample_uniform((RANDOM_RANKINGS, n_features), index, seed=seed,
+                              purpose="faithfulness/deletion_gain/rankings")
+
+
+def random_deletion_auc(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, baseline: torch.Tensor, *,
+                        seed: int, index: torch.Tensor, max_batch: int = 16384) -> np.ndarray:
+    """(n,) mean deletion AUC of RANDOM_RANKINGS random rankings per sample; one pass shared by every explainer."""
+    n_features = x[0].numel()
+    counts = torch.as_tensor(removal_counts(n_features), device=x.device)
+    steps = len(counts)
+    ranks = feature_ranks(random_ranking_scores(x.shape[1:], index, seed=seed).reshape(-1, n_features))
+    ranks = ranks.reshape(len(x), RANDOM_RANKINGS, n_features).to(x.device)
+
+    def masks(rows):
+        return (ranks[rows, :, None, :] < counts[None, None, :, None]).flatten(1, 2)
+
+    proba = masked_probabilities(model, x, target, baseline, masks, RANDOM_RANKINGS * steps, max_batch=max_batch)
+    curves = proba.numpy().reshape(len(x), RANDOM_RANKINGS, steps)
+    return np.trapezoid(curves, counts.cpu().numpy() / n_features, axis=2).mean(axis=1)
+
+
+def deletion_gain(deletion_auc: np.ndarray, random_auc: np.ndarray) -> np.ndarray:
+    """1 - deletion_auc / random_auc per sample; NaN where the random rankings' area is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(random_auc > 0, 1.0 - deletion_auc / random_auc, np.nan)
+
+
+def aopc(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
+         baseline: torch.Tensor, *, max_batch: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """(comprehensiveness, sufficiency), each (n,): ERASER's AOPC over the AOPC_SHARES of features."""
+    counts = torch.as_tensor(aopc_counts(x[0].numel()), device=x.device)
+    ranks = feature_ranks(attribution).to(x.device)
+    k = len(counts)
+
+    def masks(rows):
+        top = ranks[rows, None, :] < counts[None, :, None]
+        nothing = torch.zeros_like(top[:, :1])
+        return torch.cat([nothing, top, ~top], dim=1)
+
+    proba = masked_probabilities(model, x, target, baseline, masks, 1 + 2 * k, max_batch=max_batch).numpy()
+    full = proba[:, :1]
+    return (full - proba[:, 1:1 + k]).mean(axis=1), (full - proba[:, 1 + k:]).mean(axis=1)
+
+
+def correlation_subsets(n_features: int, index: torch.Tensor, *, seed: int) -> torch.Tensor:
+    """(n, CORRELATION_SUBSETS, F) booleans: each sample's random subsets of max(1, round(0.2 F)) features."""
+    size = max(1, round(CORRELATION_SUBSET_SHARE * n_features))
+    scores = per_sample_uniform((CORRELATION_SUBSETS, n_features), index, seed=seed,
+                                purpose="faithfulness/correlation/subsets")
+    order = torch.argsort(scores, dim=2, stable=True)
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(2, order[..., :size], True)
+
+
+def faithfulness_correlation(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor,
+                             target: torch.Tensor, baseline: torch.Tensor, *, seed: int, index: torch.Tensor,
+                             subsets: torch.Tensor | None = None, max_batch: int = 16384) -> np.ndarray:
+    """(n,) Pearson correlation between attribution sums and probability drops over random subsets.
+
+    ``subsets`` (n, S, F) booleans replace the seeded draw (a comparison with another implementation
+    feeds the same subsets to both)."""
+    n_features = x[0].numel()
+    if subsets is None:
+        subsets = correlation_subsets(n_features, index, seed=seed)
+    subsets = subsets.to(x.device)
+    n_subsets = subsets.shape[1]
+
+    def masks(rows):
+        return torch.cat([torch.zeros_like(subsets[rows, :1]), subsets[rows]], dim=1)
+
+    proba = masked_probabilities(model, x, target, baseline, masks, 1 + n_subsets, max_batch=max_batch).numpy()
+    drop = proba[:, :1] - proba[:, 1:]
+    flat = attribution.flatten(1).double().cpu().numpy()
+    sums = np.einsum("nsf,nf->ns", subsets.cpu().numpy().astype(np.float64), flat)
+    return _pearson_rows(sums, drop, constant_y=CONSTANT_PROBABILITY)
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray, *, constant_y: float) -> np.ndarray:
+    """Row-wise Pearson correlation; NaN where ``a`` has no spread or ``b`` spans at most ``constant_y``."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b_centered = b - b.mean(axis=1, keepdims=True)
+    scale = np.sqrt((a ** 2).sum(1) * (b_centered ** 2).sum(1))
+    spread_a = np.ptp(a, axis=1) > 1e-12 * np.maximum(np.abs(a).max(axis=1), 1e-300)
+    varies = spread_a & (np.ptp(b, axis=1) > constant_y) & (scale > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = (a * b_centered).sum(1) / scale
+    return np.where(varies, np.clip(rho, -1.0, 1.0), np.nan)
+
+
+def _per_sample_normal(shape: tuple[int, ...], index: torch.Tensor, *, seed: int, purpose: str) -> torch.Tensor:
+    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(stream_seed(seed, purpose, int(i))))
+            for i in index.tolist()]
+    return torch.stack(rows) if rows else torch.empty((0, *shape))
+
+
+def _probability_of(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda inputs: torch.softmax(model(inputs), dim=1)
+
+
+def infidelity_per_sample(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
+                          baseline: torch.Tensor, *, seed: int, index: torch.Tensor,
+                          max_batch: int = 16384) -> np.ndarray:
+    """(n,) captum infidelity of p_y under the removal-direction perturbation described in the module."""
+    model.eval()
+    k = INFIDELITY_PERTURBATIONS
+    chunk = max(1, max_batch // k)
+    out = np.empty(len(x))
+    with torch.inference_mode():
+        for start in range(0, len(x), chunk):
+            rows = slice(start, min(start + chunk, len(x)))
+            xs = x[rows]
+            eps = INFIDELITY_STD * _per_sample_normal((k, *x.shape[1:]), index[rows], seed=seed,
+                                                      purpose="faithfulness/infidelity").to(x.device, x.dtype)
+            eps = eps.reshape(-1, *x.shape[1:])
+            toward = (xs - _baseline_rows(baseline, x, rows).to(x.dtype)).repeat_interleave(k, dim=0)
+
+            def perturb(inputs):
+                if inputs.shape != eps.shape:
+                    raise ValueError(f"captum asked for perturbations of {tuple(inputs.shape)}, prepared "
+                                     f"{tuple(eps.shape)}: call infidelity with max_examples_per_batch=None")
+                return eps, inputs - eps * toward
+
+            values = infidelity(_probability_of(model), perturb, xs, attribution[rows].to(x.device, x.dtype),
+                                target=target[rows], n_perturb_samples=k, max_examples_per_batch=None,
+                                normalize=True)
+            out[rows] = values.double().cpu().numpy()
+    return np.maximum(out, 0.0)  # a mean of squares: below 0 only by rounding in captum's normalised form
+
+
+def max_sensitivity(model: torch.nn.Module, explainer, x: torch.Tensor, target: torch.Tensor,
+                    baseline: torch.Tensor, *, seed: int, index: torch.Tensor, max_batch: int = 16384) -> np.ndarray:
+    """(n,) captum sensitivity_max of ``explainer``, re-run on ``max_batch`` perturbed inputs at a time."""
+    k = SENSITIVITY_PERTURBATIONS
+    chunk = max(1, max_batch // k)
+    out = np.empty(len(x))
+    for start in range(0, len(x), chunk):
+        rows = slice(start, min(start + chunk, len(x)))
+        xs, m = x[rows], len(x[rows])
+        noise = per_sample_uniform((k, *x.shape[1:]), index[rows], seed=seed, purpose="stability/max_sensitivity")
+        noise = (2 * noise - 1).to(x.device, x.dtype).reshape(-1, *x.shape[1:]) * SENSITIVITY_RADIUS
+        base = _baseline_rows(baseline, x, rows)
+
+        def perturb(inputs):
+            if inputs.shape != noise.shape:
+                raise ValueError(f"captum asked for perturbations of {tuple(inputs.shape)}, prepared "
+                                 f"{tuple(noise.shape)}: call sensitivity_max with max_examples_per_batch=None")
+            return (inputs + noise).clamp(0.0, 1.0)
+
+        def explain(inputs):
+            inputs = inputs[0] if isinstance(inputs, tuple) else inputs
+            repeat = len(inputs) // m
+            rows_base = base.repeat_interleave(repeat, dim=0) if base.shape == xs.shape else base
+            with torch.enable_grad():  # captum calls this under no_grad; gradient explainers need autograd
+                attribution = explainer.explain(model, inputs, target[rows].repeat_interleave(repeat),
+                                                baseline=rows_base, seed=seed,
+                                                index=index[rows].repeat_interleave(repeat)).detach()
+            return (attribution,)  # captum iterates over the first call's result as a tuple of inputs
+
+        values = sensitivity_max(explain, xs, perturb_func=perturb, n_perturb_samples=k,
+                                 max_examples_per_batch=None)
+        out[rows] = values.double().cpu().numpy()
+    return out
 
 
 @dataclass
@@ -92,20 +376,60 @@ class FaithfulnessOutcome:
     fractions: dict[str, list[float]] = field(default_factory=dict)
 
 
+def check_metric_names(names) -> tuple[str, ...]:
+    unknown = [name for name in names if name not in FAITHFULNESS_METRICS]
+    if unknown:
+        raise BadInputError(f"unknown faithfulness metric {unknown[0]!r}; choose from {', '.join(FAITHFULNESS_METRICS)}")
+    return tuple(names)
+
+
+def planned_names(metrics, explainers) -> list[str]:
+    """The metric names ``faithfulness_stage`` writes for these metric keys and explainers."""
+    return [f"{METRIC_NAMES[metric]}.{explainer}" for explainer in explainers for metric in metrics]
+
+
 def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
                        attributions: dict[str, torch.Tensor], *, baseline: torch.Tensor, seed: int,
-                       index: torch.Tensor, max_batch: int = 16384) -> FaithfulnessOutcome:
-    """Every faithfulness metric of every explainer, per sample. ``index`` holds the samples' global
-    indices: every random draw is keyed by them, so a shard computes exactly its rows of the whole.
-    ``max_batch``: model inputs per stacked forward pass (from the memory budget)."""
+                       index: torch.Tensor, metrics: tuple[str, ...] = ("deletion", "insertion"),
+                       explainers: dict | None = None, max_batch: int = 16384) -> FaithfulnessOutcome:
+    """The chosen faithfulness metrics of every explainer, per sample. ``index`` holds the samples'
+    global indices: every random draw is keyed by them, so a shard computes exactly its rows of the whole.
+    ``baseline`` is (*shape) or per sample (n, *shape). ``max_sensitivity`` re-runs the explainers, so
+    it needs ``explainers`` (name -> explainer object, as from auditor.explain.make_explainer)."""
+    metrics = check_metric_names(metrics)
     outcome = FaithfulnessOutcome()
+    random_auc = (random_deletion_auc(model, x, target, baseline, seed=seed, index=index, max_batch=max_batch)
+                  if "deletion_gain" in metrics else None)
     for name, attribution in attributions.items():
-        curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch)
-        outcome.per_sample[f"faithfulness.deletion_auc.{name}"] = curves.deletion_auc
-        outcome.per_sample[f"faithfulness.insertion_auc.{name}"] = curves.insertion_auc
-        outcome.curves[f"deletion.{name}"] = curves.deletion
-        outcome.curves[f"insertion.{name}"] = curves.insertion
-        outcome.fractions[f"deletion.{name}"] = outcome.fractions[f"insertion.{name}"] = curves.fractions.tolist()
+        if {"deletion", "insertion", "deletion_gain"} & set(metrics):
+            curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch)
+            if "deletion" in metrics:
+                outcome.per_sample[f"faithfulness.deletion_auc.{name}"] = curves.deletion_auc
+            if "insertion" in metrics:
+                outcome.per_sample[f"faithfulness.insertion_auc.{name}"] = curves.insertion_auc
+            if random_auc is not None:
+                outcome.per_sample[f"faithfulness.deletion_gain.{name}"] = deletion_gain(curves.deletion_auc,
+                                                                                        random_auc)
+            outcome.curves[f"deletion.{name}"] = curves.deletion
+            outcome.curves[f"insertion.{name}"] = curves.insertion
+            outcome.fractions[f"deletion.{name}"] = outcome.fractions[f"insertion.{name}"] = curves.fractions.tolist()
+        if {"comprehensiveness", "sufficiency"} & set(metrics):
+            comprehensiveness, sufficiency = aopc(model, x, attribution, target, baseline, max_batch=max_batch)
+            if "comprehensiveness" in metrics:
+                outcome.per_sample[f"faithfulness.comprehensiveness.{name}"] = comprehensiveness
+            if "sufficiency" in metrics:
+                outcome.per_sample[f"faithfulness.sufficiency.{name}"] = sufficiency
+        if "correlation" in metrics:
+            outcome.per_sample[f"faithfulness.correlation.{name}"] = faithfulness_correlation(
+                model, x, attribution, target, baseline, seed=seed, index=index, max_batch=max_batch)
+        if "infidelity" in metrics:
+            outcome.per_sample[f"faithfulness.infidelity.{name}"] = infidelity_per_sample(
+                model, x, attribution, target, baseline, seed=seed, index=index, max_batch=max_batch)
+        if "max_sensitivity" in metrics:
+            if explainers is None or name not in explainers:
+                raise ValueError(f"max_sensitivity re-runs the explainer: pass explainers[{name!r}]")
+            outcome.per_sample[f"stability.max_sensitivity.{name}"] = max_sensitivity(
+                model, explainers[name], x, target, baseline, seed=seed, index=index, max_batch=max_batch)
     return outcome
 
 

@@ -1,11 +1,16 @@
 """Policy files, gates and the exit code.
 
-A policy is a TOML file with a ``[gates]`` table mapping metric names to a
-condition, an operator and a number::
+A policy is a TOML file with two optional tables: ``[gates]`` maps metric
+names to a condition, an operator and a number; ``[regression]`` maps metric
+names to how much worse than a baseline run (``audit run --baseline``) a value
+may become, in the metric's own direction::
 
     [gates]
     "clean.accuracy" = ">= 0.90"
     "robust.accuracy.pgd@0.03" = ">= 0.50"
+
+    [regression]
+    "robust.accuracy.pgd@0.03" = 0.02
 
 Without a policy, :func:`default_policy` builds one from what ran. Names are
 checked before the audit starts: a name no part of the tool can produce, or one
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import math
 import operator
+import json
 import re
 import tomllib
 from dataclasses import asdict, dataclass
@@ -31,6 +37,7 @@ OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operat
 _CONDITION = re.compile(r"\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\Z")
 DEFAULT_MIN_ACCURACY = 0.90
 DEFAULT_MIN_ROBUST_ACCURACY = 0.50
+DEFAULT_REGRESSION_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class Gate:
 class Policy:
     gates: tuple[Gate, ...]
     source: str  # a path, or "default"
+    regression: dict[str, float] | None = None  # metric -> tolerance; None: no [regression] table
 
 
 @dataclass
@@ -62,6 +70,11 @@ class GateResult:
     ci95: list[float] | None
     passed: bool
     message: str
+    group: str = ""
+    baseline: float | None = None
+    baseline_ci95: list[float] | None = None
+    tolerance: float | None = None
+    significance: str | None = None  # regression gates: "significant", "within the intervals", "no interval"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,9 +101,10 @@ def load_policy(path: str | Path) -> Policy:
         raise BadInputError(f"policy file {str(path)!r} cannot be read ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise BadInputError(f"policy file {path}: invalid TOML ({error})") from None
-    unknown_tables = sorted(set(document) - {"gates"})
+    unknown_tables = sorted(set(document) - {"gates", "regression"})
     if unknown_tables:
-        raise BadInputError(f"policy file {path}: unknown table(s) {unknown_tables}; expected [gates]")
+        raise BadInputError(f"policy file {path}: unknown table(s) {unknown_tables}; expected [gates] and/or "
+                            "[regression]")
     table = document.get("gates", {})
     if not isinstance(table, dict):
         raise BadInputError(f"policy file {path}: [gates] must be a table of \"metric\" = \">= number\" entries")
@@ -105,25 +119,53 @@ def load_policy(path: str | Path) -> Policy:
         if not math.isfinite(threshold):
             raise BadInputError(f"policy file {path}: gate {metric!r} has a non-finite threshold")
         gates.append(Gate(metric=canonical_name(metric), op=match.group(1), threshold=threshold))
-    return Policy(gates=tuple(gates), source=str(path))
+    return Policy(gates=tuple(gates), source=str(path), regression=_regression_table(document, path))
+
+
+def _regression_table(document: dict, path: Path) -> dict[str, float] | None:
+    if "regression" not in document:
+        return None
+    table = document["regression"]
+    if not isinstance(table, dict):
+        raise BadInputError(f"policy file {path}: [regression] must be a table of \"metric\" = tolerance entries")
+    tolerances = {}
+    for metric, tolerance in table.items():
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
+                or not math.isfinite(tolerance) or tolerance < 0:
+            raise BadInputError(f"policy file {path}: regression tolerance {metric!r} = {tolerance!r} is not a "
+                                "number >= 0; write how much worse than the baseline the value may get, e.g. 0.02")
+        tolerances[canonical_name(metric)] = float(tolerance)
+    return tolerances
 
 
 def validate_policy(policy: Policy, planned: list[str], *, eps_grid: tuple[float, ...],
                     attacks: tuple[str, ...]) -> None:
     """Refuse gates on names the tool never produces, or that this run will not compute."""
-    attack_names, explainer_names = sorted(ATTACKS), sorted(EXPLAINERS)
     planned_set = set(planned)
-    for gate in policy.gates:
-        spec = spec_for(gate.metric, attack_names, explainer_names)
-        if spec is None:
-            patterns = ", ".join(s.pattern for s in CATALOGUE)
-            raise BadInputError(
-                f"policy {policy.source}: unknown metric {gate.metric!r}; valid names follow these patterns: "
-                f"{patterns} (attack: {'|'.join(attack_names)}; explainer: {'|'.join(explainer_names)})"
-            )
-        if gate.metric not in planned_set:
-            raise BadInputError(f"policy {policy.source}: {gate.metric!r} is not computed by this run; "
-                                + _how_to_compute(gate.metric, spec.pattern, eps_grid, attacks))
+    for metric in policy_metrics(policy):
+        spec = known_spec(metric, policy.source)
+        if metric not in planned_set:
+            raise BadInputError(f"policy {policy.source}: {metric!r} is not computed by this run; "
+                                + _how_to_compute(metric, spec.pattern, eps_grid, attacks))
+
+
+def policy_metrics(policy: Policy) -> list[str]:
+    """Every metric a policy names, in its [gates] and its [regression] table, once each."""
+    names = [gate.metric for gate in policy.gates] + list(policy.regression or {})
+    return list(dict.fromkeys(names))
+
+
+def known_spec(metric: str, source: str):
+    """The catalogue entry of ``metric``; bad input naming the valid patterns when there is none."""
+    attack_names, explainer_names = sorted(ATTACKS), sorted(EXPLAINERS)
+    spec = spec_for(metric, attack_names, explainer_names)
+    if spec is None:
+        patterns = ", ".join(s.pattern for s in CATALOGUE)
+        raise BadInputError(
+            f"policy {source}: unknown metric {metric!r}; valid names follow these patterns: "
+            f"{patterns} (attack: {'|'.join(attack_names)}; explainer: {'|'.join(explainer_names)})"
+        )
+    return spec
 
 
 def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], attacks: tuple[str, ...]) -> str:
@@ -165,9 +207,107 @@ def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str,
         results.append(GateResult(
             gate.name, gate.kind, gate.metric, gate.op, gate.threshold, measured.value,
             list(measured.ci95) if measured.ci95 else None, passed,
-            f"value {measured.value:.4g} {relation} threshold {gate.threshold:g}",
+            f"value {measured.value:.4g} {relation} threshold {gate.threshold:g}", group=gate_group(gate),
         ))
     return results
+
+
+def gate_group(gate: Gate | GateResult) -> str:
+    """The junit test suite of a gate: the metric's group (clean, robust, ...), or ``regression``."""
+    return "regression" if gate.kind == "regression" else gate.metric.split(".", 1)[0]
+
+
+# ----------------------------------------------------------------------------- regression against a baseline
+
+@dataclass(frozen=True)
+class Baseline:
+    source: str
+    metrics: dict[str, MetricValue]
+
+
+def load_baseline(path: str | Path) -> Baseline:
+    """An earlier run's results.json: the metrics a regression gate compares against."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"baseline file {str(path)!r} does not exist; pass the results.json of an earlier "
+                            "audit run") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInputError(f"baseline file {str(path)!r} cannot be read ({error})") from None
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"baseline file {str(path)!r} is not JSON ({error}); pass the results.json of an "
+                            "earlier audit run") from None
+    table = document.get("metrics") if isinstance(document, dict) else None
+    if not isinstance(table, dict):
+        raise BadInputError(f"baseline file {str(path)!r} has no \"metrics\" table; pass the results.json of an "
+                            "earlier audit run")
+    try:
+        metrics = {name: MetricValue(float(entry["value"]), tuple(entry["ci95"]) if entry.get("ci95") else None)
+                   for name, entry in table.items()}
+    except (TypeError, KeyError, ValueError):
+        raise BadInputError(f"baseline file {str(path)!r}: every metric needs a numeric \"value\"") from None
+    return Baseline(source=str(path), metrics=metrics)
+
+
+def regression_tolerances(policy: Policy, fallback: Policy) -> dict[str, float]:
+    """The policy's [regression] table; without one, every gated metric (the policy's [gates], else the
+    fallback's) at the default tolerance."""
+    if policy.regression is not None:
+        return dict(policy.regression)
+    gated = policy.gates or fallback.gates
+    return {gate.metric: DEFAULT_REGRESSION_TOLERANCE for gate in gated}
+
+
+def check_baseline(baseline: Baseline, tolerances: dict[str, float]) -> None:
+    for metric in tolerances:
+        if metric not in baseline.metrics:
+            raise BadInputError(f"baseline {baseline.source} has no value for {metric!r}; audit the baseline with "
+                                "the same options, or drop the metric from [regression]")
+
+
+def evaluate_regression(tolerances: dict[str, float], baseline: Baseline,
+                        metrics: dict[str, MetricValue], skipped: dict[str, str]) -> list[GateResult]:
+    """Fail a metric that got more than its tolerance worse than the baseline's value, in its own direction."""
+    results = []
+    for metric, tolerance in tolerances.items():
+        spec = known_spec(metric, "regression")
+        before = baseline.metrics[metric]
+        if spec.higher_is_better:
+            op, threshold = ">=", before.value - tolerance
+        else:
+            op, threshold = "<=", before.value + tolerance
+        name = f"{metric} regression (baseline {before.value:.4g}, tolerance {tolerance:g})"
+        common = dict(name=name, kind="regression", metric=metric, op=op, threshold=threshold, group="regression",
+                      baseline=before.value, baseline_ci95=list(before.ci95) if before.ci95 else None,
+                      tolerance=tolerance)
+        measured = metrics.get(metric)
+        if measured is None:
+            results.append(GateResult(value=None, ci95=None, passed=False,
+                                      message=f"no value: {skipped.get(metric, 'not computed')}", **common))
+            continue
+        passed = bool(OPERATORS[op](measured.value, threshold))
+        significance = change_significance(measured, before)
+        relation = op if passed else _negate(op)
+        results.append(GateResult(
+            value=measured.value, ci95=list(measured.ci95) if measured.ci95 else None, passed=passed,
+            message=(f"value {measured.value:.4g} {relation} threshold {threshold:.4g} (baseline "
+                     f"{before.value:.4g} {'-' if spec.higher_is_better else '+'} tolerance {tolerance:g}); "
+                     f"change {measured.value - before.value:+.4g}: {significance}"),
+            significance=significance, **common,
+        ))
+    return results
+
+
+def change_significance(new: MetricValue, old: MetricValue) -> str:
+    """Whether a change is larger than the two 95% intervals explain: disjoint intervals are "significant"."""
+    if new.value == old.value:
+        return "unchanged"
+    if new.ci95 is None or old.ci95 is None:
+        return "no interval"
+    if new.ci95[0] > old.ci95[1] or new.ci95[1] < old.ci95[0]:
+        return "significant"
+    return "within the intervals"
 
 
 def exit_code(results: list[GateResult]) -> int:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 1000
+# the reference explainers attention is compared with (auditor.agreement; kept here so the catalogue
+# needs no import of the stages)
+AGREEMENT_REFERENCES = ("integrated-gradients", "feature-ablation")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class MetricSpec:
         text = re.escape(self.pattern)
         text = text.replace(re.escape("{attack}"), "(?P<attack>" + "|".join(map(re.escape, attacks)) + ")")
         text = text.replace(re.escape("{explainer}"), "(?P<explainer>" + "|".join(map(re.escape, explainers)) + ")")
+        text = text.replace(re.escape("{reference}"),
+                            "(?P<reference>" + "|".join(map(re.escape, AGREEMENT_REFERENCES)) + ")")
         text = text.replace(re.escape("{eps}"), r"(?P<eps>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)")
         return re.compile(text + r"\Z")
 
@@ -51,6 +56,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("clean.roc_auc", True, "[0, 1]",
                "area under the ROC curve of the positive class's probability (one-vs-rest macro average "
                "when more than two classes)"),
+    MetricSpec("clean.ece", False, "[0, 1]",
+               "expected calibration error: the predicted-class probability against the accuracy over 10 "
+               "equal-width confidence bins, the bins weighted by their share of samples (Guo et al. 2017)"),
     MetricSpec("robust.accuracy.{attack}@{eps}", True, "[0, 1]",
                "accuracy on the attack's adversarial examples at budget eps (all audited samples)"),
     MetricSpec("robust.attack_success_rate.{attack}@{eps}", False, "[0, 1]",
@@ -58,6 +66,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("robust.evasion_rate.{attack}@{eps}", False, "[0, 1]",
                "binary detectors: among positive-class samples detected when clean, the share the attack turns "
                "into the negative class (the malicious sample passing as benign)"),
+    MetricSpec("robust.targeted_success_rate.{attack}@{eps}", False, "[0, 1]",
+               "with --target-class: among samples outside the target class classified correctly when clean, the "
+               "share the targeted attack moves into the target class"),
     MetricSpec("robust.masking_suspected", False, "{0, 1}",
                "1 when any gradient-masking check failed, 0 when every check that ran passed"),
     MetricSpec("stability.topk_intersection.{attack}@{eps}", True, "[0, 1]",
@@ -76,6 +87,46 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("faithfulness.insertion_auc.{explainer}", True, "[0, 1]",
                "area under the predicted-class probability as the top-attributed features are restored into "
                "the baseline, one by one"),
+    MetricSpec("faithfulness.deletion_gain.{explainer}", True, "(-inf, 1]",
+               "1 - deletion AUC / mean deletion AUC of 8 random feature rankings of the same sample (above 0: "
+               "removing the explainer's top features hurts the prediction sooner than chance)"),
+    MetricSpec("faithfulness.comprehensiveness.{explainer}", True, "[-1, 1]",
+               "ERASER AOPC: mean over k = 1, 5, 10, 20, 50% of features (rounded up, at least one) of p_y(x) - "
+               "p_y(x with its top-k features at the baseline)"),
+    MetricSpec("faithfulness.sufficiency.{explainer}", False, "[-1, 1]",
+               "ERASER AOPC: mean over the same k of p_y(x) - p_y(x with only its top-k features kept, the rest at "
+               "the baseline)"),
+    MetricSpec("faithfulness.correlation.{explainer}", True, "[-1, 1]",
+               "Bhatt et al. 2020: Pearson correlation over 64 random subsets of 20% of the features between the "
+               "subset's attribution sum and the drop in p_y when the subset is set to the baseline (samples where "
+               "either side is constant do not count; n says how many did)"),
+    MetricSpec("faithfulness.infidelity.{explainer}", False, "[0, inf)",
+               "captum infidelity (Yeh et al. 2019) of p_y, scale-normalised: mean squared error between "
+               "sum_i a_i eps_i and the drop in p_y when each feature moves a fraction eps_i ~ N(0, 0.1^2) "
+               "toward the baseline (16 draws)"),
+    MetricSpec("stability.max_sensitivity.{explainer}", False, "[0, inf)",
+               "captum sensitivity_max (Yeh et al. 2019): largest relative change ||e(x) - e(x')|| / ||e(x)|| of "
+               "the explanation over 8 inputs x' drawn uniformly within 0.02 (L-inf, [0,1] units) of x"),
+    MetricSpec("agreement.kendall_tau.{explainer}~{reference}", True, "[-1, 1]",
+               "Kendall's tau-b between the attention explainer's and the reference's token rankings (each "
+               "attribution summed in absolute value over a token's inputs), mean over samples (Jain & Wallace "
+               "2019); reference: integrated-gradients or feature-ablation"),
+    MetricSpec("agreement.topk_overlap.{explainer}~{reference}", True, "[0, 1]",
+               "share of the attention explainer's top-k tokens (k = min(5, tokens)) that are also in the "
+               "reference's top-k"),
+    MetricSpec("sanity.mprt.{explainer}", False, "[-1, 1]",
+               "Adebayo et al. 2018 cascading model-parameter randomisation: Spearman correlation between the "
+               "explanations of the trained model and of the model with every layer re-initialised (top-down); "
+               "high = the explanation ignores the model, a failed sanity check"),
+    MetricSpec("sanity.flip_rate.attention", True, "[0, 1]",
+               "Serrano & Smith 2019: share of samples whose decision flips when the highest CLS attention weight "
+               "of the last layer is zeroed and the row renormalised (compare with sanity.flip_rate.random)"),
+    MetricSpec("sanity.flip_rate.random", False, "[0, 1]",
+               "the same when a random non-CLS weight is zeroed instead: the chance level that "
+               "sanity.flip_rate.attention should exceed"),
+    MetricSpec("localisation.precision_at_k.{explainer}", True, "[0, 1]",
+               "on data with known relevant features: share of the k top-attributed features that are truly "
+               "relevant (k = number of relevant features of the sample)"),
 )
 
 
@@ -83,9 +134,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 class MetricValue:
     value: float
     ci95: tuple[float, float] | None = None
+    n: int | None = None  # samples that counted, for means over per-sample values
 
     def to_dict(self) -> dict:
-        return {"value": self.value, "ci95": list(self.ci95) if self.ci95 is not None else None}
+        payload = {"value": self.value, "ci95": list(self.ci95) if self.ci95 is not None else None}
+        if self.n is not None:
+            payload["n"] = self.n
+        return payload
 
 
 def format_eps(eps: float) -> str:

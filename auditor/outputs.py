@@ -31,3 +31,12 @@ def write_atomically(folder: Path, files: dict[str, bytes]) -> list[Path]:
                 os.unlink(temporary)
         written.append(folder / name)
     return written
+
+
+def append_step_summary(markdown: bytes) -> None:
+    """Append to the file GitHub Actions names in $GITHUB_STEP_SUMMARY (never overwrite: other steps write
+    there too)."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "ab") as stream:
+            stream.write(markdown + b"\n")

@@ -12,6 +12,8 @@ numbers do not depend on how the samples were split.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from auditor.metrics import Bootstrap, MetricValue
@@ -20,6 +22,7 @@ from auditor.metrics import Bootstrap, MetricValue
 WHY_EMPTY = {
     "robust.attack_success_rate.": "no audited sample was classified correctly when clean",
     "robust.evasion_rate.": "no audited positive-class sample was detected when clean",
+    "robust.targeted_success_rate.": "no audited sample outside the target class was classified correctly when clean",
 }
 
 
@@ -30,7 +33,8 @@ def only_where(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def aggregate(per_sample: dict[str, np.ndarray], bootstrap: Bootstrap) -> tuple[dict[str, MetricValue],
                                                                                  dict[str, str]]:
-    """Means with intervals over the finite entries; names with no finite entry go to ``skipped``."""
+    """Means with intervals over the finite entries, each with ``n`` (how many counted); names with no finite
+    entry go to ``skipped``."""
     metrics: dict[str, MetricValue] = {}
     skipped: dict[str, str] = {}
     table = {}
@@ -44,5 +48,5 @@ def aggregate(per_sample: dict[str, np.ndarray], bootstrap: Bootstrap) -> tuple[
             skipped[name] = next((why for prefix, why in WHY_EMPTY.items() if name.startswith(prefix)),
                                  "no audited sample qualified for this metric")
         else:
-            metrics[name] = value
+            metrics[name] = replace(value, n=int(table[name][1].sum()))
     return metrics, skipped

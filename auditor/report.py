@@ -6,12 +6,11 @@ the jinja2 template only renders them and never touches a tensor.
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import jinja2
@@ -20,7 +19,7 @@ import numpy as np
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from auditor.gates import GateResult, Policy
+from auditor.gates import GateResult, Policy, gate_group
 from auditor.metrics import CATALOGUE, MetricValue, spec_for
 
 SCHEMA_VERSION = 1
@@ -40,8 +39,9 @@ def tool_version() -> str:
 
 def results_document(*, model: dict, data: dict, config: dict, metrics: dict[str, MetricValue],
                      skipped: dict[str, str], gates: list[GateResult], policy: Policy, timing: dict,
-                     masking: list[dict] | None = None) -> dict:
-    return {
+                     masking: list[dict] | None = None, curves: dict | None = None,
+                     baseline: dict | None = None) -> dict:
+    document = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": TOOL_NAME, "version": tool_version()},
         "model": model,
@@ -54,7 +54,11 @@ def results_document(*, model: dict, data: dict, config: dict, metrics: dict[str
         "gates": [g.to_dict() for g in gates],
         "passed": all(g.passed for g in gates),
         "timing": timing,
+        "curves": curves or {"robustness": {}, "removal": {}},
     }
+    if baseline is not None:
+        document["baseline"] = baseline
+    return document
 
 
 def render_json(document: dict) -> bytes:
@@ -62,21 +66,32 @@ def render_json(document: dict) -> bytes:
 
 
 def render_junit(gates: list[GateResult]) -> bytes:
+    """One <testsuite> per gate group (clean, robust, stability, faithfulness, regression, ...), one <testcase>
+    per gate, a <failure message="value 0.41 < threshold 0.5"> on each failed gate: the shape CI test
+    viewers (GitHub, GitLab, Jenkins) read."""
     suites = ET.Element("testsuites", name=TOOL_NAME, tests=str(len(gates)),
-                        failures=str(sum(not g.passed for g in gates)))
-    suite = ET.SubElement(suites, "testsuite", name="gates", tests=str(len(gates)),
-                          failures=str(sum(not g.passed for g in gates)), errors="0", skipped="0")
+                        failures=str(sum(not g.passed for g in gates)), errors="0")
+    groups: dict[str, list[GateResult]] = {}
     for gate in gates:
-        case = ET.SubElement(suite, "testcase", classname=f"gates.{gate.kind}", name=gate.name, time="0")
-        if not gate.passed:
-            failure = ET.SubElement(case, "failure", message=gate.message, type="GateFailed")
-            failure.text = f"{gate.metric}: {gate.message}"
+        groups.setdefault(gate.group or gate_group(gate), []).append(gate)
+    for group, members in groups.items():
+        suite = ET.SubElement(suites, "testsuite", name=group, tests=str(len(members)),
+                              failures=str(sum(not g.passed for g in members)), errors="0", skipped="0", time="0")
+        for gate in members:
+            case = ET.SubElement(suite, "testcase", classname=f"{TOOL_NAME}.{group}", name=gate.name, time="0")
+            if not gate.passed:
+                failure = ET.SubElement(case, "failure", message=gate.message, type="GateFailed")
+                failure.text = f"{gate.metric}: {gate.message}"
     ET.indent(suites)
     return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="utf-8") + b"\n"
 
 
 def _md(text: str) -> str:
     return re.sub(r"([|\\`*_<>\[\]])", r"\\\1", text)
+
+
+def _interval(ci95) -> str:
+    return "—" if not ci95 else f"[{ci95[0]:.3g}, {ci95[1]:.3g}]"
 
 
 def render_summary(document: dict) -> bytes:
@@ -92,10 +107,27 @@ def render_summary(document: dict) -> bytes:
         "| Gate | Value | 95% interval | Result |",
         "| --- | --- | --- | --- |",
     ]
+    regressions = [g for g in document["gates"] if g["kind"] == "regression"]
     for gate in document["gates"]:
+        if gate["kind"] == "regression":
+            continue
         value = "—" if gate["value"] is None else f"{gate['value']:.3g}"
-        ci = "—" if not gate["ci95"] else f"[{gate['ci95'][0]:.3g}, {gate['ci95'][1]:.3g}]"
-        lines.append(f"| `{gate['name']}` | {value} | {ci} | {'pass' if gate['passed'] else '**FAIL**'} |")
+        lines.append(f"| `{gate['name']}` | {value} | {_interval(gate['ci95'])} | "
+                     f"{'pass' if gate['passed'] else '**FAIL**'} |")
+    if regressions:
+        lines += [
+            "",
+            f"Regression against the baseline `{_md(document.get('baseline', {}).get('source', '?'))}`:",
+            "",
+            "| Metric | Baseline | New | Change | Tolerance | Change vs intervals | Result |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for gate in regressions:
+            new = "—" if gate["value"] is None else f"{gate['value']:.3g} {_interval(gate['ci95'])}"
+            change = "—" if gate["value"] is None else f"{gate['value'] - gate['baseline']:+.3g}"
+            lines.append(f"| `{gate['metric']}` | {gate['baseline']:.3g} {_interval(gate['baseline_ci95'])} | "
+                         f"{new} | {change} | {gate['tolerance']:g} | {gate['significance'] or '—'} | "
+                         f"{'pass' if gate['passed'] else '**FAIL**'} |")
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -238,32 +270,6 @@ def _template_source(name: str) -> str:
     return resources.files("reports").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricValue], attacks: list[str],
-                  explainers: list[str], robustness_curves: dict, removal_curves: dict, confusion: list[list[int]],
-                  class_names: list[str], gallery: list, skipped: dict[str, str]) -> bytes:
-    clean_accuracy = metrics["clean.accuracy"].value if "clean.accuracy" in metrics else float("nan")
-    failed_first = sorted(document["gates"], key=lambda g: g["passed"])
-    context = dict(
-        doc=document,
-        gates=failed_first,
-        policy=policy,
-        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        groups=metric_groups(metrics, attacks, explainers),
-        catalogue=CATALOGUE,
-        robustness_svg=robustness_plot(robustness_curves, clean_accuracy) if robustness_curves else None,
-        removal_svg=removal_plot(removal_curves) if removal_curves else None,
-        confusion=confusion,
-        class_names=class_names,
-        gallery=gallery,
-        explainers=explainers,
-        short_names={name: SHORT_NAMES.get(name, name) for name in explainers},
-        skipped=skipped,
-        bar=lambda v: f"{min(abs(float(v)), 1.0) * 100:.1f}",
-    )
-    html = _environment().get_template("report.html.j2").render(**context)
-    return html.encode("utf-8")
-
-
 def finite_metrics(metrics: dict[str, MetricValue], skipped: dict[str, str]) -> dict[str, MetricValue]:
     """Drop any metric that came out NaN or infinite into ``skipped`` (results.json never holds NaN)."""
     kept = {}
@@ -272,6 +278,6 @@ def finite_metrics(metrics: dict[str, MetricValue], skipped: dict[str, str]) -> 
             skipped.setdefault(name, "the value is undefined on these samples")
             continue
         if value.ci95 is not None and not all(np.isfinite(value.ci95)):
-            value = MetricValue(value.value, None)
+            value = replace(value, ci95=None)
         kept[name] = value
     return kept

@@ -16,6 +16,34 @@ from auditor.persample import only_where
 
 FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth")
 TOPK = 5
+KEPT_EXAMPLES = 3  # per attack at the largest eps: the report's heat maps and adversarial gallery
+
+
+@dataclass
+class AttentionExample:
+    """One of the samples an attention attack moved most (largest JSD) at the largest eps, as plain lists
+    for the report: the clean and attacked attention spread over the input's shape."""
+
+    attack: str
+    eps: float
+    index: int
+    jsd: float
+    clean_pred: int
+    adv_pred: int
+    x: list
+    clean: list
+    attacked: list
+
+
+@dataclass
+class FlippedExample:
+    """A sample classified correctly when clean that the attack misclassifies at the largest eps."""
+
+    attack: str
+    eps: float
+    index: int
+    adv_pred: int
+    x_adv: torch.Tensor
 
 
 @dataclass
@@ -24,6 +52,8 @@ class RobustnessOutcome:
     (``auditor.persample``); the aggregate metrics are their means, computed once all samples are in."""
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention_examples: list[AttentionExample] = field(default_factory=list)
+    flipped: dict[str, list[FlippedExample]] = field(default_factory=dict)
 
 
 def is_attention_attack(name: str) -> bool:
@@ -57,8 +87,8 @@ def predict(model, x, batch_size: int) -> torch.Tensor:
 
 def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, attacks: dict[str, Attack],
                 eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, keep_examples: bool,
-                progress: bool | None, positive: int | None, n_classes: int, topk: int = TOPK,
-                index: torch.Tensor | None = None) -> RobustnessOutcome:
+                progress: bool | None, positive: int | None, n_classes: int, target: int | None = None,
+                topk: int = TOPK, index: torch.Tensor | None = None) -> RobustnessOutcome:
     outcome = RobustnessOutcome()
     batch_size = aligned_batch(batch_size)
     clean_correct = (clean_pred == y).cpu().numpy()
@@ -83,18 +113,32 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                                   bar=bar, index=index)
                 adv_pred = predict(model, x_adv, batch_size)
                 correct = (adv_pred == y).cpu().numpy()
+                largest = eps == max(eps_grid)
                 if is_attention_attack(name):
                     if clean_attention is None:  # the same for every attention attack and eps
                         clean_attention = _attention(model, x, batch_size)
-                    outcome.per_sample.update(_stability(model, name, tag, x, x_adv, clean_attention, clean_pred,
-                                                         adv_pred, batch_size, topk))
+                    attacked_attention = _attention(model, x_adv, batch_size)
+                    outcome.per_sample.update(_stability(model, attack, tag, x, x_adv, clean_attention,
+                                                         attacked_attention, clean_pred, adv_pred, batch_size,
+                                                         topk))
+                    if largest:
+                        outcome.attention_examples += _most_moved(
+                            model, name, eps, x, clean_attention, attacked_attention,
+                            outcome.per_sample[f"stability.jsd.{tag}"], clean_pred, adv_pred)
                 if not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS:
+                    if largest:
+                        flipped = np.flatnonzero(clean_correct & ~correct)[:KEPT_EXAMPLES]
+                        outcome.flipped[name] = [FlippedExample(name, eps, int(i), int(adv_pred[i]),
+                                                                x_adv[i].detach().cpu().clone()) for i in flipped]
                     outcome.per_sample[f"robust.accuracy.{tag}"] = correct.astype(np.float64)
                     outcome.per_sample[f"robust.attack_success_rate.{tag}"] = only_where(~correct, clean_correct)
                     if detection:
                         caught = clean_correct & (y_np == pos)
                         outcome.per_sample[f"robust.evasion_rate.{tag}"] = only_where(
                             adv_pred.cpu().numpy() != pos, caught)
+                    if target is not None and attack.target_class is not None:
+                        outcome.per_sample[f"robust.targeted_success_rate.{tag}"] = only_where(
+                            adv_pred.cpu().numpy() == target, clean_correct & (y_np != target))
                 if keep_examples:
                     outcome.adversarial[f"adv/{tag}"] = x_adv.detach().cpu()
     finally:
@@ -109,22 +153,39 @@ def _attention(model, x, batch_size: int) -> torch.Tensor:
     return torch.cat([attention_distribution(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _stability(model, name: str, tag: str, x, x_adv, p, clean_pred, adv_pred, batch_size: int,
+def _most_moved(model, name: str, eps: float, x, p, q, jsd: np.ndarray, clean_pred, adv_pred) -> list[AttentionExample]:
+    """The samples whose attention the attack moved most, with both distributions spread over the input."""
+    from attacks.attention import token_positions
+
+    order = np.argsort(-np.nan_to_num(jsd, nan=-1.0), kind="stable")[:KEPT_EXAMPLES]
+    positions = token_positions(model)
+    token_map = model.token_map
+
+    def spread(dist: torch.Tensor) -> list:
+        tokens = torch.zeros(1, token_map.n_tokens, dtype=dist.dtype, device=dist.device)
+        tokens[0, positions.to(dist.device)] = dist
+        return token_map.to_input(tokens)[0].cpu().double().tolist()
+
+    return [AttentionExample(name, float(eps), int(i), float(jsd[i]), int(clean_pred[i]), int(adv_pred[i]),
+                             x[i].detach().cpu().double().tolist(), spread(p[i]), spread(q[i])) for i in order]
+
+
+def _stability(model, attack: Attack, tag: str, x, x_adv, p, q, clean_pred, adv_pred, batch_size: int,
                topk: int) -> dict[str, np.ndarray]:
     from attacks.attention import hijack_success
     from auditor import stability
 
-    q = _attention(model, x_adv, batch_size)
     values = {
         "topk_intersection": stability.topk_intersection(p, q, k=topk),
         "spearman": stability.spearman(p, q),
         "jsd": stability.jsd(p, q),
         "prediction_kept": stability.prediction_kept(clean_pred, adv_pred),
     }
-    if name == "attention-hijack":
-        with torch.no_grad():
+    if attack.name == "attention-hijack":
+        with torch.no_grad():  # the targets the attack aimed at: its k least attended, or the chosen inputs
             values["hijack_success"] = torch.cat([
-                hijack_success(model, x[i:i + batch_size], x_adv[i:i + batch_size])
+                hijack_success(model, x[i:i + batch_size], x_adv[i:i + batch_size], k=attack.k,
+                               target_positions=attack.target_positions)
                 for i in range(0, len(x), batch_size)]).float()
     return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
 

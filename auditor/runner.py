@@ -8,9 +8,11 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from auditor.gates import GateResult, default_policy, evaluate, exit_code, load_policy, validate_policy
-from auditor.outputs import write_atomically
-from auditor.report import finite_metrics, render_json, render_junit, render_report, render_summary, results_document
+from auditor.gates import (GateResult, check_baseline, default_policy, evaluate, evaluate_regression, exit_code,
+                           load_baseline, load_policy, regression_tolerances, validate_policy)
+from auditor.outputs import append_step_summary, write_atomically
+from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
+from auditor.report_html import render_report
 from auditor.shard import Shard
 from auditor.session import (AuditConfig, ForeignOptions, is_foreign, load_foreign_subject, load_subject,
                              planned_metrics, run_audit)
@@ -32,6 +34,9 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] = (),
                     max_memory_gb: float | None = None, attack_params: tuple = (),
+                    target_class: str | None = None, hijack_features: tuple[str, ...] = (),
+                    explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
+                    removal_baseline: str = "mean", baseline_path: Path | None = None,
                     shard: Shard | None = None) -> Outcome | None:
     """Validate, audit, write. Under torchrun (``shard``, default from the environment) every rank audits
     its rows; rank 0 writes the outputs and returns the outcome, the other ranks return None. A failure
@@ -46,12 +51,14 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
         shard.start(target)
     problem = None
     try:
-        config, policy, planned, subject = _prepare(
+        config, policy, planned, subject, baseline, tolerances = _prepare(
             model_path=model_path, data_spec=data_spec, label_column=label_column, policy_path=policy_path,
             out_dir=out_dir, eps=eps, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
             batch_size=batch_size, save_adversarial=save_adversarial, save_explanations=save_explanations,
             foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
-            max_memory_gb=max_memory_gb, attack_params=attack_params)
+            max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
+            hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
+            removal_baseline=removal_baseline, baseline_path=baseline_path)
     except Exception as error:  # raised again on this rank by agree(), and as a failure on the others
         problem = error
     shard.agree(problem)
@@ -59,25 +66,33 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
     if result is None:
         return None
     return _write(result, subject, config, policy, planned, out_dir=out_dir, save_adversarial=save_adversarial,
-                  save_explanations=save_explanations)
+                  save_explanations=save_explanations, baseline=baseline, tolerances=tolerances)
 
 
 def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, attacks, max_samples, seed, device,
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
-             max_memory_gb, attack_params):
+             max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
+             removal_baseline, baseline_path):
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
-    config = AuditConfig.from_profile(profile, attacks=attacks or None, masking_checks=masking_checks,
+    config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
+                                      masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, seed=seed, device=device,
                                       batch_size=batch_size, save_adversarial=save_adversarial,
                                       save_explanations=save_explanations, frozen_features=tuple(frozen_features),
-                                      max_memory_gb=max_memory_gb, attack_params=tuple(attack_params))
+                                      max_memory_gb=max_memory_gb, attack_params=tuple(attack_params),
+                                      target_class=target_class, hijack_features=tuple(hijack_features),
+                                      faithfulness_metrics=tuple(faithfulness_metrics) or None,
+                                      removal_baseline=removal_baseline)
     planned = planned_metrics(config, binary=True)
-    if policy_path is not None:
-        policy = load_policy(policy_path)
-    else:
-        policy = default_policy(planned, eps_grid=config.eps, attacks=config.attacks)
+    fallback = default_policy(planned, eps_grid=config.eps, attacks=config.attacks)
+    policy = load_policy(policy_path) if policy_path is not None else fallback
     validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks)
+    baseline = tolerances = None
+    if baseline_path is not None:
+        baseline = load_baseline(baseline_path)
+        tolerances = regression_tolerances(policy, fallback)
+        check_baseline(baseline, tolerances)
     if is_foreign(model_path):
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
                                        label_column=label_column, max_samples=config.max_samples, seed=seed,
@@ -89,34 +104,43 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
                                frozen_features=config.frozen_features)
-    return config, policy, planned, subject
+    config = config.bind(subject.data.feature_names, subject.data.class_names)
+    return config, policy, planned, subject, baseline, tolerances
 
 
 def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, out_dir: Path,
-           save_adversarial: bool, save_explanations: bool) -> Outcome:
+           save_adversarial: bool, save_explanations: bool, baseline=None, tolerances=None) -> Outcome:
     skipped = dict(result.skipped)
     for name in planned_metrics(config, binary=subject.detector.n_classes == 2):
         if name not in result.metrics and name not in skipped and name in planned:
             skipped[name] = "not computed for this detector"
     metrics = finite_metrics(result.metrics, skipped)
     gates = evaluate(policy, metrics, skipped)
+    if baseline is not None:
+        gates += evaluate_regression(tolerances, baseline, metrics, skipped)
     config_doc = config.to_dict()
     config_doc["device"] = str(subject.device)
     config_doc["memory"] = result.memory
     model_doc = {k: subject.model_info[k] for k in ("path", "sha256", "detector", "defense", "data set")}
+    model_doc["defense_settings"] = subject.model_info.get("defense_settings", {})
+    model_doc["training"] = training_facts(subject.model_info.get("training", {}))
     document = results_document(
         model=model_doc,
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples)},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
         masking=result.masking,
+        curves={"robustness": {attack: [list(point) for point in points]
+                               for attack, points in result.robustness_curves.items()},
+                "removal": result.removal_curves},
+        baseline={"source": baseline.source, "tolerances": tolerances} if baseline is not None else None,
     )
     files = {
         "results.json": render_json(document),
         "report.html": render_report(
-            document, policy=policy, metrics=metrics, attacks=list(config.attacks),
-            explainers=list(config.explainers), robustness_curves=result.robustness_curves,
-            removal_curves=result.removal_curves, confusion=result.confusion,
-            class_names=subject.data.class_names, gallery=result.gallery, skipped=skipped,
+            document, policy=policy, metrics=metrics, result=result, attacks=list(config.attacks),
+            explainers=list(config.explainers), class_names=subject.data.class_names,
+            feature_names=subject.data.feature_names, positive_class=subject.data.positive_class,
+            row_index=[int(i) for i in subject.data.row_index], skipped=skipped,
         ),
         "junit.xml": render_junit(gates),
         "summary.md": render_summary(document),
@@ -128,4 +152,15 @@ def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, 
         files["explanations.safetensors"] = safetensors.torch.save(
             {k: v.contiguous() for k, v in result.explanations.items()})
     write_atomically(out_dir, files)
+    append_step_summary(files["summary.md"])
     return Outcome(exit_code=exit_code(gates), gates=gates, report_path=out_dir / "report.html", document=document)
+
+
+def training_facts(training: dict) -> dict:
+    """What a comparison of checkpoints needs from the checkpoint's training record (no per-epoch history)."""
+    config = training.get("config", {})
+    facts = {key: training[key] for key in ("epochs_run", "best_epoch", "val_accuracy", "test_accuracy", "seconds",
+                                            "device", "processes") if key in training}
+    facts.update({key: config[key] for key in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed")
+                  if key in config})
+    return facts

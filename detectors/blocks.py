@@ -8,6 +8,8 @@ and gradients flow through them for the attention attacks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -22,14 +24,31 @@ class SelfAttention(nn.Module):
         self.head_dim = dim // heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        # An intervention on the weights inside the forward (sanity checks zero one weight and
+        # renormalise): (batch, heads, tokens, tokens) -> same shape. Set only through edited_attention.
+        self.attention_edit: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1)
+        if self.attention_edit is not None:
+            weights = self.attention_edit(weights)
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj(out), weights
+
+
+@contextmanager
+def edited_attention(module: SelfAttention, edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Run ``module`` with ``edit`` applied to its attention weights inside the forward; always removed."""
+    if module.attention_edit is not None:
+        raise RuntimeError("this attention module is already being edited")
+    module.attention_edit = edit
+    try:
+        yield
+    finally:
+        module.attention_edit = None
 
 
 class Block(nn.Module):

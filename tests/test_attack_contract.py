@@ -133,8 +133,27 @@ def check_effective(name, kind, model, x, y):
         assert accuracy < 0.9
 
 
+def check_targeted(name, kind, model, x, y):
+    """Targetable attacks aimed at one class move predictions into it; the others refuse a target."""
+    if not ATTACKS[name].targetable:
+        with pytest.raises(TypeError):
+            make_attack(name, target_class=0)
+        return
+    x, y = x[:64], y[:64]
+    with torch.no_grad():
+        clean = model(x).argmax(1)
+    target = int(torch.bincount(clean, minlength=2).argmin())  # the class predicted least often
+    attack = make_attack(name, **SPEED.get(name, {}), target_class=target)
+    x_adv = attack(model, x, y, eps=math.inf if is_minimum_norm(attack) else 0.3, domain=Domain.unit(tuple(x.shape[1:])),
+                   seed=0, index=torch.arange(len(x)))
+    with torch.no_grad():
+        hit = (model(x_adv).argmax(1) == target).float().mean().item()
+    assert hit >= (clean == target).float().mean().item() + 0.05, hit
+    assert attack.params()["target_class"] == target
+
+
 CHECKS = [check_budget, check_domain, check_frozen, check_seeded, check_batch_size, check_mode_restored,
-          check_effective]
+          check_effective, check_targeted]
 KNOWN_FAILURES: dict = {
     # (attack, kind, check): reason. Listed here they become strict xfails, never silent skips.
 }

@@ -41,7 +41,8 @@ def test_passing_policy_exits_0_and_writes_every_output(model, tmp_path):
     assert document["passed"] is True and document["schema_version"] == 1
     assert isinstance(document["data"]["n_samples"], int) and document["data"]["n_samples"] == 60
     assert [g["kind"] for g in document["gates"]] == ["threshold", "threshold"]
-    assert set(document["timing"]) == {"clean", "robustness", "explain", "faithfulness"}
+    assert set(document["timing"]) == {"clean", "robustness", "explain", "faithfulness", "agreement", "sanity",
+                                       "localisation"}
     for value in document["metrics"].values():
         assert value["value"] == value["value"]  # never NaN
     suite = ET.parse(out / "junit.xml").getroot()
@@ -49,6 +50,27 @@ def test_passing_policy_exits_0_and_writes_every_output(model, tmp_path):
     assert "| `clean.accuracy >= 0.5` |" in (out / "summary.md").read_text()
     assert (out / "report.html").stat().st_size > 10_000
     assert not list(out.glob(".*"))
+
+
+def test_explainers_option_runs_agreement_sanity_and_skips_localisation_without_ground_truth(model, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[gates]\n"agreement.kendall_tau.grad-attention~feature-ablation" = ">= -1"\n'
+                      '"sanity.flip_rate.attention" = ">= 0"\n')
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--policy", policy, "--out", out, "--attacks", "fgsm",
+                    "--explainers", "attention,grad-attention,feature-ablation,random", "--eps", "0.1",
+                    "--max-samples", "40", "--quiet")
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["explainers"] == ["attention", "grad-attention", "feature-ablation", "random"]
+    metrics = document["metrics"]
+    for name in ("agreement.kendall_tau.attention~feature-ablation", "agreement.topk_overlap.attention~feature-ablation",
+                 "sanity.mprt.attention", "sanity.mprt.feature-ablation", "sanity.flip_rate.random"):
+        assert name in metrics and metrics[name]["ci95"] is not None
+    assert "sanity.mprt.random" not in metrics and "agreement.kendall_tau.rollout~feature-ablation" not in metrics
+    assert "ground truth" in document["skipped"]["localisation.precision_at_k.attention"]
+    unknown = invoke("run", "--model", model, "--out", tmp_path / "o2", "--explainers", "lime", *FAST)
+    assert_one_line_error(unknown, "unknown explainer lime")
 
 
 def test_failing_gate_exits_1_with_the_failure_in_junit(model, tmp_path):
@@ -263,3 +285,41 @@ def test_train_on_a_csv_with_a_custom_label_column(tmp_path):
     assert audit.exit_code in (0, 1), audit.output
     document = json.loads((tmp_path / "p" / "results.json").read_text())
     assert document["data"]["split"] == "all" and document["data"]["n_samples"] == 60
+
+
+def test_target_class_adds_the_targeted_success_rate(model, tmp_path):
+    from detectors.checkpoint import read_metadata
+    benign = read_metadata(model)["classes"][1]
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--out", out, "--attacks", "fgsm,pgd,deepfool", "--target-class", benign,
+                    *FAST)
+    assert result.exit_code in (0, 1), result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["attack_params"]["pgd"]["target_class"] == 1
+    assert "target_class" not in document["config"]["attack_params"]["deepfool"]  # no targeted mode: untargeted
+    for eps in ("0.03", "0.1"):
+        assert f"robust.targeted_success_rate.pgd@{eps}" in document["metrics"]
+        assert f"robust.targeted_success_rate.deepfool@{eps}" not in document["metrics"]
+
+
+def test_unknown_target_class_and_hijack_feature_are_exit_2(model, tmp_path):
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--target-class", "nope", *FAST)
+    assert_one_line_error(result, "--target-class 'nope' is not a class of the model")
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--attacks", "attention-hijack",
+                    "--hijack-features", "nope", *FAST)
+    assert_one_line_error(result, "--hijack-features: 'nope' not among the model's features")
+    result = invoke("run", "--model", model, "--out", tmp_path / "o", "--hijack-features", "nope", *FAST)
+    assert_one_line_error(result, "--hijack-features applies to attention-hijack")
+    assert not (tmp_path / "o").exists()
+
+
+def test_hijack_features_become_the_hijack_targets(model, tmp_path):
+    from detectors.checkpoint import read_metadata
+    features = read_metadata(model)["features"]
+    out = tmp_path / "out"
+    result = invoke("run", "--model", model, "--out", out, "--attacks", "attention-hijack", "--hijack-features",
+                    f"{features[3]},{features[7]}", "--eps", "0.1", "--max-samples", "40", "--quiet")
+    assert result.exit_code in (0, 1), result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["attack_params"]["attention-hijack"]["target_positions"] == [3, 7]
+    assert "stability.hijack_success.attention-hijack@0.1" in document["metrics"]

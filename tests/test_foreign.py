@@ -6,6 +6,7 @@ import pickle
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -544,3 +545,37 @@ def test_check_input_fits(user_file):
     with pytest.raises(BadInputError, match=r"the data's shape \(5, 4\) does not fit the model: ") as caught:
         check_input_fits(wrong, _inputs(5, (4,)))
     assert "\n" not in str(caught.value)
+
+
+def test_grad_attention_and_sanity_run_on_a_hooked_transformer_and_detached_weights_are_refused(user_file):
+    from auditor.explain import make_explainer
+    from auditor.sanity import cascade_layers, sanity_stage
+
+    detector = _wrap(build_foreign_model(f"python:{user_file}:make")).eval()
+    x = _inputs(8)
+    target = detector(x).argmax(1)
+    kwargs = dict(baseline=torch.full((6,), 0.5), seed=0, index=torch.arange(8))
+    attribution = make_explainer("grad-attention").explain(detector, x, target, **kwargs)
+    assert attribution.shape == x.shape and torch.isfinite(attribution).all() and attribution.abs().sum() > 0
+    assert _all_hooks_gone(detector)
+    assert [label for label, _ in cascade_layers(detector)] == ["head", "encoder"]
+    outcome = sanity_stage(detector, x, target, {"grad-attention": attribution},
+                           explainers={"grad-attention": make_explainer("grad-attention")}, **kwargs)
+    assert np.isfinite(outcome.per_sample["sanity.mprt.grad-attention"]).all()
+    assert "cannot be edited" in outcome.skipped["sanity.flip_rate.attention"]
+
+    class Detached(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward_with_attention(self, raw):
+            logits, attentions = detector.forward_with_attention(raw)
+            return logits, [a.detach() for a in attentions]
+
+        def forward(self, raw):
+            return self.inner(raw)
+
+    frozen = _wrap(Detached(detector.model))
+    with pytest.raises(BadInputError, match="grad-attention needs attention weights"):
+        make_explainer("grad-attention").explain(frozen, x, target, **kwargs)

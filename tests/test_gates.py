@@ -25,6 +25,21 @@ def test_policy_parses_operators_and_canonical_eps(tmp_path):
     validate_policy(policy, PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
 
 
+def test_policy_accepts_agreement_sanity_and_localisation_names(tmp_path):
+    config = AuditConfig.from_profile("standard")
+    policy = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~integrated-gradients" = ">= 0.2"\n'
+                               '"agreement.topk_overlap.grad-attention~feature-ablation" = ">= 0.2"\n'
+                               '"sanity.mprt.attention" = "<= 0.5"\n"sanity.flip_rate.attention" = ">= 0.1"\n'
+                               '"localisation.precision_at_k.integrated-gradients" = ">= 0.5"\n')
+    validate_policy(policy, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
+    bad = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~saliency" = ">= 0.2"\n')
+    with pytest.raises(BadInputError, match="unknown metric"):
+        validate_policy(bad, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
+    quick = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~feature-ablation" = ">= 0.2"\n')
+    with pytest.raises(BadInputError, match="not computed by this run"):
+        validate_policy(quick, PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
+
+
 @pytest.mark.parametrize("text,match", [
     ("[gates\n", "invalid TOML"),
     ('[gates]\n"clean.accuracy" = 0.9\n', "not a condition"),
@@ -81,3 +96,51 @@ def test_evaluate_and_exit_code():
 def test_canonical_name():
     assert canonical_name("robust.accuracy.pgd@0.10") == "robust.accuracy.pgd@0.1"
     assert canonical_name("clean.accuracy") == "clean.accuracy"
+
+
+def test_regression_table_parses_and_refuses_bad_tolerances(tmp_path):
+    policy = _policy(tmp_path, '[regression]\n"robust.accuracy.pgd@0.030" = 0.02\n"clean.accuracy" = 0\n')
+    assert policy.gates == () and policy.regression == {"robust.accuracy.pgd@0.03": 0.02, "clean.accuracy": 0.0}
+    validate_policy(policy, PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
+    assert _policy(tmp_path, '[gates]\n"clean.accuracy" = ">= 0.9"\n').regression is None
+    for bad in ('"clean.accuracy" = "0.02"', '"clean.accuracy" = -0.1', '"clean.accuracy" = true'):
+        with pytest.raises(BadInputError, match="not a number >= 0"):
+            _policy(tmp_path, f"[regression]\n{bad}\n")
+    policy = _policy(tmp_path, '[regression]\n"robust.accuracy.pgd@0.05" = 0.02\n')
+    with pytest.raises(BadInputError, match="add 0.05 to --eps"):
+        validate_policy(policy, PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
+
+
+def test_regression_gates_follow_each_metrics_direction():
+    from auditor.gates import Baseline, evaluate_regression
+
+    baseline = Baseline("b.json", {"clean.accuracy": MetricValue(0.90, (0.88, 0.92)),
+                                   "robust.evasion_rate.pgd@0.1": MetricValue(0.20, (0.18, 0.22))})
+    tolerances = {"clean.accuracy": 0.02, "robust.evasion_rate.pgd@0.1": 0.02}
+    # accuracy 0.885 is 0.015 worse (within 0.02); evasion 0.25 is 0.05 worse (higher is worse here)
+    results = evaluate_regression(tolerances, baseline, {"clean.accuracy": MetricValue(0.885, (0.87, 0.90)),
+                                                         "robust.evasion_rate.pgd@0.1": MetricValue(0.25, (0.23, 0.27))},
+                                  {})
+    accuracy, evasion = results
+    assert accuracy.passed and accuracy.op == ">=" and accuracy.threshold == pytest.approx(0.88)
+    assert accuracy.significance == "within the intervals" and accuracy.group == "regression"
+    assert not evasion.passed and evasion.op == "<=" and evasion.threshold == pytest.approx(0.22)
+    assert evasion.significance == "significant" and evasion.baseline == 0.20
+    assert evasion.message.startswith("value 0.25 > threshold 0.22")
+    # a lower evasion rate is an improvement, whatever its size
+    improved = evaluate_regression({"robust.evasion_rate.pgd@0.1": 0.0}, baseline,
+                                   {"robust.evasion_rate.pgd@0.1": MetricValue(0.01)}, {})
+    assert improved[0].passed and improved[0].significance == "no interval"
+    missing = evaluate_regression({"clean.accuracy": 0.02}, baseline, {}, {"clean.accuracy": "single class"})
+    assert not missing[0].passed and missing[0].message == "no value: single class"
+
+
+def test_without_a_regression_table_every_gated_metric_gets_the_default_tolerance(tmp_path):
+    from auditor.gates import regression_tolerances
+
+    fallback = default_policy(PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
+    assert regression_tolerances(Policy((), "x"), fallback) == {g.metric: 0.02 for g in fallback.gates}
+    own = _policy(tmp_path, '[gates]\n"faithfulness.insertion_auc.attention" = ">= 0.1"\n')
+    assert regression_tolerances(own, fallback) == {"faithfulness.insertion_auc.attention": 0.02}
+    table = _policy(tmp_path, '[gates]\n"clean.accuracy" = ">= 0.9"\n[regression]\n"clean.f1" = 0.05\n')
+    assert regression_tolerances(table, fallback) == {"clean.f1": 0.05}

@@ -71,3 +71,24 @@ def test_catalogue_rejects_unknown_names():
     assert spec_for("robust.accuracy.nope@0.1", ["pgd"], ["attention"]) is None
     assert spec_for("clean.accuracyy", ["pgd"], ["attention"]) is None
     assert len({s.pattern for s in CATALOGUE}) == len(CATALOGUE)
+
+
+def test_expected_calibration_error_by_hand():
+    # bin (0.9, 1]: two samples at confidence 0.95, one right -> |0.5 - 0.95| * 2/4 = 0.225
+    # bin (0.6, 0.7]: two samples at confidence 0.65, both right -> |1 - 0.65| * 2/4 = 0.175
+    y = np.array([1, 0, 1, 0])
+    proba = np.array([[0.05, 0.95], [0.05, 0.95], [0.35, 0.65], [0.65, 0.35]])
+    metrics, _ = clean_metrics(y, proba, positive=1, n_classes=2, bootstrap=Bootstrap(4, seed=0))
+    assert metrics["clean.ece"].value == pytest.approx(0.4)
+    assert spec_for("clean.ece", [], []).higher_is_better is False
+
+
+def test_a_calibrated_detector_has_an_ece_near_zero():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 20000)
+    correct = rng.random(20000) < confidence  # right exactly as often as it claims
+    y = np.where(correct, 1, 0)
+    proba = np.stack([1 - confidence, confidence], axis=1)
+    metrics, _ = clean_metrics(y, proba, positive=1, n_classes=2, bootstrap=Bootstrap(20000, seed=0, resamples=50))
+    assert metrics["clean.ece"].value < 0.02
+    assert metrics["clean.ece"].ci95[0] <= metrics["clean.ece"].value <= metrics["clean.ece"].ci95[1]

@@ -1,6 +1,7 @@
 """The HTML report: self-contained, and names from data are text, never markup."""
 
 import json
+from importlib import resources
 from html.parser import HTMLParser
 
 from click.testing import CliRunner
@@ -8,23 +9,34 @@ from click.testing import CliRunner
 from auditor.cli import cli
 
 HOSTILE = '<script>alert("x")</script>'
+REPORT_JS = resources.files("reports").joinpath("templates", "report.js").read_text(encoding="utf-8").strip()
 
 
 class Tags(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.tags, self.links, self.text = [], [], []
+        self.tags, self.links, self.text, self.scripts, self.images = [], [], [], [], []
+        self.in_script = False
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
+        self.in_script = tag == "script"
         for key, value in attrs:
-            if key in ("src", "href", "xlink:href", "action", "data") and value:
+            if key == "src" and tag == "img" and value and value.startswith("data:image/png;base64,"):
+                self.images.append(value)
+            elif key in ("src", "href", "xlink:href", "action", "data") and value:
                 self.links.append(value)
             if key == "style" and value and "url(" in value:
                 self.links.append(value)
 
     def handle_data(self, data):
-        self.text.append(data)
+        if self.tags and self.tags[-1] == "script" and self.in_script:
+            self.scripts.append(data.strip())
+        else:
+            self.text.append(data)
+
+    def handle_endtag(self, tag):
+        self.in_script = False
 
 
 def _audit_hostile(tmp_path):
@@ -52,7 +64,8 @@ def test_report_is_self_contained_and_escapes_names(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     parser = Tags()
     parser.feed(html)
-    assert "script" not in parser.tags, "a name from the data became markup"
+    assert parser.tags.count("script") == 1, "a name from the data became markup"
+    assert parser.scripts == [REPORT_JS], "the only script is the report's own sorting and toggling"
     assert [link for link in parser.links if not link.startswith("#")] == []
     assert "link" not in parser.tags and "iframe" not in parser.tags
     assert "&lt;script&gt;" in html
@@ -60,6 +73,9 @@ def test_report_is_self_contained_and_escapes_names(tmp_path):
     assert HOSTILE in text  # shown as text, character for character
     assert "böse <b>" in text and "<b>" not in parser.tags
     assert "style" in parser.tags and "svg" in parser.tags
+    # names from the data reach every section that shows them: gallery bars, attention bars, adversarial changes
+    assert html.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") >= 2
+    assert "größe" in text
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["data"]["name"].endswith("hostile.csv")
 
@@ -70,11 +86,13 @@ def test_report_has_the_sections_a_reviewer_needs(trained_checkpoint, tmp_path):
                                       "--max-samples", "50", "--quiet"])
     assert result.exit_code in (0, 1), result.output
     html = (out / "report.html").read_text(encoding="utf-8")
-    for heading in ("Gates", "Model and run", "Detection", "Robustness", "Faithfulness", "Attention heat maps",
-                    "Method", "built-in default policy"):
+    for heading in ("Verdict", "Gates", "Model and run", "Detection", "Robustness", "Attention under attack",
+                    "Faithfulness", "Samples", "Method", "built-in default policy"):
         assert heading in html, heading
-    assert html.count("<svg") == 2  # robust accuracy vs eps, and deletion/insertion curves
-    # robustness and attention-under-attack read as attack x eps tables, full rows folded away
-    assert html.count("attack \\ eps") >= 5 and "<details>" in html
+    # ROC, reliability, robust accuracy and evasion vs eps, attention vs eps, deletion/insertion curves, and the
+    # cascading-randomisation (MPRT) curve of the quick profile's explainers
+    assert html.count("<svg") == 7
+    # robustness and attention-under-attack read as attack x eps tables; every section open without script
+    assert html.count("attack \\ eps") >= 5 and "<details open>" in html and "<details>" not in html
     assert "<code>robust.accuracy</code>" in html and "<code>stability.topk_intersection</code>" in html
     assert "misclassified" in html or "correct" in html

@@ -72,6 +72,12 @@ def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
         else:
             assert other["ci95"] == pytest.approx(value["ci95"], abs=1e-6), name
     assert a["masking_checks"] == b["masking_checks"] and a["skipped"] == b["skipped"]
+    # the quick profile's explainers and the per-sample stages after faithfulness ran and agree too
+    for prefix in ("faithfulness.deletion_auc.integrated-gradients", "agreement.", "sanity.mprt.rollout"):
+        assert any(name.startswith(prefix) for name in a["metrics"]), prefix
+    for name, curve in a["curves"]["removal"].items():
+        for key in ("deletion", "insertion"):
+            assert b["curves"]["removal"][name][key] == pytest.approx(curve[key], abs=1e-9), name
     assert sorted(p.name for p in two.iterdir()) == ["junit.xml", "report.html", "results.json", "summary.md"]
 
 

@@ -1,0 +1,98 @@
+"""Agreement between attention explainers and reference attributions (Jain & Wallace 2019).
+
+``agreement.kendall_tau.ATTN~REF`` and ``agreement.topk_overlap.ATTN~REF`` for
+ATTN in (attention, rollout, grad-attention) and REF in (integrated-gradients,
+feature-ablation), each pair that ran.
+
+Both compare rankings of TOKENS, not of inputs: each attribution is first
+summed over the inputs a token covers, in absolute value (|a| because a
+reference's sign says which way a feature pushes, attention's weight only how
+much it is looked at; a sum because an attention explainer is constant over a
+token's inputs, so its token score is that constant times the token's size and
+its ranking is unchanged whenever tokens are equally large, as they are for
+every built-in detector). The CLS token covers no input and is left out.
+
+Kendall's τ-b per sample, τ_b = Σ_{i<j} s_a(i,j)·s_b(i,j) / sqrt(Σ s_a² · Σ s_b²) with
+s(i,j) = sign(score_i − score_j), NaN (not counted) when either side ranks every
+token equal; top-k overlap = |top_k(a) ∩ top_k(b)| / k with k = min(5, tokens),
+ties broken by token index. Batched over samples: no per-sample loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from auditor.metrics import AGREEMENT_REFERENCES
+from detectors.base import TokenMap
+
+ATTENTION_EXPLAINERS = ("attention", "rollout", "grad-attention")
+REFERENCE_EXPLAINERS = AGREEMENT_REFERENCES
+TOP_K = 5
+
+
+def token_scores(attribution: torch.Tensor, token_map: TokenMap) -> np.ndarray:
+    """(n, tokens that cover inputs): Σ |attribution| over each token's inputs, as float64."""
+    flat = attribution.detach().flatten(1).abs().double().cpu()
+    owner = token_map.token_of_input.reshape(-1).long().cpu()
+    scores = torch.zeros(len(flat), token_map.n_tokens, dtype=torch.float64).index_add_(1, owner, flat)
+    covered = torch.bincount(owner, minlength=token_map.n_tokens) > 0
+    return scores[:, covered].numpy()
+
+
+def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b of each row of ``a`` (n, t) with the same row of ``b``; NaN where a row is constant."""
+    upper = np.triu_indices(a.shape[1], k=1)
+    sign_a = np.sign(a[:, :, None] - a[:, None, :])[:, upper[0], upper[1]]
+    sign_b = np.sign(b[:, :, None] - b[:, None, :])[:, upper[0], upper[1]]
+    denominator = np.sqrt((sign_a ** 2).sum(1) * (sign_b ** 2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (sign_a * sign_b).sum(1) / denominator, np.nan)
+
+
+def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Boolean (n, t): each row's k highest scores, ties broken by the lower index."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    mask = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(mask, order, True, axis=1)
+    return mask
+
+
+def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Share of ``a``'s top-k tokens that are also in ``b``'s top-k, per row."""
+    return (top_k_mask(a, k) & top_k_mask(b, k)).sum(1).astype(np.float64) / k
+
+
+@dataclass
+class AgreementOutcome:
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def agreement_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
+                    attributions: dict[str, torch.Tensor], *, baseline: torch.Tensor, seed: int,
+                    index: torch.Tensor) -> AgreementOutcome:
+    """Kendall τ-b and top-k overlap of every attention explainer with every reference that ran.
+    Deterministic and per sample (``baseline``, ``seed`` and ``index`` are not needed by it)."""
+    outcome = AgreementOutcome()
+    token_map = model.token_map
+    scores = {name: token_scores(attributions[name], token_map)
+              for name in (*ATTENTION_EXPLAINERS, *REFERENCE_EXPLAINERS) if name in attributions}
+    for attention in ATTENTION_EXPLAINERS:
+        for reference in REFERENCE_EXPLAINERS:
+            if attention not in scores or reference not in scores:
+                continue
+            a, b = scores[attention], scores[reference]
+            k = min(TOP_K, a.shape[1])
+            outcome.per_sample[f"agreement.kendall_tau.{attention}~{reference}"] = kendall_tau_b(a, b)
+            outcome.per_sample[f"agreement.topk_overlap.{attention}~{reference}"] = topk_overlap(a, b, k)
+    return outcome
+
+
+def planned_agreement(explainers: tuple[str, ...] | list[str]) -> list[str]:
+    """The agreement metric names a run with these explainers computes."""
+    return [f"agreement.{metric}.{attention}~{reference}"
+            for attention in ATTENTION_EXPLAINERS if attention in explainers
+            for reference in REFERENCE_EXPLAINERS if reference in explainers
+            for metric in ("kendall_tau", "topk_overlap")]

@@ -1,0 +1,203 @@
+"""Sanity checks of explanations: does the explanation depend on the model, does the decision depend
+on the attention?
+
+``sanity.mprt.EXPLAINER`` — Adebayo et al. 2018, cascading model-parameter randomisation. On a deep
+copy of the detector the layers are re-initialised top-down, cumulatively: the head (with the final
+norm), then the last block, ..., the first block, then the embeddings. After each step the explainer
+runs on the randomised model (same inputs, same target class: the trained model's prediction) and
+each sample's Spearman rank correlation with the trained model's attribution (over input positions,
+signed, average ranks for ties) is taken. The metric is the value after the last step, per sample;
+HIGH means the explanation survives the destruction of the model, i.e. it ignores the model: a failed
+sanity check, so lower is better. The whole curve (mean over samples, top layer first) goes to the
+report. Re-initialisation calls each module's ``reset_parameters`` and redraws any other parameter
+from N(0, σ²) with σ its own standard deviation (0.02 when that is 0), under a forked RNG seeded
+from the run seed: the caller's RNG is untouched. Stochastic explainers draw afresh on each
+randomised model (their streams are keyed by the step too), so ``random`` scores about 0 and an
+"explainer" that returns the input scores 1. To bound the cost (one explanation per explainer and
+layer) MPRT runs on the first ``MPRT_SAMPLES`` samples by global index; the rest are NaN.
+
+``sanity.flip_rate.attention`` — Serrano & Smith 2019: in the last layer, the CLS row's single
+highest weight (the token with the highest weight averaged over heads, CLS itself excluded) is set to
+zero in every head and each head's row is renormalised, inside the forward; the share of samples whose
+predicted class then changes. ``sanity.flip_rate.random`` — the same with a token drawn uniformly from
+the non-CLS tokens, from each sample's own stream. Attention that explains the decision should flip it
+far more often when its top weight is removed than when a random one is. The edit needs the built-in
+attention blocks (``detectors.blocks.edited_attention``); other models are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from torch import nn
+
+from auditor.explain import Explainer, evaluating
+from detectors.blocks import SelfAttention, edited_attention
+from detectors.seeding import per_sample_uniform, stream_seed
+
+MPRT_SAMPLES = 256
+FLIP_RATE_METRICS = ("sanity.flip_rate.attention", "sanity.flip_rate.random")
+
+
+def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Spearman's ρ of each sample's flattened ``a`` with its ``b`` (average ranks); NaN where one is constant."""
+    ra = rankdata(a.flatten(1).double().cpu().numpy(), axis=1)
+    rb = rankdata(b.flatten(1).double().cpu().numpy(), axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    denominator = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rb).sum(1) / denominator, np.nan)
+
+
+def cascade_layers(detector: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The layers to re-initialise, top (output) first.
+
+    Built-in detectors: head (with the encoder's final norm), block L, ..., block 1, embeddings (every
+    parameter left). Other models: their direct children holding parameters, last registered first.
+    """
+    encoder = getattr(detector, "encoder", None)
+    head = getattr(detector, "head", None)
+    if head is not None and encoder is not None and hasattr(encoder, "blocks"):
+        steps = [("head", [head, encoder.norm])]
+        steps += [(f"block {i + 1}", [block]) for i, block in reversed(list(enumerate(encoder.blocks)))]
+        steps.append(("embedding", [detector]))
+        return steps
+    root = getattr(detector, "model", detector)
+    children = [(name, child) for name, child in root.named_children() if any(True for _ in child.parameters())]
+    return [(name, [child]) for name, child in reversed(children)] or [("model", [root])]
+
+
+@torch.no_grad()
+def _reinitialise(modules: list[nn.Module], done: set[int]) -> None:
+    """Reset every not yet reset parameter under ``modules``; ``done`` holds the ids already reset."""
+    for module in modules:
+        for sub in module.modules():
+            own = [p for p in sub.parameters(recurse=False) if id(p) not in done]
+            if not own:
+                continue
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+            else:
+                for parameter in own:
+                    spread = float(parameter.std()) if parameter.numel() > 1 else 0.0
+                    parameter.normal_(0.0, spread if spread > 0 else 0.02)
+            done.update(id(p) for p in sub.parameters(recurse=False))
+
+
+@dataclass
+class SanityOutcome:
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    # explainer -> (cascade layer labels, top first; per-sample Spearman after each step, (n, steps), NaN rows
+    # for the samples MPRT did not run on)
+    curves: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: torch.Tensor,
+         attribution: torch.Tensor, *, baseline: torch.Tensor, seed: int,
+         index: torch.Tensor) -> tuple[list[str], np.ndarray]:
+    """The cascade's layer labels (top first) and each sample's Spearman after each step, (n, steps);
+    the metric is the last column."""
+    randomised = copy.deepcopy(detector)
+    done: set[int] = set()
+    labels, columns = [], []
+    for step, (label, modules) in enumerate(cascade_layers(randomised)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(seed, f"sanity/mprt/{label}", step))
+            _reinitialise(modules, done)
+        draws = stream_seed(seed, f"sanity/mprt/explain/{step}", 0) & 0x7FFFFFFF
+        changed = explainer.explain(randomised, x, target, baseline=baseline, seed=draws, index=index)
+        labels.append(label)
+        columns.append(spearman_rows(attribution, changed))
+    return labels, np.stack(columns, axis=1)
+
+
+def mean_sanity_curves(outcome: "SanityOutcome") -> dict[str, list[dict]]:
+    """The report's view (AuditResult.sanity_curves): per explainer, the mean Spearman over the samples that
+    counted after each cascade step, top layer first. From per-sample rows, so gathered shards give the same."""
+    view = {}
+    for name, (labels, values) in outcome.curves.items():
+        means = [float(np.nanmean(column)) if np.isfinite(column).any() else float("nan") for column in values.T]
+        view[name] = [{"layer": label, "spearman": mean} for label, mean in zip(labels, means)]
+    return view
+
+
+def _last_attention(detector: nn.Module) -> SelfAttention | None:
+    layers = [m for m in detector.modules() if isinstance(m, SelfAttention)]
+    return layers[-1] if layers else None
+
+
+def zero_and_renormalise(weights: torch.Tensor, cls_index: int, token: torch.Tensor) -> torch.Tensor:
+    """(b, h, t, t) with each sample's CLS-row weight on ``token`` (b,) set to 0 in every head, row renormalised."""
+    batch = torch.arange(len(weights), device=weights.device)
+    row = weights[:, :, cls_index, :].clone()
+    row[batch, :, token] = 0.0
+    row = row / row.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(row.dtype).tiny)
+    edited = weights.clone()
+    edited[:, :, cls_index, :] = row
+    return edited
+
+
+@torch.no_grad()
+def flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per sample, 1.0 when zeroing the top (or a random) CLS weight of the last layer changes the decision."""
+    layer, cls_index = _last_attention(detector), detector.token_map.cls_index
+    logits, attentions = detector.forward_with_attention(x)
+    pred = logits.argmax(1)
+    row = attentions[-1].mean(dim=1)[:, cls_index, :].clone()
+    row[:, cls_index] = -torch.inf
+    top = row.argmax(1)
+    others = torch.tensor([t for t in range(row.shape[1]) if t != cls_index], device=x.device)
+    draw = per_sample_uniform((), index, seed=seed, purpose="sanity/flip_rate/random", device=x.device)
+    random_token = others[(draw * len(others)).long().clamp_max(len(others) - 1)]
+    out = {}
+    for name, token in (("sanity.flip_rate.attention", top), ("sanity.flip_rate.random", random_token)):
+        with edited_attention(layer, lambda w, token=token: zero_and_renormalise(w, cls_index, token)):
+            flipped = detector(x).argmax(1) != pred
+        out[name] = flipped.double().cpu().numpy()
+    return out
+
+
+def flip_rate_unsupported(detector: nn.Module) -> str | None:
+    """Why the flip-rate check cannot run on this detector, or None when it can."""
+    if _last_attention(detector) is None:
+        return ("the attention cannot be edited inside this model's forward (only the built-in attention blocks "
+                "support it)")
+    if detector.token_map.cls_index is None:
+        return "the model has no CLS token whose attention row could be edited"
+    return None
+
+
+def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: dict[str, torch.Tensor],
+                 *, baseline: torch.Tensor, seed: int, index: torch.Tensor,
+                 explainers: dict[str, Explainer]) -> SanityOutcome:
+    """MPRT of every explainer given (``random`` is left out: it ignores the model by design) and the two
+    flip rates. ``index`` holds global indices: MPRT runs on those below ``MPRT_SAMPLES``."""
+    outcome = SanityOutcome()
+    chosen = (index < MPRT_SAMPLES).cpu()
+    for name, explainer in explainers.items():
+        if name == "random" or name not in attributions:
+            continue
+        labels = [label for label, _ in cascade_layers(model)]
+        values = np.full((len(x), len(labels)), np.nan)
+        if chosen.any():
+            rows = chosen.nonzero().flatten()
+            on_device = rows.to(x.device)
+            rows_baseline = baseline[on_device] if baseline.shape == x.shape else baseline  # per-sample (blur)
+            labels, part = mprt(model, explainer, x[on_device], target[on_device], attributions[name][on_device],
+                                baseline=rows_baseline, seed=seed, index=index[rows])
+            values[rows.numpy()] = part
+        outcome.curves[name] = (labels, values)
+        outcome.per_sample[f"sanity.mprt.{name}"] = values[:, -1].copy()
+    reason = flip_rate_unsupported(model)
+    if reason is None:
+        with evaluating(model):
+            outcome.per_sample.update(flip_rates(model, x, seed=seed, index=index))
+    else:
+        outcome.skipped.update({name: reason for name in FLIP_RATE_METRICS})
+    return outcome

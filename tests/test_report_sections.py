@@ -1,0 +1,111 @@
+"""report.html for each kind of detector: the seven sections, the plots and heat maps that fit the input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from auditor.gates import default_policy, evaluate
+from auditor.metrics import MetricValue
+from auditor.report import finite_metrics, results_document
+from auditor.report_html import agreement_tables, attention_verdict, explainer_table, render_report
+from auditor.session import AuditConfig, load_subject, planned_metrics, run_audit
+
+SECTIONS = ("Verdict", "Detection", "Robustness", "Attention under attack", "Faithfulness", "Samples", "Method")
+KINDS = {"tabular": "breast-cancer", "vit": "digits", "sequence": "sequences:400"}
+
+
+def tiny_report(tmp_path, detector: str, data: str) -> str:
+    from detectors.train import train_and_save
+
+    path = tmp_path / f"{detector}.safetensors"
+    train_and_save(detector=detector, data_spec=data, epochs=1, seed=0, device="cpu", out_path=path, progress=False)
+    config = AuditConfig.from_profile("quick", attacks=("fgsm", "attention-shift"), max_samples=12, eps=(0.1,),
+                                      explainers=("attention", "integrated-gradients", "random"), device="cpu")
+    subject = load_subject(str(path), data_spec=None, label_column="label", max_samples=12, seed=0,
+                           device_name="cpu")
+    result = run_audit(subject, config, progress=False)
+    skipped = dict(result.skipped)
+    metrics = finite_metrics(result.metrics, skipped)
+    policy = default_policy(planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
+    gates = evaluate(policy, metrics, skipped)
+    model = {k: subject.model_info[k] for k in ("path", "sha256", "detector", "defense", "data set")}
+    document = results_document(model=model, data={"name": subject.data.name, "split": subject.data.split,
+                                                   "n_samples": result.n_samples},
+                                config={**config.to_dict(), "device": "cpu"}, metrics=metrics, skipped=skipped,
+                                gates=gates, policy=policy, timing=result.timing, masking=result.masking)
+    html = render_report(document, policy=policy, metrics=metrics, result=result, attacks=list(config.attacks),
+                         explainers=list(config.explainers), class_names=subject.data.class_names,
+                         feature_names=subject.data.feature_names, positive_class=subject.data.positive_class,
+                         row_index=[int(i) for i in subject.data.row_index], skipped=skipped)
+    return html.decode("utf-8")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", list(KINDS))
+def test_every_kind_of_detector_gets_all_seven_sections(tmp_path, detector):
+    html = tiny_report(tmp_path, detector, KINDS[detector])
+    headings = re.findall(r"<h2>([^<]+)</h2>", html)
+    assert headings == list(SECTIONS)
+    for anchor in ("detection", "robustness", "attention", "faithfulness", "samples", "method"):
+        assert f'<section id="{anchor}">' in html
+    # ROC, reliability, robust accuracy, attention vs eps, removal curves; evasion only for binary detectors
+    assert html.count("<svg") >= 5
+    assert "expected calibration error" in html and "Metric by explainer" in html
+    assert "Attention is " in html  # the plain-language verdict
+    assert "The most affected samples" in html
+    if detector == "tabular":
+        assert 'class="track wide"' in html  # feature bars for clean against attacked attention
+        assert "data:image/png" not in html
+    else:
+        assert html.count("data:image/png;base64,") >= 4  # overlays / strips, inline
+    assert len(html.encode()) < 2_000_000
+
+
+def _value(v: float, half: float = 0.01) -> MetricValue:
+    return MetricValue(v, (v - half, v + half))
+
+
+def test_explainer_table_is_built_from_metric_names_and_marks_the_best():
+    metrics = {
+        "faithfulness.deletion_auc.attention": _value(0.30),
+        "faithfulness.deletion_auc.integrated-gradients": _value(0.20),
+        "faithfulness.deletion_auc.random": _value(0.10),  # random never counts as the best
+        "faithfulness.insertion_auc.attention": _value(0.70),
+        "faithfulness.insertion_auc.integrated-gradients": _value(0.60),
+        "clean.accuracy": _value(0.9),
+    }
+    table = explainer_table(metrics, [], ["attention", "integrated-gradients", "random"])
+    assert table.columns == ["deletion_auc", "insertion_auc"] and table.arrows == ["↓", "↑"]
+    rows = dict(table.rows)
+    assert [c.text for c in rows["attention"]] == ["0.3 ± 0.01", "0.7 ± 0.01"]
+    assert [c.best for c in rows["attention"]] == [False, True]
+    assert [c.best for c in rows["integrated-gradients"]] == [True, False]
+    assert rows["random"][1].text == "—" and not rows["random"][0].best
+
+
+def test_agreement_matrix_comes_from_agreement_names():
+    metrics = {"agreement.kendall_tau.attention~integrated-gradients": _value(0.25),
+               "agreement.kendall_tau.rollout~integrated-gradients": _value(0.5),
+               "agreement.kendall_tau.attention~saliency": _value(0.125)}
+    [(kind, table)] = agreement_tables(metrics)
+    assert kind == "kendall_tau" and table.columns == ["integrated-gradients", "saliency"]
+    assert [(name, [c.text for c in cells]) for name, cells in table.rows] == [
+        ("attention", ["0.25 ± 0.01", "0.125 ± 0.01"]), ("rollout", ["0.5 ± 0.01", "—"])]
+
+
+def test_attention_verdict_reads_the_metrics_that_ran_and_degrades_without_them():
+    full = attention_verdict({
+        "faithfulness.deletion_gain.attention": _value(0.125),
+        "faithfulness.deletion_auc.attention": _value(0.25),
+        "faithfulness.deletion_auc.integrated-gradients": _value(0.125),
+        "sanity.mprt.attention": _value(0.75),
+    })
+    assert full[0].startswith("Attention is more faithful than random by 0.125")
+    assert "less faithful than integrated gradients by 0.125" in full[1]
+    assert "fails the randomisation sanity check" in full[2]
+    only_random = attention_verdict({"faithfulness.deletion_auc.attention": _value(0.5),
+                                     "faithfulness.deletion_auc.random": _value(0.25)})
+    assert only_random == ["Attention is less faithful than random by 0.25 (deletion_auc: 0.5 against 0.25)."]
+    assert "no verdict" in attention_verdict({})[0]
