@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-bench install-browser demo test clean
+.PHONY: install install-bench install-browser demo test bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -n 2
+
+bench: install
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'
+	OMP_NUM_THREADS=2 $(PY) -m bench.run
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info

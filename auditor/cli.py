@@ -67,6 +67,21 @@ def _eps_list(ctx, param, value: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
+def _attack_params(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str, float], ...]:
+    parsed = []
+    for value in values:
+        name, _, number = value.partition("=")
+        attack, _, key = name.rpartition(".")
+        try:
+            number = float(number)
+        except ValueError:
+            number = None
+        if not attack or not key or number is None:
+            raise click.BadParameter(f"expected ATTACK.PARAMETER=NUMBER, e.g. pgd.steps=50; got {value!r}")
+        parsed.append((attack, key, int(number) if number.is_integer() and key != "step_size" else number))
+    return tuple(parsed)
+
+
 def _name_list(ctx, param, value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -121,7 +136,7 @@ def train(ctx, detector, data_spec, label_column, positive_class, defense, defen
                                                 step_size=defense_step_size, beta=beta,
                                                 lambda_attention=lambda_attention)
     if nproc > 1:
-        sys.exit(_launch_torchrun(ctx, nproc))
+        sys.exit(_launch_torchrun(ctx, nproc, module="detectors.train"))
     summary = train_and_save(
         detector=detector, data_spec=data_spec, label_column=label_column, positive_class=positive_class,
         defense=defense_config, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
@@ -133,24 +148,47 @@ def train(ctx, detector, data_spec, label_column, positive_class, defense, defen
                    f"{summary['seconds']:.1f} s, defense {defense})")
 
 
-def _launch_torchrun(ctx: click.Context, nproc: int) -> int:
-    """Re-run this command under torchrun with the same options (all but --nproc)."""
+def _launch_torchrun(ctx: click.Context, nproc: int, *, module: str, command: tuple[str, ...] = ()) -> int:
+    """Re-run this command under ``torchrun --standalone`` with the same options (all but --nproc); the exit
+    code is rank 0's (torchrun itself answers 1 for any failed process), passed back through a file."""
     import subprocess
+    import tempfile
 
-    args = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BadInputError("--nproc launches torchrun itself; under torchrun leave it out")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", module, *command, *_command_line(ctx, skip=("nproc",))]
+    with tempfile.TemporaryDirectory() as folder:
+        code_file = Path(folder) / "exit-code"
+        code = subprocess.call(command, env={**os.environ, EXIT_CODE_FILE: str(code_file)})
+        return int(code_file.read_text()) if code_file.is_file() else code
+
+
+EXIT_CODE_FILE = "AUDIT_EXIT_CODE_FILE"
+
+
+def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
+    """The options of ``ctx`` as a command line again (values after their callbacks, written back)."""
+    args: list[str] = []
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name == "nproc" or value is None or param.name == "help":
+        if param.name in skip or value is None or not isinstance(param, click.Option):
             continue
         flag = param.opts[0]
-        if getattr(param, "is_flag", False):
-            if value:
+        if param.is_flag:
+            if param.secondary_opts:
+                args.append(flag if value else param.secondary_opts[0])
+            elif value:
                 args.append(flag)
+        elif param.multiple:
+            for item in value:
+                args += [flag, f"{item[0]}.{item[1]}={item[2]}" if isinstance(item, tuple) else str(item)]
+        elif isinstance(value, tuple):
+            if value:
+                args += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
         else:
             args += [flag, str(value)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "detectors.train", *args]
-    return subprocess.call(command)
+    return args
 
 
 def audit_options(function):
@@ -162,6 +200,9 @@ def audit_options(function):
                      show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
         click.option("--attacks", callback=_name_list, default="",
                      help="override the profile's attacks: registered names, comma-separated"),
+        click.option("--attack-param", "attack_params", multiple=True, callback=_attack_params,
+                     help="override one attack setting of the profile, e.g. pgd.steps=50 (repeatable; "
+                          "`audit attacks` lists the parameters)"),
         click.option("--explainers", callback=_name_list, default="",
                      help="override the profile's explainers: registered names, comma-separated "
                           "(quick: attention, rollout, integrated-gradients, random; standard and full: all)"),
@@ -188,7 +229,11 @@ def audit_options(function):
                           "[default: 1000; full profile 5000]"),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N"),
-        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="largest attack and explainer batch (smaller when --max-memory-gb asks)"),
+        click.option("--max-memory-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="memory budget per process, from which batch sizes are chosen "
+                          "[default: half the available RAM, or of free GPU memory on CUDA]"),
         click.option("--save-adversarial", is_flag=True, help="write adversarial.safetensors"),
         click.option("--save-explanations", is_flag=True, help="write explanations.safetensors"),
         click.option("--quiet", is_flag=True, help="print only the verdict line"),
@@ -231,32 +276,68 @@ def _bounds(ctx, param, value):
               help="python: models: LO,HI of every input (default: each feature's min and max over the data)")
 @click.option("--bounds-file", default=None, help="python: models: JSON {\"lo\": [...], \"hi\": [...]}")
 @click.option("--positive-class", default=None, help="python: models: the class to catch")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="shard the audit over this many processes, launched with torchrun (gloo on CPU, NCCL on GPU)")
 @click.option("--baseline", "baseline_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="results.json of an earlier run: add regression gates (the policy's [regression] table, "
                    "else 0.02 on every gated metric)")
 @click.option("--json", "as_json", is_flag=True, help="print results.json to stdout and nothing else")
 @audit_options
-def run(model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
-        attention_modules, logits_key, bounds, bounds_file, positive_class, baseline_path, as_json,
+@click.pass_context
+def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
+        attention_modules, logits_key, bounds, bounds_file, positive_class, nproc, baseline_path, as_json,
         **options) -> None:
-    """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails."""
+    """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails.
+
+    Under torchrun (or with --nproc) each process audits its shard of the rows and rank 0 writes the
+    outputs; every process exits with rank 0's code."""
     from auditor.runner import audit_to_folder
     from auditor.session import ForeignOptions
+    from auditor.shard import Shard
 
+    if nproc > 1:
+        sys.exit(_launch_torchrun(ctx, nproc, module="auditor", command=("run",)))
     foreign = ForeignOptions(weights=weights, input_kind=input_kind, patch_size=patch_size, cls_token=cls_token,
                              attention_modules=tuple(attention_modules), logits_key=logits_key, bounds=bounds,
                              bounds_file=bounds_file, positive_class=positive_class)
-    outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
-                              policy_path=policy_path, out_dir=out_dir, foreign=foreign, baseline_path=baseline_path,
-                              **options)
-    if as_json:
-        from auditor.report import render_json
+    shard = Shard.from_environment()
 
-        click.echo(render_json(outcome.document).decode(), nl=False)
-        _print_outcome(outcome, quiet=True, err=True)
-    else:
-        _print_outcome(outcome, quiet=options["quiet"])
-    sys.exit(outcome.exit_code)
+    def report(outcome) -> None:
+        if as_json:
+            from auditor.report import render_json
+
+            click.echo(render_json(outcome.document).decode(), nl=False)
+            _print_outcome(outcome, quiet=True, err=True)
+        else:
+            _print_outcome(outcome, quiet=options["quiet"])
+
+    if not shard.distributed:
+        outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
+                                  policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
+                                  baseline_path=baseline_path, **options)
+        report(outcome)
+        sys.exit(outcome.exit_code)
+    code, problem = EXIT_INTERNAL, None
+    try:
+        outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
+                                  policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
+                                  baseline_path=baseline_path, **options)
+        if outcome is not None:
+            report(outcome)
+            code = outcome.exit_code
+    except BadInputError as error:
+        code, problem = 2, error
+    except Exception as error:  # reported below by AuditGroup, after every rank knows the code
+        problem = error
+    try:
+        code = shard.broadcast_code(code)
+    finally:
+        shard.close()
+    if shard.is_main and os.environ.get(EXIT_CODE_FILE):
+        Path(os.environ[EXIT_CODE_FILE]).write_text(str(code))
+    if problem is not None and shard.is_main:
+        raise problem
+    sys.exit(code)
 
 
 @cli.command()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from attacks import Attack, Domain, make_attack
@@ -56,9 +57,37 @@ def _robust(metrics: dict, attack: str, eps: float) -> float | None:
     return value.value if value is not None else None
 
 
+def masking_attack_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], eps_grid: list[float],
+                        *, domain: Domain, seed: int, batch_size: int,
+                        index: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """The checks' own attacks, per sample (1.0 where the sample is still classified correctly): ``unbounded``
+    (pgd at eps 1.0) and ``stronger@EPS`` (pgd with 5x steps and restarts). ``index``: global row indices,
+    so a shard computes its rows of the whole."""
+    batch = aligned_batch(batch_size)
+    rows = {}
+    pgd = attacks.get("pgd") or make_attack("pgd")
+    unbounded = craft(model, pgd, x, y, eps=1.0, domain=domain, seed=seed, batch_size=batch, index=index)
+    rows["unbounded"] = (predict(model, unbounded, batch) == y).cpu().numpy().astype(np.float64)
+    if "pgd" in attacks:
+        base = attacks["pgd"]
+        stronger = make_attack("pgd", steps=5 * base.steps, step_size=base.step_size, restarts=5 * base.restarts,
+                               random_start=True)
+        for eps in eps_grid:
+            adv = craft(model, stronger, x, y, eps=eps, domain=domain, seed=seed + 1, batch_size=batch, index=index)
+            rows[f"stronger@{format_eps(eps)}"] = (predict(model, adv, batch) == y).cpu().numpy().astype(np.float64)
+    return rows
+
+
 def masking_checks(model, x: torch.Tensor, y: torch.Tensor, metrics: dict, attacks: dict[str, Attack],
                    eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int) -> list[Check]:
-    n = len(x)
+    rows = masking_attack_rows(model, x, y, attacks, eps_grid, domain=domain, seed=seed, batch_size=batch_size)
+    return evaluate_checks(metrics, rows, attacks, eps_grid, n=len(x))
+
+
+def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[str, Attack], eps_grid: list[float],
+                    *, n: int) -> list[Check]:
+    """The checks from the aggregate robust accuracies and the per-sample rows of the checks' own attacks
+    (:func:`masking_attack_rows`, gathered over all samples)."""
     tolerance = max(0.02, 3 / n) + 1e-6  # so a difference of exactly 3/n does not fail by rounding
     checks = []
 
@@ -73,10 +102,7 @@ def masking_checks(model, x: torch.Tensor, y: torch.Tensor, metrics: dict, attac
     else:
         add("iterative-beats-single-step", "not run", "needs both fgsm and pgd in --attacks")
 
-    pgd = attacks.get("pgd") or make_attack("pgd")
-    batch = aligned_batch(batch_size)
-    unbounded = craft(model, pgd, x, y, eps=1.0, domain=domain, seed=seed, batch_size=batch)
-    accuracy = (predict(model, unbounded, batch) == y).double().mean().item()
+    accuracy = float(np.mean(rows["unbounded"]))
     add("unbounded-succeeds", "failed" if accuracy > 0.05 + 1e-6 else "passed",
         f"pgd at eps 1.0 leaves robust accuracy {accuracy:.3f} (must be <= 0.05)")
 
@@ -90,14 +116,8 @@ def masking_checks(model, x: torch.Tensor, y: torch.Tensor, metrics: dict, attac
         add("black-box-not-stronger", "not run", "needs both square and pgd in --attacks")
 
     if "pgd" in attacks:
-        base = attacks["pgd"]
-        stronger = make_attack("pgd", steps=5 * base.steps, step_size=base.step_size, restarts=5 * base.restarts,
-                               random_start=True)
-        drops = []
-        for eps in eps_grid:
-            adv = craft(model, stronger, x, y, eps=eps, domain=domain, seed=seed + 1, batch_size=batch)
-            strong = (predict(model, adv, batch) == y).double().mean().item()
-            drops.append((eps, _robust(metrics, "pgd", eps), strong))
+        drops = [(eps, _robust(metrics, "pgd", eps), float(np.mean(rows[f"stronger@{format_eps(eps)}"])))
+                 for eps in eps_grid]
         bad = [(e, r, s) for e, r, s in drops if r - s > tolerance]
         detail = "; ".join(f"eps {e:g}: {r:.3f} -> {s:.3f}" for e, r, s in (bad or drops))
         add("more-effort-same-answer", "failed" if bad else "passed",

@@ -158,40 +158,80 @@ class Bootstrap:
     """Percentile bootstrap over one fixed set of resampled rows.
 
     All metrics of a run resample the same rows (a paired bootstrap), drawn
-    from the run's seed, so two metrics' intervals are comparable.
+    from the run's seed, so two metrics' intervals are comparable. The rows
+    (resamples x n indices) are kept when small; for large n they are redrawn
+    from the same stream in blocks of resamples whenever needed, so memory
+    stays bounded (``BLOCK_ENTRIES`` indices at a time) and the numbers are
+    the same either way.
     """
 
+    KEEP_ENTRIES = 1 << 24
+    BLOCK_ENTRIES = 1 << 22
+
     def __init__(self, n_samples: int, *, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> None:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(b"bootstrap")]))
-        self.rows = rng.integers(0, n_samples, size=(resamples, n_samples)) if n_samples else None
+        self.n_samples, self.seed, self.resamples = n_samples, seed, resamples
+        self._rows = None
+        if n_samples and resamples * n_samples <= self.KEEP_ENTRIES:
+            self._rows = next(self._draw(resamples))
+
+    def _draw(self, block: int):
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, zlib.crc32(b"bootstrap")]))
+        for start in range(0, self.resamples, block):
+            yield rng.integers(0, self.n_samples, size=(min(block, self.resamples - start), self.n_samples))
+
+    def blocks(self):
+        """The resampled rows, (resamples, n) in consecutive blocks of resamples."""
+        if self._rows is not None:
+            yield self._rows
+        elif self.n_samples:
+            yield from self._draw(max(1, self.BLOCK_ENTRIES // self.n_samples))
 
     def interval(self, statistic, *arrays: np.ndarray) -> tuple[float, float] | None:
         """``statistic(*resampled)`` takes arrays of shape (resamples, n) and returns (resamples,)."""
-        if self.rows is None:
+        if not self.n_samples:
             return None
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = np.asarray(statistic(*(a[self.rows] for a in arrays)), dtype=np.float64)
-        values = values[np.isfinite(values)]
-        if len(values) < 0.5 * len(self.rows):
-            return None
-        lo, hi = np.percentile(values, [2.5, 97.5])
-        return (float(lo), float(hi))
+        return self.intervals({"_": (statistic, arrays)})["_"]
+
+    def intervals(self, statistics: dict) -> dict:
+        """Several intervals over one pass of the resampled rows: name -> (statistic, arrays)."""
+        parts: dict = {name: [] for name in statistics}
+        for rows in self.blocks():
+            for name, (statistic, arrays) in statistics.items():
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    parts[name].append(np.asarray(statistic(*(a[rows] for a in arrays)), dtype=np.float64))
+        out = {}
+        for name, chunks in parts.items():
+            values = np.concatenate(chunks) if chunks else np.empty(0)
+            values = values[np.isfinite(values)]
+            if not chunks or len(values) < 0.5 * self.resamples:
+                out[name] = None
+            else:
+                lo, hi = np.percentile(values, [2.5, 97.5])
+                out[name] = (float(lo), float(hi))
+        return out
 
     def mean(self, per_sample: np.ndarray, *, mask: np.ndarray | None = None) -> MetricValue | None:
         """The mean of ``per_sample`` (over rows where ``mask`` holds) with its interval."""
-        per_sample = np.asarray(per_sample, dtype=np.float64)
-        if mask is None:
-            mask = np.ones(len(per_sample), dtype=bool)
-        if not mask.any():
-            return None
-        value = float(per_sample[mask].mean())
-        weights = mask.astype(np.float64)
-        # rows outside the mask may hold NaN (a sample that does not count): zero them, or NaN·0 = NaN
-        # would void every resample and with it the interval
-        counted = np.where(mask, per_sample, 0.0)
-        ci = self.interval(lambda v, w: (v * w).sum(1) / w.sum(1), counted, weights)
-        return MetricValue(value, ci)
+        return self.means({"_": (per_sample, mask)})["_"]
 
+    def means(self, table: dict) -> dict:
+        """Means with intervals of several per-sample arrays over one pass of the rows:
+        name -> (values, mask or None); a name whose mask holds nowhere maps to None."""
+        values, statistics = {}, {}
+        for name, (per_sample, mask) in table.items():
+            per_sample = np.asarray(per_sample, dtype=np.float64)
+            if mask is None:
+                mask = np.ones(len(per_sample), dtype=bool)
+            if not mask.any():
+                continue
+            values[name] = float(per_sample[mask].mean())
+            statistics[name] = (_weighted_mean, (np.where(mask, per_sample, 0.0), mask.astype(np.float64)))
+        intervals = self.intervals(statistics) if self.n_samples else {}
+        return {name: (MetricValue(values[name], intervals.get(name)) if name in values else None) for name in table}
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return (values * weights).sum(1) / weights.sum(1)
 
 
 def catalogue_markdown() -> str:

@@ -37,15 +37,16 @@ def aggregate(per_sample: dict[str, np.ndarray], bootstrap: Bootstrap) -> tuple[
     entry go to ``skipped``."""
     metrics: dict[str, MetricValue] = {}
     skipped: dict[str, str] = {}
+    table = {}
     for name, values in per_sample.items():
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 1:
             raise ValueError(f"expected per-sample values of shape (n,) for {name}, got {values.shape}")
-        counted = np.isfinite(values)
-        value = bootstrap.mean(values, mask=counted)
+        table[name] = (values, np.isfinite(values))
+    for name, value in bootstrap.means(table).items():  # one pass over the resampled rows for all metrics
         if value is None:
             skipped[name] = next((why for prefix, why in WHY_EMPTY.items() if name.startswith(prefix)),
                                  "no audited sample qualified for this metric")
         else:
-            metrics[name] = replace(value, n=int(counted.sum()))
+            metrics[name] = replace(value, n=int(table[name][1].sum()))
     return metrics, skipped

@@ -67,8 +67,10 @@ def aligned_batch(batch_size: int) -> int:
 
 
 def craft(model, attack: Attack, x, y, *, eps: float, domain: Domain, seed: int, batch_size: int,
-          bar=None) -> torch.Tensor:
-    index = torch.arange(len(x))
+          bar=None, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Adversarial examples in batches; ``index``: the rows' global indices (default 0..n-1), the keys of
+    every random draw, so a shard's rows come out as in the whole."""
+    index = torch.arange(len(x)) if index is None else index
     parts = []
     for start in range(0, len(x), batch_size):
         rows = slice(start, start + batch_size)
@@ -86,7 +88,7 @@ def predict(model, x, batch_size: int) -> torch.Tensor:
 def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, attacks: dict[str, Attack],
                 eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, keep_examples: bool,
                 progress: bool | None, positive: int | None, n_classes: int, target: int | None = None,
-                topk: int = TOPK) -> RobustnessOutcome:
+                topk: int = TOPK, index: torch.Tensor | None = None) -> RobustnessOutcome:
     outcome = RobustnessOutcome()
     batch_size = aligned_batch(batch_size)
     clean_correct = (clean_pred == y).cpu().numpy()
@@ -100,7 +102,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
     try:
         for name, attack in attacks.items():
             unbounded = craft(model, attack, x, y, eps=math.inf, domain=domain, seed=seed, batch_size=batch_size,
-                              bar=bar) if is_minimum_norm(attack) else None
+                              bar=bar, index=index) if is_minimum_norm(attack) else None
             for eps in eps_grid:
                 tag = f"{name}@{format_eps(eps)}"
                 if unbounded is not None:
@@ -108,7 +110,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                     x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), unbounded, x)
                 else:
                     x_adv = craft(model, attack, x, y, eps=eps, domain=domain, seed=seed, batch_size=batch_size,
-                                  bar=bar)
+                                  bar=bar, index=index)
                 adv_pred = predict(model, x_adv, batch_size)
                 correct = (adv_pred == y).cpu().numpy()
                 largest = eps == max(eps_grid)

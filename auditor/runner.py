@@ -6,14 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
+import torch
 
 from auditor.gates import (GateResult, check_baseline, default_policy, evaluate, evaluate_regression, exit_code,
                            load_baseline, load_policy, regression_tolerances, validate_policy)
 from auditor.outputs import append_step_summary, write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
 from auditor.report_html import render_report
+from auditor.shard import Shard
 from auditor.session import (AuditConfig, ForeignOptions, is_foreign, load_foreign_subject, load_subject,
                              planned_metrics, run_audit)
+from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 
 
@@ -30,9 +33,46 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] = (),
+                    max_memory_gb: float | None = None, attack_params: tuple = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
                     explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
-                    removal_baseline: str = "mean", baseline_path: Path | None = None) -> Outcome:
+                    removal_baseline: str = "mean", baseline_path: Path | None = None,
+                    shard: Shard | None = None) -> Outcome | None:
+    """Validate, audit, write. Under torchrun (``shard``, default from the environment) every rank audits
+    its rows; rank 0 writes the outputs and returns the outcome, the other ranks return None. A failure
+    on any rank before the audit is raised on every rank, so none waits for the others."""
+    shard = shard or Shard.from_environment()
+    if shard.distributed:
+        target = resolve_device(device)
+        if target.type == "cuda":
+            target = torch.device("cuda", shard.local_rank)
+            torch.cuda.set_device(target)
+            device = str(target)
+        shard.start(target)
+    problem = None
+    try:
+        config, policy, planned, subject, baseline, tolerances = _prepare(
+            model_path=model_path, data_spec=data_spec, label_column=label_column, policy_path=policy_path,
+            out_dir=out_dir, eps=eps, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
+            batch_size=batch_size, save_adversarial=save_adversarial, save_explanations=save_explanations,
+            foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
+            max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
+            hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
+            removal_baseline=removal_baseline, baseline_path=baseline_path)
+    except Exception as error:  # raised again on this rank by agree(), and as a failure on the others
+        problem = error
+    shard.agree(problem)
+    result = run_audit(subject, config, progress=not quiet and shard.is_main, shard=shard)
+    if result is None:
+        return None
+    return _write(result, subject, config, policy, planned, out_dir=out_dir, save_adversarial=save_adversarial,
+                  save_explanations=save_explanations, baseline=baseline, tolerances=tolerances)
+
+
+def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, attacks, max_samples, seed, device,
+             batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
+             max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
+             removal_baseline, baseline_path):
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
@@ -40,6 +80,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                                       max_samples=max_samples, eps=eps, seed=seed, device=device,
                                       batch_size=batch_size, save_adversarial=save_adversarial,
                                       save_explanations=save_explanations, frozen_features=tuple(frozen_features),
+                                      max_memory_gb=max_memory_gb, attack_params=tuple(attack_params),
                                       target_class=target_class, hijack_features=tuple(hijack_features),
                                       faithfulness_metrics=tuple(faithfulness_metrics) or None,
                                       removal_baseline=removal_baseline)
@@ -64,7 +105,11 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                                max_samples=config.max_samples, seed=seed, device_name=device,
                                frozen_features=config.frozen_features)
     config = config.bind(subject.data.feature_names, subject.data.class_names)
-    result = run_audit(subject, config, progress=not quiet)
+    return config, policy, planned, subject, baseline, tolerances
+
+
+def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, out_dir: Path,
+           save_adversarial: bool, save_explanations: bool, baseline=None, tolerances=None) -> Outcome:
     skipped = dict(result.skipped)
     for name in planned_metrics(config, binary=subject.detector.n_classes == 2):
         if name not in result.metrics and name not in skipped and name in planned:
@@ -75,6 +120,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
         gates += evaluate_regression(tolerances, baseline, metrics, skipped)
     config_doc = config.to_dict()
     config_doc["device"] = str(subject.device)
+    config_doc["memory"] = result.memory
     model_doc = {k: subject.model_info[k] for k in ("path", "sha256", "detector", "defense", "data set")}
     model_doc["defense_settings"] = subject.model_info.get("defense_settings", {})
     model_doc["training"] = training_facts(subject.model_info.get("training", {}))

@@ -23,9 +23,11 @@ from auditor.faithfulness import (FAITHFULNESS_METRICS, REMOVAL_BASELINES, check
                                    mean_curves, planned_names, removal_baseline)
 from auditor.localisation import localisation_stage, relevant_mask_of
 from auditor.metrics import Bootstrap, MetricValue, format_eps
+from auditor.memory import MemoryPlan, plan_memory
 from auditor.persample import aggregate
-from auditor.robustness import robustness_curves, run_attacks
-from auditor.sanity import FLIP_RATE_METRICS, mean_sanity_curves, sanity_stage
+from auditor.robustness import KEPT_EXAMPLES, robustness_curves, run_attacks
+from auditor.sanity import FLIP_RATE_METRICS, SanityOutcome, mean_sanity_curves, sanity_stage
+from auditor.shard import RowTable, Shard, concatenate
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
 from detectors.data import Dataset, align_table, is_builtin, load_table, split_table, stratified_subset
@@ -78,6 +80,8 @@ class AuditConfig:
     profile: str = "quick"
     masking_checks: bool = False
     frozen_features: tuple[str, ...] = ()
+    max_memory_gb: float | None = None
+    attack_params: tuple[tuple[str, str, float], ...] = ()  # (attack, parameter, value): overrides the profile
     target_class: str | None = None  # a class name: targetable attacks aim at it (``--target-class``)
     hijack_features: tuple[str, ...] = ()  # attention-hijack pulls attention onto these (``--hijack-features``)
     # resolved against the audited data by :meth:`bind`
@@ -106,6 +110,7 @@ class AuditConfig:
 
     def attack_settings(self, name: str) -> dict:
         settings = dict(PROFILES[self.profile][0].get(name, {}))
+        settings.update({key: value for attack, key, value in self.attack_params if attack == name})
         if self.target_index is not None and ATTACKS[name].targetable:
             settings["target_class"] = self.target_index
         if name == "attention-hijack" and self.hijack_positions:
@@ -144,6 +149,16 @@ class AuditConfig:
         unknown = [e for e in self.explainers if e not in EXPLAINERS]
         if unknown:
             raise BadInputError(f"unknown explainer {unknown[0]}; registered: {', '.join(sorted(EXPLAINERS))}")
+        for attack, key, value in self.attack_params:
+            if attack not in self.attacks:
+                raise BadInputError(f"--attack-param {attack}.{key}: {attack} is not among the attacks run "
+                                    f"({', '.join(self.attacks)})")
+            known = make_attack(attack).params()
+            if key not in known:
+                raise BadInputError(f"--attack-param {attack}.{key}: {attack} has no parameter {key!r}; "
+                                    f"it has {', '.join(known) or 'none'}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise BadInputError(f"--max-memory-gb must be positive, got {self.max_memory_gb}")
         check_metric_names(self.faithfulness_metrics)
         if self.removal_baseline not in REMOVAL_BASELINES:
             raise BadInputError(f"unknown removal baseline {self.removal_baseline!r}; "
@@ -216,6 +231,7 @@ class AuditResult:
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
     explanations: dict[str, torch.Tensor] = field(default_factory=dict)
     masking: list[dict] = field(default_factory=list)
+    memory: dict = field(default_factory=dict)
     probabilities: list[list[float]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     attention_examples: list = field(default_factory=list)
@@ -472,7 +488,12 @@ def _same_data(spec: str, trained_on: str) -> bool:
     return Path(spec).resolve() == Path(trained_on).resolve()
 
 
-def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -> AuditResult:
+def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True,
+              shard: Shard | None = None) -> AuditResult | None:
+    """Audit ``subject``: this process's shard of the rows is streamed through the stages in chunks of
+    whole attack chunks; the per-sample tables of every shard are gathered to rank 0, which aggregates
+    them once over all rows (and returns the result; other ranks return None)."""
+    shard = shard or Shard()
     detector, data, device = subject.detector, subject.data, subject.device
     detector.eval()
     x = torch.as_tensor(data.x, device=device)
@@ -482,129 +503,282 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True) -
             f"expected x of shape (N, {', '.join(map(str, detector.input_shape))}), got {tuple(x.shape)}"
         )
     baseline = removal_baseline(config.removal_baseline, x, subject.baseline)
-    bootstrap = Bootstrap(len(x), seed=config.seed)
-    timing: dict[str, float] = {}
-    skipped: dict[str, str] = {}
-
-    started = time.perf_counter()
-    proba = predict_proba(detector, x, batch_size=config.batch_size)
-    pred = proba.argmax(1)
-    y_np, proba_np, pred_np = data.y, proba.cpu().numpy().astype(np.float64), pred.cpu().numpy()
-    metrics, clean_skipped = clean_metrics(y_np, proba_np, positive=data.positive_class,
-                                           n_classes=detector.n_classes, bootstrap=bootstrap)
-    skipped.update(clean_skipped)
-    confusion = np.zeros((detector.n_classes, detector.n_classes), dtype=int)
-    np.add.at(confusion, (y_np, pred_np), 1)
-    timing["clean"] = time.perf_counter() - started
-
-    started = time.perf_counter()
+    relevant = relevant_mask_of(data, len(x))
     domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
     attacks = config.build_attacks()
-    robust = run_attacks(detector, x, y, pred, attacks, list(config.eps), domain=domain, seed=config.seed,
-                         batch_size=config.batch_size, keep_examples=config.save_adversarial,
-                         progress=progress, positive=data.positive_class, n_classes=detector.n_classes,
-                         target=config.target_index)
-    robust_metrics, robust_skipped = aggregate(robust.per_sample, bootstrap)
-    metrics.update(robust_metrics)
-    skipped.update(robust_skipped)
-    checks = []
-    if config.masking_checks:
-        from auditor.masking import masking_checks, masking_suspected
+    plan = plan_memory(detector, x[:2], budget_gb=config.max_memory_gb, batch_size=config.batch_size,
+                       per_row_bytes=_row_bytes(x, config))
+    timing: dict[str, float] = {}
+    try:
+        parts = []
+        rows = torch.as_tensor(shard.rows(len(x)), device=device)
+        for start in range(0, len(rows), plan.stream_rows):
+            index = rows[start:start + plan.stream_rows]
+            # a per-sample removal baseline (blur) is sliced to the block's rows
+            block_baseline = baseline[index] if baseline.shape == x.shape else baseline
+            block_relevant = relevant[index.cpu().numpy()] if relevant is not None else None
+            parts.append(audit_rows(detector, x[index], y[index], index, config, attacks, domain=domain,
+                                    baseline=block_baseline, relevant=block_relevant,
+                                    positive=data.positive_class, plan=plan, timing=timing, progress=progress))
+        local: RowTable | Exception = concatenate(parts)
+    except Exception as error:  # sent to rank 0 instead of the rows, so no rank waits forever
+        local = error
+    tables = shard.gather(local)
+    if tables is None:
+        return None
+    return summarise(tables, subject, config, attacks, timing=timing, plan=plan, x=x, baseline=baseline)
 
-        checks = masking_checks(detector, x, y, metrics, attacks, list(config.eps), domain=domain,
-                                seed=config.seed, batch_size=config.batch_size)
-        suspected = masking_suspected(checks)
-        if suspected is not None:
-            metrics["robust.masking_suspected"] = MetricValue(suspected)
-    timing["robustness"] = time.perf_counter() - started
+
+def _row_bytes(x: torch.Tensor, config: AuditConfig) -> int:
+    """What the stages hold per streamed row: attributions per explainer, adversarial rows, curves."""
+    one = x[0].numel() * 4
+    kept = len(config.attacks) * len(config.eps) if config.save_adversarial else 1
+    return one * (len(config.explainers) + kept + 2) + len(config.explainers) * 2 * 8 * 66
+
+
+# groups of a row table that are not one entry per row: per block, re-picked or merged on rank 0
+PER_BLOCK_GROUPS = ("gallery", "fractions", "sanity_labels", "notes", "attention_examples", "flipped")
+
+
+def _objects(items: list) -> np.ndarray:
+    """A 1-D object array of ``items`` (row tables are arrays; these are small picked examples)."""
+    array = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        array[i] = item
+    return array
+
+
+def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, config: AuditConfig,
+               attacks: dict, *, domain: Domain, baseline: torch.Tensor, relevant: np.ndarray | None,
+               positive: int | None, plan: MemoryPlan, timing: dict[str, float], progress: bool) -> RowTable:
+    """Every per-sample stage on a block of rows with global indices ``index`` (a multiple of the attack
+    chunk from its start). ``baseline`` is the removal baseline, (*shape) or the block's rows (n, *shape);
+    ``relevant`` the block's rows of the localisation ground truth. Returns the block's row table:
+    ``index``, ``proba`` (clean probabilities), ``per_sample`` (metric name -> values, aggregated later),
+    ``curves`` (name -> (rows, points)), ``sanity_curves`` (explainer -> (rows, cascade steps)), ``masking``
+    (the masking checks' own attacks) and, when asked, ``adversarial`` / ``explanations`` tensors. The groups
+    in :data:`PER_BLOCK_GROUPS` are not one entry per row: ``gallery`` holds the block's first correct and
+    misclassified rows (global ``index`` and attributions), ``attention_examples`` and ``flipped`` the
+    block's candidates for the report (global indices; re-picked on rank 0), ``fractions`` and
+    ``sanity_labels`` one row per block (the curves' x-axes, the same in every block), ``notes`` the
+    stages' reasons for skipped metrics."""
+
+    def timed(stage: str, started: float) -> None:
+        timing[stage] = timing.get(stage, 0.0) + time.perf_counter() - started
+
+    index_np = index.cpu().numpy()
+    table: RowTable = {"rows": {"index": index_np}}
+    started = time.perf_counter()
+    proba = predict_proba(detector, x, batch_size=plan.forward_batch)
+    pred = proba.argmax(1)
+    table["rows"]["proba"] = proba.cpu().numpy().astype(np.float64)
+    timed("clean", started)
 
     started = time.perf_counter()
-    attributions = explain_all(detector, x, pred, config, baseline=baseline, progress=progress)
-    timing["explain"] = time.perf_counter() - started
+    robust = run_attacks(detector, x, y, pred, attacks, list(config.eps), domain=domain, seed=config.seed,
+                         batch_size=plan.attack_batch, keep_examples=config.save_adversarial,
+                         progress=progress, positive=positive, n_classes=detector.n_classes,
+                         target=config.target_index, index=index)
+    per_sample = dict(robust.per_sample)
+    table["attention_examples"] = {"example": _objects(
+        [replace(e, index=int(index_np[e.index])) for e in robust.attention_examples])}
+    table["flipped"] = {"example": _objects(
+        [replace(e, index=int(index_np[e.index])) for examples in robust.flipped.values() for e in examples])}
+    if config.masking_checks:
+        from auditor.masking import masking_attack_rows
+
+        table["masking"] = masking_attack_rows(detector, x, y, attacks, list(config.eps), domain=domain,
+                                               seed=config.seed, batch_size=plan.attack_batch, index=index)
+    if config.save_adversarial:
+        table["adversarial"] = {"x": x.cpu().numpy(), "y": y.cpu().numpy(),
+                                **{k: v.numpy() for k, v in robust.adversarial.items()}}
+    del robust
+    timed("robustness", started)
+
+    started = time.perf_counter()
+    attributions = explain_all(detector, x, pred, config, baseline=baseline, progress=progress, index=index,
+                               batch_size=plan.attack_batch, gradient_inputs=plan.gradient_inputs)
+    explainers = {name: make_explainer(name) for name in attributions}
+    timed("explain", started)
 
     started = time.perf_counter()
     faithful = faithfulness_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
-                                  index=torch.arange(len(x)), metrics=config.faithfulness_metrics,
-                                  explainers={name: make_explainer(name) for name in attributions})
-    faithful_metrics, faithful_skipped = aggregate(faithful.per_sample, bootstrap)
-    metrics.update(faithful_metrics)
-    skipped.update(faithful_skipped)
-    curves_view = mean_curves(faithful, list(attributions))
-    timing["faithfulness"] = time.perf_counter() - started
+                                  index=index, metrics=config.faithfulness_metrics, explainers=explainers,
+                                  max_batch=plan.forward_batch)
+    per_sample.update(faithful.per_sample)
+    table["curves"] = {name: curve.astype(np.float32) for name, curve in faithful.curves.items()}
+    table["fractions"] = {name: np.asarray(values)[None, :] for name, values in faithful.fractions.items()}
+    timed("faithfulness", started)
 
-    index = torch.arange(len(x))
+    notes: dict[str, str] = {}
     started = time.perf_counter()
-    agreed = agreement_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
-                             index=index)
-    timing["agreement"] = time.perf_counter() - started
+    agreed = agreement_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed, index=index)
+    per_sample.update(agreed.per_sample)
+    timed("agreement", started)
     started = time.perf_counter()
     sane = sanity_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed, index=index,
-                        explainers={name: make_explainer(name) for name in attributions})
-    timing["sanity"] = time.perf_counter() - started
+                        explainers=explainers)
+    per_sample.update(sane.per_sample)
+    notes.update(sane.skipped)
+    table["sanity_curves"] = {name: values for name, (_, values) in sane.curves.items()}
+    table["sanity_labels"] = {name: np.asarray(labels, dtype=str)[None, :]
+                              for name, (labels, _) in sane.curves.items()}
+    timed("sanity", started)
     started = time.perf_counter()
     located = localisation_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
-                                 index=index, relevant=relevant_mask_of(data, len(x)))
-    timing["localisation"] = time.perf_counter() - started
-    for outcome in (agreed, sane, located):
-        stage_metrics, stage_skipped = aggregate(outcome.per_sample, bootstrap)
-        metrics.update(stage_metrics)
-        skipped.update(stage_skipped)
-    skipped.update(sane.skipped)
-    skipped.update(located.skipped)
+                                 index=index, relevant=relevant)
+    per_sample.update(located.per_sample)
+    notes.update(located.skipped)
+    timed("localisation", started)
+    table["notes"] = {name: np.asarray([why], dtype=object) for name, why in notes.items()}
 
+    table["per_sample"] = per_sample
+    correct = (pred == y).cpu().numpy()
+    chosen = np.concatenate([np.flatnonzero(correct)[:GALLERY_SIZE], np.flatnonzero(~correct)[:GALLERY_SIZE]])
+    table["gallery"] = {"index": index_np[chosen],
+                        **{name: a[chosen].cpu().numpy() for name, a in attributions.items()}}
+    if config.save_explanations:
+        table["explanations"] = {"x": x.cpu().numpy(), "y": y.cpu().numpy(), "pred": pred.cpu().numpy(),
+                                 **{f"attr/{k}": v.cpu().numpy() for k, v in attributions.items()}}
+    return table
+
+
+def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: dict, *,
+              timing: dict[str, float], plan: MemoryPlan, x: torch.Tensor, baseline: torch.Tensor) -> AuditResult:
+    """Rank 0: the gathered rows of every shard become metrics, intervals, checks and report data."""
+    data = subject.data
+    detector = subject.detector
+    n_classes = detector.n_classes
+    order = np.argsort(tables["rows"]["index"], kind="stable")
+    if not np.array_equal(tables["rows"]["index"][order], np.arange(len(data))):
+        raise RuntimeError("the gathered shards do not cover every audited row exactly once")
+    rows = {group: {name: values[order] for name, values in table.items()}
+            for group, table in tables.items() if group not in PER_BLOCK_GROUPS}
+    bootstrap = Bootstrap(len(data), seed=config.seed)
+    proba_np = rows["rows"]["proba"]
+    metrics, skipped = clean_metrics(data.y, proba_np, positive=data.positive_class, n_classes=n_classes,
+                                     bootstrap=bootstrap)
+    confusion = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(confusion, (data.y, proba_np.argmax(1)), 1)
+    sample_metrics, sample_skipped = aggregate(rows.get("per_sample", {}), bootstrap)
+    metrics.update(sample_metrics)
+    skipped.update(sample_skipped)
+    skipped.update({name: str(values[0]) for name, values in tables.get("notes", {}).items()})
+    checks = []
+    if config.masking_checks:
+        from auditor.masking import evaluate_checks, masking_suspected
+
+        checks = evaluate_checks(metrics, rows["masking"], attacks, list(config.eps), n=len(data))
+        suspected = masking_suspected(checks)
+        if suspected is not None:
+            metrics["robust.masking_suspected"] = MetricValue(suspected)
+    fractions = {name: values[0].tolist() for name, values in tables.get("fractions", {}).items()}
+    removal = {}
+    for name in config.explainers:
+        if f"deletion.{name}" in rows.get("curves", {}):
+            removal[name] = {"fractions": fractions[f"deletion.{name}"],
+                             "deletion": rows["curves"][f"deletion.{name}"].mean(0, dtype=np.float64).tolist(),
+                             "insertion": rows["curves"][f"insertion.{name}"].mean(0, dtype=np.float64).tolist()}
+    sanity_labels = tables.get("sanity_labels", {})
+    sanity_curves = mean_sanity_curves(SanityOutcome(curves={
+        name: ([str(label) for label in sanity_labels[name][0]], values)
+        for name, values in rows.get("sanity_curves", {}).items()}))
+    flipped = _pick_flipped(tables.get("flipped", {}).get("example", []), list(attacks))
     result = AuditResult(
-        metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(x),
-        robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=curves_view, confusion=confusion.tolist(),
-        gallery=_gallery(data, proba_np, attributions), masking=[c.to_dict() for c in checks],
-        sanity_curves=mean_sanity_curves(sane),
-        probabilities=proba_np.tolist(), labels=[int(v) for v in y_np],
-        attention_examples=robust.attention_examples,
-        adversarial_gallery=_adversarial_gallery(detector, data, x, proba_np, robust.flipped, metrics, config,
+        metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(data),
+        robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=removal,
+        confusion=confusion.tolist(), gallery=_gallery(data, proba_np, tables["gallery"]),
+        masking=[c.to_dict() for c in checks],
+        sanity_curves=sanity_curves,
+        probabilities=proba_np.tolist(), labels=[int(v) for v in data.y],
+        attention_examples=_pick_attention_examples(tables.get("attention_examples", {}).get("example", []),
+                                                    list(attacks)),
+        adversarial_gallery=_adversarial_gallery(detector, data, x, proba_np, flipped, metrics, config,
                                                  baseline=baseline),
     )
-    if config.save_adversarial:
-        result.adversarial = {"x": x.cpu(), "y": y.cpu(), **robust.adversarial}
-    if config.save_explanations:
-        result.explanations = {"x": x.cpu(), "y": y.cpu(), "pred": pred.cpu().long(),
-                               **{f"attr/{k}": v.cpu() for k, v in attributions.items()}}
+    result.memory = plan.to_dict()
+    for group, target in (("adversarial", result.adversarial), ("explanations", result.explanations)):
+        for name, values in rows.get(group, {}).items():
+            target[name] = torch.from_numpy(np.ascontiguousarray(values))
     return result
 
 
+def _pick_attention_examples(candidates, attacks: list[str]) -> list:
+    """Per attention attack (in run order) the KEPT_EXAMPLES gathered candidates with the largest JSD (NaN
+    last, ties by global index): what one pass over all rows picks."""
+    picked = []
+    for name in attacks:
+        mine = [e for e in candidates if e.attack == name]
+        mine.sort(key=lambda e: (-(e.jsd if np.isfinite(e.jsd) else -1.0), e.index))
+        picked += mine[:KEPT_EXAMPLES]
+    return picked
+
+
+def _pick_flipped(candidates, attacks: list[str]) -> dict:
+    """Per attack the first KEPT_EXAMPLES flipped samples by global index."""
+    flipped = {}
+    for name in attacks:
+        mine = sorted((e for e in candidates if e.attack == name), key=lambda e: e.index)
+        if mine:
+            flipped[name] = mine[:KEPT_EXAMPLES]
+    return flipped
+
+
 def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, config: AuditConfig, *,
-                baseline: torch.Tensor, progress: bool) -> dict[str, torch.Tensor]:
-    """Every configured explainer over every batch; the explainers that only read attention weights share
-    one ``forward_with_attention`` per batch."""
-    index = torch.arange(len(x))
+                baseline: torch.Tensor, progress: bool, index: torch.Tensor | None = None,
+                batch_size: int | None = None, gradient_inputs: int | None = None) -> dict[str, torch.Tensor]:
+    """Every configured explainer over batches of at most ``batch_size`` rows; the explainers that only read
+    attention weights share one ``forward_with_attention`` per batch. Explainers that evaluate the model on
+    several inputs per sample (``steps``: integrated gradients) take at most ``gradient_inputs`` model inputs
+    at a time. ``index``: the rows' global indices (random draws are keyed by them)."""
+    index = torch.arange(len(x)) if index is None else index
+    batch_size = batch_size or config.batch_size
     explainers = {name: make_explainer(name) for name in config.explainers}
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
     readers = [name for name, explainer in explainers.items() if isinstance(explainer, AttentionExplainer)]
-    batches = range(0, len(x), config.batch_size)
+    batches = range(0, len(x), batch_size)
     bar = tqdm(total=len(explainers) * len(batches), desc="explain", unit="batch",
                disable=None if progress else True, leave=False)
     try:
         for start in batches:
-            rows = slice(start, start + config.batch_size)
-            rows_baseline = baseline[rows] if baseline.shape == x.shape else baseline
+            rows = slice(start, start + batch_size)
+            x_rows, target_rows, index_rows = x[rows], target[rows], index[rows]
+            per_sample_baseline = baseline.shape == x.shape
+            rows_baseline = baseline[rows] if per_sample_baseline else baseline
             attentions = None
             if readers:
                 with torch.no_grad():
-                    _, attentions = detector.forward_with_attention(x[rows])
+                    _, attentions = detector.forward_with_attention(x_rows)
             for name, explainer in explainers.items():
-                parts[name].append(explainer.explain(
-                    detector, x[rows], target[rows], baseline=rows_baseline, seed=config.seed, index=index[rows],
-                    attentions=attentions if name in readers else None))
+                step = len(x_rows)
+                if gradient_inputs is not None and name not in readers:
+                    step = max(1, min(step, gradient_inputs // max(1, int(getattr(explainer, "steps", 1)))))
+                for sub in range(0, len(x_rows), step):
+                    part = slice(sub, sub + step)
+                    parts[name].append(explainer.explain(
+                        detector, x_rows[part], target_rows[part],
+                        baseline=rows_baseline[part] if per_sample_baseline else rows_baseline,
+                        seed=config.seed, index=index_rows[part],
+                        attentions=attentions if name in readers else None).detach())
                 bar.update()
     finally:
         bar.close()
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
-def _gallery(data: Dataset, proba: np.ndarray, attributions: dict[str, torch.Tensor]) -> list[SampleView]:
-    """The first few correct and the first few misclassified samples, with their top features by attention."""
+def _gallery(data: Dataset, proba: np.ndarray, candidates: dict[str, np.ndarray]) -> list[SampleView]:
+    """The first few correct and the first few misclassified samples, with their top features by attention.
+    ``candidates``: global ``index`` of rows that may be shown and their attributions per explainer."""
     pred = proba.argmax(1)
     correct_rows = np.flatnonzero(pred == data.y)[:GALLERY_SIZE]
     wrong_rows = np.flatnonzero(pred != data.y)[:GALLERY_SIZE]
-    return [_sample_view(data, int(row), data.x[row], proba[row], {k: v[row] for k, v in attributions.items()})
+    where = {int(row): i for i, row in enumerate(candidates["index"])}
+    attributions = {name: values for name, values in candidates.items() if name != "index"}
+    if not attributions:
+        return []
+    return [_sample_view(data, int(row), data.x[row], proba[row],
+                         {name: torch.from_numpy(np.asarray(values[where[int(row)]]))
+                          for name, values in attributions.items()})
             for row in [*correct_rows, *wrong_rows]]
 
 

@@ -1,0 +1,319 @@
+"""The benchmark suite: ``make bench`` (``python -m bench.run``); not part of ``make test``.
+
+Every figure is a ratio of two timings measured side by side in one run (interleaved
+repeats, median of each), so a noisy shared machine moves both sides alike. Prints a
+table and writes bench/results.json. With ``--device cuda`` the same suite also
+records absolute samples per second.
+
+Sections: (1) attack overhead, (2) attention attacks, (3) faithfulness, (4) our pgd
+against Adversarial Robustness Toolbox, (5) end to end, (6) scaling, (7) memory on
+large data. Add a faithfulness metric by adding one entry to ``FAITHFULNESS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ROWS: list[dict] = []
+
+
+def record(section: str, name: str, value: float | None, *, target: str = "", unit: str = "ratio",
+           note: str = "") -> None:
+    ROWS.append({"section": section, "name": name, "value": None if value is None else round(float(value), 4),
+                 "unit": unit, "target": target, "note": note})
+
+
+def side_by_side(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of ``a`` and of ``b``, run alternately after one warm-up each."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, out in ((a, ta), (b, tb)):
+            started = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - started)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def tabular_model(device):
+    from detectors.tabular import FeatureTokenTransformer
+
+    torch.manual_seed(0)
+    model = FeatureTokenTransformer(20, 2).to(device).eval()
+    x = torch.rand(256, 20, device=device)
+    return model, x, model(x).argmax(1).detach()
+
+
+def vit_model(device):
+    from detectors.vision import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(1, 8, 8, 10).to(device).eval()
+    x = torch.rand(256, 1, 8, 8, device=device)
+    return model, x, model(x).argmax(1).detach()
+
+
+def forward_backward(model, x, y, *, attention: bool = False) -> None:
+    x = x.clone().requires_grad_(True)
+    logits = model.forward_with_attention(x)[0] if attention else model(x)
+    grad, = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+
+
+def attack_overhead(device, steps: int = 10) -> None:
+    import torchattacks
+
+    from attacks import Domain, make_attack
+
+    for kind, build in (("tabular", tabular_model), ("vit", vit_model)):
+        model, x, y = build(device)
+        domain = Domain.unit(tuple(x.shape[1:]))
+        ours = make_attack("pgd", steps=steps, restarts=1)
+        index = torch.arange(len(x))
+        theirs = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=steps, random_start=True)
+        run_ours = lambda: ours(model, x, y, eps=0.1, domain=domain, seed=0, index=index)  # noqa: E731
+        a, b = side_by_side(run_ours, lambda: theirs(x, y))
+        record("1 attack overhead", f"{kind}: our pgd / torchattacks.PGD ({steps} steps, batch 256)", a / b,
+               target="<= 1.1")
+        a, c = side_by_side(run_ours, lambda: [forward_backward(model, x, y) for _ in range(steps)])
+        record("1 attack overhead", f"{kind}: our pgd / ({steps} x forward+backward)", a / c, target="~1.0 floor")
+        if device.type == "cuda":
+            record("1 attack overhead", f"{kind}: pgd samples/s", len(x) / a, unit="samples/s")
+
+
+def attention_attacks(device, steps: int = 10) -> None:
+    from attacks import ATTENTION_ATTACKS, Domain, make_attack
+
+    for kind, build in (("tabular", tabular_model), ("vit", vit_model)):
+        model, x, y = build(device)
+        domain = Domain.unit(tuple(x.shape[1:]))
+        index = torch.arange(len(x))
+        for name in sorted(ATTENTION_ATTACKS):
+            attack = make_attack(name, steps=steps, restarts=1)
+            a, b = side_by_side(lambda: attack(model, x, y, eps=0.1, domain=domain, seed=0, index=index),
+                                lambda: forward_backward(model, x, y, attention=True), repeats=3)
+            record("2 attention attacks", f"{kind}: {name} per step / forward_with_attention+backward",
+                   a / steps / b, target="<= 1.5")
+
+
+@dataclass(frozen=True)
+class FaithfulnessEntry:
+    """One batched faithfulness metric: how to run it, and the model inputs it needs (to time them as one
+    batch). ``quantus``: the same-definition Quantus metric, when there is one."""
+    name: str
+    run: Callable
+    inputs: Callable
+    quantus: Callable | None = None
+
+
+def _removal_inputs(x, attribution, baseline):
+    from auditor.faithfulness import removal_counts
+
+    counts = torch.as_tensor(removal_counts(x[0].numel()))
+    order = attribution.flatten(1).argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    changed = order[:, None, :] < counts[None, :, None]
+    flat, base = x.flatten(1)[:, None, :], baseline.reshape(1, 1, -1)
+    return torch.cat([torch.where(changed, base, flat), torch.where(changed, flat, base)]).reshape(-1, *x.shape[1:])
+
+
+def _removal_run(model, x, attribution, target, baseline):
+    from auditor.faithfulness import removal_curves
+
+    return removal_curves(model, x, attribution, target, baseline)
+
+
+FAITHFULNESS = [
+    FaithfulnessEntry("deletion+insertion", _removal_run, _removal_inputs),
+]
+
+
+def faithfulness(device) -> None:
+    from auditor.explain import make_explainer
+
+    for kind, build in (("tabular", tabular_model), ("vit", vit_model)):
+        model, x, y = build(device)
+        x, y = x[:64], y[:64]
+        baseline = torch.zeros(x.shape[1:], device=device)
+        attribution = make_explainer("attention").explain(model, x, y, baseline=baseline, seed=0,
+                                                          index=torch.arange(len(x))).detach()
+        for entry in FAITHFULNESS:
+            batch = entry.inputs(x, attribution, baseline)
+
+            def passes():
+                with torch.inference_mode():
+                    model(batch)
+
+            a, b = side_by_side(lambda: entry.run(model, x, attribution, y, baseline), passes, repeats=3)
+            record("3 faithfulness", f"{kind}: {entry.name} / its {len(batch)} forward passes as one batch",
+                   a / b, target="<= 1.3")
+    try:
+        import quantus  # noqa: F401
+    except ImportError:
+        record("3 faithfulness", "Quantus comparison", None, note="quantus not importable: pip install .[bench]")
+        return
+    if not any(entry.quantus for entry in FAITHFULNESS):
+        record("3 faithfulness", "Quantus comparison", None,
+               note="no entry declares a same-definition Quantus metric yet (deletion/insertion have none)")
+
+
+def versus_art(device, steps: int = 10, eps: float = 0.05) -> None:
+    try:
+        from art.attacks.evasion import ProjectedGradientDescent
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        record("4 vs ART", "ART comparison", None, note="adversarial-robustness-toolbox not importable")
+        return
+    from attacks import Domain, make_attack
+    from detectors.data import load_table, split_table
+    from detectors.tabular import FeatureTokenTransformer
+
+    splits = split_table(load_table("breast-cancer"), seed=0)
+    torch.manual_seed(0)
+    model = FeatureTokenTransformer(splits.train.x.shape[1], 2).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    xt, yt = torch.as_tensor(splits.train.x, device=device), torch.as_tensor(splits.train.y, device=device)
+    for _ in range(30):
+        for i in range(0, len(xt), 64):
+            optimiser.zero_grad()
+            F.cross_entropy(model(xt[i:i + 64]), yt[i:i + 64]).backward()
+            optimiser.step()
+    model.eval()
+    x, y = torch.as_tensor(splits.test.x, device=device), torch.as_tensor(splits.test.y, device=device)
+    ours = make_attack("pgd", steps=steps, step_size=0.25, restarts=1)
+    domain = Domain.unit(tuple(x.shape[1:]))
+    classifier = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                   nb_classes=2, clip_values=(0.0, 1.0),
+                                   device_type="gpu" if device.type == "cuda" else "cpu")
+    art_pgd = ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=0.25 * eps, max_iter=steps,
+                                       num_random_init=1, batch_size=len(x), verbose=False)
+    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+    results = {}
+
+    def run_ours():
+        results["ours"] = ours(model, x, y, eps=eps, domain=domain, seed=0, index=torch.arange(len(x)))
+
+    def run_art():
+        results["art"] = art_pgd.generate(x_np, y=np.eye(2)[y_np])
+
+    a, b = side_by_side(run_ours, run_art, repeats=3)
+    with torch.no_grad():
+        acc_ours = (model(results["ours"]).argmax(1) == y).float().mean().item()
+        acc_art = (model(torch.as_tensor(results["art"], device=device)).argmax(1) == y).float().mean().item()
+    record("4 vs ART", f"robust accuracy: ours {acc_ours:.3f}, ART {acc_art:.3f} (eps {eps}, {steps} steps)",
+           100 * abs(acc_ours - acc_art), unit="points", target="<= 1")
+    record("4 vs ART", "time: our pgd / ART ProjectedGradientDescent", a / b)
+
+
+def _peak(command: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS (MiB) and exit code of ``command`` run in a fresh process of its own."""
+    probe = ("import resource, subprocess, sys, time, json; t = time.perf_counter(); "
+             "rc = subprocess.call(sys.argv[1:]); "
+             "print(json.dumps([time.perf_counter() - t, "
+             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, rc]))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    out = subprocess.run([PY, "-c", probe, *command], capture_output=True, text=True, env=env, cwd=ROOT)
+    wall, peak, rc = json.loads(out.stdout.strip().splitlines()[-1])
+    return wall, peak, rc
+
+
+def _train(folder: Path, data: str) -> Path:
+    path = folder / "flows.safetensors"
+    if not path.is_file():
+        subprocess.run([PY, "-m", "auditor", "train", "--data", data, "--epochs", "5", "--out", str(path),
+                        "--quiet"], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True)
+    return path
+
+
+def end_to_end(folder: Path, device) -> None:
+    from bench.passes import model_pass_seconds
+
+    model = _train(folder, "flows:4000")
+    audit = [PY, "-m", "auditor", "run", "--model", str(model), "--data", "flows:5000", "--profile", "quick",
+             "--max-samples", "1000", "--device", device.type, "--quiet"]
+    wall, peak, rc = _peak([*audit, "--out", str(folder / "quick")])
+    record("5 end to end", "audit run --profile quick, 1,000 flows: wall time", wall, unit="s", target="< 30",
+           note=f"exit {rc}")
+    record("5 end to end", "audit run --profile quick: peak RSS", peak, unit="MiB")
+    audit_seconds, model_seconds = model_pass_seconds(str(model), "flows:5000", 1000, device.type)
+    record("5 end to end", "audit (in process) / its model passes (same batches, bare)",
+           audit_seconds / model_seconds, target="<= 1.5")
+
+
+def scaling(folder: Path, device) -> None:
+    model = _train(folder, "flows:4000")
+    audit = [PY, "-m", "auditor", "run", "--model", str(model), "--data", "flows:4000", "--attacks", "fgsm,pgd",
+             "--max-samples", "1024", "--device", device.type, "--quiet"]
+    one, _, _ = _peak([*audit, "--out", str(folder / "one")])
+    two, _, _ = _peak([*audit, "--nproc", "2", "--out", str(folder / "two")])
+    record("6 scaling", "1 process: samples/s (incl. start-up)", 1024 / one, unit="samples/s")
+    record("6 scaling", "2 processes: samples/s (incl. start-up)", 1024 / two, unit="samples/s")
+    record("6 scaling", "efficiency: speed-up / 2", one / two / 2, target="~1 (2 free cores)")
+
+
+def memory(folder: Path, device) -> None:
+    model = _train(folder, "flows:4000")
+    peaks = {}
+    for rows in (20_000, 200_000):
+        wall, peak, rc = _peak([PY, "-m", "auditor", "run", "--model", str(model), "--data", f"flows:{rows}",
+                                "--attacks", "fgsm", "--max-samples", "0", "--device", device.type, "--quiet",
+                                "--out", str(folder / f"mem{rows}")])
+        peaks[rows] = peak
+        record("7 memory", f"flows:{rows}, fgsm, all rows: peak RSS ({wall:.0f} s, exit {rc})", peak, unit="MiB")
+    record("7 memory", "peak RSS flows:200000 / flows:20000", peaks[200_000] / peaks[20_000], target="<= 1.5")
+
+
+def print_table() -> str:
+    lines = ["| Section | Figure | Value | Target | Note |", "| --- | --- | --- | --- | --- |"]
+    for row in ROWS:
+        value = "—" if row["value"] is None else (f"{row['value']:.3g}" + ("" if row["unit"] == "ratio"
+                                                                           else f" {row['unit']}"))
+        lines.append(f"| {row['section']} | {row['name']} | {value} | {row['target']} | {row['note']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", default="", help="comma-separated section numbers, e.g. 1,3")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    device = torch.device(args.device)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        sections = [("1", lambda: attack_overhead(device)), ("2", lambda: attention_attacks(device)),
+                    ("3", lambda: faithfulness(device)), ("4", lambda: versus_art(device)),
+                    ("5", lambda: end_to_end(folder, device)), ("6", lambda: scaling(folder, device)),
+                    ("7", lambda: memory(folder, device))]
+        for number, section in sections:
+            if not only or number in only:
+                section()
+                print(f"section {number} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    table = print_table()
+    print(table)
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "torch": torch.__version__, "device": str(device),
+               "load_average": os.getloadavg(), "seconds": round(time.perf_counter() - started, 1)}
+    (ROOT / "bench" / "results.json").write_text(json.dumps({"machine": machine, "rows": ROWS}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""A sharded audit equals the single-process one: 2 torchrun processes (gloo) vs 1, every metric."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from auditor.cli import cli
+from auditor.metrics import Bootstrap
+from auditor.shard import Shard, concatenate
+
+ROOT = Path(__file__).resolve().parents[1]
+# every kind of attack the sharding must keep aligned: single step, iterative with per-sample random starts,
+# torchattacks' stochastic Square (chunk-seeded), an attention attack; masking checks run their own attacks
+LIGHT = ["--max-samples", "100", "--attacks", "fgsm,pgd,square,attention-shift", "--eps", "0.05,0.1",
+         "--attack-param", "pgd.steps=3", "--attack-param", "square.n_queries=10",
+         "--attack-param", "attention-shift.steps=3", "--attack-param", "attention-shift.restarts=1",
+         "--masking-checks", "--seed", "3", "--quiet"]
+
+
+def test_shards_are_whole_chunks_covering_every_row_once():
+    for n in (1, 63, 64, 100, 1000):
+        for world in (1, 2, 3, 5):
+            parts = [Shard(rank=r, world=world).rows(n) for r in range(world)]
+            assert np.array_equal(np.concatenate(parts), np.arange(n))
+            assert all(len(p) == 0 or p[0] % 64 == 0 for p in parts)
+
+
+def test_row_tables_concatenate_group_by_group():
+    a = {"per_sample": {"m": np.array([1.0, 2.0])}, "gallery": {"index": np.array([0])}}
+    b = {"per_sample": {"m": np.array([3.0])}}
+    merged = concatenate([a, {}, b])
+    assert merged["per_sample"]["m"].tolist() == [1.0, 2.0, 3.0] and merged["gallery"]["index"].tolist() == [0]
+
+
+def test_bootstrap_in_blocks_equals_bootstrap_at_once(monkeypatch):
+    values = np.random.default_rng(0).random(300)
+    mask = values > 0.2
+    whole = Bootstrap(300, seed=4).mean(values, mask=mask)
+    monkeypatch.setattr(Bootstrap, "KEEP_ENTRIES", 0)
+    monkeypatch.setattr(Bootstrap, "BLOCK_ENTRIES", 300 * 7)  # 7 resamples per block, redrawn in turn
+    assert Bootstrap(300, seed=4).mean(values, mask=mask) == whole
+
+
+def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
+    model = trained_checkpoint[0]
+    one = tmp_path / "one"
+    # one process, streamed in blocks of 64 rows with batches of 64 (a tiny memory budget)
+    result = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(one), "--max-memory-gb", "0.0005",
+                                      *LIGHT], catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.output
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "auditor", "run", "--nproc", "2", "--model", str(model),
+                          "--out", str(two), *LIGHT], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == result.exit_code, run.stderr[-2000:]  # rank 0's code, passed back by --nproc
+    a = json.loads((one / "results.json").read_text())
+    b = json.loads((two / "results.json").read_text())
+    assert a["config"]["memory"]["stream_rows"] == 64 and b["config"]["memory"]["stream_rows"] > 100
+    assert set(a["metrics"]) == set(b["metrics"]) and len(a["metrics"]) > 30
+    for name, value in a["metrics"].items():
+        other = b["metrics"][name]
+        assert other["value"] == pytest.approx(value["value"], abs=1e-6), name
+        if value["ci95"] is None:
+            assert other["ci95"] is None, name
+        else:
+            assert other["ci95"] == pytest.approx(value["ci95"], abs=1e-6), name
+    assert a["masking_checks"] == b["masking_checks"] and a["skipped"] == b["skipped"]
+    # the quick profile's explainers and the per-sample stages after faithfulness ran and agree too
+    for prefix in ("faithfulness.deletion_auc.integrated-gradients", "agreement.", "sanity.mprt.rollout"):
+        assert any(name.startswith(prefix) for name in a["metrics"]), prefix
+    for name, curve in a["curves"]["removal"].items():
+        for key in ("deletion", "insertion"):
+            assert b["curves"]["removal"][name][key] == pytest.approx(curve[key], abs=1e-9), name
+    assert sorted(p.name for p in two.iterdir()) == ["junit.xml", "report.html", "results.json", "summary.md"]
+
+
+def test_bad_input_under_torchrun_ends_every_rank_with_exit_2(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          "-m", "auditor", "run", "--model", str(tmp_path / "missing.safetensors"),
+                          "--out", str(tmp_path / "out"), "--quiet"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.stderr.count("exitcode  : 2") == 2, run.stderr[-2000:]  # both ranks, none left waiting
+    assert "error: " in run.stderr
+    assert not (tmp_path / "out").exists()
