@@ -23,7 +23,8 @@ from attacks import ATTACKS
 from auditor.explain import EXPLAINERS
 from auditor.gates import Policy, evaluate, known_spec
 from auditor.metrics import MetricValue, spec_for
-from auditor.report import GROUP_TITLES, TOOL_NAME, _environment, _md, _svg, render_json, tool_version
+from auditor.report import (GROUP_TITLES, TOOL_NAME, _environment, _md, _svg, removal_plot, render_json,
+                            tool_version)
 from detectors.errors import BadInputError
 
 COMPARE_SCHEMA_VERSION = 1
@@ -362,19 +363,7 @@ def robustness_overlay(curves: dict[str, dict[str, list[tuple[float, float]]]]) 
 def removal_overlay(curves: dict[str, dict[str, list[float]]], explainer: str) -> Markup | None:
     if not curves:
         return None
-    figure = Figure(figsize=(8.0, 2.9))
-    left, right = figure.subplots(1, 2, sharey=True)
-    for name, curve in curves.items():
-        left.plot(curve["fractions"], curve["deletion"], label=name)
-        right.plot(curve["fractions"], curve["insertion"], label=name)
-    left.set_title(f"deletion, {explainer} (lower is more faithful)")
-    right.set_title(f"insertion, {explainer} (higher is more faithful)")
-    for axes in (left, right):
-        axes.set_xlabel("fraction of features changed")
-        axes.grid(alpha=0.3)
-    left.set_ylabel("predicted-class probability")
-    right.legend(frameon=False, fontsize=8)
-    return _svg(figure)
+    return removal_plot(curves, subject=explainer, random_dashed=False)
 
 
 def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], robust_metric: str,

@@ -158,15 +158,19 @@ def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy
     return _svg(figure)
 
 
-def removal_plot(curves: dict[str, dict[str, list[float]]]) -> Markup:
+def removal_plot(curves: dict[str, dict[str, list[float]]], *, subject: str = "",
+                 random_dashed: bool = True) -> Markup:
+    """Deletion and insertion curves side by side, one line per key of ``curves`` (explainers in a report,
+    checkpoints in a comparison, where ``subject`` names the explainer they share)."""
     figure = Figure(figsize=(8.0, 3.0))
     left, right = figure.subplots(1, 2, sharey=True)
     for name, curve in curves.items():
-        style = dict(color="0.5", linestyle="--") if name == "random" else {}
+        style = dict(color="0.5", linestyle="--") if random_dashed and name == "random" else {}
         left.plot(curve["fractions"], curve["deletion"], label=name, **style)
         right.plot(curve["fractions"], curve["insertion"], label=name, **style)
-    left.set_title("deletion (lower is more faithful)")
-    right.set_title("insertion (higher is more faithful)")
+    prefix = f", {subject}" if subject else ""
+    left.set_title(f"deletion{prefix} (lower is more faithful)")
+    right.set_title(f"insertion{prefix} (higher is more faithful)")
     for axes in (left, right):
         axes.set_xlabel("fraction of features changed")
         axes.grid(alpha=0.3)
