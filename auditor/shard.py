@@ -15,7 +15,6 @@ ranks in global row order, whatever names the stages put in them.
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,24 +23,14 @@ import torch.distributed as dist
 
 from attacks import CHUNK
 from detectors.errors import BadInputError
+from detectors.train import Parallel
 
 RowTable = dict[str, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
-class Shard:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_environment(cls) -> "Shard":
-        return cls(rank=int(os.environ.get("RANK", "0")), world=int(os.environ.get("WORLD_SIZE", "1")),
-                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+class Shard(Parallel):
+    """Where this process stands under torchrun (training's :class:`Parallel`), and which rows it audits."""
 
     @property
     def distributed(self) -> bool:
