@@ -88,6 +88,11 @@ class Explainer:
     family: ClassVar[str]
     reference: ClassVar[str] = ""
 
+    def __init__(self, *, max_inputs: int = MAX_INTERNAL_BATCH) -> None:
+        # the most model inputs one forward+backward of this explainer takes (its internal batch); the audit
+        # sets it from the memory plan (auditor.memory), wherever the explainer runs (explain, MPRT, stability)
+        self.max_inputs = max(1, int(max_inputs))
+
     def explain(self, detector: Detector, x: torch.Tensor, target: torch.Tensor, *, baseline: torch.Tensor,
                 seed: int, index: torch.Tensor, attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
         """An attribution of ``x``'s shape for each sample's ``target`` class.
@@ -209,8 +214,8 @@ class GradientAttention(Explainer):
         return detector.token_map.to_input(_token_scores_from_row(relevance, detector.token_map.cls_index))
 
 
-def _internal_batch(n: int, steps: int) -> int:
-    return min(max(n, 1) * steps, MAX_INTERNAL_BATCH)
+def _internal_batch(n: int, steps: int, most: int) -> int:
+    return min(max(n, 1) * steps, most)
 
 
 class IntegratedGradientsExplainer(Explainer):
@@ -223,7 +228,7 @@ class IntegratedGradientsExplainer(Explainer):
         with torch.enable_grad():
             return IntegratedGradients(detector).attribute(
                 x, baselines=baseline.expand_as(x), target=target, n_steps=self.steps,
-                internal_batch_size=_internal_batch(len(x), self.steps))
+                internal_batch_size=_internal_batch(len(x), self.steps, self.max_inputs))
 
 
 class SaliencyExplainer(Explainer):
@@ -288,7 +293,7 @@ class GradientShapExplainer(Explainer):
         alpha = alpha.reshape(-1, *([1] * len(shape)))
         targets = target.repeat_interleave(draws)
         gradients = torch.empty_like(noisy)
-        chunk = MAX_INTERNAL_BATCH
+        chunk = self.max_inputs
         with torch.enable_grad():
             for start in range(0, len(noisy), chunk):
                 rows = slice(start, start + chunk)
@@ -305,7 +310,7 @@ class FeatureAblationExplainer(Explainer):
 
     def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
         features = x[0].numel() if len(x) else 1
-        per_eval = max(1, min(features, MAX_INTERNAL_BATCH // max(len(x), 1)))
+        per_eval = max(1, min(features, self.max_inputs // max(len(x), 1)))
         with torch.no_grad():
             return FeatureAblation(detector).attribute(x, baselines=baseline.expand_as(x).contiguous(),
                                                        target=target, perturbations_per_eval=per_eval)
@@ -327,8 +332,9 @@ EXPLAINERS: dict[str, type[Explainer]] = {
 }
 
 
-def make_explainer(name: str) -> Explainer:
+def make_explainer(name: str, *, max_inputs: int = MAX_INTERNAL_BATCH) -> Explainer:
+    """A registered explainer; ``max_inputs`` bounds the model inputs of one of its passes."""
     try:
-        return EXPLAINERS[name]()
+        return EXPLAINERS[name](max_inputs=max_inputs)
     except KeyError:
         raise ValueError(f"unknown explainer {name!r}; registered: {', '.join(sorted(EXPLAINERS))}") from None

@@ -336,7 +336,7 @@ def max_sensitivity(model: torch.nn.Module, explainer, x: torch.Tensor, target: 
                     baseline: torch.Tensor, *, seed: int, index: torch.Tensor, max_batch: int = 16384) -> np.ndarray:
     """(n,) captum sensitivity_max of ``explainer``, re-run on ``max_batch`` perturbed inputs at a time."""
     k = SENSITIVITY_PERTURBATIONS
-    chunk = max(1, max_batch // k)
+    chunk = max(1, min(max_batch, getattr(explainer, "max_inputs", max_batch)) // k)
     out = np.empty(len(x))
     for start in range(0, len(x), chunk):
         rows = slice(start, min(start + chunk, len(x)))

@@ -19,7 +19,12 @@ import torch
 
 from attacks import CHUNK
 
-MAX_FORWARD_BATCH = 4096  # larger inference batches cost memory and gain nothing measurable on CPU
+MAX_FORWARD_BATCH = 4096  # larger inference batches cost memory and gain nothing measurable
+# On CPU a pass whose activations outgrow the caches gets slower per row, not faster: measured on 2 cores
+# (tabular, vit and sequence detectors, forward and forward+backward, batches 256..4096), passes of about
+# 64-128 MiB of activations were within 5% of the best, and the sequence detector at 4096 rows (0.9 GiB)
+# ran at half the speed. So on CPU a pass holds at most this many activation bytes.
+CPU_PASS_BYTES = 128 * 2 ** 20
 MAX_STREAM_ROWS = 8192  # rows per streamed chunk: what the stages hold at once does not grow with the data
 BACKWARD_FACTOR = 3  # activations kept + their gradients + the input gradient, per activation byte
 SHARE_OF_AVAILABLE = 0.5
@@ -94,9 +99,13 @@ def plan_memory(model: torch.nn.Module, sample: torch.Tensor, *, budget_gb: floa
     one = input_bytes(model, sample)
     passes = budget // 2
     gradient_inputs = max(1, passes // (BACKWARD_FACTOR * one))
+    forward_cap = MAX_FORWARD_BATCH
+    if sample.device.type == "cpu":
+        forward_cap = max(CHUNK, CPU_PASS_BYTES // one)
+        gradient_inputs = min(gradient_inputs, forward_cap)
     cap = max(CHUNK, gradient_inputs // CHUNK * CHUNK)
     attack_batch = min(max(CHUNK, (batch_size + CHUNK - 1) // CHUNK * CHUNK), cap)
-    forward_batch = int(max(CHUNK, min(MAX_FORWARD_BATCH, passes // one)))
+    forward_batch = int(max(CHUNK, min(MAX_FORWARD_BATCH, forward_cap, passes // one)))
     rows = (budget // 4) // max(1, per_row_bytes + sample[0].numel() * sample.element_size())
     stream_rows = int(max(attack_batch, min(MAX_STREAM_ROWS, rows)) // attack_batch * attack_batch)
     return MemoryPlan(budget_bytes=budget, input_bytes=one, attack_batch=int(attack_batch),

@@ -14,7 +14,8 @@ from N(0, σ²) with σ its own standard deviation (0.02 when that is 0), under 
 from the run seed: the caller's RNG is untouched. Stochastic explainers draw afresh on each
 randomised model (their streams are keyed by the step too), so ``random`` scores about 0 and an
 "explainer" that returns the input scores 1. To bound the cost (one explanation per explainer and
-layer) MPRT runs on the first ``MPRT_SAMPLES`` samples by global index; the rest are NaN.
+layer) MPRT runs on ``MPRT_SAMPLES`` samples spread evenly over the audited rows (global indices
+floor(j * N / MPRT_SAMPLES), so a sharded audit shares the work); the rest are NaN.
 
 ``sanity.flip_rate.attention`` — Serrano & Smith 2019: in the last layer, the CLS row's single
 highest weight (the token with the highest weight averaged over heads, CLS itself excluded) is set to
@@ -98,6 +99,16 @@ class SanityOutcome:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+def mprt_rows(index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Which of the global indices ``index`` MPRT runs on, out of ``n_rows`` audited rows: all of them up to
+    ``MPRT_SAMPLES`` rows, else the rows floor(j * n_rows / MPRT_SAMPLES), j = 0 .. MPRT_SAMPLES - 1."""
+    if n_rows <= MPRT_SAMPLES:
+        return torch.ones(len(index), dtype=torch.bool)
+    index = index.cpu().long()
+    j = (index * MPRT_SAMPLES + n_rows - 1) // n_rows  # the smallest j whose row is at or after index
+    return (j < MPRT_SAMPLES) & (j * n_rows // MPRT_SAMPLES == index)
+
+
 def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: torch.Tensor,
          attribution: torch.Tensor, *, baseline: torch.Tensor, seed: int,
          index: torch.Tensor) -> tuple[list[str], np.ndarray]:
@@ -143,9 +154,18 @@ def zero_and_renormalise(weights: torch.Tensor, cls_index: int, token: torch.Ten
     return edited
 
 
+def flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch.Tensor,
+               max_batch: int = 4096) -> dict[str, np.ndarray]:
+    """Per sample, 1.0 when zeroing the top (or a random) CLS weight of the last layer changes the decision;
+    ``max_batch`` rows per forward pass."""
+    parts = [_flip_rates(detector, x[start:start + max_batch], seed=seed, index=index[start:start + max_batch])
+             for start in range(0, len(x), max_batch)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in FLIP_RATE_METRICS} if parts else \
+        {name: np.empty(0) for name in FLIP_RATE_METRICS}
+
+
 @torch.no_grad()
-def flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per sample, 1.0 when zeroing the top (or a random) CLS weight of the last layer changes the decision."""
+def _flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch.Tensor) -> dict[str, np.ndarray]:
     layer, cls_index = _last_attention(detector), detector.token_map.cls_index
     logits, attentions = detector.forward_with_attention(x)
     pred = logits.argmax(1)
@@ -175,11 +195,14 @@ def flip_rate_unsupported(detector: nn.Module) -> str | None:
 
 def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: dict[str, torch.Tensor],
                  *, baseline: torch.Tensor, seed: int, index: torch.Tensor,
-                 explainers: dict[str, Explainer]) -> SanityOutcome:
+                 explainers: dict[str, Explainer], n_rows: int | None = None,
+                 max_batch: int = 4096) -> SanityOutcome:
     """MPRT of every explainer given (``random`` is left out: it ignores the model by design) and the two
-    flip rates. ``index`` holds global indices: MPRT runs on those below ``MPRT_SAMPLES``."""
+    flip rates. ``index`` holds global indices out of ``n_rows`` audited rows (default: these rows are all of
+    them); MPRT runs on :func:`mprt_rows` of them. The explainers
+    bound their own passes (``Explainer.max_inputs``); the flip rates take ``max_batch`` rows per pass."""
     outcome = SanityOutcome()
-    chosen = (index < MPRT_SAMPLES).cpu()
+    chosen = mprt_rows(index, len(x) if n_rows is None else n_rows)
     for name, explainer in explainers.items():
         if name == "random" or name not in attributions:
             continue
@@ -197,7 +220,7 @@ def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
     reason = flip_rate_unsupported(model)
     if reason is None:
         with evaluating(model):
-            outcome.per_sample.update(flip_rates(model, x, seed=seed, index=index))
+            outcome.per_sample.update(flip_rates(model, x, seed=seed, index=index, max_batch=max_batch))
     else:
         outcome.skipped.update({name: reason for name in FLIP_RATE_METRICS})
     return outcome

@@ -519,7 +519,8 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True,
             block_relevant = relevant[index.cpu().numpy()] if relevant is not None else None
             parts.append(audit_rows(detector, x[index], y[index], index, config, attacks, domain=domain,
                                     baseline=block_baseline, relevant=block_relevant,
-                                    positive=data.positive_class, plan=plan, timing=timing, progress=progress))
+                                    positive=data.positive_class, plan=plan, timing=timing, progress=progress,
+                                    n_rows=len(x)))
         local: RowTable | Exception = concatenate(parts)
     except Exception as error:  # sent to rank 0 instead of the rows, so no rank waits forever
         local = error
@@ -550,10 +551,12 @@ def _objects(items: list) -> np.ndarray:
 
 def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, config: AuditConfig,
                attacks: dict, *, domain: Domain, baseline: torch.Tensor, relevant: np.ndarray | None,
-               positive: int | None, plan: MemoryPlan, timing: dict[str, float], progress: bool) -> RowTable:
+               positive: int | None, plan: MemoryPlan, timing: dict[str, float], progress: bool,
+               n_rows: int | None = None) -> RowTable:
     """Every per-sample stage on a block of rows with global indices ``index`` (a multiple of the attack
     chunk from its start). ``baseline`` is the removal baseline, (*shape) or the block's rows (n, *shape);
-    ``relevant`` the block's rows of the localisation ground truth. Returns the block's row table:
+    ``relevant`` the block's rows of the localisation ground truth; ``n_rows`` how many rows the whole audit
+    has (default: this block is all of them). Returns the block's row table:
     ``index``, ``proba`` (clean probabilities), ``per_sample`` (metric name -> values, aggregated later),
     ``curves`` (name -> (rows, points)), ``sanity_curves`` (explainer -> (rows, cascade steps)), ``masking``
     (the masking checks' own attacks) and, when asked, ``adversarial`` / ``explanations`` tensors. The groups
@@ -598,7 +601,7 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
     started = time.perf_counter()
     attributions = explain_all(detector, x, pred, config, baseline=baseline, progress=progress, index=index,
                                batch_size=plan.attack_batch, gradient_inputs=plan.gradient_inputs)
-    explainers = {name: make_explainer(name) for name in attributions}
+    explainers = {name: make_explainer(name, max_inputs=plan.gradient_inputs) for name in attributions}
     timed("explain", started)
 
     started = time.perf_counter()
@@ -617,7 +620,7 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
     timed("agreement", started)
     started = time.perf_counter()
     sane = sanity_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed, index=index,
-                        explainers=explainers)
+                        explainers=explainers, n_rows=n_rows, max_batch=plan.forward_batch)
     per_sample.update(sane.per_sample)
     notes.update(sane.skipped)
     table["sanity_curves"] = {name: values for name, (_, values) in sane.curves.items()}
@@ -733,7 +736,8 @@ def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, confi
     at a time. ``index``: the rows' global indices (random draws are keyed by them)."""
     index = torch.arange(len(x)) if index is None else index
     batch_size = batch_size or config.batch_size
-    explainers = {name: make_explainer(name) for name in config.explainers}
+    explainers = {name: make_explainer(name, **({} if gradient_inputs is None else {"max_inputs": gradient_inputs}))
+                  for name in config.explainers}
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
     readers = [name for name, explainer in explainers.items() if isinstance(explainer, AttentionExplainer)]
     batches = range(0, len(x), batch_size)

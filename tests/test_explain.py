@@ -284,6 +284,18 @@ def test_precision_at_k_of_the_true_ranking_is_one_and_skips_samples_without_gro
     assert np.array_equal(precision_at_k(reversed_ranking, relevant)[[0, 2]], [0.0, 0.0])
 
 
+def test_mprt_rows_are_256_spread_evenly_and_shards_split_them():
+    from auditor.sanity import MPRT_SAMPLES, mprt_rows
+
+    assert mprt_rows(torch.arange(100), 100).all()
+    chosen = torch.arange(1000)[mprt_rows(torch.arange(1000), 1000)]
+    assert len(chosen) == MPRT_SAMPLES and chosen[0] == 0 and chosen[1] == 3 and chosen[-1] == 996  # floor(255*1000/256)
+    assert torch.equal(chosen, (torch.arange(MPRT_SAMPLES) * 1000) // MPRT_SAMPLES)
+    halves = [torch.arange(1000)[rows][mprt_rows(torch.arange(1000)[rows], 1000)] for rows in (slice(0, 512),
+                                                                                          slice(512, 1000))]
+    assert torch.equal(torch.cat(halves), chosen) and abs(len(halves[0]) - MPRT_SAMPLES * 512 / 1000) <= 1
+
+
 def test_sanity_stage_is_per_sample_so_shards_gather_to_the_whole(tiny_detector):
     from auditor.sanity import mean_sanity_curves, sanity_stage
 
