@@ -70,10 +70,12 @@ class RowWriter:
             raise
 
     def write(self, first_row: int, tensors: dict[str, np.ndarray]) -> None:
-        """Write rows ``first_row .. first_row + len(values) - 1`` of each named tensor."""
+        """Write rows ``first_row .. first_row + len(values) - 1`` of every tensor of the file (all of them,
+        so that no tensor is left holding the zeros it was created with)."""
+        if set(tensors) != set(self._tensors):
+            raise ValueError(f"expected rows of every tensor of {self.path.name} ({', '.join(self._tensors)}), "
+                             f"got {', '.join(tensors)}")
         for name, values in tensors.items():
-            if name not in self._tensors:
-                raise KeyError(f"{self.path.name} has no tensor {name!r}; it has {', '.join(self._tensors)}")
             dtype, shape, begin = self._tensors[name]
             values = np.asarray(values)
             if values.dtype != dtype:
