@@ -1,6 +1,8 @@
-"""Writing an audit's files: every file is rendered in memory first, then each
-is written to a temporary name in the output folder and renamed into place, so
-a crash never leaves a half-written file."""
+"""Writing an audit's files: every file is written to a temporary name in the
+output folder and renamed into place only once complete, so a crash never leaves
+a half-written file. Most files are rendered in memory and written at once; the
+saved tensors are written row block by row block (auditor.tensorfile) into a
+:func:`reserve`-d file that is :func:`commit`-ed when the audit succeeds."""
 
 from __future__ import annotations
 
@@ -16,21 +18,71 @@ def _file_mode() -> int:
 
 
 def write_atomically(folder: Path, files: dict[str, bytes]) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    mode = _file_mode()
     written = []
     for name, payload in files.items():
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        temporary = reserve(folder, name)
         try:
-            with os.fdopen(handle, "wb") as stream:
+            with open(temporary, "wb") as stream:
                 stream.write(payload)
-            os.chmod(temporary, mode)
-            os.replace(temporary, folder / name)
+            written.append(commit(temporary, folder / name))
         finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-        written.append(folder / name)
+            discard(temporary)
     return written
+
+
+def reserve(folder: Path, name: str) -> Path:
+    """A new empty temporary file beside ``folder / name`` (the folder is made if missing), to be filled,
+    then :func:`commit`-ed into place or :func:`discard`-ed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.close(handle)
+    return Path(temporary)
+
+
+def commit(temporary: Path, target: Path) -> Path:
+    """Rename a filled temporary file into place, with the permissions of an ordinarily created file."""
+    os.chmod(temporary, _file_mode())
+    os.replace(temporary, target)
+    return target
+
+
+def discard(temporary: Path) -> None:
+    """Remove a temporary file that was not committed (a no-op once it was)."""
+    if os.path.exists(temporary):
+        os.unlink(temporary)
+
+
+class PendingFiles:
+    """Files filled in place before they are complete (the saved tensors, written row block by row block):
+    each is :meth:`reserve`-d under a temporary name in ``folder`` and renamed to its name by
+    :meth:`commit`. Leaving the ``with`` block without a commit removes them, and the folder too when this
+    made it and nothing else was written there, so a failed audit leaves no trace."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.temporary: dict[str, Path] = {}
+        self._made_folder = False
+
+    def reserve(self, name: str) -> Path:
+        if not self.folder.exists():
+            self._made_folder = True
+        self.temporary[name] = reserve(self.folder, name)
+        return self.temporary[name]
+
+    def commit(self) -> list[Path]:
+        committed = [commit(temporary, self.folder / name) for name, temporary in self.temporary.items()]
+        self.temporary = {}
+        return committed
+
+    def __enter__(self) -> "PendingFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for temporary in self.temporary.values():
+            discard(temporary)
+        self.temporary = {}
+        if self._made_folder and self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
 def append_step_summary(markdown: bytes) -> None:

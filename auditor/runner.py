@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from auditor.gates import (GateResult, check_baseline, default_policy, evaluate, evaluate_regression, exit_code,
                            load_baseline, load_policy, regression_tolerances, validate_policy)
-from auditor.outputs import append_step_summary, write_atomically
+from auditor.outputs import PendingFiles, append_step_summary, write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
 from auditor.report_html import render_report
 from auditor.shard import Shard
-from auditor.session import (AuditConfig, ForeignOptions, is_foreign, load_foreign_subject, load_subject,
-                             planned_metrics, run_audit)
+from auditor.session import (SAVED_FILES, AuditConfig, ForeignOptions, Subject, is_foreign, load_foreign_subject,
+                             load_subject, planned_metrics, run_audit, saved_layouts)
+from auditor.tensorfile import create
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 
@@ -62,11 +62,31 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
     except Exception as error:  # raised again on this rank by agree(), and as a failure on the others
         problem = error
     shard.agree(problem)
-    result = run_audit(subject, config, progress=not quiet and shard.is_main, shard=shard)
-    if result is None:
-        return None
-    return _write(result, subject, config, policy, planned, out_dir=out_dir, save_adversarial=save_adversarial,
-                  save_explanations=save_explanations, baseline=baseline, tolerances=tolerances)
+    with PendingFiles(out_dir) as saved:  # rank 0's: renamed into place with the other outputs, else removed
+        save_to = _lay_out_saved(saved, subject, config, shard)
+        result = run_audit(subject, config, progress=not quiet and shard.is_main, shard=shard, save_to=save_to)
+        if result is None:
+            return None
+        return _write(result, subject, config, policy, planned, out_dir=out_dir, saved=saved, baseline=baseline,
+                      tolerances=tolerances)
+
+
+def _lay_out_saved(saved: PendingFiles, subject: Subject, config: AuditConfig, shard: Shard) -> dict[str, Path]:
+    """Before the audit, rank 0 creates the files --save-adversarial/--save-explanations fill (header, full
+    size) under temporary names; every rank gets their paths and writes its own rows into them."""
+    layouts = saved_layouts(config, subject.data)
+    if not layouts:
+        return {}
+    problem, paths = None, {}
+    if shard.is_main:
+        try:
+            for group, layout in layouts.items():
+                paths[group] = saved.reserve(SAVED_FILES[group])
+                create(paths[group], layout)
+        except Exception as error:  # raised on every rank by agree(), so none starts auditing
+            problem = error
+    shard.agree(problem)
+    return shard.share(paths)
 
 
 def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, attacks, max_samples, seed, device,
@@ -109,7 +129,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
 
 
 def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, out_dir: Path,
-           save_adversarial: bool, save_explanations: bool, baseline=None, tolerances=None) -> Outcome:
+           saved: PendingFiles, baseline=None, tolerances=None) -> Outcome:
     skipped = dict(result.skipped)
     for name in planned_metrics(config, binary=subject.detector.n_classes == 2):
         if name not in result.metrics and name not in skipped and name in planned:
@@ -145,13 +165,8 @@ def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, 
         "junit.xml": render_junit(gates),
         "summary.md": render_summary(document),
     }
-    if save_adversarial:
-        files["adversarial.safetensors"] = safetensors.torch.save(
-            {k: v.contiguous() for k, v in result.adversarial.items()})
-    if save_explanations:
-        files["explanations.safetensors"] = safetensors.torch.save(
-            {k: v.contiguous() for k, v in result.explanations.items()})
     write_atomically(out_dir, files)
+    saved.commit()
     append_step_summary(files["summary.md"])
     return Outcome(exit_code=exit_code(gates), gates=gates, report_path=out_dir / "report.html", document=document)
 

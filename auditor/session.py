@@ -28,6 +28,7 @@ from auditor.persample import aggregate
 from auditor.robustness import KEPT_EXAMPLES, robustness_curves, run_attacks
 from auditor.sanity import FLIP_RATE_METRICS, SanityOutcome, mean_sanity_curves, sanity_stage
 from auditor.shard import RowTable, Shard, concatenate
+from auditor.tensorfile import Layout, RowWriter
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
 from detectors.data import Dataset, align_table, is_builtin, load_table, split_table, stratified_subset
@@ -228,8 +229,6 @@ class AuditResult:
     removal_curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     confusion: list[list[int]] = field(default_factory=list)
     gallery: list[SampleView] = field(default_factory=list)
-    adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
-    explanations: dict[str, torch.Tensor] = field(default_factory=dict)
     masking: list[dict] = field(default_factory=list)
     memory: dict = field(default_factory=dict)
     probabilities: list[list[float]] = field(default_factory=list)
@@ -488,11 +487,14 @@ def _same_data(spec: str, trained_on: str) -> bool:
     return Path(spec).resolve() == Path(trained_on).resolve()
 
 
-def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True,
-              shard: Shard | None = None) -> AuditResult | None:
+def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, shard: Shard | None = None,
+              save_to: dict[str, Path] | None = None) -> AuditResult | None:
     """Audit ``subject``: this process's shard of the rows is streamed through the stages in chunks of
     whole attack chunks; the per-sample tables of every shard are gathered to rank 0, which aggregates
-    them once over all rows (and returns the result; other ranks return None)."""
+    them once over all rows (and returns the result; other ranks return None). ``save_to``: for the
+    row-table groups that ``--save-adversarial``/``--save-explanations`` keep, the file laid out by
+    :func:`saved_layouts` (``auditor.tensorfile.create``) that this rank writes its rows into, block by
+    block, instead of gathering them."""
     shard = shard or Shard()
     detector, data, device = subject.detector, subject.data, subject.device
     detector.eval()
@@ -508,8 +510,13 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True,
     attacks = config.build_attacks()
     plan = plan_memory(detector, x[:2], budget_gb=config.max_memory_gb, batch_size=config.batch_size,
                        per_row_bytes=_row_bytes(x, config))
+    if set(save_to or {}) != set(saved_layouts(config, data)):
+        raise ValueError(f"the configuration saves {sorted(saved_layouts(config, data))}, but files were given for "
+                         f"{sorted(save_to or {})}")
     timing: dict[str, float] = {}
+    writers: dict[str, RowWriter] = {}
     try:
+        writers.update({group: _open_saved(path, shard) for group, path in (save_to or {}).items()})
         parts = []
         rows = torch.as_tensor(shard.rows(len(x)), device=device)
         for start in range(0, len(rows), plan.stream_rows):
@@ -517,21 +524,56 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True,
             # a per-sample removal baseline (blur) is sliced to the block's rows
             block_baseline = baseline[index] if baseline.shape == x.shape else baseline
             block_relevant = relevant[index.cpu().numpy()] if relevant is not None else None
-            parts.append(audit_rows(detector, x[index], y[index], index, config, attacks, domain=domain,
-                                    baseline=block_baseline, relevant=block_relevant,
-                                    positive=data.positive_class, plan=plan, timing=timing, progress=progress,
-                                    n_rows=len(x)))
+            table = audit_rows(detector, x[index], y[index], index, config, attacks, domain=domain,
+                               baseline=block_baseline, relevant=block_relevant, positive=data.positive_class,
+                               plan=plan, timing=timing, progress=progress, n_rows=len(x))
+            for group, writer in writers.items():  # a block's rows are consecutive: written at the first one's place
+                writer.write(int(index[0]), table.pop(group))
+            parts.append(table)
         local: RowTable | Exception = concatenate(parts)
     except Exception as error:  # sent to rank 0 instead of the rows, so no rank waits forever
         local = error
+    finally:  # closed before the gather: rank 0 renames the files once every rank is past it
+        for writer in writers.values():
+            writer.close()
     tables = shard.gather(local)
     if tables is None:
         return None
     return summarise(tables, subject, config, attacks, timing=timing, plan=plan, x=x, baseline=baseline)
 
 
+# the files --save-adversarial / --save-explanations write, by the row-table group they hold
+SAVED_FILES = {"adversarial": "adversarial.safetensors", "explanations": "explanations.safetensors"}
+
+
+def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
+    """For each group of :data:`SAVED_FILES` the configuration asks for, every tensor its file holds, with
+    dtype and full shape (one row per audited sample, in the data's row order): known before the audit, so
+    the file is laid out first and filled block by block."""
+    n, shape = len(data), tuple(data.x.shape[1:])
+    x, y = (data.x.dtype, (n, *shape)), (data.y.dtype, (n,))
+    layouts = {}
+    if config.save_adversarial:
+        layouts["adversarial"] = {"x": x, "y": y, **{f"adv/{attack}@{format_eps(eps)}": x
+                                                     for attack in config.attacks for eps in config.eps}}
+    if config.save_explanations:
+        layouts["explanations"] = {"x": x, "y": y, "pred": (np.dtype(np.int64), (n,)),
+                                   **{f"attr/{name}": x for name in config.explainers}}
+    return layouts
+
+
+def _open_saved(path: Path, shard: Shard) -> RowWriter:
+    try:
+        return RowWriter(path)
+    except FileNotFoundError:
+        raise BadInputError(f"rank {shard.rank} cannot open {path}, which rank 0 created: with "
+                            "--save-adversarial/--save-explanations a run across machines needs --out on a "
+                            "filesystem every machine shares") from None
+
+
 def _row_bytes(x: torch.Tensor, config: AuditConfig) -> int:
-    """What the stages hold per streamed row: attributions per explainer, adversarial rows, curves."""
+    """What the stages hold per streamed row: attributions per explainer, adversarial rows (written to their
+    file block by block when saved, so one block's worth), curves."""
     one = x[0].numel() * 4
     kept = len(config.attacks) * len(config.eps) if config.save_adversarial else 1
     return one * (len(config.explainers) + kept + 2) + len(config.explainers) * 2 * 8 * 66
@@ -700,9 +742,6 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
                                                  baseline=baseline),
     )
     result.memory = plan.to_dict()
-    for group, target in (("adversarial", result.adversarial), ("explanations", result.explanations)):
-        for name, values in rows.get(group, {}).items():
-            target[name] = torch.from_numpy(np.ascontiguousarray(values))
     return result
 
 

@@ -67,6 +67,14 @@ class Shard(Parallel):
         if failed is not None:
             raise failed
 
+    def share(self, value):
+        """Rank 0's ``value`` (anything that pickles), on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather(self, local: RowTable | Exception) -> RowTable | None:
         """Every rank's row table (or its failure) to rank 0, merged in global row order; None elsewhere."""
         if not self.distributed:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from auditor.cli import cli
 from auditor.metrics import Bootstrap
@@ -51,14 +53,15 @@ def test_bootstrap_in_blocks_equals_bootstrap_at_once(monkeypatch):
 def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
     model = trained_checkpoint[0]
     one = tmp_path / "one"
+    saving = ["--save-adversarial", "--save-explanations"]
     # one process, streamed in blocks of 64 rows with batches of 64 (a tiny memory budget)
     result = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(one), "--max-memory-gb", "0.0005",
-                                      *LIGHT], catch_exceptions=False)
+                                      *LIGHT, *saving], catch_exceptions=False)
     assert result.exit_code in (0, 1), result.output
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-m", "auditor", "run", "--nproc", "2", "--model", str(model),
-                          "--out", str(two), *LIGHT], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          "--out", str(two), *LIGHT, *saving], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == result.exit_code, run.stderr[-2000:]  # rank 0's code, passed back by --nproc
     a = json.loads((one / "results.json").read_text())
@@ -79,7 +82,16 @@ def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
     for name, curve in a["curves"]["removal"].items():
         for key in ("deletion", "insertion"):
             assert b["curves"]["removal"][name][key] == pytest.approx(curve[key], abs=1e-9), name
-    assert sorted(p.name for p in two.iterdir()) == ["junit.xml", "report.html", "results.json", "summary.md"]
+    assert sorted(p.name for p in two.iterdir()) == ["adversarial.safetensors", "explanations.safetensors",
+                                                      "junit.xml", "report.html", "results.json", "summary.md"]
+    # the saved tensors: written by each rank into the one file (two blocks of 64 and 36 rows in the single
+    # process), they hold every row in the same order
+    for name in ("adversarial.safetensors", "explanations.safetensors"):
+        alone, sharded = load_file(one / name), load_file(two / name)
+        assert set(alone) == set(sharded) and len(alone["x"]) == 100, name
+        for key, values in alone.items():
+            assert sharded[key].dtype == values.dtype, key
+            assert torch.allclose(sharded[key], values, rtol=0, atol=1e-6), key
 
 
 def test_bad_input_under_torchrun_ends_every_rank_with_exit_2(tmp_path):
