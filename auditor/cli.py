@@ -150,7 +150,8 @@ def train(ctx, detector, data_spec, label_column, positive_class, defense, defen
 
 def _launch_torchrun(ctx: click.Context, nproc: int, *, module: str, command: tuple[str, ...] = ()) -> int:
     """Re-run this command under ``torchrun --standalone`` with the same options (all but --nproc); the exit
-    code is rank 0's (torchrun itself answers 1 for any failed process), passed back through a file."""
+    code is rank 0's (torchrun itself answers 1 for any failed process), passed back through a file (see
+    :func:`main`); without the file (a rank died before rank 0 could write it) it is torchrun's."""
     import subprocess
     import tempfile
 
@@ -333,8 +334,6 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
         code = shard.broadcast_code(code)
     finally:
         shard.close()
-    if shard.is_main and os.environ.get(EXIT_CODE_FILE):
-        Path(os.environ[EXIT_CODE_FILE]).write_text(str(code))
     if problem is not None and shard.is_main:
         raise problem
     sys.exit(code)
@@ -456,7 +455,21 @@ def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="audit")
+    code_file = os.environ.get(EXIT_CODE_FILE)
+    if not code_file or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        cli.main(args=argv, prog_name="audit")
+        return
+    # A rank started by --nproc: rank 0's exit code goes back to the launcher through the file, and every rank
+    # itself ends with 0, so that torchrun neither stops the other ranks half-way (it does once one ends
+    # non-zero: rank 0 could be killed before writing the code) nor prints its own failure report over ours.
+    try:
+        cli.main(args=argv, prog_name="audit")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(code_file).write_text(str(code))
+    sys.exit(0)
 
 
 if __name__ == "__main__":

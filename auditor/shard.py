@@ -44,7 +44,9 @@ class Shard(Parallel):
         return np.arange(min(n, first * CHUNK), min(n, last * CHUNK))
 
     def start(self, device: torch.device) -> None:
-        """Join the process group: NCCL for CUDA, gloo on CPU."""
+        """Join the process group: NCCL for CUDA, gloo on CPU (with this process's share of the cores)."""
+        if self.distributed and device.type == "cpu":
+            self.share_cpu()
         if self.distributed and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                     timeout=datetime.timedelta(hours=2))

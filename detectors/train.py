@@ -147,6 +147,16 @@ class Parallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def share_cpu(self) -> int:
+        """On CPU, give this process its share of the cores: torch threads = cores / processes on this machine
+        (never more than it has now). Several processes each running one thread per core fight over the cores:
+        measured on 2 cores, a 2-process audit with 2 threads each took 63.7 s, with 1 thread each 33.3 s."""
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if local > 1:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            torch.set_num_threads(max(1, min(torch.get_num_threads(), cores // local)))
+        return torch.get_num_threads()
+
     @classmethod
     def from_environment(cls) -> "Parallel":
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -385,6 +395,8 @@ def train_and_save(*, detector: str, data_spec: str, label_column: str = "label"
         if target_device.type == "cuda":
             target_device = torch.device("cuda", parallel.local_rank)
             torch.cuda.set_device(target_device)
+        else:
+            parallel.share_cpu()
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if target_device.type == "cuda" else "gloo")
     try:

@@ -110,4 +110,6 @@ def test_bad_input_under_torchrun_ends_every_rank_with_exit_2(tmp_path):
                                str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "out"), "--quiet"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert launched.returncode == 2, launched.stderr[-2000:]  # audit run --nproc passes rank 0's code back
+    # one clear line from rank 0; no torchrun failure report or traceback over it
+    assert "error: checkpoint" in launched.stderr and "Traceback" not in launched.stderr, launched.stderr[-2000:]
     assert not (tmp_path / "out").exists()
