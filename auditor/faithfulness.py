@@ -148,19 +148,28 @@ def masked_probabilities(model: torch.nn.Module, x: torch.Tensor, target: torch.
     return out
 
 
+REMOVAL_KINDS = ("deletion", "insertion")
+
+
 @dataclass
 class RemovalCurves:
     fractions: np.ndarray  # (steps,)
-    deletion: np.ndarray  # (samples, steps)
-    insertion: np.ndarray  # (samples, steps)
+    deletion: np.ndarray | None  # (samples, steps); None when not asked for
+    insertion: np.ndarray | None  # (samples, steps); None when not asked for
 
     @property
     def deletion_auc(self) -> np.ndarray:
-        return np.trapezoid(self.deletion, self.fractions, axis=1)
+        return np.trapezoid(self._curve("deletion"), self.fractions, axis=1)
 
     @property
     def insertion_auc(self) -> np.ndarray:
-        return np.trapezoid(self.insertion, self.fractions, axis=1)
+        return np.trapezoid(self._curve("insertion"), self.fractions, axis=1)
+
+    def _curve(self, kind: str) -> np.ndarray:
+        curve = getattr(self, kind)
+        if curve is None:
+            raise ValueError(f"the {kind} curve was not computed; pass kinds including {kind!r}")
+        return curve
 
 
 def removal_counts(n_features: int) -> np.ndarray:
@@ -185,8 +194,14 @@ def feature_ranks(attribution: torch.Tensor) -> torch.Tensor:
 
 
 def removal_curves(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
-                   baseline: torch.Tensor, *, max_batch: int = 16384) -> RemovalCurves:
-    """Deletion and insertion curves of every sample, ``max_batch`` model inputs per forward pass."""
+                   baseline: torch.Tensor, *, max_batch: int = 16384,
+                   kinds: tuple[str, ...] = REMOVAL_KINDS) -> RemovalCurves:
+    """Deletion and insertion curves of every sample, ``max_batch`` model inputs per forward pass.
+    ``kinds``: the curves to compute (the others are None); one curve costs half the passes of both."""
+    unknown = [kind for kind in kinds if kind not in REMOVAL_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"expected kinds from {REMOVAL_KINDS}, got {kinds!r}")
+    wanted = [kind for kind in REMOVAL_KINDS if kind in kinds]
     n_features = x[0].numel()
     counts = torch.as_tensor(removal_counts(n_features), device=x.device)
     ranks = feature_ranks(attribution).to(x.device)
@@ -194,11 +209,14 @@ def removal_curves(model: torch.nn.Module, x: torch.Tensor, attribution: torch.T
 
     def masks(rows):
         changed = ranks[rows, None, :] < counts[None, :, None]
-        return torch.cat([changed, ~changed], dim=1)
+        # deletion replaces the top-ranked features by the baseline; insertion keeps only them
+        return torch.cat([changed if kind == "deletion" else ~changed for kind in wanted], dim=1)
 
-    proba = masked_probabilities(model, x, target, baseline, masks, 2 * steps, max_batch=max_batch).numpy()
-    return RemovalCurves(fractions=counts.cpu().numpy() / n_features, deletion=proba[:, :steps],
-                         insertion=proba[:, steps:])
+    proba = masked_probabilities(model, x, target, baseline, masks, len(wanted) * steps,
+                                 max_batch=max_batch).numpy()
+    curves = {kind: proba[:, i * steps:(i + 1) * steps] for i, kind in enumerate(wanted)}
+    return RemovalCurves(fractions=counts.cpu().numpy() / n_features, deletion=curves.get("deletion"),
+                         insertion=curves.get("insertion"))
 
 
 def random_ranking_scores(shape: tuple[int, ...], index: torch.Tensor, *, seed: int) -> torch.Tensor:
@@ -402,7 +420,9 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
                   if "deletion_gain" in metrics else None)
     for name, attribution in attributions.items():
         if {"deletion", "insertion", "deletion_gain"} & set(metrics):
-            curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch)
+            kinds = tuple(kind for kind in REMOVAL_KINDS
+                          if kind in metrics or (kind == "deletion" and "deletion_gain" in metrics))
+            curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch, kinds=kinds)
             if "deletion" in metrics:
                 outcome.per_sample[f"faithfulness.deletion_auc.{name}"] = curves.deletion_auc
             if "insertion" in metrics:
@@ -410,9 +430,9 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
             if random_auc is not None:
                 outcome.per_sample[f"faithfulness.deletion_gain.{name}"] = deletion_gain(curves.deletion_auc,
                                                                                         random_auc)
-            outcome.curves[f"deletion.{name}"] = curves.deletion
-            outcome.curves[f"insertion.{name}"] = curves.insertion
-            outcome.fractions[f"deletion.{name}"] = outcome.fractions[f"insertion.{name}"] = curves.fractions.tolist()
+            for kind in kinds:
+                outcome.curves[f"{kind}.{name}"] = getattr(curves, kind)
+                outcome.fractions[f"{kind}.{name}"] = curves.fractions.tolist()
         if {"comprehensiveness", "sufficiency"} & set(metrics):
             comprehensiveness, sufficiency = aopc(model, x, attribution, target, baseline, max_batch=max_batch)
             if "comprehensiveness" in metrics:
@@ -431,14 +451,3 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
             outcome.per_sample[f"stability.max_sensitivity.{name}"] = max_sensitivity(
                 model, explainers[name], x, target, baseline, seed=seed, index=index, max_batch=max_batch)
     return outcome
-
-
-def mean_curves(outcome: FaithfulnessOutcome, explainers: list[str]) -> dict[str, dict[str, list[float]]]:
-    """The report's view: per explainer the x-axis and the mean deletion and insertion curves."""
-    view = {}
-    for name in explainers:
-        if f"deletion.{name}" in outcome.curves:
-            view[name] = {"fractions": outcome.fractions[f"deletion.{name}"],
-                          "deletion": outcome.curves[f"deletion.{name}"].mean(0).tolist(),
-                          "insertion": outcome.curves[f"insertion.{name}"].mean(0).tolist()}
-    return view

@@ -162,20 +162,22 @@ def removal_plot(curves: dict[str, dict[str, list[float]]], *, subject: str = ""
                  random_dashed: bool = True) -> Markup:
     """Deletion and insertion curves side by side, one line per key of ``curves`` (explainers in a report,
     checkpoints in a comparison, where ``subject`` names the explainer they share)."""
-    figure = Figure(figsize=(8.0, 3.0))
-    left, right = figure.subplots(1, 2, sharey=True)
-    for name, curve in curves.items():
-        style = dict(color="0.5", linestyle="--") if random_dashed and name == "random" else {}
-        left.plot(curve["fractions"], curve["deletion"], label=name, **style)
-        right.plot(curve["fractions"], curve["insertion"], label=name, **style)
+    # a panel per curve the audit computed (an audit asking only for deletion has no insertion curve)
+    kinds = [kind for kind in ("deletion", "insertion") if any(kind in curve for curve in curves.values())]
+    figure = Figure(figsize=(4.0 * len(kinds), 3.0))
+    panels = figure.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
     prefix = f", {subject}" if subject else ""
-    left.set_title(f"deletion{prefix} (lower is more faithful)")
-    right.set_title(f"insertion{prefix} (higher is more faithful)")
-    for axes in (left, right):
+    for axes, kind in zip(panels, kinds):
+        for name, curve in curves.items():
+            if kind in curve:
+                style = dict(color="0.5", linestyle="--") if random_dashed and name == "random" else {}
+                axes.plot(curve["fractions"], curve[kind], label=name, **style)
+        direction = "lower" if kind == "deletion" else "higher"
+        axes.set_title(f"{kind}{prefix} ({direction} is more faithful)")
         axes.set_xlabel("fraction of features changed")
         axes.grid(alpha=0.3)
-    left.set_ylabel("predicted-class probability")
-    right.legend(frameon=False, fontsize=8)
+    panels[0].set_ylabel("predicted-class probability")
+    panels[-1].legend(frameon=False, fontsize=8)
     return _svg(figure)
 
 

@@ -19,8 +19,8 @@ from attacks import ATTACKS, Domain, make_attack
 from auditor.clean import clean_metrics, predict_proba
 from auditor.agreement import agreement_stage, planned_agreement
 from auditor.explain import EXPLAINERS, AttentionExplainer, make_explainer
-from auditor.faithfulness import (FAITHFULNESS_METRICS, REMOVAL_BASELINES, check_metric_names, faithfulness_stage,
-                                   mean_curves, planned_names, removal_baseline)
+from auditor.faithfulness import (FAITHFULNESS_METRICS, REMOVAL_BASELINES, REMOVAL_KINDS, check_metric_names,
+                                   faithfulness_stage, planned_names, removal_baseline)
 from auditor.localisation import localisation_stage, relevant_mask_of
 from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.memory import MemoryPlan, plan_memory
@@ -720,10 +720,11 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     fractions = {name: values[0].tolist() for name, values in tables.get("fractions", {}).items()}
     removal = {}
     for name in config.explainers:
-        if f"deletion.{name}" in rows.get("curves", {}):
-            removal[name] = {"fractions": fractions[f"deletion.{name}"],
-                             "deletion": rows["curves"][f"deletion.{name}"].mean(0, dtype=np.float64).tolist(),
-                             "insertion": rows["curves"][f"insertion.{name}"].mean(0, dtype=np.float64).tolist()}
+        kinds = [kind for kind in REMOVAL_KINDS if f"{kind}.{name}" in rows.get("curves", {})]
+        if kinds:  # only the curves the chosen metrics need were computed
+            removal[name] = {"fractions": fractions[f"{kinds[0]}.{name}"],
+                             **{kind: rows["curves"][f"{kind}.{name}"].mean(0, dtype=np.float64).tolist()
+                                for kind in kinds}}
     sanity_labels = tables.get("sanity_labels", {})
     sanity_curves = mean_sanity_curves(SanityOutcome(curves={
         name: ([str(label) for label in sanity_labels[name][0]], values)

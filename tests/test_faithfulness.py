@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -69,9 +70,23 @@ def test_batching_does_not_change_curves(tiny_detector):
                        atol=1e-6)
 
 
+def test_one_curve_alone_equals_its_half_of_both(tiny_detector):
+    x, attr = torch.rand(9, 6), torch.rand(9, 6)
+    target, baseline = tiny_detector(x).argmax(1), torch.full((6,), 0.5)
+    both = removal_curves(tiny_detector, x, attr, target, baseline)
+    deletion = removal_curves(tiny_detector, x, attr, target, baseline, kinds=("deletion",))
+    insertion = removal_curves(tiny_detector, x, attr, target, baseline, kinds=("insertion",))
+    assert deletion.insertion is None and insertion.deletion is None
+    assert np.allclose(deletion.deletion, both.deletion, atol=1e-6)
+    assert np.allclose(insertion.insertion_auc, both.insertion_auc, atol=1e-6)
+    with pytest.raises(ValueError, match="insertion curve was not computed"):
+        deletion.insertion_auc
+    with pytest.raises(ValueError, match="expected kinds"):
+        removal_curves(tiny_detector, x, attr, target, baseline, kinds=("removal",))
+
+
 # --- the metrics beyond deletion and insertion: answers worked out on paper ---------------------------------
 
-import pytest  # noqa: E402
 
 from auditor.explain import make_explainer  # noqa: E402
 from auditor.faithfulness import (FAITHFULNESS_METRICS, aopc, aopc_counts, deletion_gain,  # noqa: E402
@@ -218,6 +233,27 @@ def test_blur_on_tabular_data_is_refused_with_exit_2(trained_checkpoint, tmp_pat
     result = CliRunner().invoke(cli, ["run", "--model", str(path), "--out", str(tmp_path / "out"),
                                       "--faithfulness-metrics", "deletion,faithful", "--quiet"])
     assert result.exit_code == 2 and "unknown faithfulness metric 'faithful'" in result.output
+
+
+def test_an_audit_of_deletion_alone_computes_and_plots_only_the_deletion_curve(trained_checkpoint, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from auditor.cli import cli
+
+    path, _ = trained_checkpoint
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--out", str(out), "--max-samples", "24",
+                                      "--attacks", "fgsm", "--explainers", "attention",
+                                      "--faithfulness-metrics", "deletion", "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    document = json.loads((out / "results.json").read_text())
+    removal = document["curves"]["removal"]["attention"]
+    assert set(removal) == {"fractions", "deletion"} and len(removal["deletion"]) == len(removal["fractions"])
+    assert "faithfulness.insertion_auc.attention" not in document["metrics"]
+    html = (out / "report.html").read_text()
+    assert "deletion (lower is more faithful)" in html and "insertion (higher is more faithful)" not in html
 
 
 def test_profiles_choose_the_faithfulness_metrics_and_the_config_records_them():
