@@ -127,6 +127,8 @@ class PGD(Attack):
                 loss = sign * F.cross_entropy(model(x_adv), aim, reduction="sum")
                 grad, = torch.autograd.grad(loss, x_adv)
                 x_adv = domain.project(x_adv.detach() + alpha * keep(self._step(grad)), x, eps=eps, norm=self.norm)
+            if self.restarts == 1:  # nothing to choose between: no extra forward pass to find who is fooled
+                return x_adv
             with torch.no_grad():
                 predicted = model(x_adv).argmax(1)
                 now_fooled = predicted != y if self.target_class is None else predicted == aim
