@@ -225,10 +225,17 @@ class IntegratedGradientsExplainer(Explainer):
     steps = 32
 
     def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
+        # captum runs at least every example of a call in one pass (it ignores an internal batch below the
+        # number of examples), so rows go in chunks that keep each pass within max_inputs
+        rows = max(1, self.max_inputs // self.steps)
+        baselines = baseline.expand_as(x)
+        integrated = IntegratedGradients(detector)
         with torch.enable_grad():
-            return IntegratedGradients(detector).attribute(
-                x, baselines=baseline.expand_as(x), target=target, n_steps=self.steps,
-                internal_batch_size=_internal_batch(len(x), self.steps, self.max_inputs))
+            return torch.cat([integrated.attribute(
+                x[start:start + rows], baselines=baselines[start:start + rows], target=target[start:start + rows],
+                n_steps=self.steps, internal_batch_size=_internal_batch(len(x[start:start + rows]), self.steps,
+                                                                        self.max_inputs))
+                for start in range(0, len(x), rows)]) if len(x) else torch.zeros_like(x)
 
 
 class SaliencyExplainer(Explainer):
@@ -309,11 +316,17 @@ class FeatureAblationExplainer(Explainer):
     reference = "leave-one-out against the removal baseline (captum FeatureAblation)"
 
     def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
-        features = x[0].numel() if len(x) else 1
-        per_eval = max(1, min(features, self.max_inputs // max(len(x), 1)))
+        if not len(x):
+            return torch.zeros_like(x)
+        # one pass holds rows x perturbations_per_eval inputs: at most max_inputs
+        rows = min(len(x), self.max_inputs)
+        per_eval = max(1, min(x[0].numel(), self.max_inputs // rows))
+        baselines = baseline.expand_as(x).contiguous()
+        ablation = FeatureAblation(detector)
         with torch.no_grad():
-            return FeatureAblation(detector).attribute(x, baselines=baseline.expand_as(x).contiguous(),
-                                                       target=target, perturbations_per_eval=per_eval)
+            return torch.cat([ablation.attribute(x[start:start + rows], baselines=baselines[start:start + rows],
+                                                 target=target[start:start + rows], perturbations_per_eval=per_eval)
+                              for start in range(0, len(x), rows)])
 
 
 class RandomExplainer(Explainer):
