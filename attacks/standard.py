@@ -115,26 +115,34 @@ class PGD(Attack):
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         # targeted: descend the cross-entropy of the target class (torchattacks' targeted PGD), success = target
         sign, aim = (1.0, y) if self.target_class is None else (-1.0, torch.full_like(y, self.target_class))
-        mask = self.restrict(model, x)
-        keep = (lambda t: t) if mask is None else (lambda t: t * mask)
+        full_mask = self.restrict(model, x)
+        index = torch.as_tensor(index, device=x.device)
         for restart in range(self.restarts):
-            x_adv = x.clone()
+            # a later restart only attacks the rows no earlier one fooled (the others keep their first success);
+            # each row's steps depend on that row alone, so this changes no result
+            rows = torch.arange(len(x), device=x.device) if restart == 0 else (~fooled).nonzero().squeeze(1)
+            if not len(rows):
+                break
+            xr, aim_r, mask = (x, aim, full_mask) if restart == 0 else (
+                x[rows], aim[rows], None if full_mask is None else full_mask[rows])
+            keep = (lambda t: t) if mask is None else (lambda t, mask=mask: t * mask)
+            x_adv = xr.clone()
             if self.random_start:
-                start = x + keep(self._start(x, eps, seed, index, restart) - x)
-                x_adv = domain.project(start, x, eps=eps, norm=self.norm)
+                start = xr + keep(self._start(xr, eps, seed, index[rows], restart) - xr)
+                x_adv = domain.project(start, xr, eps=eps, norm=self.norm)
             for _ in range(self.steps):
                 x_adv.requires_grad_(True)
-                loss = sign * F.cross_entropy(model(x_adv), aim, reduction="sum")
+                loss = sign * F.cross_entropy(model(x_adv), aim_r, reduction="sum")
                 grad, = torch.autograd.grad(loss, x_adv)
-                x_adv = domain.project(x_adv.detach() + alpha * keep(self._step(grad)), x, eps=eps, norm=self.norm)
+                x_adv = domain.project(x_adv.detach() + alpha * keep(self._step(grad)), xr, eps=eps, norm=self.norm)
             if self.restarts == 1:  # nothing to choose between: no extra forward pass to find who is fooled
                 return x_adv
             with torch.no_grad():
                 predicted = model(x_adv).argmax(1)
-                now_fooled = predicted != y if self.target_class is None else predicted == aim
-            take = now_fooled & ~fooled if restart else torch.ones_like(fooled)
-            best[take] = x_adv[take]
-            fooled |= now_fooled
+                now_fooled = predicted != y[rows] if self.target_class is None else predicted == aim_r
+            take = rows if restart == 0 else rows[now_fooled]
+            best[take] = x_adv if restart == 0 else x_adv[now_fooled]
+            fooled[rows] |= now_fooled
         return best
 
 

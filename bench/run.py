@@ -7,7 +7,8 @@ records absolute samples per second.
 
 Sections: (1) attack overhead, (2) attention attacks, (3) faithfulness, (4) our pgd
 against Adversarial Robustness Toolbox, (5) end to end, (6) scaling, (7) memory on
-large data. Add a faithfulness metric by adding one entry to ``FAITHFULNESS``.
+large data. Add a faithfulness metric by adding one entry to ``FAITHFULNESS``. ``--standard`` adds the
+standard profile's wall time to section 5 (minutes: not part of ``make bench``).
 """
 
 from __future__ import annotations
@@ -331,7 +332,7 @@ def _train(folder: Path, data: str) -> Path:
     return path
 
 
-def end_to_end(folder: Path, device) -> None:
+def end_to_end(folder: Path, device, *, standard: bool = False) -> None:
     from bench.passes import model_pass_seconds
 
     model = _train(folder, "flows:4000")
@@ -344,6 +345,11 @@ def end_to_end(folder: Path, device) -> None:
     audit_seconds, model_seconds = model_pass_seconds(str(model), "flows:5000", 1000, device.type)
     record("5 end to end", "audit (in process) / its model passes (same batches, bare)",
            audit_seconds / model_seconds, target="<= 1.5")
+    if standard:
+        profile = [arg if arg != "quick" else "standard" for arg in audit]
+        wall, peak, rc = _peak([*profile, "--out", str(folder / "standard")])
+        record("5 end to end", "audit run --profile standard, 1,000 flows: wall time", wall, unit="s",
+               target="< 600", note=f"exit {rc}; peak RSS {peak:.0f} MiB")
 
 
 def scaling(folder: Path, device) -> None:
@@ -387,6 +393,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", default="", help="comma-separated section numbers, e.g. 1,3")
+    parser.add_argument("--standard", action="store_true",
+                        help="section 5 also times --profile standard on 1,000 flows (about 7 minutes on 2 cores, "
+                             "so not part of make bench's 10)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     device = torch.device(args.device)
@@ -396,7 +405,7 @@ def main() -> None:
         folder = Path(temporary)
         sections = [("1", lambda: attack_overhead(device)), ("2", lambda: attention_attacks(device)),
                     ("3", lambda: faithfulness(device)), ("4", lambda: versus_art(device)),
-                    ("5", lambda: end_to_end(folder, device)), ("6", lambda: scaling(folder, device)),
+                    ("5", lambda: end_to_end(folder, device, standard=args.standard)), ("6", lambda: scaling(folder, device)),
                     ("7", lambda: memory(folder, device))]
         for number, section in sections:
             if not only or number in only:

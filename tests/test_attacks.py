@@ -39,6 +39,32 @@ def test_pgd_without_random_start_matches_torchattacks(tiny_detector):
     assert torch.allclose(ours, reference, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["pgd", "pgd-l2"])
+def test_later_restarts_attack_only_the_unfooled_rows_and_give_what_restarting_every_row_gives(name, tiny_detector):
+    x, y = _inputs(n=48)
+    y = tiny_detector(x).argmax(1)  # every row starts correct, so fooling is the attack's doing
+    domain, index, eps = Domain.unit((6,)), torch.arange(48), (0.08 if name == "pgd" else 0.25)
+    attack = make_attack(name, steps=3, restarts=4)
+    sizes = []
+    hook = tiny_detector.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    try:
+        ours = attack(tiny_detector, x, y, eps=eps, domain=domain, seed=0, index=index)
+    finally:
+        hook.remove()
+    # the reference restarts every row and keeps, per row, the first restart that fools it
+    best, fooled = x.clone(), torch.zeros(48, dtype=torch.bool)
+    for restart in range(4):
+        single = make_attack(name, steps=3, restarts=1)
+        single._start = lambda xs, e, s, i, r, restart=restart: type(single)._start(single, xs, e, s, i, restart)
+        adv = single(tiny_detector, x, y, eps=eps, domain=domain, seed=0, index=index)
+        now = tiny_detector(adv).argmax(1) != y
+        take = now & ~fooled if restart else torch.ones_like(fooled)
+        best[take], fooled = adv[take], fooled | now
+    assert 0 < int(fooled.sum()) < 48  # some rows fooled, some not: the subset path ran
+    assert torch.allclose(ours, best, atol=1e-6)
+    assert min(sizes) < 48  # a later restart ran on fewer rows than the first
+
+
 def test_pgd_is_at_least_as_strong_as_fgsm(tiny_detector):
     x, y = _inputs(n=128)
     y = tiny_detector(x).argmax(1)  # start from correct predictions
