@@ -218,6 +218,14 @@ def _internal_batch(n: int, steps: int, most: int) -> int:
     return min(max(n, 1) * steps, most)
 
 
+def _by_rows(x: torch.Tensor, rows: int, attribute) -> torch.Tensor:
+    """``attribute(part)`` over slices of at most ``rows`` rows of ``x``, concatenated. captum runs at least all
+    of a call's rows in one pass (it ignores an internal batch below them), so a pass bound needs this."""
+    if not len(x):
+        return torch.zeros_like(x)
+    return torch.cat([attribute(slice(start, start + rows)) for start in range(0, len(x), rows)])
+
+
 class IntegratedGradientsExplainer(Explainer):
     name = "integrated-gradients"
     family = "gradient"
@@ -225,17 +233,12 @@ class IntegratedGradientsExplainer(Explainer):
     steps = 32
 
     def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
-        # captum runs at least every example of a call in one pass (it ignores an internal batch below the
-        # number of examples), so rows go in chunks that keep each pass within max_inputs
-        rows = max(1, self.max_inputs // self.steps)
-        baselines = baseline.expand_as(x)
-        integrated = IntegratedGradients(detector)
+        rows = max(1, self.max_inputs // self.steps)  # each pass: rows x steps inputs, at most max_inputs
+        baselines, integrated = baseline.expand_as(x), IntegratedGradients(detector)
         with torch.enable_grad():
-            return torch.cat([integrated.attribute(
-                x[start:start + rows], baselines=baselines[start:start + rows], target=target[start:start + rows],
-                n_steps=self.steps, internal_batch_size=_internal_batch(len(x[start:start + rows]), self.steps,
-                                                                        self.max_inputs))
-                for start in range(0, len(x), rows)]) if len(x) else torch.zeros_like(x)
+            return _by_rows(x, rows, lambda part: integrated.attribute(
+                x[part], baselines=baselines[part], target=target[part], n_steps=self.steps,
+                internal_batch_size=_internal_batch(len(x[part]), self.steps, self.max_inputs)))
 
 
 class SaliencyExplainer(Explainer):
@@ -316,17 +319,13 @@ class FeatureAblationExplainer(Explainer):
     reference = "leave-one-out against the removal baseline (captum FeatureAblation)"
 
     def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
-        if not len(x):
-            return torch.zeros_like(x)
-        # one pass holds rows x perturbations_per_eval inputs: at most max_inputs
-        rows = min(len(x), self.max_inputs)
-        per_eval = max(1, min(x[0].numel(), self.max_inputs // rows))
-        baselines = baseline.expand_as(x).contiguous()
-        ablation = FeatureAblation(detector)
+        # each pass: rows x perturbations_per_eval inputs, at most max_inputs
+        rows = max(1, min(len(x), self.max_inputs))
+        per_eval = max(1, min(x[0].numel() if len(x) else 1, self.max_inputs // rows))
+        baselines, ablation = baseline.expand_as(x).contiguous(), FeatureAblation(detector)
         with torch.no_grad():
-            return torch.cat([ablation.attribute(x[start:start + rows], baselines=baselines[start:start + rows],
-                                                 target=target[start:start + rows], perturbations_per_eval=per_eval)
-                              for start in range(0, len(x), rows)])
+            return _by_rows(x, rows, lambda part: ablation.attribute(
+                x[part], baselines=baselines[part], target=target[part], perturbations_per_eval=per_eval))
 
 
 class RandomExplainer(Explainer):
