@@ -43,14 +43,8 @@ def record(section: str, name: str, value: float | None, *, target: str = "", un
 
 def side_by_side(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 5) -> tuple[float, float]:
     """Median seconds of ``a`` and of ``b``, run alternately after one warm-up each."""
-    a(), b()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, out in ((a, ta), (b, tb)):
-            started = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - started)
-    return statistics.median(ta), statistics.median(tb)
+    ta, tb = interleaved(a, b, repeats=repeats)
+    return ta, tb
 
 
 def interleaved(*fns: Callable[[], object], repeats: int = 5) -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -28,3 +29,19 @@ def tiny_detector():
 
     torch.manual_seed(0)
     return FeatureTokenTransformer(6, 2, dim=8, depth=2, heads=2, mlp_dim=16, dropout=0.0).eval()
+
+
+@pytest.fixture()
+def pass_sizes():
+    """``with pass_sizes(module) as sizes:`` records the batch size of every forward pass of ``module``."""
+
+    @contextlib.contextmanager
+    def record(module):
+        sizes: list[int] = []
+        hook = module.register_forward_pre_hook(lambda _, args: sizes.append(len(args[0])))
+        try:
+            yield sizes
+        finally:
+            hook.remove()
+
+    return record

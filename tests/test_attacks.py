@@ -40,17 +40,14 @@ def test_pgd_without_random_start_matches_torchattacks(tiny_detector):
 
 
 @pytest.mark.parametrize("name", ["pgd", "pgd-l2"])
-def test_later_restarts_attack_only_the_unfooled_rows_and_give_what_restarting_every_row_gives(name, tiny_detector):
+def test_later_restarts_attack_only_the_unfooled_rows_and_give_what_restarting_every_row_gives(name, tiny_detector,
+                                                                                               pass_sizes):
     x, y = _inputs(n=48)
     y = tiny_detector(x).argmax(1)  # every row starts correct, so fooling is the attack's doing
     domain, index, eps = Domain.unit((6,)), torch.arange(48), (0.08 if name == "pgd" else 0.25)
     attack = make_attack(name, steps=3, restarts=4)
-    sizes = []
-    hook = tiny_detector.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
-    try:
+    with pass_sizes(tiny_detector) as sizes:
         ours = attack(tiny_detector, x, y, eps=eps, domain=domain, seed=0, index=index)
-    finally:
-        hook.remove()
     # the reference restarts every row and keeps, per row, the first restart that fools it
     best, fooled = x.clone(), torch.zeros(48, dtype=torch.bool)
     for restart in range(4):

@@ -69,16 +69,12 @@ def test_integrated_gradients_is_exact_on_a_linear_model():
 
 
 @pytest.mark.parametrize("name", ["integrated-gradients", "gradient-shap", "feature-ablation"])
-def test_explainers_with_many_inputs_per_sample_keep_every_pass_within_max_inputs(name, tiny_detector):
+def test_explainers_with_many_inputs_per_sample_keep_every_pass_within_max_inputs(name, tiny_detector, pass_sizes):
     x = torch.rand(10, 6)
     target = tiny_detector(x).argmax(1)
-    sizes = []
-    hook = tiny_detector.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
-    try:
+    with pass_sizes(tiny_detector) as sizes:
         bounded = make_explainer(name, max_inputs=8).explain(tiny_detector, x, target, baseline=torch.zeros(6),
                                                               seed=0, index=torch.arange(10))
-    finally:
-        hook.remove()
     whole = make_explainer(name).explain(tiny_detector, x, target, baseline=torch.zeros(6), seed=0,
                                          index=torch.arange(10))
     assert sizes and max(sizes) <= 8, sizes  # fewer than the 10 rows: rows are split too
