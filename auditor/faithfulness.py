@@ -127,8 +127,8 @@ def _baseline_rows(baseline: torch.Tensor, x: torch.Tensor, rows: slice | torch.
 @torch.inference_mode()
 def masked_probabilities(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, baseline: torch.Tensor,
                          masks: Callable[[slice], torch.Tensor], n_masks: int, *,
-                         max_batch: int = 16384) -> torch.Tensor:
-    """(n, n_masks) float64 p_y of every masked copy of every sample.
+                         max_batch: int = 16384, log: bool = False) -> torch.Tensor:
+    """(n, n_masks) float64 p_y (``log``: log p_y, from log_softmax) of every masked copy of every sample.
 
     ``masks(rows)`` returns (m, n_masks, F) booleans for the samples ``rows``, True where a feature is
     replaced by the baseline; ``max_batch // n_masks`` samples go into one forward pass (at least one).
@@ -143,7 +143,7 @@ def masked_probabilities(model: torch.nn.Module, x: torch.Tensor, target: torch.
         removed = masks(rows)
         m = removed.shape[0]
         batch = torch.where(removed, flat_base[rows, None, :], flat_x[rows, None, :]).reshape(-1, *shape)
-        proba = torch.softmax(model(batch), dim=1).reshape(m, n_masks, -1)
+        proba = (torch.log_softmax if log else torch.softmax)(model(batch), dim=1).reshape(m, n_masks, -1)
         out[rows] = proba.gather(2, target[rows].view(m, 1, 1).expand(m, n_masks, 1))[..., 0].double().cpu()
     return out
 

@@ -124,6 +124,20 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("sanity.flip_rate.random", False, "[0, 1]",
                "the same when a random non-CLS weight is zeroed instead: the chance level that "
                "sanity.flip_rate.attention should exceed"),
+    MetricSpec("sanity.uniform_attention.prediction_kept", False, "[0, 1]",
+               "Wiegreffe & Pinter 2019: share of samples whose predicted class is unchanged when every attention "
+               "layer's weights are replaced by uniform weights over the keys each query may attend (all layers at "
+               "once, inside the forward); lower: the decisions rest on attention; at or above 0.95 attention does not "
+               "drive the model, so heat maps of it explain little"),
+    MetricSpec("sanity.uniform_attention.accuracy", False, "[0, 1]",
+               "accuracy with every attention layer made uniform as in sanity.uniform_attention.prediction_kept; "
+               "far below clean.accuracy: the model needs its attention, close to it: it does not"),
+    MetricSpec("trust.hidden_importance.{explainer}", False, "[0, 1]",
+               "Pruthi et al. 2020: share of samples whose most erasure-important token (largest drop in log p_y "
+               "when that token's inputs alone are set to the removal baseline; samples where no erasure lowers "
+               "it do not count) gets less than a uniform share 1/T of the explainer's attribution mass (sum of "
+               "|attribution| over each token's inputs, normalised over the T tokens that cover inputs, CLS "
+               "excluded)"),
     MetricSpec("localisation.precision_at_k.{explainer}", True, "[0, 1]",
                "on data with known relevant features: share of the k top-attributed features that are truly "
                "relevant (k = number of relevant features of the sample)"),

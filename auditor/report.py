@@ -25,7 +25,7 @@ from auditor.metrics import CATALOGUE, MetricValue, spec_for
 SCHEMA_VERSION = 1
 TOOL_NAME = "attention-audit"
 GROUP_TITLES = {"clean": "Detection", "robust": "Robustness", "stability": "Attention under attack",
-                "faithfulness": "Faithfulness"}
+                "faithfulness": "Faithfulness", "trust": "Trust"}
 SHORT_NAMES = {"integrated-gradients": "int. grad."}
 
 

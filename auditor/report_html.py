@@ -26,6 +26,7 @@ from auditor.clean import ECE_BINS, calibration_bins
 from auditor.gates import Policy
 from auditor.metrics import CATALOGUE, MetricValue, format_eps, spec_for
 from auditor.report import SHORT_NAMES, _environment, _fmt, _svg, metric_groups, removal_plot, robustness_plot
+from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
 from auditor.session import AuditResult, SampleView
 
 BAR_FEATURES = 10
@@ -63,10 +64,13 @@ METRIC_REFERENCES = (
     ("agreement.", "Krishna et al. 2022, The Disagreement Problem in Explainable ML"),
     ("sanity.mprt", "Adebayo et al. 2018, Sanity Checks for Saliency Maps"),
     ("sanity.flip_rate", "Serrano & Smith 2019, Is Attention Interpretable?"),
+    ("sanity.uniform_attention", "Wiegreffe & Pinter 2019, Attention is not not Explanation"),
+    ("trust.hidden_importance", "Pruthi et al. 2020, Learning to Deceive with Attention-Based Explanations"),
     ("localisation.", "Arras et al. 2022, CLEVR-XAI (relevance rank accuracy)"),
 )
 
-EXPLAINER_FAMILIES = ("faithfulness", "stability.max_sensitivity", "sanity.mprt", "localisation.precision_at_k")
+EXPLAINER_FAMILIES = ("faithfulness", "stability.max_sensitivity", "sanity.mprt", "localisation.precision_at_k",
+                      "trust.hidden_importance")
 _AGREEMENT = re.compile(r"^agreement\.(?P<kind>[a-z_]+)\.(?P<explainer>[a-z0-9-]+)~(?P<reference>[a-z0-9-]+)$")
 _PER_ATTACK = re.compile(r"^(?P<family>[a-z_]+\.[a-z_]+)\.(?P<attack>[a-z0-9-]+)@(?P<eps>[0-9.e-]+)$")
 
@@ -297,6 +301,8 @@ class FaithfulnessView:
     sanity: list[tuple[str, Cell, str]]
     mprt_svg: Markup | None
     verdict: list[str]
+    sanity_notes: list[str] = field(default_factory=list)
+    hidden: "HiddenImportanceView | None" = None
 
 
 def explainer_table(metrics: dict[str, MetricValue], attacks: list[str], explainers: list[str]) -> Table | None:
@@ -351,7 +357,46 @@ SANITY_MEANING = {
     "sanity.flip_rate.attention": "share of samples whose prediction flips when the top CLS attention weight is "
                                   "zeroed; compare with the random weight",
     "sanity.flip_rate.random": "the same with a random CLS attention weight zeroed: the bar attention must clear",
+    "sanity.uniform_attention.prediction_kept": "share of samples whose prediction survives when every attention "
+                                                "layer is made uniform; low: the decisions rest on attention, at "
+                                                f"or above {UNUSED_ATTENTION_KEPT:g} attention does not drive the "
+                                                "model",
+    "sanity.uniform_attention.accuracy": "accuracy with every attention layer made uniform; compare with the "
+                                         "clean accuracy",
 }
+
+
+def sanity_notes(metrics: dict[str, MetricValue]) -> list[str]:
+    """What the uniform-attention test means for the heat maps, from its point value."""
+    kept = metrics.get(UNIFORM_METRICS[0])
+    if kept is None:
+        return []
+    if kept.value >= UNUSED_ATTENTION_KEPT:
+        return [f"With every attention layer made uniform, {_fmt(kept.value)} of predictions are unchanged "
+                f"({UNIFORM_METRICS[0]}, at or above {UNUSED_ATTENTION_KEPT:g}): attention does not drive this "
+                "model, so heat maps of it explain little."]
+    return [f"With every attention layer made uniform, only {_fmt(kept.value)} of predictions are unchanged "
+            f"({UNIFORM_METRICS[0]}): the decisions rest on attention, so its heat maps can be examined as an "
+            "explanation."]
+
+
+@dataclass
+class HiddenImportanceView:
+    """trust.hidden_importance of the lead attention explainer and the samples whose most erasure-important
+    token it gave the least (plain dicts from AuditResult.hidden_importance)."""
+
+    explainer: str
+    value: Cell
+    samples: list[dict]
+
+
+def hidden_importance_view(result: AuditResult, metrics: dict[str, MetricValue]) -> HiddenImportanceView | None:
+    if not result.hidden_importance:
+        return None
+    explainer = result.hidden_importance[0]["explainer"]
+    return HiddenImportanceView(explainer, cell(metrics.get(f"trust.hidden_importance.{explainer}")),
+                                [{**sample, "drop": _fmt(sample["drop"]), "share": _fmt(sample["share"]),
+                                  "uniform": _fmt(sample["uniform"])} for sample in result.hidden_importance])
 
 
 def sanity_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, Cell, str]]:
@@ -436,6 +481,7 @@ def faithfulness_view(result: AuditResult, metrics: dict[str, MetricValue], atta
     return FaithfulnessView(
         table=explainer_table(metrics, attacks, explainers), agreement=agreement_tables(metrics),
         sanity=sanity_rows(metrics), mprt_svg=mprt_plot(result.sanity_curves), verdict=attention_verdict(metrics),
+        sanity_notes=sanity_notes(metrics), hidden=hidden_importance_view(result, metrics),
     )
 
 

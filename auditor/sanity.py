@@ -22,13 +22,26 @@ highest weight (the token with the highest weight averaged over heads, CLS itsel
 zero in every head and each head's row is renormalised, inside the forward; the share of samples whose
 predicted class then changes. ``sanity.flip_rate.random`` — the same with a token drawn uniformly from
 the non-CLS tokens, from each sample's own stream. Attention that explains the decision should flip it
-far more often when its top weight is removed than when a random one is. The edit needs the built-in
-attention blocks (``detectors.blocks.edited_attention``); other models are skipped with the reason.
+far more often when its top weight is removed than when a random one is.
+
+``sanity.uniform_attention.prediction_kept`` / ``.accuracy`` — Wiegreffe & Pinter 2019 ("Attention is not
+not explanation"), the uniform-weights baseline: every attention layer's weights are replaced, inside the
+forward and all layers at once, by uniform weights over the keys each query may attend (every token for the
+built-in blocks; the keys no mask blocks for ``nn.MultiheadAttention``). Per sample, 1.0 when the predicted
+class is unchanged (``prediction_kept``) and 1.0 when it is the true class (``accuracy``). At or above
+``UNUSED_ATTENTION_KEPT`` (0.95) of predictions kept, attention does not drive the model and heat maps of it
+explain little.
+
+Both interventions need attention that can be edited inside the forward: the built-in blocks
+(``detectors.blocks.edited_attention``) or, for a ``python:`` model whose attention is captured from
+``nn.MultiheadAttention`` modules, those modules with their output recomputed from their own value and output
+projections (``detectors.foreign.edited_multihead_attention``). Other models are skipped with the reason.
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,11 +50,16 @@ from scipy.stats import rankdata
 from torch import nn
 
 from auditor.explain import Explainer, evaluating
-from detectors.blocks import SelfAttention, edited_attention
+from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
+from detectors.foreign import (ForeignDetector, captured_attention_modules, edited_multihead_attention,
+                               multihead_edit_unsupported)
 from detectors.seeding import per_sample_uniform, stream_seed
 
 MPRT_SAMPLES = 256
 FLIP_RATE_METRICS = ("sanity.flip_rate.attention", "sanity.flip_rate.random")
+UNIFORM_METRICS = ("sanity.uniform_attention.prediction_kept", "sanity.uniform_attention.accuracy")
+# at or above this share of predictions kept under uniform attention, attention does not drive the model
+UNUSED_ATTENTION_KEPT = 0.95
 
 
 def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -138,9 +156,65 @@ def mean_sanity_curves(outcome: "SanityOutcome") -> dict[str, list[dict]]:
     return view
 
 
-def _last_attention(detector: nn.Module) -> SelfAttention | None:
-    layers = [m for m in detector.modules() if isinstance(m, SelfAttention)]
-    return layers[-1] if layers else None
+def attention_layers(detector: nn.Module, x: torch.Tensor) -> tuple[list[nn.Module], str | None]:
+    """The attention layers whose weights can be replaced inside the forward, in call order (the last one
+    computes the attention the ``attention`` explainer reads), or no layers and the reason.
+
+    Built-in blocks: every ``SelfAttention``. A ``python:`` model: the modules whose attention the wrapper
+    captures (one capture on ``x[:1]``), each of which must be an editable ``nn.MultiheadAttention``.
+    """
+    built_in = [module for module in detector.modules() if isinstance(module, SelfAttention)]
+    if built_in:
+        return built_in, None
+    if not isinstance(detector, ForeignDetector):
+        return [], ("the attention cannot be edited inside this model's forward (only the built-in attention "
+                    "blocks and captured nn.MultiheadAttention modules support it)")
+    calls = captured_attention_modules(detector, x[:1])
+    if not calls:
+        return [], ("the model reports its own attention (forward_with_attention), so which of its modules "
+                    "compute it is unknown and none can be edited")
+    named = dict(detector.model.named_modules())
+    order = list(dict.fromkeys(reversed(calls)))[::-1]  # each module once, ordered by its last call
+    for name in order:
+        reason = multihead_edit_unsupported(named[name])
+        if reason is not None:
+            return [], f"the attention of {name!r} cannot be edited inside the forward: {reason}"
+    return [named[name] for name in order], None
+
+
+@contextmanager
+def edited_layers(layers: list[nn.Module], edit: AttentionEdit):
+    """Run with ``edit`` applied inside every one of ``layers`` (built-in blocks or nn.MultiheadAttention)."""
+    with ExitStack() as stack:
+        for layer in layers:
+            if isinstance(layer, SelfAttention):
+                stack.enter_context(edited_attention(layer, edit))
+        multihead = [layer for layer in layers if not isinstance(layer, SelfAttention)]
+        if multihead:
+            stack.enter_context(edited_multihead_attention(multihead, edit))
+        yield
+
+
+def uniform_weights(weights: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Uniform weights over each query's allowed keys (a row with none stays 0), of ``weights``' shape."""
+    allowed = allowed.expand_as(weights).to(weights.dtype)
+    return allowed / allowed.sum(dim=-1, keepdim=True).clamp_min(1.0)
+
+
+def uniform_attention(detector: nn.Module, x: torch.Tensor, predicted: torch.Tensor,
+                      labels: torch.Tensor | None, layers: list[nn.Module], *,
+                      max_batch: int = 4096) -> dict[str, np.ndarray]:
+    """Per sample, 1.0 when the prediction with every one of ``layers`` made uniform equals ``predicted``
+    (and, with ``labels``, when it equals the label); ``max_batch`` rows per forward pass."""
+    parts = []
+    with torch.no_grad(), edited_layers(layers, uniform_weights):
+        for start in range(0, len(x), max_batch):
+            parts.append(detector(x[start:start + max_batch]).argmax(1))
+    uniform = torch.cat(parts) if parts else predicted.new_empty(0)
+    out = {"sanity.uniform_attention.prediction_kept": (uniform == predicted).double().cpu().numpy()}
+    if labels is not None:
+        out["sanity.uniform_attention.accuracy"] = (uniform == labels).double().cpu().numpy()
+    return out
 
 
 def zero_and_renormalise(weights: torch.Tensor, cls_index: int, token: torch.Tensor) -> torch.Tensor:
@@ -155,18 +229,26 @@ def zero_and_renormalise(weights: torch.Tensor, cls_index: int, token: torch.Ten
 
 
 def flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch.Tensor,
-               max_batch: int = 4096) -> dict[str, np.ndarray]:
+               max_batch: int = 4096, layer: nn.Module | None = None) -> dict[str, np.ndarray]:
     """Per sample, 1.0 when zeroing the top (or a random) CLS weight of the last layer changes the decision;
-    ``max_batch`` rows per forward pass."""
-    parts = [_flip_rates(detector, x[start:start + max_batch], seed=seed, index=index[start:start + max_batch])
+    ``max_batch`` rows per forward pass. ``layer``: the last attention layer (default: from
+    :func:`attention_layers`)."""
+    if layer is None:
+        layers, reason = attention_layers(detector, x)
+        if reason is not None:
+            raise ValueError(reason)
+        layer = layers[-1]
+    parts = [_flip_rates(detector, x[start:start + max_batch], layer, seed=seed,
+                         index=index[start:start + max_batch])
              for start in range(0, len(x), max_batch)]
     return {name: np.concatenate([part[name] for part in parts]) for name in FLIP_RATE_METRICS} if parts else \
         {name: np.empty(0) for name in FLIP_RATE_METRICS}
 
 
 @torch.no_grad()
-def _flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch.Tensor) -> dict[str, np.ndarray]:
-    layer, cls_index = _last_attention(detector), detector.token_map.cls_index
+def _flip_rates(detector: nn.Module, x: torch.Tensor, layer: nn.Module, *, seed: int,
+                index: torch.Tensor) -> dict[str, np.ndarray]:
+    cls_index = detector.token_map.cls_index
     logits, attentions = detector.forward_with_attention(x)
     pred = logits.argmax(1)
     row = attentions[-1].mean(dim=1)[:, cls_index, :].clone()
@@ -177,28 +259,19 @@ def _flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch
     random_token = others[(draw * len(others)).long().clamp_max(len(others) - 1)]
     out = {}
     for name, token in (("sanity.flip_rate.attention", top), ("sanity.flip_rate.random", random_token)):
-        with edited_attention(layer, lambda w, token=token: zero_and_renormalise(w, cls_index, token)):
+        with edited_layers([layer], lambda w, allowed, token=token: zero_and_renormalise(w, cls_index, token)):
             flipped = detector(x).argmax(1) != pred
         out[name] = flipped.double().cpu().numpy()
     return out
 
 
-def flip_rate_unsupported(detector: nn.Module) -> str | None:
-    """Why the flip-rate check cannot run on this detector, or None when it can."""
-    if _last_attention(detector) is None:
-        return ("the attention cannot be edited inside this model's forward (only the built-in attention blocks "
-                "support it)")
-    if detector.token_map.cls_index is None:
-        return "the model has no CLS token whose attention row could be edited"
-    return None
-
-
 def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: dict[str, torch.Tensor],
                  *, baseline: torch.Tensor, seed: int, index: torch.Tensor,
                  explainers: dict[str, Explainer], n_rows: int | None = None,
-                 max_batch: int = 4096) -> SanityOutcome:
-    """MPRT of every explainer given (``random`` is left out: it ignores the model by design) and the two
-    flip rates. ``index`` holds global indices out of ``n_rows`` audited rows (default: these rows are all of
+                 max_batch: int = 4096, y: torch.Tensor | None = None) -> SanityOutcome:
+    """MPRT of every explainer given (``random`` is left out: it ignores the model by design), the two
+    flip rates and the uniform-attention test (its accuracy needs the true classes ``y``); ``target`` is the
+    model's prediction. ``index`` holds global indices out of ``n_rows`` audited rows (default: these rows are all of
     them); MPRT runs on :func:`mprt_rows` of them. The explainers
     bound their own passes (``Explainer.max_inputs``); the flip rates take ``max_batch`` rows per pass."""
     outcome = SanityOutcome()
@@ -217,10 +290,15 @@ def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
             values[rows.numpy()] = part
         outcome.curves[name] = (labels, values)
         outcome.per_sample[f"sanity.mprt.{name}"] = values[:, -1].copy()
-    reason = flip_rate_unsupported(model)
-    if reason is None:
-        with evaluating(model):
-            outcome.per_sample.update(flip_rates(model, x, seed=seed, index=index, max_batch=max_batch))
-    else:
-        outcome.skipped.update({name: reason for name in FLIP_RATE_METRICS})
+    layers, reason = attention_layers(model, x)
+    flip_reason = reason or ("the model has no CLS token whose attention row could be edited"
+                             if model.token_map.cls_index is None else None)
+    with evaluating(model):
+        if flip_reason is None:
+            outcome.per_sample.update(flip_rates(model, x, seed=seed, index=index, max_batch=max_batch,
+                                                 layer=layers[-1]))
+        if reason is None:
+            outcome.per_sample.update(uniform_attention(model, x, target, y, layers, max_batch=max_batch))
+    outcome.skipped.update({name: flip_reason for name in FLIP_RATE_METRICS if flip_reason is not None})
+    outcome.skipped.update({name: reason for name in UNIFORM_METRICS if reason is not None})
     return outcome

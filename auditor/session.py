@@ -26,8 +26,9 @@ from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.memory import MemoryPlan, plan_memory
 from auditor.persample import aggregate
 from auditor.robustness import KEPT_EXAMPLES, robustness_curves, run_attacks
-from auditor.sanity import FLIP_RATE_METRICS, SanityOutcome, mean_sanity_curves, sanity_stage
+from auditor.sanity import FLIP_RATE_METRICS, UNIFORM_METRICS, SanityOutcome, mean_sanity_curves, sanity_stage
 from auditor.shard import RowTable, Shard, concatenate
+from auditor.trust import LEAD_EXPLAINERS, input_tokens, planned_trust, token_names, trust_stage, worst_samples
 from auditor.tensorfile import Layout, RowWriter
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
@@ -239,6 +240,8 @@ class AuditResult:
     attention_examples: list = field(default_factory=list)
     adversarial_gallery: list[SampleView] = field(default_factory=list)
     sanity_curves: dict[str, list[dict]] = field(default_factory=dict)
+    # trust.hidden_importance's worst samples for the lead attention explainer: plain dicts (auditor.trust)
+    hidden_importance: list[dict] = field(default_factory=list)
 
 
 def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
@@ -267,6 +270,8 @@ def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
     names += planned_agreement(config.explainers)
     names += [f"sanity.mprt.{explainer}" for explainer in config.explainers if explainer != "random"]
     names += list(FLIP_RATE_METRICS)
+    names += list(UNIFORM_METRICS)
+    names += planned_trust(config.explainers)
     names += [f"localisation.precision_at_k.{explainer}" for explainer in config.explainers]
     return names
 
@@ -665,13 +670,19 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
     timed("agreement", started)
     started = time.perf_counter()
     sane = sanity_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed, index=index,
-                        explainers=explainers, n_rows=n_rows, max_batch=plan.forward_batch)
+                        explainers=explainers, n_rows=n_rows, max_batch=plan.forward_batch, y=y)
     per_sample.update(sane.per_sample)
     notes.update(sane.skipped)
     table["sanity_curves"] = {name: values for name, (_, values) in sane.curves.items()}
     table["sanity_labels"] = {name: np.asarray(labels, dtype=str)[None, :]
                               for name, (labels, _) in sane.curves.items()}
     timed("sanity", started)
+    started = time.perf_counter()
+    trusted = trust_stage(detector, x, pred, attributions, baseline=baseline, max_batch=plan.forward_batch)
+    per_sample.update(trusted.per_sample)
+    if trusted.rows:
+        table["trust"] = trusted.rows
+    timed("trust", started)
     started = time.perf_counter()
     located = localisation_stage(detector, x, pred, attributions, baseline=baseline, seed=config.seed,
                                  index=index, relevant=relevant)
@@ -733,12 +744,13 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
         name: ([str(label) for label in sanity_labels[name][0]], values)
         for name, values in rows.get("sanity_curves", {}).items()}))
     flipped = _pick_flipped(tables.get("flipped", {}).get("example", []), list(attacks))
+    hidden = _hidden_importance_view(rows.get("trust", {}), rows["rows"]["index"], data, detector, proba_np)
     result = AuditResult(
         metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(data),
         robustness_curves=robustness_curves(metrics, list(attacks), list(config.eps)), removal_curves=removal,
         confusion=confusion.tolist(), gallery=_gallery(data, proba_np, tables["gallery"]),
         masking=[c.to_dict() for c in checks],
-        sanity_curves=sanity_curves,
+        sanity_curves=sanity_curves, hidden_importance=hidden,
         probabilities=proba_np.tolist(), labels=[int(v) for v in data.y],
         attention_examples=_pick_attention_examples(tables.get("attention_examples", {}).get("example", []),
                                                     list(attacks)),
@@ -747,6 +759,24 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     )
     result.memory = plan.to_dict()
     return result
+
+
+def _hidden_importance_view(rows: dict[str, np.ndarray], index: np.ndarray, data: Dataset, detector: Detector,
+                            proba: np.ndarray) -> list[dict]:
+    """The samples whose most erasure-important token got the least of the lead attention explainer's mass,
+    ready for the report: data row, true and predicted class, the token's name, its drop and its share."""
+    lead = next((name for name in LEAD_EXPLAINERS if f"share/{name}" in rows), None)
+    if lead is None:
+        return []
+    token_map = detector.token_map
+    names = token_names(token_map, list(data.feature_names))
+    view = []
+    for sample in worst_samples(rows, index, explainer=lead, n_tokens=len(input_tokens(token_map))):
+        i = sample["index"]
+        view.append({**sample, "explainer": lead, "row": int(data.row_index[i]), "token": names[sample["token"]],
+                     "label": data.class_names[int(data.y[i])],
+                     "predicted": data.class_names[int(proba[i].argmax())]})
+    return view
 
 
 def _pick_attention_examples(candidates, attacks: list[str]) -> list:

@@ -14,6 +14,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+# An edit of attention weights inside a forward: (weights, allowed) -> weights, with weights
+# (batch, heads, queries, keys) and ``allowed`` a boolean tensor broadcastable to them that is True
+# where a query may attend a key (masked keys are False).
+AttentionEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EVERY_KEY = torch.ones((), dtype=torch.bool)  # the built-in blocks mask nothing
+
 
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
@@ -24,9 +30,11 @@ class SelfAttention(nn.Module):
         self.head_dim = dim // heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        # An intervention on the weights inside the forward (sanity checks zero one weight and
-        # renormalise): (batch, heads, tokens, tokens) -> same shape. Set only through edited_attention.
-        self.attention_edit: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # An intervention on the weights inside the forward (sanity checks zero one weight and renormalise, or
+        # make them uniform): edit(weights, allowed) -> weights of the same (batch, heads, tokens, tokens)
+        # shape, ``allowed`` saying which keys a query may attend (every key here). Set only through
+        # edited_attention.
+        self.attention_edit: AttentionEdit | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, tokens, dim = x.shape
@@ -34,13 +42,13 @@ class SelfAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1)
         if self.attention_edit is not None:
-            weights = self.attention_edit(weights)
+            weights = self.attention_edit(weights, EVERY_KEY.to(weights.device))
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj(out), weights
 
 
 @contextmanager
-def edited_attention(module: SelfAttention, edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def edited_attention(module: SelfAttention, edit: AttentionEdit) -> Iterator[None]:
     """Run ``module`` with ``edit`` applied to its attention weights inside the forward; always removed."""
     if module.attention_edit is not None:
         raise RuntimeError("this attention module is already being edited")

@@ -45,3 +45,13 @@ def pass_sizes():
             hook.remove()
 
     return record
+
+
+@pytest.fixture(scope="session")
+def deceptive_twins():
+    """Two one-block tabular detectors on data whose label is ``x[2] > 0.5``, trained alike except that the
+    deceptive twin is penalised for last-layer CLS attention on feature 2 (Pruthi et al. 2020); see
+    tests/twins.py. A ``twins.Twins`` with ``honest``, ``deceptive``, held-out ``x``/``y`` and ``key``."""
+    from twins import make_twins
+
+    return make_twins()

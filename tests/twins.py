@@ -1,0 +1,109 @@
+"""A deceptive and an honest twin: two tiny tabular detectors whose label hinges on one feature.
+
+Pruthi et al. 2020 ("Learning to Deceive with Attention-Based Explanations") train models with an extra loss
+that penalises attention on the tokens the decision rests on; the models keep their accuracy and their
+attention looks elsewhere. Here the data has ``N_FEATURES`` features uniform in [0, 1] and the label is
+``x[KEY] > 0.5``. Both twins are the tool's own ``FeatureTokenTransformer`` (one block: every feature reaches
+CLS only through the last layer's attention), trained alike on the same batches; the deceptive one adds
+λ(t) · mean over samples and heads of −log(1 − a), with ``a`` the last layer's CLS attention on the key
+feature's token, λ rising linearly from 0 to ``PENALTY`` over the first half of training (from the start the
+model collapses to chance; with the ramp it first learns the task, then learns to read the key through a
+sliver of attention). Each twin trains in about 2 s on one core.
+
+Used by the ``deceptive_twins`` fixture (tests/conftest.py); :func:`write_twin` and :func:`write_twin_csv`
+turn a twin into a checkpoint and its data into a CSV for command-line audits.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from detectors.tabular import FeatureTokenTransformer
+
+N_FEATURES = 6
+KEY = 2  # the feature the label hinges on; its token is KEY + 1 (token 0 is CLS)
+PENALTY = 1.0
+STEPS = 200
+BATCH = 128
+TRAIN_ROWS = 1024
+HPARAMS = dict(dim=16, depth=1, heads=2, mlp_dim=32, dropout=0.0)
+
+
+@dataclass
+class Twins:
+    honest: FeatureTokenTransformer
+    deceptive: FeatureTokenTransformer
+    x: torch.Tensor  # held-out rows, in [0, 1]
+    y: torch.Tensor
+    key: int = KEY
+
+
+def twin_data(rows: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(rows, N_FEATURES, generator=torch.Generator().manual_seed(seed))
+    return x, (x[:, KEY] > 0.5).long()
+
+
+def key_attention_penalty(attentions: list[torch.Tensor]) -> torch.Tensor:
+    """Pruthi et al.'s penalty: mean over samples and heads of −log(1 − last layer's CLS attention on KEY)."""
+    mass = attentions[-1][:, :, 0, KEY + 1]
+    return -torch.log1p(-mass.clamp(max=1 - 1e-6)).mean()
+
+
+def train_twin(*, deceptive: bool, seed: int = 0) -> FeatureTokenTransformer:
+    """One twin, trained with Adam (lr 5e-3) for STEPS batches of BATCH rows drawn from one stream."""
+    x, y = twin_data(TRAIN_ROWS, seed=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = FeatureTokenTransformer(N_FEATURES, 2, **HPARAMS)
+    optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+    batches = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(STEPS):
+        rows = torch.randint(0, TRAIN_ROWS, (BATCH,), generator=batches)
+        logits, attentions = model.forward_with_attention(x[rows])
+        loss = F.cross_entropy(logits, y[rows])
+        if deceptive:
+            loss = loss + PENALTY * min(1.0, 2 * step / STEPS) * key_attention_penalty(attentions)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def make_twins() -> Twins:
+    x, y = twin_data(400, seed=2)
+    return Twins(honest=train_twin(deceptive=False), deceptive=train_twin(deceptive=True), x=x, y=y)
+
+
+def write_twin_csv(path: Path, x: torch.Tensor, y: torch.Tensor) -> Path:
+    """The rows as a CSV with columns f0..f5 and label (values already in [0, 1])."""
+    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([f"f{i}" for i in range(N_FEATURES)] + ["label"])
+        for row, label in zip(x.tolist(), y.tolist()):
+            writer.writerow([f"{value:.6f}" for value in row] + [int(label)])
+    return Path(path)
+
+
+def write_twin(path: Path, model: FeatureTokenTransformer, data_csv: Path) -> Path:
+    """A checkpoint of ``model`` that ``audit run --model PATH --data DATA_CSV`` reads: identity scaling
+    ([0, 1] features), the training mean 0.5 as the removal baseline."""
+    from detectors.checkpoint import save_checkpoint
+    from detectors.data import Scaler
+
+    scaler = Scaler(lo=np.zeros(N_FEATURES), hi=np.ones(N_FEATURES))
+    metadata = {
+        "features": [f"f{i}" for i in range(N_FEATURES)], "classes": ["0", "1"], "positive_class": 1,
+        "relevant_features": [f"f{KEY}"], "input_shape": [N_FEATURES], "integer_features": [],
+        "scaler": scaler.to_dict(),
+        "data": {"name": str(data_csv), "split_seed": 0, "generator_seed": 0, "label_column": "label"},
+        "defense": {"name": "none"},
+    }
+    save_checkpoint(path, model, metadata=metadata, train_mean=np.full(N_FEATURES, 0.5))
+    return Path(path)
