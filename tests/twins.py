@@ -8,7 +8,9 @@ CLS only through the last layer's attention), trained alike on the same batches;
 λ(t) · mean over samples and heads of −log(1 − a), with ``a`` the last layer's CLS attention on the key
 feature's token, λ rising linearly from 0 to ``PENALTY`` over the first half of training (from the start the
 model collapses to chance; with the ramp it first learns the task, then learns to read the key through a
-sliver of attention). Each twin trains in about 2 s on one core.
+sliver of attention). Each twin trains in about 1 s on one idle core (4 s on this busy 2-core machine).
+Measured on 400 held-out rows (the fixture keeps 200): accuracy 1.000 (honest) and 0.993 (deceptive);
+``trust.hidden_importance.attention`` 0.003 and 0.988 (seeds 1 and 2: 0.010/0.983, 0.007/0.963).
 
 Used by the ``deceptive_twins`` fixture (tests/conftest.py); :func:`write_twin` and :func:`write_twin_csv`
 turn a twin into a checkpoint and its data into a CSV for command-line audits.
@@ -56,28 +58,36 @@ def key_attention_penalty(attentions: list[torch.Tensor]) -> torch.Tensor:
 
 
 def train_twin(*, deceptive: bool, seed: int = 0) -> FeatureTokenTransformer:
-    """One twin, trained with Adam (lr 5e-3) for STEPS batches of BATCH rows drawn from one stream."""
+    """One twin, trained with Adam (lr 5e-3 decaying linearly to 0) for STEPS batches of BATCH rows drawn from
+    one stream, on one CPU thread (the same numbers wherever the tests run, and no fight over cores)."""
     x, y = twin_data(TRAIN_ROWS, seed=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = FeatureTokenTransformer(N_FEATURES, 2, **HPARAMS)
     optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0 - step / STEPS)
     batches = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model.train()
-    for step in range(STEPS):
-        rows = torch.randint(0, TRAIN_ROWS, (BATCH,), generator=batches)
-        logits, attentions = model.forward_with_attention(x[rows])
-        loss = F.cross_entropy(logits, y[rows])
-        if deceptive:
-            loss = loss + PENALTY * min(1.0, 2 * step / STEPS) * key_attention_penalty(attentions)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    try:
+        for step in range(STEPS):
+            rows = torch.randint(0, TRAIN_ROWS, (BATCH,), generator=batches)
+            logits, attentions = model.forward_with_attention(x[rows])
+            loss = F.cross_entropy(logits, y[rows])
+            if deceptive:
+                loss = loss + PENALTY * min(1.0, 2 * step / STEPS) * key_attention_penalty(attentions)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval()
 
 
 def make_twins() -> Twins:
-    x, y = twin_data(400, seed=2)
+    x, y = twin_data(200, seed=2)
     return Twins(honest=train_twin(deceptive=False), deceptive=train_twin(deceptive=True), x=x, y=y)
 
 
