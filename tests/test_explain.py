@@ -318,12 +318,14 @@ def test_sanity_stage_is_per_sample_so_shards_gather_to_the_whole(tiny_detector)
     kwargs = dict(baseline=torch.zeros(6), seed=0)
     attributions = {name: e.explain(tiny_detector, x, target, index=torch.arange(12), **kwargs)
                     for name, e in explainers.items()}
+    y = torch.arange(12) % 2
     whole = sanity_stage(tiny_detector, x, target, attributions, index=torch.arange(12), explainers=explainers,
-                         **kwargs)
+                         y=y, **kwargs)
     halves = [sanity_stage(tiny_detector, x[rows], target[rows], {k: v[rows] for k, v in attributions.items()},
-                           index=torch.arange(12)[rows], explainers=explainers, **kwargs)
+                           index=torch.arange(12)[rows], explainers=explainers, y=y[rows], **kwargs)
               for rows in (slice(0, 5), slice(5, 12))]
-    assert set(whole.per_sample) == {"sanity.mprt.attention", "sanity.flip_rate.attention", "sanity.flip_rate.random"}
+    assert set(whole.per_sample) == {"sanity.mprt.attention", "sanity.flip_rate.attention", "sanity.flip_rate.random",
+                                     "sanity.uniform_attention.prediction_kept", "sanity.uniform_attention.accuracy"}
     for name, values in whole.per_sample.items():
         assert np.allclose(np.concatenate([h.per_sample[name] for h in halves]), values, equal_nan=True)
     gathered = np.concatenate([h.curves["attention"][1] for h in halves])
@@ -339,6 +341,7 @@ def test_flip_rate_is_skipped_with_the_reason_on_models_without_editable_attenti
     outcome = sanity_stage(model, x, torch.ones(4, dtype=torch.long), {}, baseline=torch.zeros(3), seed=0,
                            index=torch.arange(4), explainers={})
     assert "cannot be edited" in outcome.skipped["sanity.flip_rate.attention"] and not outcome.per_sample
+    assert "cannot be edited" in outcome.skipped["sanity.uniform_attention.prediction_kept"]
 
 
 def test_a_metric_counted_on_some_samples_keeps_its_interval():

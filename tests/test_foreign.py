@@ -562,7 +562,10 @@ def test_grad_attention_and_sanity_run_on_a_hooked_transformer_and_detached_weig
     outcome = sanity_stage(detector, x, target, {"grad-attention": attribution},
                            explainers={"grad-attention": make_explainer("grad-attention")}, **kwargs)
     assert np.isfinite(outcome.per_sample["sanity.mprt.grad-attention"]).all()
-    assert "cannot be edited" in outcome.skipped["sanity.flip_rate.attention"]
+    # the flip test and uniform attention edit the hooked nn.MultiheadAttention modules, and leave no hook
+    for name in ("sanity.flip_rate.attention", "sanity.flip_rate.random", "sanity.uniform_attention.prediction_kept"):
+        assert set(np.unique(outcome.per_sample[name])) <= {0.0, 1.0} and len(outcome.per_sample[name]) == 8, name
+    assert not outcome.skipped and _all_hooks_gone(detector)
 
     class Detached(nn.Module):
         def __init__(self, inner):
