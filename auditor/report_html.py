@@ -376,8 +376,8 @@ def sanity_notes(metrics: dict[str, MetricValue]) -> list[str]:
                 f"({UNIFORM_METRICS[0]}, at or above {UNUSED_ATTENTION_KEPT:g}): attention does not drive this "
                 "model, so heat maps of it explain little."]
     return [f"With every attention layer made uniform, only {_fmt(kept.value)} of predictions are unchanged "
-            f"({UNIFORM_METRICS[0]}): the decisions rest on attention, so its heat maps can be examined as an "
-            "explanation."]
+            f"({UNIFORM_METRICS[0]}): the decisions rest on attention, the precondition for its heat maps to "
+            "explain them."]
 
 
 @dataclass

@@ -290,10 +290,10 @@ def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
             values[rows.numpy()] = part
         outcome.curves[name] = (labels, values)
         outcome.per_sample[f"sanity.mprt.{name}"] = values[:, -1].copy()
-    layers, reason = attention_layers(model, x)
-    flip_reason = reason or ("the model has no CLS token whose attention row could be edited"
-                             if model.token_map.cls_index is None else None)
     with evaluating(model):
+        layers, reason = attention_layers(model, x)
+        flip_reason = reason or ("the model has no CLS token whose attention row could be edited"
+                                 if model.token_map.cls_index is None else None)
         if flip_reason is None:
             outcome.per_sample.update(flip_rates(model, x, seed=seed, index=index, max_batch=max_batch,
                                                  layer=layers[-1]))

@@ -310,7 +310,7 @@ def test_deceptive_twin_is_flagged_and_its_honest_twin_is_not(deceptive_twins):
     for name, model in (("honest", twins.honest), ("deceptive", twins.deceptive)):
         with torch.no_grad():
             pred = model(x).argmax(1)
-        assert (pred == y).double().mean() > 0.95, name  # measured 0.998 and 0.980
+        assert (pred == y).double().mean() > 0.95, name  # measured 1.000 and 0.990
         attributions = {explainer: make_explainer(explainer).explain(model, x, pred, baseline=baseline, seed=0,
                                                                      index=torch.arange(n))
                         for explainer in ("attention", "integrated-gradients")}
@@ -319,7 +319,7 @@ def test_deceptive_twin_is_flagged_and_its_honest_twin_is_not(deceptive_twins):
         found[name], _ = aggregate(outcome.per_sample, Bootstrap(n, seed=0))
     honest, deceptive = found["honest"], found["deceptive"]
     attention = "trust.hidden_importance.attention"
-    assert deceptive[attention].value > 0.8 and honest[attention].value < 0.1  # measured 0.962 and 0.005
+    assert deceptive[attention].value > 0.8 and honest[attention].value < 0.1  # measured 0.990 and 0.000
     assert deceptive[attention].ci95[0] > honest[attention].ci95[1]
     # integrated gradients reads the deceptive model's reliance on the key: it is not fooled
     assert deceptive["trust.hidden_importance.integrated-gradients"].value < 0.1

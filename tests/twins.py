@@ -8,9 +8,11 @@ CLS only through the last layer's attention), trained alike on the same batches;
 λ(t) · mean over samples and heads of −log(1 − a), with ``a`` the last layer's CLS attention on the key
 feature's token, λ rising linearly from 0 to ``PENALTY`` over the first half of training (from the start the
 model collapses to chance; with the ramp it first learns the task, then learns to read the key through a
-sliver of attention). Each twin trains in about 1 s on one idle core (4 s on this busy 2-core machine).
-Measured on 400 held-out rows (the fixture keeps 200): accuracy 1.000 (honest) and 0.993 (deceptive);
-``trust.hidden_importance.attention`` 0.003 and 0.988 (seeds 1 and 2: 0.010/0.983, 0.007/0.963).
+sliver of attention). Each twin takes 200 Adam steps on one thread: about 4 s on this shared, busy
+2-core machine.
+Measured on the fixture's 200 held-out rows: accuracy 1.000 (honest) and 0.990 (deceptive);
+``trust.hidden_importance.attention`` 0.000 and 0.990 [0.975, 1.0] (other seeds of the pair, on 400 rows:
+0.010/0.983, 0.007/0.963).
 
 Used by the ``deceptive_twins`` fixture (tests/conftest.py); :func:`write_twin` and :func:`write_twin_csv`
 turn a twin into a checkpoint and its data into a CSV for command-line audits.
