@@ -141,6 +141,19 @@ def test_infidelity_is_zero_for_the_exact_attribution_of_a_linear_model():
     assert (wrong > 1e-6).all()
 
 
+def test_infidelity_sees_the_sign_the_negated_exact_attribution_scores_far_worse():
+    """captum's normalize=True fits any scale, -1 included, so -w*(x-b) scored 0 like the exact one."""
+    x = torch.rand(20, 6)
+    baseline = torch.full((6,), 0.3)
+    target = torch.ones(20, dtype=torch.long)
+    model, index = WeightedShare(W6), torch.arange(20)
+    exact = infidelity_per_sample(model, x, W6 * (x - baseline), target, baseline, seed=0, index=index)
+    negated = infidelity_per_sample(model, x, -W6 * (x - baseline), target, baseline, seed=0, index=index)
+    nothing = infidelity_per_sample(model, x, torch.zeros(20, 6), target, baseline, seed=0, index=index)
+    assert exact.mean() < 1e-9 and negated.mean() > 1e4 * max(exact.mean(), 1e-12)
+    assert np.allclose(negated, nothing)  # the wrong direction explains nothing: beta = 0
+
+
 def test_random_explainer_deletion_gain_is_near_zero_and_the_true_ranking_gains():
     n = 300
     x = torch.rand(n, 6)
