@@ -10,7 +10,7 @@ positions, signed attributions, average ranks for ties) is taken, as Adebayo et 
 explanation that merely flips sign has not become independent of the model). The metric is the value
 after the last step, per sample, in [0, 1]; HIGH means the explanation survives the destruction of
 the model, i.e. it ignores the model: a failed sanity check, so lower is better. One pass rule,
-:func:`mprt_verdict`: the check passes when the upper end of the 95% interval lies below
+:func:`auditor.verdict.mprt_verdict`: the check passes when the upper end of the 95% interval lies below
 ``MPRT_PASS_BELOW`` (0.5), fails when the lower end lies at or above it, and is undecided otherwise.
 The whole curve (mean over samples, top layer first) goes to the report. Re-initialisation calls
 each module's ``reset_parameters`` and redraws any other parameter from N(0, σ²) with σ its own
@@ -42,7 +42,6 @@ from scipy.stats import rankdata
 from torch import nn
 
 from auditor.explain import Explainer, evaluating
-from auditor.metrics import MPRT_PASS_BELOW, MetricValue
 from detectors.blocks import SelfAttention, edited_attention
 from detectors.seeding import per_sample_uniform, stream_seed
 
@@ -131,16 +130,6 @@ def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: tor
         labels.append(label)
         columns.append(np.abs(spearman_rows(attribution, changed)))
     return labels, np.stack(columns, axis=1)
-
-
-def mprt_verdict(value: MetricValue) -> str:
-    """"pass", "fail" or "unclear": the one MPRT rule of the catalogue, the report and the verdict panel."""
-    low, high = value.ci95 if value.ci95 is not None else (value.value, value.value)
-    if high < MPRT_PASS_BELOW:
-        return "pass"
-    if low >= MPRT_PASS_BELOW:
-        return "fail"
-    return "unclear"
 
 
 def mean_sanity_curves(outcome: "SanityOutcome") -> dict[str, list[dict]]:

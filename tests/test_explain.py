@@ -302,7 +302,8 @@ def test_mprt_keeps_a_stochastic_explainers_draws_so_sampling_noise_does_not_low
 
 def test_mprt_is_the_absolute_rank_correlation_with_one_pass_rule():
     from auditor.metrics import MetricValue
-    from auditor.sanity import mprt_verdict, spearman_rows
+    from auditor.sanity import spearman_rows
+    from auditor.verdict import mprt_verdict
 
     a = torch.arange(6.0)[None]
     assert abs(np.abs(spearman_rows(a, -a))[0] - 1.0) < 1e-12  # a sign flip does not pass the check
