@@ -278,7 +278,8 @@ def test_profiles_choose_the_faithfulness_metrics_and_the_config_records_them():
     chosen = AuditConfig.from_profile("quick", faithfulness_metrics=("correlation", "max_sensitivity"),
                                       removal_baseline="zero")
     names = planned_metrics(chosen)
-    assert "faithfulness.correlation.attention" in names and "stability.max_sensitivity.random" in names
+    assert "faithfulness.correlation.attention" in names and "stability.max_sensitivity.attention" in names
+    assert "stability.max_sensitivity.random" not in names  # 0 by construction: skipped with the reason
     assert "faithfulness.deletion_auc.attention" not in names
     doc = chosen.to_dict()
     assert doc["removal_baseline"] == "zero" and doc["faithfulness_metrics"] == ["correlation", "max_sensitivity"]
