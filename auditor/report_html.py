@@ -54,6 +54,8 @@ METRIC_REFERENCES = (
     ("robust.", "Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
     ("stability.max_sensitivity", "Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations"),
     ("stability.", "Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+    ("faithfulness.deletion_auc_diff", "Petsiuk et al. 2018 (RISE) deletion, as a paired per-sample difference with "
+                                       "a paired bootstrap interval (Efron & Tibshirani 1993)"),
     ("faithfulness.deletion_auc", "Petsiuk et al. 2018 (RISE), deletion metric"),
     ("faithfulness.insertion_auc", "Petsiuk et al. 2018 (RISE), insertion metric"),
     ("faithfulness.deletion_gain", "Petsiuk et al. 2018, relative to the random explainer"),
@@ -61,6 +63,9 @@ METRIC_REFERENCES = (
     ("faithfulness.sufficiency", "DeYoung et al. 2020 (ERASER)"),
     ("faithfulness.correlation", "Bhatt et al. 2020, Evaluating and Aggregating Feature-based Explanations"),
     ("faithfulness.infidelity", "Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations"),
+    ("agreement.kendall_tau.integrated-gradients~feature-ablation",
+     "Neely et al. 2022, A Song of (Dis)agreement: Evaluating the Evaluation of Explainable AI"),
+    ("agreement.kendall_tau_vs_floor", "Neely et al. 2022, A Song of (Dis)agreement; Jain & Wallace 2019"),
     ("agreement.", "Krishna et al. 2022, The Disagreement Problem in Explainable ML"),
     ("sanity.mprt", "Adebayo et al. 2018, Sanity Checks for Saliency Maps"),
     ("sanity.flip_rate", "Serrano & Smith 2019, Is Attention Interpretable?"),
