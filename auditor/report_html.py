@@ -27,7 +27,7 @@ from auditor.gates import Policy
 from auditor.metrics import CATALOGUE, MPRT_PASS_BELOW, MetricValue, format_eps, spec_for
 from auditor.report import SHORT_NAMES, _environment, _fmt, _svg, metric_groups, removal_plot, robustness_plot
 from auditor.session import AuditResult, SampleView
-from auditor.verdict import TITLE as TRUST_TITLE, TrustLine, trust_panel
+from auditor.verdict import TITLE as TRUST_TITLE, TrustLine, mprt_verdict, trust_panel
 
 BAR_FEATURES = 10
 
@@ -300,7 +300,7 @@ def _attention_image(x: np.ndarray, clean: np.ndarray, attacked: np.ndarray, kin
 class FaithfulnessView:
     table: Table | None
     agreement: list[tuple[str, Table]]
-    sanity: list[tuple[str, Cell, str]]
+    sanity: list[tuple[str, Cell, str, str]]
     mprt_svg: Markup | None
     trust: list[TrustLine]
 
@@ -361,12 +361,15 @@ SANITY_MEANING = {
 }
 
 
-def sanity_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, Cell, str]]:
+def sanity_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, Cell, str, str]]:
+    """(name, value, result, meaning) per sanity metric; the result is MPRT's one rule (auditor.verdict), "" for
+    the flip rates, which are read against each other."""
     rows = []
     for name in sorted(metrics):
         if name.startswith("sanity."):
             meaning = next((text for prefix, text in SANITY_MEANING.items() if name.startswith(prefix)), "")
-            rows.append((name, cell(metrics[name]), meaning))
+            result = mprt_verdict(metrics[name]) if name.startswith("sanity.mprt.") else ""
+            rows.append((name, cell(metrics[name]), result, meaning))
     return rows
 
 
