@@ -202,6 +202,6 @@ def panel_markdown(lines: list[TrustLine]) -> list[str]:
     out = [f"### {TITLE}", "", "| Question | Answer | Finding |", "| --- | --- | --- |"]
     for line in lines:
         answer = {"pass": "yes", "fail": "**NO**", "unclear": "unclear", "not run": "not run"}[line.status]
-        finding = line.finding.replace("|", "\\|")
+        finding = line.finding.replace("|", "\\|").replace(line.metric, f"`{line.metric}`")  # `~` is not strikethrough
         out.append(f"| {line.question} | {answer} | {finding} |")
     return out
