@@ -16,6 +16,14 @@ Kendall's τ-b per sample, τ_b = Σ_{i<j} s_a(i,j)·s_b(i,j) / sqrt(Σ s_a² ·
 s(i,j) = sign(score_i − score_j), NaN (not counted) when either side ranks every
 token equal; top-k overlap = |top_k(a) ∩ top_k(b)| / k with k = min(5, tokens),
 ties broken by token index. Batched over samples: no per-sample loop.
+
+The noise floor (Neely et al. 2022, "A Song of (Dis)agreement"): two reference explainers disagree with
+each other too, so attention's agreement is read against theirs on the same samples.
+``agreement.kendall_tau.integrated-gradients~feature-ablation`` is the references' τ-b with each other;
+``agreement.kendall_tau_vs_floor.ATTN`` is, per sample, the mean of τ_b(ATTN, REF) over both references
+minus that floor (NaN where any of the three τ is), so its paired bootstrap interval says whether
+attention agrees with the references clearly less (upper end below 0) than they agree with each other.
+Both need both references to have run.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from detectors.base import TokenMap
 
 ATTENTION_EXPLAINERS = ("attention", "rollout", "grad-attention")
 REFERENCE_EXPLAINERS = AGREEMENT_REFERENCES
+NOISE_FLOOR = f"agreement.kendall_tau.{REFERENCE_EXPLAINERS[0]}~{REFERENCE_EXPLAINERS[1]}"
 TOP_K = 5
 
 
@@ -87,12 +96,25 @@ def agreement_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
             k = min(TOP_K, a.shape[1])
             outcome.per_sample[f"agreement.kendall_tau.{attention}~{reference}"] = kendall_tau_b(a, b)
             outcome.per_sample[f"agreement.topk_overlap.{attention}~{reference}"] = topk_overlap(a, b, k)
+    if all(reference in scores for reference in REFERENCE_EXPLAINERS):
+        floor = kendall_tau_b(*(scores[reference] for reference in REFERENCE_EXPLAINERS))
+        outcome.per_sample[NOISE_FLOOR] = floor
+        for attention in ATTENTION_EXPLAINERS:
+            if attention in scores:
+                taus = [outcome.per_sample[f"agreement.kendall_tau.{attention}~{reference}"]
+                        for reference in REFERENCE_EXPLAINERS]
+                outcome.per_sample[f"agreement.kendall_tau_vs_floor.{attention}"] = np.mean(taus, axis=0) - floor
     return outcome
 
 
 def planned_agreement(explainers: tuple[str, ...] | list[str]) -> list[str]:
     """The agreement metric names a run with these explainers computes."""
-    return [f"agreement.{metric}.{attention}~{reference}"
-            for attention in ATTENTION_EXPLAINERS if attention in explainers
-            for reference in REFERENCE_EXPLAINERS if reference in explainers
-            for metric in ("kendall_tau", "topk_overlap")]
+    names = [f"agreement.{metric}.{attention}~{reference}"
+             for attention in ATTENTION_EXPLAINERS if attention in explainers
+             for reference in REFERENCE_EXPLAINERS if reference in explainers
+             for metric in ("kendall_tau", "topk_overlap")]
+    if all(reference in explainers for reference in REFERENCE_EXPLAINERS):
+        names.append(NOISE_FLOOR)
+        names += [f"agreement.kendall_tau_vs_floor.{attention}" for attention in ATTENTION_EXPLAINERS
+                  if attention in explainers]
+    return names

@@ -283,11 +283,14 @@ def _bounds(ctx, param, value):
               help="results.json of an earlier run: add regression gates (the policy's [regression] table, "
                    "else 0.02 on every gated metric)")
 @click.option("--json", "as_json", is_flag=True, help="print results.json to stdout and nothing else")
+@click.option("--relevant-features", callback=_name_list, default="",
+              help="the truly relevant features (columns of a CSV; for sequences a feature at every time step), "
+                   "so localisation.precision_at_k runs on your data")
 @audit_options
 @click.pass_context
 def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
         attention_modules, logits_key, bounds, bounds_file, positive_class, nproc, baseline_path, as_json,
-        **options) -> None:
+        relevant_features, **options) -> None:
     """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails.
 
     Under torchrun (or with --nproc) each process audits its shard of the rows and rank 0 writes the
@@ -315,14 +318,14 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
     if not shard.distributed:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
                                   policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
-                                  baseline_path=baseline_path, **options)
+                                  baseline_path=baseline_path, relevant_features=relevant_features, **options)
         report(outcome)
         sys.exit(outcome.exit_code)
     code, problem = EXIT_INTERNAL, None
     try:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
                                   policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
-                                  baseline_path=baseline_path, **options)
+                                  baseline_path=baseline_path, relevant_features=relevant_features, **options)
         if outcome is not None:
             report(outcome)
             code = outcome.exit_code

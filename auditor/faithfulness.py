@@ -28,18 +28,29 @@ the sample's own stream (:mod:`detectors.seeding`), so no value depends on batch
     count) where either side is constant (an attribution side with no spread, or probability
     changes that all lie within ``CONSTANT_PROBABILITY`` of each other, float32 rounding).
 ``infidelity``
-    captum.metrics.infidelity (Yeh et al. 2019) of p_y, with 16 perturbations per sample that move
-    each feature a random fraction eps_i ~ N(0, 0.1^2) of the way to the baseline:
-    x' = x - eps * (x - baseline). The perturbation handed to captum is eps itself, i.e. captum's
-    ``multiply_by_inputs`` convention: an attribution a_i that is feature i's contribution relative
-    to the baseline (integrated gradients, for instance) explains f(x) - f(x') = sum_i a_i eps_i
-    exactly when f is linear, and then the infidelity is 0. ``normalize=True``: each sample's
-    attribution is first rescaled by its least-squares factor, so an explainer is not punished for
-    the arbitrary scale of its scores (attention weights sum to 1). Lower is better.
+    Infidelity (Yeh et al. 2019) of p_y, with 16 perturbations per sample that move each feature a
+    random fraction eps_i ~ N(0, 0.1^2) of the way to the baseline: x' = x - eps * (x - baseline),
+    measured as mean_k (beta * sum_i a_i eps_ki - (p_y(x) - p_y(x'_k)))^2. The perturbation paired with
+    the attribution is eps itself (captum's ``multiply_by_inputs`` convention): an attribution a_i that
+    is feature i's contribution relative to the baseline (integrated gradients, for instance) explains
+    p_y(x) - p_y(x') = sum_i a_i eps_i exactly when p_y is linear, and then the infidelity is 0. beta is
+    each sample's least-squares scale, so an explainer is not punished for the arbitrary scale of its
+    scores (attention weights sum to 1), but constrained to beta >= 0: captum's ``normalize=True`` fits
+    an unconstrained beta, under which the negated exact attribution scores 0 too. With beta >= 0 an
+    attribution pointing the wrong way scores mean_k (p_y(x) - p_y(x'_k))^2, as badly as no attribution.
+    Written here because captum has no sign-constrained scale; the perturbations and the formula are
+    captum's. Lower is better.
 ``max_sensitivity``
     captum.metrics.sensitivity_max (Yeh et al. 2019): max over 8 perturbations drawn uniformly from
     the L-infinity ball of radius 0.02 in [0, 1] units (clipped to the [0, 1] box) of
-    ||e(x) - e(x')|| / ||e(x)||, where e re-runs the explainer. Lower is better.
+    ||e(x) - e(x')|| / ||e(x)||, where e re-runs the explainer. Lower is better. Not for ``random``:
+    its draws depend on the sample's index only, so it would score a perfect 0 by construction (listed
+    as skipped with that reason).
+``deletion_auc_diff.attention~OTHER``
+    Per sample, OTHER's deletion AUC minus attention's, for every other explainer whose deletion curve
+    ran (random and integrated-gradients among them): above 0, attention's top features hurt the
+    prediction sooner. Its mean's interval is the run's paired bootstrap over the same resamples as
+    every metric, so "attention is more faithful than OTHER" is said only when the interval lies above 0.
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.metrics import infidelity, sensitivity_max
+from captum.metrics import sensitivity_max
 
 from detectors.errors import BadInputError
 from detectors.seeding import per_sample_uniform, stream_seed
@@ -72,6 +83,9 @@ BLUR_SIGMA = 1.0
 REMOVAL_BASELINES = ("mean", "zero", "blur")
 FAITHFULNESS_METRICS = ("deletion", "insertion", "deletion_gain", "comprehensiveness", "sufficiency",
                         "correlation", "infidelity", "max_sensitivity")
+NOT_FOR_RANDOM = ("random's draws depend on the sample's index only, not on the input, so its max-sensitivity is 0 "
+                  "by construction: a perfect score that says nothing")
+DIFF_LEAD = "attention"  # the explainer every deletion_auc_diff compares with the others
 METRIC_NAMES = {"deletion": "faithfulness.deletion_auc", "insertion": "faithfulness.insertion_auc",
                 "deletion_gain": "faithfulness.deletion_gain",
                 "comprehensiveness": "faithfulness.comprehensiveness", "sufficiency": "faithfulness.sufficiency",
@@ -316,17 +330,13 @@ def _per_sample_normal(shape: tuple[int, ...], index: torch.Tensor, *, seed: int
     return torch.stack(rows) if rows else torch.empty((0, *shape))
 
 
-def _probability_of(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda inputs: torch.softmax(model(inputs), dim=1)
-
-
 def infidelity_per_sample(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
                           baseline: torch.Tensor, *, seed: int, index: torch.Tensor,
                           max_batch: int = 16384) -> np.ndarray:
-    """(n,) captum infidelity of p_y under the removal-direction perturbation described in the module."""
+    """(n,) infidelity of p_y with the non-negative least-squares scale described in the module."""
     model.eval()
     k = INFIDELITY_PERTURBATIONS
-    chunk = max(1, max_batch // k)
+    chunk = max(1, max_batch // (k + 1))
     out = np.empty(len(x))
     with torch.inference_mode():
         for start in range(0, len(x), chunk):
@@ -334,20 +344,18 @@ def infidelity_per_sample(model: torch.nn.Module, x: torch.Tensor, attribution: 
             xs = x[rows]
             eps = INFIDELITY_STD * _per_sample_normal((k, *x.shape[1:]), index[rows], seed=seed,
                                                       purpose="faithfulness/infidelity").to(x.device, x.dtype)
-            eps = eps.reshape(-1, *x.shape[1:])
-            toward = (xs - _baseline_rows(baseline, x, rows).to(x.dtype)).repeat_interleave(k, dim=0)
-
-            def perturb(inputs):
-                if inputs.shape != eps.shape:
-                    raise ValueError(f"captum asked for perturbations of {tuple(inputs.shape)}, prepared "
-                                     f"{tuple(eps.shape)}: call infidelity with max_examples_per_batch=None")
-                return eps, inputs - eps * toward
-
-            values = infidelity(_probability_of(model), perturb, xs, attribution[rows].to(x.device, x.dtype),
-                                target=target[rows], n_perturb_samples=k, max_examples_per_batch=None,
-                                normalize=True)
-            out[rows] = values.double().cpu().numpy()
-    return np.maximum(out, 0.0)  # a mean of squares: below 0 only by rounding in captum's normalised form
+            toward = (xs - _baseline_rows(baseline, x, rows).to(x.dtype))[:, None]
+            perturbed = (xs[:, None] - eps * toward).reshape(-1, *x.shape[1:])
+            proba = torch.softmax(model(torch.cat([xs, perturbed])), dim=1).double()
+            y = target[rows].to(x.device)
+            p_clean = proba[:len(xs)].gather(1, y[:, None])
+            p_perturbed = proba[len(xs):].reshape(len(xs), k, -1).gather(2, y[:, None, None].expand(-1, k, 1))[..., 0]
+            drop = p_clean - p_perturbed  # (m, k)
+            explained = (eps.double() * attribution[rows].to(x.device).double()[:, None]).flatten(2).sum(2)
+            energy = (explained ** 2).sum(1)
+            beta = torch.where(energy > 0, (explained * drop).sum(1) / energy.clamp_min(1e-300), 0.0).clamp_min(0.0)
+            out[rows] = ((beta[:, None] * explained - drop) ** 2).mean(1).cpu().numpy()
+    return out
 
 
 def max_sensitivity(model: torch.nn.Module, explainer, x: torch.Tensor, target: torch.Tensor,
@@ -392,6 +400,7 @@ class FaithfulnessOutcome:
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     fractions: dict[str, list[float]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def check_metric_names(names) -> tuple[str, ...]:
@@ -403,7 +412,15 @@ def check_metric_names(names) -> tuple[str, ...]:
 
 def planned_names(metrics, explainers) -> list[str]:
     """The metric names ``faithfulness_stage`` writes for these metric keys and explainers."""
-    return [f"{METRIC_NAMES[metric]}.{explainer}" for explainer in explainers for metric in metrics]
+    names = [f"{METRIC_NAMES[metric]}.{explainer}" for explainer in explainers for metric in metrics
+             if not (metric == "max_sensitivity" and explainer == "random")]
+    if {"deletion", "deletion_gain"} & set(metrics) and DIFF_LEAD in explainers:
+        names += [diff_name(other) for other in explainers if other != DIFF_LEAD]
+    return names
+
+
+def diff_name(other: str) -> str:
+    return f"faithfulness.deletion_auc_diff.{DIFF_LEAD}~{other}"
 
 
 def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
@@ -416,6 +433,7 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
     it needs ``explainers`` (name -> explainer object, as from auditor.explain.make_explainer)."""
     metrics = check_metric_names(metrics)
     outcome = FaithfulnessOutcome()
+    deletion_aucs = {}
     random_auc = (random_deletion_auc(model, x, target, baseline, seed=seed, index=index, max_batch=max_batch)
                   if "deletion_gain" in metrics else None)
     for name, attribution in attributions.items():
@@ -423,6 +441,7 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
             kinds = tuple(kind for kind in REMOVAL_KINDS
                           if kind in metrics or (kind == "deletion" and "deletion_gain" in metrics))
             curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch, kinds=kinds)
+            deletion_aucs[name] = curves.deletion_auc
             if "deletion" in metrics:
                 outcome.per_sample[f"faithfulness.deletion_auc.{name}"] = curves.deletion_auc
             if "insertion" in metrics:
@@ -445,9 +464,15 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
         if "infidelity" in metrics:
             outcome.per_sample[f"faithfulness.infidelity.{name}"] = infidelity_per_sample(
                 model, x, attribution, target, baseline, seed=seed, index=index, max_batch=max_batch)
-        if "max_sensitivity" in metrics:
+        if "max_sensitivity" in metrics and name == "random":
+            outcome.skipped["stability.max_sensitivity.random"] = NOT_FOR_RANDOM
+        elif "max_sensitivity" in metrics:
             if explainers is None or name not in explainers:
                 raise ValueError(f"max_sensitivity re-runs the explainer: pass explainers[{name!r}]")
             outcome.per_sample[f"stability.max_sensitivity.{name}"] = max_sensitivity(
                 model, explainers[name], x, target, baseline, seed=seed, index=index, max_batch=max_batch)
+    if DIFF_LEAD in deletion_aucs:
+        for other, auc in deletion_aucs.items():
+            if other != DIFF_LEAD:
+                outcome.per_sample[diff_name(other)] = auc - deletion_aucs[DIFF_LEAD]
     return outcome

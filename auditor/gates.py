@@ -9,8 +9,13 @@ may become, in the metric's own direction::
     "clean.accuracy" = ">= 0.90"
     "robust.accuracy.pgd@0.03" = ">= 0.50"
 
+    "faithfulness.deletion_auc_diff.attention~random" = "lower95 > 0"
+
     [regression]
     "robust.accuracy.pgd@0.03" = 0.02
+
+A condition tests the metric's value, or with ``lower95`` / ``upper95`` before the operator the
+lower / upper end of its 95% bootstrap interval (a metric without an interval then fails the gate).
 
 Without a policy, :func:`default_policy` builds one from what ran. Names are
 checked before the audit starts: a name no part of the tool can produce, or one
@@ -34,7 +39,8 @@ from detectors.errors import BadInputError
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-_CONDITION = re.compile(r"\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\Z")
+_CONDITION = re.compile(r"\s*(?:(lower95|upper95)\s*)?(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\Z")
+INTERVAL_ENDS = {"lower95": 0, "upper95": 1}
 DEFAULT_MIN_ACCURACY = 0.90
 DEFAULT_MIN_ROBUST_ACCURACY = 0.50
 DEFAULT_REGRESSION_TOLERANCE = 0.02
@@ -46,10 +52,12 @@ class Gate:
     op: str
     threshold: float
     kind: str = "threshold"
+    end: str = "value"  # or "lower95" / "upper95": which end of the metric's 95% interval is tested
 
     @property
     def name(self) -> str:
-        return f"{self.metric} {self.op} {self.threshold:g}"
+        tested = "" if self.end == "value" else f" {self.end}"
+        return f"{self.metric}{tested} {self.op} {self.threshold:g}"
 
 
 @dataclass(frozen=True)
@@ -113,12 +121,14 @@ def load_policy(path: str | Path) -> Policy:
         if not isinstance(condition, str) or not (match := _CONDITION.match(condition)):
             raise BadInputError(
                 f"policy file {path}: gate {metric!r} = {condition!r} is not a condition; "
-                "write an operator (>=, <=, >, <) and a number, e.g. \">= 0.90\""
+                "write an operator (>=, <=, >, <) and a number, e.g. \">= 0.90\", optionally after lower95 or "
+                "upper95 to test that end of the 95% interval, e.g. \"lower95 > 0\""
             )
-        threshold = float(match.group(2))
+        threshold = float(match.group(3))
         if not math.isfinite(threshold):
             raise BadInputError(f"policy file {path}: gate {metric!r} has a non-finite threshold")
-        gates.append(Gate(metric=canonical_name(metric), op=match.group(1), threshold=threshold))
+        gates.append(Gate(metric=canonical_name(metric), op=match.group(2), threshold=threshold,
+                          end=match.group(1) or "value"))
     return Policy(gates=tuple(gates), source=str(path), regression=_regression_table(document, path))
 
 
@@ -190,7 +200,19 @@ def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: 
         gates.append(Gate(f"robust.accuracy.{attack}@{largest}", ">=", DEFAULT_MIN_ROBUST_ACCURACY))
     if "robust.masking_suspected" in planned:
         gates.append(Gate("robust.masking_suspected", "<=", 0.0))
+    gates += trust_gates(planned)
     return Policy(gates=tuple(gates), source="default")
+
+
+TRUST_GATE_METRIC = "faithfulness.deletion_auc_diff.attention~random"
+
+
+def trust_gates(planned: list[str]) -> list[Gate]:
+    """The default policy's trust gate: attention must explain the detector better than chance, i.e. the
+    lower end of the 95% interval of ``faithfulness.deletion_auc_diff.attention~random`` above 0. It exists
+    only when the run computes that difference (attention and random both explain, with the deletion
+    curve); otherwise it is left out, not failed."""
+    return [Gate(TRUST_GATE_METRIC, ">", 0.0, end="lower95")] if TRUST_GATE_METRIC in planned else []
 
 
 def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str, str]) -> list[GateResult]:
@@ -202,12 +224,18 @@ def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str,
             results.append(GateResult(gate.name, gate.kind, gate.metric, gate.op, gate.threshold, None, None, False,
                                       f"no value: {reason}"))
             continue
-        passed = bool(OPERATORS[gate.op](measured.value, gate.threshold))
+        ci95 = list(measured.ci95) if measured.ci95 else None
+        if gate.end != "value" and ci95 is None:
+            results.append(GateResult(gate.name, gate.kind, gate.metric, gate.op, gate.threshold, measured.value,
+                                      None, False, f"no 95% interval to test its {gate.end} end",
+                                      group=gate_group(gate)))
+            continue
+        tested = measured.value if gate.end == "value" else ci95[INTERVAL_ENDS[gate.end]]
+        passed = bool(OPERATORS[gate.op](tested, gate.threshold))
         relation = gate.op if passed else _negate(gate.op)
         results.append(GateResult(
-            gate.name, gate.kind, gate.metric, gate.op, gate.threshold, measured.value,
-            list(measured.ci95) if measured.ci95 else None, passed,
-            f"value {measured.value:.4g} {relation} threshold {gate.threshold:g}", group=gate_group(gate),
+            gate.name, gate.kind, gate.metric, gate.op, gate.threshold, measured.value, ci95, passed,
+            f"{gate.end} {tested:.4g} {relation} threshold {gate.threshold:g}", group=gate_group(gate),
         ))
     return results
 
@@ -300,7 +328,14 @@ def evaluate_regression(tolerances: dict[str, float], baseline: Baseline,
 
 
 def change_significance(new: MetricValue, old: MetricValue) -> str:
-    """Whether a change is larger than the two 95% intervals explain: disjoint intervals are "significant"."""
+    """Whether a change is larger than the two 95% intervals explain: disjoint intervals are "significant".
+
+    This is a conservative test, said so in the report and the README: two independent 95% intervals that
+    do not overlap imply a difference at a level well below 5% (about 0.6% for normal estimates of equal
+    spread), while overlapping intervals do NOT show that nothing changed. A paired test (an interval of
+    the per-sample difference, as the deletion_auc_diff metrics within one run use) is impossible here:
+    results.json keeps each metric's mean and interval, not its per-sample values, and the two runs may
+    audit different rows."""
     if new.value == old.value:
         return "unchanged"
     if new.ci95 is None or old.ci95 is None:

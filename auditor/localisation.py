@@ -5,19 +5,43 @@ the share of its k top-attributed positions (signed attribution, descending, tie
 deletion) that are relevant. Ground truth comes from the data: ``relevant_features`` names the same
 features for every sample (the ``flows`` set declares 4), ``relevant_mask`` marks them per sample (the
 ``sequences`` set marks the trigger's steps; samples without a trigger have k = 0 and do not count).
-Data without either is skipped with the reason.
+Data without either is skipped with the reason. On data this tool did not generate, ``audit run
+--relevant-features a,b`` declares them (:func:`declare_relevant`): columns of a tabular CSV by name, and
+for sequences a feature name at every time step (``f1`` names ``t0.f1``, ``t1.f1``, ...); the declaration
+replaces whatever ground truth the data carried.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from auditor.faithfulness import feature_ranks
+from detectors.errors import BadInputError
 
 NO_GROUND_TRUTH = "the data declares no relevant features (ground truth), so localisation cannot be measured"
+
+
+_TIME_STEP = re.compile(r"t\d+\.")
+
+
+def declare_relevant(data, names: tuple[str, ...]):
+    """``data`` with ``names`` as its relevant features; a name matches a feature name, or on sequences
+    (samples of rank 2) the feature part of every ``tT.NAME``. Unknown names are bad input."""
+    sequence = data.x.ndim == 3
+    chosen = [feature for feature in data.feature_names
+              if feature in names or (sequence and _TIME_STEP.match(feature)
+                                      and _TIME_STEP.sub("", feature, count=1) in names)]
+    matched = {feature if feature in names else _TIME_STEP.sub("", feature, count=1) for feature in chosen}
+    unknown = [name for name in names if name not in matched]
+    if unknown:
+        shown = ", ".join(map(repr, data.feature_names[:6])) + (" ..." if len(data.feature_names) > 6 else "")
+        raise BadInputError(f"--relevant-features: {', '.join(map(repr, unknown))} not among the data's features "
+                            f"({shown})")
+    return replace(data, relevant_features=chosen, relevant_mask=None)
 
 
 def relevant_mask_of(data, n_samples: int) -> np.ndarray | None:

@@ -18,6 +18,8 @@ BOOTSTRAP_RESAMPLES = 1000
 # the reference explainers attention is compared with (auditor.agreement; kept here so the catalogue
 # needs no import of the stages)
 AGREEMENT_REFERENCES = ("integrated-gradients", "feature-ablation")
+# sanity.mprt passes when the upper end of its 95% interval is below this (auditor.sanity.mprt_verdict)
+MPRT_PASS_BELOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("faithfulness.insertion_auc.{explainer}", True, "[0, 1]",
                "area under the predicted-class probability as the top-attributed features are restored into "
                "the baseline, one by one"),
+    MetricSpec("faithfulness.deletion_auc_diff.attention~{explainer}", True, "[-1, 1]",
+               "paired difference, per sample: the other explainer's deletion AUC minus attention's, for every "
+               "explainer whose deletion curve ran beside attention's (above 0: attention is more faithful); its "
+               "interval is the paired bootstrap over the same resamples as every metric, so a comparison is "
+               "called only when the interval excludes 0"),
     MetricSpec("faithfulness.deletion_gain.{explainer}", True, "(-inf, 1]",
                "1 - deletion AUC / mean deletion AUC of 8 random feature rankings of the same sample (above 0: "
                "removing the explainer's top features hurts the prediction sooner than chance)"),
@@ -101,12 +108,22 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                "subset's attribution sum and the drop in p_y when the subset is set to the baseline (samples where "
                "either side is constant do not count; n says how many did)"),
     MetricSpec("faithfulness.infidelity.{explainer}", False, "[0, inf)",
-               "captum infidelity (Yeh et al. 2019) of p_y, scale-normalised: mean squared error between "
-               "sum_i a_i eps_i and the drop in p_y when each feature moves a fraction eps_i ~ N(0, 0.1^2) "
-               "toward the baseline (16 draws)"),
+               "infidelity (Yeh et al. 2019) of p_y with captum's perturbations: mean squared error between "
+               "beta * sum_i a_i eps_i and the drop in p_y when each feature moves a fraction eps_i ~ N(0, 0.1^2) "
+               "toward the baseline (16 draws), beta >= 0 the least-squares scale (sign-aware: a negated "
+               "attribution explains nothing)"),
     MetricSpec("stability.max_sensitivity.{explainer}", False, "[0, inf)",
                "captum sensitivity_max (Yeh et al. 2019): largest relative change ||e(x) - e(x')|| / ||e(x)|| of "
-               "the explanation over 8 inputs x' drawn uniformly within 0.02 (L-inf, [0,1] units) of x"),
+               "the explanation over 8 inputs x' drawn uniformly within 0.02 (L-inf, [0,1] units) of x; not for "
+               "random, 0 by construction (its draws ignore the input)"),
+    MetricSpec("agreement.kendall_tau.integrated-gradients~feature-ablation", True, "[-1, 1]",
+               "the agreement noise floor (Neely et al. 2022): Kendall's tau-b between the two references' token "
+               "rankings on the same samples, how far two sound explainers agree with each other"),
+    MetricSpec("agreement.kendall_tau_vs_floor.{explainer}", True, "[-2, 2]",
+               "per sample, the attention explainer's Kendall tau-b with the references (mean over "
+               "integrated-gradients and feature-ablation) minus the references' tau-b with each other; upper "
+               "end of the interval below 0: attention agrees with the references clearly less than they agree "
+               "with each other"),
     MetricSpec("agreement.kendall_tau.{explainer}~{reference}", True, "[-1, 1]",
                "Kendall's tau-b between the attention explainer's and the reference's token rankings (each "
                "attribution summed in absolute value over a token's inputs), mean over samples (Jain & Wallace "
@@ -114,10 +131,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("agreement.topk_overlap.{explainer}~{reference}", True, "[0, 1]",
                "share of the attention explainer's top-k tokens (k = min(5, tokens)) that are also in the "
                "reference's top-k"),
-    MetricSpec("sanity.mprt.{explainer}", False, "[-1, 1]",
-               "Adebayo et al. 2018 cascading model-parameter randomisation: Spearman correlation between the "
-               "explanations of the trained model and of the model with every layer re-initialised (top-down); "
-               "high = the explanation ignores the model, a failed sanity check"),
+    MetricSpec("sanity.mprt.{explainer}", False, "[0, 1]",
+               "Adebayo et al. 2018 cascading model-parameter randomisation: absolute Spearman rank correlation "
+               "between the explanations of the trained model and of the model with every layer re-initialised "
+               "(top-down), the same random draws at every step; passes when the upper end of its 95% interval "
+               f"is below {MPRT_PASS_BELOW:g}, fails when the lower end is at or above it (high = the explanation "
+               "ignores the model)"),
     MetricSpec("sanity.flip_rate.attention", True, "[0, 1]",
                "Serrano & Smith 2019: share of samples whose decision flips when the highest CLS attention weight "
                "of the last layer is zeroed and the row renormalised (compare with sanity.flip_rate.random)"),

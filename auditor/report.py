@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from auditor.gates import GateResult, Policy, gate_group
 from auditor.metrics import CATALOGUE, MetricValue, spec_for
+from auditor.verdict import panel_markdown, trust_panel
 
 SCHEMA_VERSION = 1
 TOOL_NAME = "attention-audit"
@@ -128,6 +129,11 @@ def render_summary(document: dict) -> bytes:
             lines.append(f"| `{gate['metric']}` | {gate['baseline']:.3g} {_interval(gate['baseline_ci95'])} | "
                          f"{new} | {change} | {gate['tolerance']:g} | {gate['significance'] or '—'} | "
                          f"{'pass' if gate['passed'] else '**FAIL**'} |")
+        lines += ["", "\"significant\": the two runs' 95% intervals do not overlap, a conservative test (no paired "
+                  "test is possible across runs: results.json keeps no per-sample values)."]
+    metrics = {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") else None)
+               for name, entry in document["metrics"].items()}
+    lines += ["", *panel_markdown(trust_panel(metrics, document.get("skipped", {})))]
     return ("\n".join(lines) + "\n").encode()
 
 

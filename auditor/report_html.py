@@ -24,10 +24,11 @@ from sklearn.metrics import precision_recall_fscore_support, roc_curve
 from attacks import ATTACKS
 from auditor.clean import ECE_BINS, calibration_bins
 from auditor.gates import Policy
-from auditor.metrics import CATALOGUE, MetricValue, format_eps, spec_for
+from auditor.metrics import CATALOGUE, MPRT_PASS_BELOW, MetricValue, format_eps, spec_for
 from auditor.report import SHORT_NAMES, _environment, _fmt, _svg, metric_groups, removal_plot, robustness_plot
 from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
 from auditor.session import AuditResult, SampleView
+from auditor.verdict import TITLE as TRUST_TITLE, TrustLine, mprt_verdict, trust_panel
 
 BAR_FEATURES = 10
 
@@ -54,6 +55,8 @@ METRIC_REFERENCES = (
     ("robust.", "Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
     ("stability.max_sensitivity", "Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations"),
     ("stability.", "Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+    ("faithfulness.deletion_auc_diff", "Petsiuk et al. 2018 (RISE) deletion, as a paired per-sample difference with "
+                                       "a paired bootstrap interval (Efron & Tibshirani 1993)"),
     ("faithfulness.deletion_auc", "Petsiuk et al. 2018 (RISE), deletion metric"),
     ("faithfulness.insertion_auc", "Petsiuk et al. 2018 (RISE), insertion metric"),
     ("faithfulness.deletion_gain", "Petsiuk et al. 2018, relative to the random explainer"),
@@ -61,6 +64,9 @@ METRIC_REFERENCES = (
     ("faithfulness.sufficiency", "DeYoung et al. 2020 (ERASER)"),
     ("faithfulness.correlation", "Bhatt et al. 2020, Evaluating and Aggregating Feature-based Explanations"),
     ("faithfulness.infidelity", "Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations"),
+    ("agreement.kendall_tau.integrated-gradients~feature-ablation",
+     "Neely et al. 2022, A Song of (Dis)agreement: Evaluating the Evaluation of Explainable AI"),
+    ("agreement.kendall_tau_vs_floor", "Neely et al. 2022, A Song of (Dis)agreement; Jain & Wallace 2019"),
     ("agreement.", "Krishna et al. 2022, The Disagreement Problem in Explainable ML"),
     ("sanity.mprt", "Adebayo et al. 2018, Sanity Checks for Saliency Maps"),
     ("sanity.flip_rate", "Serrano & Smith 2019, Is Attention Interpretable?"),
@@ -298,9 +304,9 @@ def _attention_image(x: np.ndarray, clean: np.ndarray, attacked: np.ndarray, kin
 class FaithfulnessView:
     table: Table | None
     agreement: list[tuple[str, Table]]
-    sanity: list[tuple[str, Cell, str]]
+    sanity: list[tuple[str, Cell, str, str]]
     mprt_svg: Markup | None
-    verdict: list[str]
+    trust: list[TrustLine]
     sanity_notes: list[str] = field(default_factory=list)
     hidden: "HiddenImportanceView | None" = None
 
@@ -351,9 +357,10 @@ def agreement_tables(metrics: dict[str, MetricValue]) -> list[tuple[str, Table]]
 
 
 SANITY_MEANING = {
-    "sanity.mprt.": "Spearman correlation between the explanation and the one after the model's weights are "
-                    "randomised layer by layer; near 0 passes (the explanation depends on what the model learnt), "
-                    "near 1 fails",
+    "sanity.mprt.": "absolute Spearman correlation between the explanation and the one after the model's weights "
+                    f"are randomised layer by layer; passes when the upper end of its 95% interval is below "
+                    f"{MPRT_PASS_BELOW:g} (the explanation depends on what the model learnt), fails when the lower "
+                    "end is at or above it",
     "sanity.flip_rate.attention": "share of samples whose prediction flips when the top CLS attention weight is "
                                   "zeroed; compare with the random weight",
     "sanity.flip_rate.random": "the same with a random CLS attention weight zeroed: the bar attention must clear",
@@ -399,12 +406,15 @@ def hidden_importance_view(result: AuditResult, metrics: dict[str, MetricValue])
                                   "uniform": _fmt(sample["uniform"])} for sample in result.hidden_importance])
 
 
-def sanity_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, Cell, str]]:
+def sanity_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, Cell, str, str]]:
+    """(name, value, result, meaning) per sanity metric; the result is MPRT's one rule (auditor.verdict), "" for
+    the flip rates, which are read against each other."""
     rows = []
     for name in sorted(metrics):
         if name.startswith("sanity."):
             meaning = next((text for prefix, text in SANITY_MEANING.items() if name.startswith(prefix)), "")
-            rows.append((name, cell(metrics[name]), meaning))
+            result = mprt_verdict(metrics[name]) if name.startswith("sanity.mprt.") else ""
+            rows.append((name, cell(metrics[name]), result, meaning))
     return rows
 
 
@@ -420,67 +430,18 @@ def mprt_plot(curves: dict[str, list[dict]]) -> Markup | None:
     layers = [p["layer"] for p in next(iter(curves.values()))]
     axes.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=7)
     axes.set_xlabel("randomised down to layer (top layer first)")
-    axes.set_ylabel("Spearman with the original")
-    axes.set_ylim(-1.02, 1.02)
+    axes.set_ylabel("|Spearman| with the original")
+    axes.set_ylim(-0.02, 1.02)
     axes.grid(alpha=0.3)
     axes.legend(frameon=False, fontsize=7)
     return _svg(figure)
 
 
-def attention_verdict(metrics: dict[str, MetricValue]) -> list[str]:
-    """Plain sentences about attention from whichever metrics ran; a metric that did not run says nothing."""
-    sentences = []
-
-    def value(name: str) -> float | None:
-        return metrics[name].value if name in metrics else None
-
-    def compare(metric: str, other: str, label: str, *, higher: bool) -> str | None:
-        mine, theirs = value(f"faithfulness.{metric}.attention"), value(f"faithfulness.{metric}.{other}")
-        if mine is None or theirs is None:
-            return None
-        better = mine > theirs if higher else mine < theirs
-        return (f"{'more' if better else 'less'} faithful than {label} by {_fmt(abs(mine - theirs))} "
-                f"({metric}: {_fmt(mine)} against {_fmt(theirs)})")
-
-    gain = value("faithfulness.deletion_gain.attention")
-    if gain is not None:
-        sentences.append(f"Attention is {'more' if gain > 0 else 'less'} faithful than random by {_fmt(abs(gain))} "
-                         f"(faithfulness.deletion_gain.attention).")
-    else:
-        against_random = compare("deletion_auc", "random", "random", higher=False)
-        if against_random:
-            sentences.append(f"Attention is {against_random}.")
-    for reference, label in (("integrated-gradients", "integrated gradients"), ("rollout", "attention rollout")):
-        comparison = compare("deletion_auc", reference, label, higher=False)
-        if comparison:
-            sentences.append(f"Attention is {comparison}.")
-    insertion = compare("insertion_auc", "random", "random", higher=True)
-    if insertion:
-        sentences.append(f"On insertion, attention is {insertion}.")
-    mprt = value("sanity.mprt.attention")
-    if mprt is not None:
-        sentences.append(f"Attention {'fails' if mprt > 0.5 else 'passes'} the randomisation sanity check "
-                         f"(sanity.mprt.attention {_fmt(mprt)}; above 0.5 the explanation barely changes when the "
-                         f"weights are randomised).")
-    flips, random_flips = value("sanity.flip_rate.attention"), value("sanity.flip_rate.random")
-    if flips is not None and random_flips is not None:
-        sentences.append(f"Zeroing the top attention weight flips {_fmt(flips)} of predictions against "
-                         f"{_fmt(random_flips)} for a random weight: the top weight "
-                         f"{'matters more than' if flips > random_flips else 'matters no more than'} a random one.")
-    tau = value("agreement.kendall_tau.attention~integrated-gradients")
-    if tau is not None:
-        sentences.append(f"Attention's ranking agrees with integrated gradients' with Kendall tau {_fmt(tau)} "
-                         f"({'agreement' if tau > 0.3 else 'little agreement'}).")
-    if not sentences:
-        sentences.append("No faithfulness metric for attention ran in this audit, so there is no verdict on it.")
-    return sentences
-
-
 def faithfulness_view(result: AuditResult, metrics: dict[str, MetricValue], attacks: list[str],
-                      explainers: list[str]) -> FaithfulnessView:
+                      explainers: list[str], skipped: dict[str, str] | None = None) -> FaithfulnessView:
     return FaithfulnessView(
         table=explainer_table(metrics, attacks, explainers), agreement=agreement_tables(metrics),
-        sanity=sanity_rows(metrics), mprt_svg=mprt_plot(result.sanity_curves), verdict=attention_verdict(metrics),
+        sanity=sanity_rows(metrics), mprt_svg=mprt_plot(result.sanity_curves), trust=trust_panel(metrics, skipped),
         sanity_notes=sanity_notes(metrics), hidden=hidden_importance_view(result, metrics),
     )
 
@@ -597,7 +558,8 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
                                figsize=(4.2, 2.8)),
         attention_pairs=attention_pairs(result, kind, feature_names, class_names, row_index),
         removal_svg=removal_plot(result.removal_curves) if result.removal_curves else None,
-        faithfulness=faithfulness_view(result, metrics, attacks, explainers),
+        faithfulness=faithfulness_view(result, metrics, attacks, explainers, skipped),
+        trust_title=TRUST_TITLE,
         gallery=gallery_items(result.gallery, kind, explainers),
         adversarial=gallery_items(result.adversarial_gallery, kind, explainers),
         kind=kind,

@@ -9,6 +9,7 @@ import torch
 
 from auditor.gates import (GateResult, check_baseline, default_policy, evaluate, evaluate_regression, exit_code,
                            load_baseline, load_policy, regression_tolerances, validate_policy)
+from auditor.localisation import declare_relevant
 from auditor.outputs import PendingFiles, append_step_summary, write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
 from auditor.report_html import render_report
@@ -37,7 +38,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
                     explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
                     removal_baseline: str = "mean", baseline_path: Path | None = None,
-                    shard: Shard | None = None) -> Outcome | None:
+                    relevant_features: tuple[str, ...] = (), shard: Shard | None = None) -> Outcome | None:
     """Validate, audit, write. Under torchrun (``shard``, default from the environment) every rank audits
     its rows; rank 0 writes the outputs and returns the outcome, the other ranks return None. A failure
     on any rank before the audit is raised on every rank, so none waits for the others."""
@@ -58,7 +59,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
             max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
             hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
-            removal_baseline=removal_baseline, baseline_path=baseline_path)
+            removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features)
     except Exception as error:  # raised again on this rank by agree(), and as a failure on the others
         problem = error
     shard.agree(problem)
@@ -92,7 +93,7 @@ def _lay_out_saved(saved: PendingFiles, subject: Subject, config: AuditConfig, s
 def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, attacks, max_samples, seed, device,
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
-             removal_baseline, baseline_path):
+             removal_baseline, baseline_path, relevant_features=()):
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
@@ -124,6 +125,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
                                frozen_features=config.frozen_features)
+    if relevant_features:
+        subject.data = declare_relevant(subject.data, tuple(relevant_features))
     config = config.bind(subject.data.feature_names, subject.data.class_names)
     return config, policy, planned, subject, baseline, tolerances
 

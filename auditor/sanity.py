@@ -5,17 +5,22 @@ on the attention?
 copy of the detector the layers are re-initialised top-down, cumulatively: the head (with the final
 norm), then the last block, ..., the first block, then the embeddings. After each step the explainer
 runs on the randomised model (same inputs, same target class: the trained model's prediction) and
-each sample's Spearman rank correlation with the trained model's attribution (over input positions,
-signed, average ranks for ties) is taken. The metric is the value after the last step, per sample;
-HIGH means the explanation survives the destruction of the model, i.e. it ignores the model: a failed
-sanity check, so lower is better. The whole curve (mean over samples, top layer first) goes to the
-report. Re-initialisation calls each module's ``reset_parameters`` and redraws any other parameter
-from N(0, σ²) with σ its own standard deviation (0.02 when that is 0), under a forked RNG seeded
-from the run seed: the caller's RNG is untouched. Stochastic explainers draw afresh on each
-randomised model (their streams are keyed by the step too), so ``random`` scores about 0 and an
-"explainer" that returns the input scores 1. To bound the cost (one explanation per explainer and
-layer) MPRT runs on ``MPRT_SAMPLES`` samples spread evenly over the audited rows (global indices
-floor(j * N / MPRT_SAMPLES), so a sharded audit shares the work); the rest are NaN.
+each sample's ABSOLUTE Spearman rank correlation with the trained model's attribution (over input
+positions, signed attributions, average ranks for ties) is taken, as Adebayo et al. report it (an
+explanation that merely flips sign has not become independent of the model). The metric is the value
+after the last step, per sample, in [0, 1]; HIGH means the explanation survives the destruction of
+the model, i.e. it ignores the model: a failed sanity check, so lower is better. One pass rule,
+:func:`auditor.verdict.mprt_verdict`: the check passes when the upper end of the 95% interval lies below
+``MPRT_PASS_BELOW`` (0.5), fails when the lower end lies at or above it, and is undecided otherwise.
+The whole curve (mean over samples, top layer first) goes to the report. Re-initialisation calls
+each module's ``reset_parameters`` and redraws any other parameter from N(0, σ²) with σ its own
+standard deviation (0.02 when that is 0), under a forked RNG seeded from the run seed: the caller's
+RNG is untouched. Stochastic explainers keep the draws of the trained model's explanation at every
+step (the same seed and sample index), so their sampling noise cannot lower the value: an explainer
+that ignores the model (``random``, or the input itself) scores 1. To bound the cost (one
+explanation per explainer and layer) MPRT runs on ``MPRT_SAMPLES`` samples spread evenly over the
+audited rows (global indices floor(j * N / MPRT_SAMPLES), so a sharded audit shares the work); the
+rest are NaN.
 
 ``sanity.flip_rate.attention`` — Serrano & Smith 2019: in the last layer, the CLS row's single
 highest weight (the token with the highest weight averaged over heads, CLS itself excluded) is set to
@@ -130,8 +135,8 @@ def mprt_rows(index: torch.Tensor, n_rows: int) -> torch.Tensor:
 def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: torch.Tensor,
          attribution: torch.Tensor, *, baseline: torch.Tensor, seed: int,
          index: torch.Tensor) -> tuple[list[str], np.ndarray]:
-    """The cascade's layer labels (top first) and each sample's Spearman after each step, (n, steps);
-    the metric is the last column."""
+    """The cascade's layer labels (top first) and each sample's absolute Spearman after each step, (n, steps);
+    the metric is the last column. ``attribution`` must come from ``explainer`` with the same ``seed``."""
     randomised = copy.deepcopy(detector)
     done: set[int] = set()
     labels, columns = [], []
@@ -139,10 +144,9 @@ def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: tor
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(seed, f"sanity/mprt/{label}", step))
             _reinitialise(modules, done)
-        draws = stream_seed(seed, f"sanity/mprt/explain/{step}", 0) & 0x7FFFFFFF
-        changed = explainer.explain(randomised, x, target, baseline=baseline, seed=draws, index=index)
+        changed = explainer.explain(randomised, x, target, baseline=baseline, seed=seed, index=index)
         labels.append(label)
-        columns.append(spearman_rows(attribution, changed))
+        columns.append(np.abs(spearman_rows(attribution, changed)))
     return labels, np.stack(columns, axis=1)
 
 

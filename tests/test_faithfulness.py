@@ -91,7 +91,8 @@ def test_one_curve_alone_equals_its_half_of_both(tiny_detector):
 from auditor.explain import make_explainer  # noqa: E402
 from auditor.faithfulness import (FAITHFULNESS_METRICS, aopc, aopc_counts, deletion_gain,  # noqa: E402
                                   faithfulness_correlation, faithfulness_stage, gaussian_blur,
-                                  infidelity_per_sample, max_sensitivity, random_deletion_auc, removal_baseline)
+                                  infidelity_per_sample, max_sensitivity, planned_names, random_deletion_auc,
+                                  removal_baseline)
 from detectors.errors import BadInputError  # noqa: E402
 from detectors.seeding import per_sample_uniform  # noqa: E402
 
@@ -141,6 +142,19 @@ def test_infidelity_is_zero_for_the_exact_attribution_of_a_linear_model():
     assert (wrong > 1e-6).all()
 
 
+def test_infidelity_sees_the_sign_the_negated_exact_attribution_scores_far_worse():
+    """captum's normalize=True fits any scale, -1 included, so -w*(x-b) scored 0 like the exact one."""
+    x = torch.rand(20, 6)
+    baseline = torch.full((6,), 0.3)
+    target = torch.ones(20, dtype=torch.long)
+    model, index = WeightedShare(W6), torch.arange(20)
+    exact = infidelity_per_sample(model, x, W6 * (x - baseline), target, baseline, seed=0, index=index)
+    negated = infidelity_per_sample(model, x, -W6 * (x - baseline), target, baseline, seed=0, index=index)
+    nothing = infidelity_per_sample(model, x, torch.zeros(20, 6), target, baseline, seed=0, index=index)
+    assert exact.mean() < 1e-9 and negated.mean() > 1e4 * max(exact.mean(), 1e-12)
+    assert np.allclose(negated, nothing)  # the wrong direction explains nothing: beta = 0
+
+
 def test_random_explainer_deletion_gain_is_near_zero_and_the_true_ranking_gains():
     n = 300
     x = torch.rand(n, 6)
@@ -179,7 +193,8 @@ def test_every_metric_is_independent_of_batch_size_and_sharding(tiny_detector):
     small = _stage(tiny_detector, x, target, baseline, torch.arange(20), max_batch=7)
     large = _stage(tiny_detector, x, target, baseline, torch.arange(20), max_batch=64)
     shard = _stage(tiny_detector, x[12:], target[12:], baseline, torch.arange(12, 20), max_batch=64)
-    assert len(large) == 3 * len(FAITHFULNESS_METRICS)
+    assert set(large) == set(planned_names(FAITHFULNESS_METRICS, ("attention", "integrated-gradients", "random")))
+    assert "faithfulness.deletion_auc_diff.attention~random" in large and len(large) == 3 * 8 - 1 + 2
     for name, values in large.items():
         assert np.allclose(small[name], values, atol=1e-6, equal_nan=True), name
         assert np.allclose(shard[name], values[12:], atol=1e-6, equal_nan=True), name
@@ -265,7 +280,8 @@ def test_profiles_choose_the_faithfulness_metrics_and_the_config_records_them():
     chosen = AuditConfig.from_profile("quick", faithfulness_metrics=("correlation", "max_sensitivity"),
                                       removal_baseline="zero")
     names = planned_metrics(chosen)
-    assert "faithfulness.correlation.attention" in names and "stability.max_sensitivity.random" in names
+    assert "faithfulness.correlation.attention" in names and "stability.max_sensitivity.attention" in names
+    assert "stability.max_sensitivity.random" not in names  # 0 by construction: skipped with the reason
     assert "faithfulness.deletion_auc.attention" not in names
     doc = chosen.to_dict()
     assert doc["removal_baseline"] == "zero" and doc["faithfulness_metrics"] == ["correlation", "max_sensitivity"]

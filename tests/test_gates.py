@@ -35,7 +35,7 @@ def test_policy_accepts_agreement_sanity_and_localisation_names(tmp_path):
     bad = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~saliency" = ">= 0.2"\n')
     with pytest.raises(BadInputError, match="unknown metric"):
         validate_policy(bad, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
-    quick = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~feature-ablation" = ">= 0.2"\n')
+    quick = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.grad-attention~feature-ablation" = ">= 0.2"\n')
     with pytest.raises(BadInputError, match="not computed by this run"):
         validate_policy(quick, PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
 
@@ -74,10 +74,11 @@ def test_valid_but_not_computed_names_the_option(tmp_path):
 
 def test_default_policy_names_only_what_ran():
     policy = default_policy(PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
-    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.pgd@0.1"]
-    config = AuditConfig(attacks=("fgsm",), eps=(0.02,))
+    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.pgd@0.1",
+                                                "faithfulness.deletion_auc_diff.attention~random"]
+    config = AuditConfig(attacks=("fgsm",), eps=(0.02,), explainers=("attention", "integrated-gradients"))
     policy = default_policy(planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
-    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.fgsm@0.02"]
+    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.fgsm@0.02"]  # no random: no gate
     validate_policy(policy, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
 
 
