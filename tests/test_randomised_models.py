@@ -190,3 +190,25 @@ def test_logits_that_differ_between_the_two_paths_are_exit_2(noisy, tmp_path):
     assert result.exit_code == 2, result.output
     assert "differ from its plain logits by up to 0.001" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detector):
+    from auditor.determinism import settle
+    from auditor.session import AuditConfig, Subject, run_audit
+    from detectors.data import Dataset
+
+    x = np.random.default_rng(1).random((40, N_FEATURES)).astype(np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    data = Dataset(name="rows", split="all", x=x, y=y, feature_names=[f"f{i}" for i in range(N_FEATURES)],
+                   class_names=["0", "1"], positive_class=1)
+    subject = Subject(detector=tiny_detector, data=data, baseline=torch.full((N_FEATURES,), 0.5), model_info={},
+                      device=torch.device("cpu"), domain=Domain.unit((N_FEATURES,)))
+    config = AuditConfig(eps=(0.1,), attacks=("fgsm", "pgd"), explainers=("attention", "random"),
+                         faithfulness_metrics=("deletion",))
+    checked, checked_config = settle(subject, config)
+    assert checked.deterministic is True and checked.detector is tiny_detector and checked_config == config
+    without = run_audit(subject, config, progress=False).metrics
+    with_check = run_audit(checked, checked_config, progress=False).metrics
+    assert without.keys() == with_check.keys()
+    for name, value in without.items():
+        assert (value.value, value.ci95) == (with_check[name].value, with_check[name].ci95), name
