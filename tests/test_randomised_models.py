@@ -212,3 +212,20 @@ def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detect
     assert without.keys() == with_check.keys()
     for name, value in without.items():
         assert (value.value, value.ci95) == (with_check[name].value, with_check[name].ci95), name
+
+
+def test_autoattack_runs_its_rand_version_on_a_randomised_model_when_it_has_one(monkeypatch):
+    from attacks import ATTACKS
+    from auditor.session import AuditConfig
+
+    config = AuditConfig(eps=(0.1,), attacks=("autoattack",), randomised_model=True)
+    assert "version" not in AuditConfig(eps=(0.1,), attacks=("autoattack",)).attack_settings("autoattack")
+
+    class WithVersions(ATTACKS["autoattack"]):
+        def __init__(self, *, version: str = "standard", **settings):
+            super().__init__(**settings)
+            self.version = version
+
+    monkeypatch.setitem(ATTACKS, "autoattack", WithVersions)
+    assert config.attack_settings("autoattack")["version"] == "rand"
+    assert config.build_attacks()["autoattack"].version == "rand"
