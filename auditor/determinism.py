@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from detectors.base import Detector
+
+if TYPE_CHECKING:
+    from auditor.session import AuditConfig, Subject
 
 CHECK_ROWS = 64
 RELATIVE_TOLERANCE = 1e-6
@@ -102,7 +106,7 @@ class ExpectedDetector(Detector):
         return {**self.model.hparams(), "eot_draws": self.draws}
 
 
-def settle(subject, config):
+def settle(subject: "Subject", config: "AuditConfig") -> tuple["Subject", "AuditConfig"]:
     """Check ``subject``'s model (unless ``subject.deterministic`` is already known) and return the subject
     and configuration the audit runs: unchanged for a deterministic model; for one that is not, the detector
     behind :class:`ExpectedDetector` and the configuration marked ``randomised_model`` (AutoAttack's

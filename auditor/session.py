@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from attacks import ATTACKS, Domain, make_attack
 from auditor.clean import clean_metrics, predict_proba
+from auditor.determinism import Determinism
 from auditor.agreement import agreement_stage, planned_agreement
 from auditor.explain import EXPLAINERS, AttentionExplainer, make_explainer
 from auditor.faithfulness import (FAITHFULNESS_METRICS, REMOVAL_BASELINES, REMOVAL_KINDS, check_metric_names,
@@ -204,7 +205,7 @@ class Subject:
     frozen_features: tuple[str, ...] = ()
     # None until auditor.determinism.settle checks it (a caller that knows may set it), then its findings
     deterministic: bool | None = None
-    determinism: object | None = None
+    determinism: Determinism | None = None
 
 
 @dataclass
