@@ -86,6 +86,13 @@ def _name_list(ctx, param, value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _frozen_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    """None when not given (a checkpoint's own frozen features apply), () for ``none``, else the names."""
+    if value is None:
+        return None
+    return () if value.strip().lower() == "none" else _name_list(ctx, param, value)
+
+
 @click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="attention-audit", prog_name="audit")
 def cli() -> None:
@@ -123,12 +130,15 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="continue from OUT.resume.pt, written beside --out every epoch")
 @click.option("--nproc", type=click.IntRange(min=1), default=1,
               help="data-parallel processes, launched with torchrun (gloo on CPU, NCCL on GPU)")
+@click.option("--frozen-features", callback=_name_list, default="",
+              help="features an attacker may not change, comma-separated: recorded in the checkpoint (audit run "
+                   "freezes them unless told otherwise) and left untouched by the defenses' attacks")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.pass_context
 def train(ctx, detector, data_spec, label_column, positive_class, defense, defense_eps, defense_steps,
           defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device, use_compile,
-          resume, nproc, out_path, quiet) -> None:
+          resume, nproc, frozen_features, out_path, quiet) -> None:
     """Train a detector and write a .safetensors checkpoint."""
     from detectors.train import DefenseConfig, train_and_save
 
@@ -141,6 +151,7 @@ def train(ctx, detector, data_spec, label_column, positive_class, defense, defen
         detector=detector, data_spec=data_spec, label_column=label_column, positive_class=positive_class,
         defense=defense_config, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         device=device, out_path=out_path, compile=use_compile, resume=resume, progress=not quiet,
+        frozen_features=frozen_features,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} "
@@ -187,6 +198,8 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
         elif isinstance(value, tuple):
             if value:
                 args += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
+            elif param.callback is _frozen_list:  # given as `none`, which is not the default
+                args += [flag, "none"]
         else:
             args += [flag, str(value)]
     return args
@@ -209,8 +222,12 @@ def audit_options(function):
                           "(quick: attention, rollout, integrated-gradients, random; standard and full: all)"),
         click.option("--masking-checks/--no-masking-checks", default=None,
                      help="gradient-masking checks [default: on for standard and full]"),
-        click.option("--frozen-features", callback=_name_list, default="",
-                     help="features an attacker may not change, comma-separated"),
+        click.option("--frozen-features", callback=_frozen_list, default=None,
+                     help="features an attacker may not change, comma-separated; `none` for none "
+                          "[default: the checkpoint's, recorded by audit train --frozen-features]"),
+        click.option("--on-out-of-range", type=click.Choice(["clip", "refuse"]), default="clip", show_default=True,
+                     help="audited values outside the checkpoint's training range: clip them to it (counted in "
+                          "results.json data.out_of_range and the report), or refuse with exit 2"),
         click.option("--target-class", default=None,
                      help="targetable attacks (fgsm, pgd, pgd-l2, cw, square, attention-guided) aim at this class "
                           "(a class name, e.g. the benign class of a detector)"),

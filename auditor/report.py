@@ -105,6 +105,19 @@ def render_summary(document: dict) -> bytes:
         f"{document['data']['n_samples']} samples of {_md(document['data']['name'])}; "
         f"policy: {_md(document['policy']['source'])}.",
         "",
+    ]
+    determinism = model.get("determinism", {})
+    if model.get("deterministic") is False:
+        lines += [f"**The model is not deterministic**: logits of the same rows differed by up to "
+                  f"{determinism.get('max_abs_logit_diff', float('nan')):.3g} between two calls; predictions are "
+                  f"the mean probability over {determinism.get('draws', '?')} draws and the attacks used EOT.", ""]
+    outside = document["data"].get("out_of_range") or {}
+    if outside.get("rows"):
+        features = ", ".join(f"`{_md(name)}` {rows}" for name, rows in list(outside["features"].items())[:8])
+        more = f" and {len(outside['features']) - 8} more features" if len(outside["features"]) > 8 else ""
+        lines += [f"**{outside['rows']} audited rows lay outside the training range** ({outside['values']} values, "
+                  f"clipped to it): {features}{more}.", ""]
+    lines += [
         "| Gate | Value | 95% interval | Result |",
         "| --- | --- | --- | --- |",
     ]

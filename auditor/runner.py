@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -10,6 +10,7 @@ import torch
 from auditor.gates import (GateResult, check_baseline, default_policy, evaluate, evaluate_regression, exit_code,
                            load_baseline, load_policy, regression_tolerances, validate_policy)
 from auditor.localisation import declare_relevant
+from auditor.determinism import settle
 from auditor.outputs import PendingFiles, append_step_summary, write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
 from auditor.report_html import render_report
@@ -19,6 +20,10 @@ from auditor.session import (SAVED_FILES, AuditConfig, ForeignOptions, Subject, 
 from auditor.tensorfile import create
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
+
+
+# what results.json's model section says about a python: model's attention capture (auditor.session)
+FOREIGN_FACTS = ("attention_modules", "ignored_attention_modules", "attention_path_max_abs_logit_diff")
 
 
 @dataclass
@@ -33,7 +38,8 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     out_dir: Path, eps: tuple[float, ...], attacks: tuple[str, ...], max_samples: int, seed: int,
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
-                    masking_checks: bool | None = None, frozen_features: tuple[str, ...] = (),
+                    masking_checks: bool | None = None, frozen_features: tuple[str, ...] | None = None,
+                    on_out_of_range: str = "clip",
                     max_memory_gb: float | None = None, attack_params: tuple = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
                     explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
@@ -57,6 +63,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             out_dir=out_dir, eps=eps, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
             batch_size=batch_size, save_adversarial=save_adversarial, save_explanations=save_explanations,
             foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
+            on_out_of_range=on_out_of_range,
             max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
             hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
             removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features)
@@ -92,6 +99,7 @@ def _lay_out_saved(saved: PendingFiles, subject: Subject, config: AuditConfig, s
 
 def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, attacks, max_samples, seed, device,
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
+             on_out_of_range,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
              removal_baseline, baseline_path, relevant_features=()):
     if out_dir.exists() and not out_dir.is_dir():
@@ -100,7 +108,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
                                       masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, seed=seed, device=device,
                                       batch_size=batch_size, save_adversarial=save_adversarial,
-                                      save_explanations=save_explanations, frozen_features=tuple(frozen_features),
+                                      save_explanations=save_explanations,
+                                      frozen_features=None if frozen_features is None else tuple(frozen_features),
                                       max_memory_gb=max_memory_gb, attack_params=tuple(attack_params),
                                       target_class=target_class, hijack_features=tuple(hijack_features),
                                       faithfulness_metrics=tuple(faithfulness_metrics) or None,
@@ -124,10 +133,12 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
                                 "--logits-key, --bounds and --bounds-file apply to python: models only")
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
-                               frozen_features=config.frozen_features)
+                               frozen_features=config.frozen_features, on_out_of_range=on_out_of_range)
+    config = replace(config, frozen_features=subject.frozen_features)
     if relevant_features:
         subject.data = declare_relevant(subject.data, tuple(relevant_features))
     config = config.bind(subject.data.feature_names, subject.data.class_names)
+    subject, config = settle(subject, config)
     return config, policy, planned, subject, baseline, tolerances
 
 
@@ -147,9 +158,13 @@ def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, 
     model_doc = {k: subject.model_info[k] for k in ("path", "sha256", "detector", "defense", "data set")}
     model_doc["defense_settings"] = subject.model_info.get("defense_settings", {})
     model_doc["training"] = training_facts(subject.model_info.get("training", {}))
+    model_doc["deterministic"] = bool(subject.deterministic)
+    model_doc["determinism"] = subject.determinism.to_dict()
+    model_doc.update({key: subject.model_info[key] for key in FOREIGN_FACTS if key in subject.model_info})
     document = results_document(
         model=model_doc,
-        data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples)},
+        data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples),
+              "out_of_range": subject.data.out_of_range()},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
         masking=result.masking,
         curves={"robustness": {attack: [list(point) for point in points]

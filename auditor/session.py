@@ -7,6 +7,7 @@ flat table; gates, JSON, report and comparisons all read that table.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from attacks import ATTACKS, Domain, make_attack
 from auditor.clean import clean_metrics, predict_proba
+from auditor.determinism import Determinism
 from auditor.agreement import agreement_stage, planned_agreement
 from auditor.explain import EXPLAINERS, AttentionExplainer, make_explainer
 from auditor.faithfulness import (FAITHFULNESS_METRICS, REMOVAL_BASELINES, REMOVAL_KINDS, check_metric_names,
@@ -85,7 +87,11 @@ class AuditConfig:
     save_explanations: bool = False
     profile: str = "quick"
     masking_checks: bool = False
-    frozen_features: tuple[str, ...] = ()
+    # features an attacker may not change; None: the checkpoint's own (``audit train --frozen-features``), none
+    # for a python: model. After loading, the names actually frozen.
+    frozen_features: tuple[str, ...] | None = None
+    # the model is not deterministic (auditor.determinism): AutoAttack runs its "rand" version (EOT)
+    randomised_model: bool = False
     max_memory_gb: float | None = None
     attack_params: tuple[tuple[str, str, float], ...] = ()  # (attack, parameter, value): overrides the profile
     target_class: str | None = None  # a class name: targetable attacks aim at it (``--target-class``)
@@ -121,6 +127,8 @@ class AuditConfig:
             settings["target_class"] = self.target_index
         if name == "attention-hijack" and self.hijack_positions:
             settings["target_positions"] = list(self.hijack_positions)
+        if self.randomised_model and name == "autoattack" and "version" in inspect.signature(ATTACKS[name]).parameters:
+            settings.setdefault("version", "rand")
         return settings
 
     def bind(self, feature_names: list[str], class_names: list[str]) -> "AuditConfig":
@@ -196,6 +204,10 @@ class Subject:
     model_info: dict
     device: torch.device
     domain: Domain | None = None
+    frozen_features: tuple[str, ...] = ()
+    # None until auditor.determinism.settle checks it (a caller that knows may set it), then its findings
+    deterministic: bool | None = None
+    determinism: Determinism | None = None
 
 
 @dataclass
@@ -299,9 +311,29 @@ def build_domain(input_shape: tuple[int, ...], feature_names: list[str], *, froz
                        raw_span=span)
 
 
+ON_OUT_OF_RANGE = ("clip", "refuse")
+
+
+def check_out_of_range(data: Dataset, policy: str) -> None:
+    """``refuse``: one line naming the first feature (in the model's order) with audited values outside the
+    training range, instead of auditing them clipped to it (``clip``, counted in ``data.out_of_range``)."""
+    if policy not in ON_OUT_OF_RANGE:
+        raise BadInputError(f"--on-out-of-range {policy!r}: choose one of {', '.join(ON_OUT_OF_RANGE)}")
+    found = data.out_of_range()
+    if policy == "refuse" and found["rows"]:
+        name, rows = next(iter(found["features"].items()))
+        raise BadInputError(
+            f"{found['rows']} of {len(data)} audited rows lie outside the checkpoint's training range, first in "
+            f"feature {name!r} ({rows} rows); audit rows from that range, or pass --on-out-of-range clip to audit "
+            "them clipped to it (counted in results.json data.out_of_range)")
+
+
 def load_subject(model_path: str, *, data_spec: str | None, label_column: str, max_samples: int, seed: int,
-                 device_name: str, frozen_features: tuple[str, ...] = ()) -> Subject:
-    """The checkpoint's detector with the data to audit, validated against each other."""
+                 device_name: str, frozen_features: tuple[str, ...] | None = None,
+                 on_out_of_range: str = "clip") -> Subject:
+    """The checkpoint's detector with the data to audit, validated against each other. ``frozen_features``:
+    None for the checkpoint's own (recorded by ``audit train --frozen-features``), else these (``()``: none).
+    Audited values outside the training range are clipped to it and counted, or refused (``on_out_of_range``)."""
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(model_path, device=device)
     meta = checkpoint.metadata
@@ -329,6 +361,7 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
     data = stratified_subset(data, max_samples, seed=seed)
     if len(data) == 0:
         raise BadInputError(f"no rows to audit in {spec}")
+    check_out_of_range(data, on_out_of_range)
     if checkpoint.train_mean is not None:
         baseline = checkpoint.train_mean.float()
     else:
@@ -341,11 +374,11 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
         "defense_settings": dict(meta["defense"]),
     }
     scaler = checkpoint.scaler
-    domain = build_domain(tuple(checkpoint.detector.input_shape), checkpoint.feature_names,
-                          frozen=tuple(frozen_features) + tuple(meta.get("frozen_features") or ()),
+    frozen = tuple(meta.get("frozen_features") or ()) if frozen_features is None else tuple(frozen_features)
+    domain = build_domain(tuple(checkpoint.detector.input_shape), checkpoint.feature_names, frozen=frozen,
                           integer=meta.get("integer_features"), lo=scaler.lo, hi=scaler.hi)
     return Subject(detector=checkpoint.detector, data=data, baseline=baseline.to(device), model_info=model_info,
-                   device=device, domain=domain)
+                   device=device, domain=domain, frozen_features=frozen)
 
 
 @dataclass(frozen=True)
@@ -369,14 +402,15 @@ def is_foreign(model: str) -> bool:
 
 def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec: str | None, label_column: str,
                          max_samples: int, seed: int, device_name: str,
-                         frozen_features: tuple[str, ...] = ()) -> Subject:
+                         frozen_features: tuple[str, ...] | None = None) -> Subject:
     """A user's own model with its data: the data reaches the model exactly as read, never rescaled.
 
     The attacks and explainers work in [0, 1] units of each input position's range (the data's minimum
     and maximum unless ``--bounds``/``--bounds-file`` say otherwise); the wrapper maps those units back to
     the model's own before every call, so eps means the same fraction of a range as for checkpoints.
     """
-    from detectors.foreign import ForeignDetector, build_foreign_model, check_input_fits
+    from detectors.foreign import (PATH_TOLERANCE, ForeignDetector, build_foreign_model, check_input_fits,
+                                   logit_path_difference)
 
     if data_spec is None:
         raise BadInputError("a python: model brings no data of its own; pass --data with the rows to audit")
@@ -412,16 +446,29 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
     with torch.no_grad():
         detector.forward_with_attention(sample)  # no attention, or tokens that do not fit: say so before auditing
     data = stratified_subset(data, max_samples, seed=seed)
+    audited = torch.as_tensor(data.x, device=device)
+    difference = logit_path_difference(detector, audited)
+    if difference > PATH_TOLERANCE:
+        raise BadInputError(
+            f"the model's logits with attention capture differ from its plain logits by up to {difference:.3g} "
+            f"(tolerance {PATH_TOLERANCE:g}) on the audited rows, so the clean metrics and the attention attacks "
+            "would judge two different models; make the model's forward the same with and without "
+            "need_weights=True (or give it forward_with_attention)")
+    with torch.no_grad():
+        layers, ignored = detector.attention_layers(audited[:2])
     identity = Path(options.weights) if options.weights else Path(parse_location(model_spec))
     model_info = {
         "path": model_spec + (f" (weights {options.weights})" if options.weights else ""),
         "sha256": sha256_of(identity) if identity.is_file() else "n/a", "detector": "foreign",
         "defense": "unknown", "data set": table.name, "hparams": detector.hparams(), "training": {},
+        "attention_modules": layers, "ignored_attention_modules": ignored,
+        "attention_path_max_abs_logit_diff": difference,
     }
     baseline = torch.as_tensor(data.x.mean(axis=0), device=device)
-    domain = build_domain(table.input_shape, list(table.feature_names), frozen=tuple(frozen_features))
+    frozen = tuple(frozen_features or ())
+    domain = build_domain(table.input_shape, list(table.feature_names), frozen=frozen)
     return Subject(detector=detector, data=data, baseline=baseline, model_info=model_info, device=device,
-                   domain=domain)
+                   domain=domain, frozen_features=frozen)
 
 
 def parse_location(model_spec: str) -> str:
@@ -507,6 +554,8 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
     shard = shard or Shard()
     detector, data, device = subject.detector, subject.data, subject.device
     detector.eval()
+    if subject.deterministic is False:  # the model's own draws come from torch's global stream: seeded
+        torch.manual_seed(config.seed)
     x = torch.as_tensor(data.x, device=device)
     y = torch.as_tensor(data.y, device=device)
     if x.shape[1:] != torch.Size(detector.input_shape):

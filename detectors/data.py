@@ -94,6 +94,11 @@ class Scaler:
     def transform(self, x: np.ndarray) -> np.ndarray:
         return np.clip((x - self.lo) / self.span, 0.0, 1.0).astype(np.float32)
 
+    def outside(self, x: np.ndarray) -> np.ndarray:
+        """Where raw ``x`` lies outside the fitted range, i.e. what :meth:`transform` clips (boolean, x's shape)."""
+        x = x.astype(np.float64)
+        return (x < self.lo) | (x > self.hi)
+
     def to_dict(self) -> dict:
         return {"lo": self.lo.ravel().tolist(), "hi": self.hi.ravel().tolist(), "shape": list(self.lo.shape)}
 
@@ -137,6 +142,8 @@ class Dataset:
     relevant_features: list[str] | None = None
     row_index: np.ndarray = field(default=None)  # rows of the split, for traceability
     relevant_mask: np.ndarray | None = None
+    # (N, *sample shape), True where the raw value lay outside the scaler's training range and was clipped
+    clipped: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.row_index is None:
@@ -151,7 +158,19 @@ class Dataset:
 
     def subset(self, rows: np.ndarray) -> "Dataset":
         mask = self.relevant_mask[rows] if self.relevant_mask is not None else None
-        return replace(self, x=self.x[rows], y=self.y[rows], row_index=self.row_index[rows], relevant_mask=mask)
+        clipped = self.clipped[rows] if self.clipped is not None else None
+        return replace(self, x=self.x[rows], y=self.y[rows], row_index=self.row_index[rows], relevant_mask=mask,
+                       clipped=clipped)
+
+    def out_of_range(self) -> dict:
+        """What scaling clipped to [0, 1] among these rows: ``{"rows": rows with any value outside the
+        training range, "values": such values, "features": {name: rows, for each feature with any}}``."""
+        if self.clipped is None or not self.clipped.any():
+            return {"rows": 0, "values": 0, "features": {}}
+        flat = self.clipped.reshape(len(self.clipped), -1)
+        per_feature = flat.sum(axis=0)
+        return {"rows": int(flat.any(axis=1).sum()), "values": int(flat.sum()),
+                "features": {self.feature_names[i]: int(per_feature[i]) for i in np.flatnonzero(per_feature)}}
 
 
 @dataclass
@@ -235,6 +254,7 @@ def split_table(table: Table, *, seed: int) -> Splits:
             feature_names=list(table.feature_names), class_names=list(table.class_names),
             positive_class=table.positive_class, relevant_features=table.relevant_features, row_index=index,
             relevant_mask=table.relevant_mask[index] if table.relevant_mask is not None else None,
+            clipped=scaler.outside(table.x[index]),
         )
 
     return Splits(train=part("train", train), val=part("val", val), test=part("test", test), scaler=scaler, seed=seed)
@@ -280,7 +300,7 @@ def align_table(table: Table, *, feature_names: list[str], class_names: list[str
     return Dataset(
         name=table.name, split="all", x=scaler.transform(x), y=remap[table.y].astype(np.int64),
         feature_names=list(feature_names), class_names=list(class_names), positive_class=None,
-        relevant_features=table.relevant_features, relevant_mask=table.relevant_mask,
+        relevant_features=table.relevant_features, relevant_mask=table.relevant_mask, clipped=scaler.outside(x),
     )
 
 

@@ -294,6 +294,14 @@ def _build_token_map(input_kind: str, input_shape: tuple[int, ...], cls_token: s
 # --------------------------------------------------------------------------------------------------------------
 
 
+def is_self_attention(query: Any, key: Any, value: Any) -> bool:
+    """Whether one call of an attention module attends a sequence over itself: query, key and value are
+    the same tensor (``nn.TransformerEncoderLayer`` calls ``self_attn(x, x, x)``). A learned query attending
+    over tokens (attention pooling) or a decoder attending over memory (cross-attention) is not an encoder
+    layer: its weights are not (tokens x tokens) over the input's tokens."""
+    return isinstance(query, torch.Tensor) and query is key and key is value
+
+
 class _MultiheadAttentionCapture:
     """Hooks that make one ``nn.MultiheadAttention`` hand back per-head weights.
 
@@ -301,13 +309,19 @@ class _MultiheadAttentionCapture:
     the caller put them (keyword or positional); the forward hook records the
     per-head weights and then gives the caller what it asked for originally
     (``None`` or the head-averaged weights), so capture cannot change logits.
+    Only self-attention calls (:func:`is_self_attention`) are captured, unless
+    ``always`` (the module was named with ``--attention-module``); the others
+    pass untouched and their module's name goes to ``ignored``.
     """
 
-    def __init__(self, sink: list[tuple[str, torch.Tensor]], name: str, module: nn.Module) -> None:
+    def __init__(self, sink: list[tuple[str, torch.Tensor]], name: str, module: nn.Module, *,
+                 always: bool = False, ignored: list[str] | None = None) -> None:
         self.sink = sink
         self.name = name
         self.signature = inspect.signature(module.forward)
         self.requested: list[tuple[bool, bool] | None] = []
+        self.always = always
+        self.ignored = ignored if ignored is not None else []
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         parameters = self.signature.parameters
@@ -319,6 +333,13 @@ class _MultiheadAttentionCapture:
         except TypeError:
             self.requested.append(None)  # the module itself will report the bad call
             return None
+        arguments = bound.arguments
+        if not self.always and not is_self_attention(arguments.get("query"), arguments.get("key"),
+                                                     arguments.get("value")):
+            if self.name not in self.ignored:
+                self.ignored.append(self.name)
+            self.requested.append(False)
+            return None
         need = bool(bound.arguments.get("need_weights", parameters["need_weights"].default))
         average = bool(bound.arguments.get("average_attn_weights", parameters["average_attn_weights"].default))
         self.requested.append((need, average))
@@ -328,6 +349,8 @@ class _MultiheadAttentionCapture:
 
     def hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         requested = self.requested.pop() if self.requested else None
+        if requested is False:  # not self-attention: not a layer, left as it was
+            return None
         if not isinstance(output, (tuple, list)) or len(output) < 2 or not isinstance(output[1], torch.Tensor):
             return None
         weights = output[1]
@@ -478,9 +501,22 @@ class ForeignDetector(Detector):
             logits = self._select_logits(output)
         return logits, self._check_attention(captured, x.shape[0])
 
-    def _capture(self, raw: torch.Tensor) -> tuple[Any, list[tuple[str, torch.Tensor]]]:
+    def attention_layers(self, x: torch.Tensor) -> tuple[list[str], list[str]]:
+        """The modules whose weights are the attention layers on ``x``, and the ``nn.MultiheadAttention``
+        modules left out because they did not attend a sequence over itself (results.json lists both)."""
+        raw = self._to_raw(x)
+        own = getattr(self.model, "forward_with_attention", None)
+        if callable(own):
+            return [f"forward_with_attention[{i}]" for i in range(len(own(raw)[1]))], []
+        ignored: list[str] = []
+        _, captured = self._capture(raw, ignored=ignored)
+        return list(dict.fromkeys(name for name, _ in captured)), ignored
+
+    def _capture(self, raw: torch.Tensor, *,
+                 ignored: list[str] | None = None) -> tuple[Any, list[tuple[str, torch.Tensor]]]:
         """Run the model once with hooks that collect attention weights, and always clean up."""
         captured: list[tuple[str, torch.Tensor]] = []
+        ignored = [] if ignored is None else ignored
         handles = []
         named = dict(self.model.named_modules())
         previous_fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -489,7 +525,8 @@ class ForeignDetector(Detector):
             torch.backends.mha.set_fastpath_enabled(False)
             for name, module in named.items():
                 if isinstance(module, nn.MultiheadAttention):
-                    capture = _MultiheadAttentionCapture(captured, name, module)
+                    capture = _MultiheadAttentionCapture(captured, name, module,
+                                                         always=name in self.attention_modules, ignored=ignored)
                     handles.append(module.register_forward_pre_hook(capture.pre_hook, with_kwargs=True))
                     handles.append(module.register_forward_hook(capture.hook))
             for name in self.attention_modules:
@@ -501,6 +538,12 @@ class ForeignDetector(Detector):
             for handle in handles:
                 handle.remove()
             torch.backends.mha.set_fastpath_enabled(previous_fastpath)
+        if not captured and ignored:
+            raise BadInputError(
+                f"no attention found: the model's nn.MultiheadAttention modules {_listing(ignored)} do not attend "
+                "the tokens over themselves (query, key and value differ: cross-attention or attention pooling), "
+                "so they are not encoder layers; name the module(s) to use with --attention-module"
+            )
         if not captured:
             raise BadInputError(
                 "no attention found: the model has no nn.MultiheadAttention and no --attention-module captured "
@@ -560,6 +603,31 @@ class ForeignDetector(Detector):
             hint = "use --cls-token first if the model prepends a CLS token, none if it mean-pools"
         return (f"attention from {name!r} covers {got} tokens, expected {self.token_map.n_tokens} "
                 f"({grid}); {hint}")
+
+
+PATH_TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def logit_path_difference(detector: ForeignDetector, x: torch.Tensor, *, batch_size: int = 256) -> float:
+    """The largest absolute logit difference between ``detector(x)`` (no hooks: what the clean metrics and
+    most attacks call) and ``detector.forward_with_attention(x)`` (hooks, fast path off: what the attention
+    attacks' "prediction kept" and the explainers read), over every row of ``x``. Both passes of a batch
+    start from the same random state, so a model's own randomness (dropout) cancels out; the torch random
+    state is restored afterwards."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    largest = 0.0
+    with torch.random.fork_rng(devices=devices):
+        for start in range(0, len(x), batch_size):
+            rows = x[start:start + batch_size]
+            state = torch.random.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+            plain = detector(rows).double()
+            torch.random.set_rng_state(state[0])
+            for device, saved in zip(devices, state[1]):
+                torch.cuda.set_rng_state(saved, device)
+            hooked = detector.forward_with_attention(rows)[0].double()
+            largest = max(largest, float((plain - hooked).abs().max()) if plain.numel() else 0.0)
+    return largest
 
 
 def check_input_fits(detector: ForeignDetector, x: torch.Tensor) -> None:
@@ -627,12 +695,13 @@ class _MultiheadAttentionEdit(_MultiheadAttentionCapture):
     """
 
     def __init__(self, module: nn.MultiheadAttention, edit) -> None:
-        super().__init__([], "", module)
+        # the modules to edit were chosen as layers already: edit every call, self-attention or not
+        super().__init__([], "", module, always=True)
         self.edit = edit
 
     def edit_hook(self, module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> Any:
         requested = self.requested.pop() if self.requested else None
-        if requested is None:
+        if not requested:
             return None  # a call the pre-hook could not bind: the module reports it itself
         arguments = self.signature.bind(*args, **kwargs).arguments
         weights, value = output[1], arguments["value"]

@@ -113,10 +113,13 @@ class TrainConfig:
     seed: int = 0
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     compile: bool = False
+    # features an attacker may not change: the defenses' training-time attacks leave them as they are
+    frozen_features: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         payload = asdict(self)
         payload["defense"] = self.defense.to_dict()
+        payload["frozen_features"] = list(self.frozen_features)
         return payload
 
 
@@ -190,11 +193,12 @@ class DefenseLoss:
     are crafted on the bare ``module`` in eval mode, with no gradient sync.
     """
 
-    def __init__(self, config: DefenseConfig, input_shape: tuple[int, ...], seed: int) -> None:
+    def __init__(self, config: DefenseConfig, input_shape: tuple[int, ...], seed: int, *,
+                 frozen: torch.Tensor | None = None) -> None:
         from attacks import Domain, make_attack
 
         self.config, self.seed = config, seed
-        self.domain = Domain.unit(input_shape)
+        self.domain = Domain.unit(input_shape, frozen=frozen)
         self.pgd = make_attack("pgd", steps=config.steps, step_size=config.step_size)
 
     def adversarial(self, module: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
@@ -276,7 +280,9 @@ def train_detector(model: Detector, splits: Splits, config: TrainConfig, *, devi
     if config.compile:
         trained = torch.compile(trained)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    objective = DefenseLoss(config.defense, tuple(model.input_shape), config.seed)
+    frozen = torch.tensor([name in config.frozen_features for name in splits.train.feature_names])
+    objective = DefenseLoss(config.defense, tuple(model.input_shape), config.seed,
+                            frozen=frozen.reshape(tuple(model.input_shape)))
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -375,8 +381,10 @@ def integer_features(table) -> list[str]:
 def train_and_save(*, detector: str, data_spec: str, label_column: str = "label", positive_class: str | None = None,
                    epochs: int | None = None, batch_size: int | None = None, lr: float = 2e-3, patience: int = 15, seed: int = 0,
                    device: str = "auto", out_path, defense: DefenseConfig | str = "none", compile: bool = False,
-                   resume: bool = False, progress: bool = True) -> dict:
-    """Load and split the data, train the detector, write the checkpoint (rank 0); returns the summary."""
+                   resume: bool = False, progress: bool = True, frozen_features: tuple[str, ...] = ()) -> dict:
+    """Load and split the data, train the detector, write the checkpoint (rank 0); returns the summary.
+    ``frozen_features``: features an attacker may not change; recorded in the checkpoint (``audit run`` freezes
+    them unless told otherwise) and left untouched by the defenses' training-time attacks."""
     from detectors import __version__
     from detectors.checkpoint import save_checkpoint
     from detectors.data import load_table, split_table
@@ -401,13 +409,18 @@ def train_and_save(*, detector: str, data_spec: str, label_column: str = "label"
             dist.init_process_group(backend="nccl" if target_device.type == "cuda" else "gloo")
     try:
         table = load_table(data_spec, label_column=label_column, positive_class=positive_class, seed=0)
+        unknown = [name for name in frozen_features if name not in table.feature_names]
+        if unknown:
+            raise BadInputError(f"--frozen-features: {', '.join(map(repr, unknown[:3]))} not among the features of "
+                                f"{table.name} ({', '.join(map(repr, table.feature_names[:6]))}"
+                                f"{' ...' if len(table.feature_names) > 6 else ''})")
         splits = split_table(table, seed=seed)
         seed_everything(seed)
         model = detector_for_data(detector, table.input_shape, len(table.class_names), data_spec)
         batch_size = batch_size or auto_batch_size(len(splits.train))
         epochs = epochs or auto_epochs(len(splits.train))
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                             defense=defense, compile=compile)
+                             defense=defense, compile=compile, frozen_features=tuple(frozen_features))
         resume_file = _resume_path(out_path)
         if resume and not resume_file.is_file() and parallel.is_main:
             print(f"no {resume_file} to resume from; starting afresh", file=sys.stderr)
@@ -424,6 +437,7 @@ def train_and_save(*, detector: str, data_spec: str, label_column: str = "label"
             "relevant_features": table.relevant_features,
             "input_shape": list(table.input_shape),
             "integer_features": integer_features(table),
+            "frozen_features": list(frozen_features),
             "scaler": splits.scaler.to_dict(),
             "data": {"name": data_spec, "split_seed": seed, "generator_seed": 0, "label_column": label_column,
                      "rows": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}},
