@@ -190,8 +190,8 @@ def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], atta
 
 
 def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: tuple[str, ...]) -> Policy:
-    """clean accuracy, pgd's (else the last such attack's) robust accuracy at the largest eps audited, and no
-    suspected gradient masking when the masking checks ran."""
+    """clean accuracy, pgd's (else the last such attack's) robust accuracy at the largest eps audited, no
+    suspected gradient masking when the masking checks ran, and :func:`trust_gates`."""
     gates = [Gate("clean.accuracy", ">=", DEFAULT_MIN_ACCURACY)]
     largest = format_eps(max(eps_grid))
     candidates = [a for a in attacks if f"robust.accuracy.{a}@{largest}" in planned]
