@@ -24,6 +24,9 @@ predicted class then changes. ``sanity.flip_rate.random`` — the same with a to
 the non-CLS tokens, from each sample's own stream. Attention that explains the decision should flip it
 far more often when its top weight is removed than when a random one is. The edit needs the built-in
 attention blocks (``detectors.blocks.edited_attention``); other models are skipped with the reason.
+With sparse attention (sparsemax, entmax15) a head whose whole mass sat on the zeroed token is left with
+an all-zero row, and the random token is often one whose weight was 0 already (zeroing it changes
+nothing), so the random rate is lower than under softmax by construction.
 """
 
 from __future__ import annotations
