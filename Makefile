@@ -34,8 +34,9 @@ bench: install
 	OMP_NUM_THREADS=2 $(PY) -m bench.run
 
 # the attention-variants study (README, "Attention variants"): resumable, one torch thread per run, a run per core
+STUDY_OPTIONS ?=
 study-variants: install
-	OMP_NUM_THREADS=1 $(PY) -m bench.study_variants --out out/study-variants
+	OMP_NUM_THREADS=1 $(PY) -m bench.study_variants --out out/study-variants $(STUDY_OPTIONS)
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info
