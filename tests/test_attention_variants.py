@@ -335,3 +335,23 @@ def test_compare_lists_the_attention_among_training_differences(variant_audits):
     compared = json.loads((out / "compare.json").read_text())
     assert compared["training"]["attention"]["differs"] is True
     assert sorted(compared["training"]["attention"]["values"].values()) == ["additive", "entmax15", "sparsemax"]
+
+
+# --------------------------------------------------------------------------- the study's table
+
+def test_study_table_uses_t_intervals_and_the_worst_case_when_present(tmp_path):
+    from bench.study_variants import ROBUST, Run, markdown, summarise, t_interval
+
+    mean, half = t_interval([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2) = 4.302653
+    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert t_interval([0.5]) == (0.5, None)
+    runs = [Run("flows:4000", "sparsemax", seed) for seed in (0, 1)]
+    for run, metrics in zip(runs, ({ROBUST[0]: 0.2, ROBUST[1]: 0.9, "clean.accuracy": 0.9},
+                                   {ROBUST[1]: 0.6, "clean.accuracy": 0.7})):
+        folder = tmp_path / "runs" / run.name / "audit"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"metrics": {k: {"value": v} for k, v in metrics.items()}}))
+    table = summarise(runs, tmp_path)
+    robust = table["flows:4000"]["sparsemax"]["robust accuracy (worst, eps 0.05)"]
+    assert robust["values"] == [0.2, 0.6] and robust["metric"] == ", ".join(sorted(ROBUST))
+    assert "| sparsemax | 0.800 ± 1.271 | 0.400 ± 2.541 |" in markdown(table)
