@@ -16,13 +16,14 @@ The attention function is chosen at construction (``attention=``, one of
 ``additive``
     additive scores v_h^T tanh(q_i + k_j) per head, normalised by softmax (Bahdanau et al. 2015): q and
     k are the block's own query and key projections (with their biases), so they are the W_q q and
-    W_k k of the paper, and v_h is a learned vector per head.
+    W_k k of the paper, and v_h is a learned vector per head. It holds a (batch, heads, tokens, tokens,
+    head_dim) tensor: memory grows with the square of the tokens times the head width.
 
 Sparsemax and 1.5-entmax give tokens outside their support a weight of exactly 0, and the gradient of
 every weight with respect to such a token's score is exactly 0 as well. Consequences elsewhere: an
-explainer that multiplies attention by its gradient (grad-attention) gives those tokens 0; an attack that
+explainer that multiplies attention by its gradient (grad-attention) gives those weights 0; an attack that
 follows the gradient of the attention gets no signal through them; and a vanishing gradient there is a
-property of the attention function, not evidence of robustness.
+property of the attention function, not evidence of robustness (``auditor.masking``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class SelfAttention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
         if self.attention == "softmax":
             return torch.softmax(scores, dim=-1)
-        # the entmax mappings sort the scores: in float32 even under bf16 autocast, so ties stay exact
+        # float32 even under bf16 autocast: the support's threshold is found by sorting and cumulative sums
         sparse = entmax.sparsemax if self.attention == "sparsemax" else entmax.entmax15
         return sparse(scores.float(), dim=-1).to(scores.dtype)
 
