@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-bench install-browser demo test bench clean
+.PHONY: install install-bench install-browser demo test bench study-variants clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ test: install
 bench: install
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'
 	OMP_NUM_THREADS=2 $(PY) -m bench.run
+
+# the attention-variants study (README, "Attention variants"): resumable, one torch thread per run, a run per core
+STUDY_OPTIONS ?=
+study-variants: install
+	OMP_NUM_THREADS=1 $(PY) -m bench.study_variants --out out/study-variants $(STUDY_OPTIONS)
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from detectors.errors import BadInputError
+from detectors.blocks import ATTENTION_VARIANTS
 from detectors.registry import DETECTORS
 from detectors.train import DEFENSES, DefenseConfig, TrainConfig
 
@@ -106,6 +107,9 @@ def cli() -> None:
               help="breast-cancer, flows[:N], digits, sequences[:N], a .csv or an .npz file")
 @click.option("--label-column", default="label", help="label column of a CSV file")
 @click.option("--positive-class", default=None, help="the class the detector exists to catch")
+@click.option("--attention", type=click.Choice(ATTENTION_VARIANTS), default="softmax",
+              help="attention function: scaled dot-product with softmax, sparsemax or 1.5-entmax, or additive "
+                   "(Bahdanau) scores with softmax")
 @click.option("--defense", type=click.Choice(DEFENSES), default="none")
 @click.option("--eps", "defense_eps", type=click.FloatRange(0, 1, min_open=True), default=None,
               help=f"defense budget (pgd-at, trades, attention-consistency) [default: {DEFENSE_DEFAULTS.eps}]")
@@ -136,7 +140,7 @@ def cli() -> None:
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.pass_context
-def train(ctx, detector, data_spec, label_column, positive_class, defense, defense_eps, defense_steps,
+def train(ctx, detector, data_spec, label_column, positive_class, attention, defense, defense_eps, defense_steps,
           defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device, use_compile,
           resume, nproc, frozen_features, out_path, quiet) -> None:
     """Train a detector and write a .safetensors checkpoint."""
@@ -152,11 +156,12 @@ def train(ctx, detector, data_spec, label_column, positive_class, defense, defen
         defense=defense_config, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         device=device, out_path=out_path, compile=use_compile, resume=resume, progress=not quiet,
         frozen_features=frozen_features,
+        attention=attention,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} "
                    f"(validation {summary['val_accuracy']:.4f}, {summary['epochs_run']} epochs, "
-                   f"{summary['seconds']:.1f} s, defense {defense})")
+                   f"{summary['seconds']:.1f} s, defense {defense}, attention {attention})")
 
 
 def _launch_torchrun(ctx: click.Context, nproc: int, *, module: str, command: tuple[str, ...] = ()) -> int:

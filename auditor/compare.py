@@ -243,10 +243,12 @@ def _setting(value) -> str:
 
 
 def training_rows(audits: list[Audited]) -> list[TrainingRow]:
-    """What differs in how the checkpoints were made: detector, defense and its settings, training run."""
+    """What differs in how the checkpoints were made: detector, attention function, defense and its settings,
+    training run."""
     models = [a.document["model"] for a in audits]
     fields: dict[str, list] = {
         "detector": [m.get("detector") for m in models],
+        "attention": [m.get("attention") for m in models],
         "trained on": [m.get("data set") for m in models],
         "defense": [m.get("defense") for m in models],
     }

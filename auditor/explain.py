@@ -189,6 +189,10 @@ def _graph_node(weights: torch.Tensor) -> torch.Tensor:
 
 
 class GradientAttention(Explainer):
+    """Attention weighted by its gradient, rolled out over the layers. With sparse attention (sparsemax,
+    entmax15) a weight outside the support is exactly 0, so its gradient-weighted term is 0 in that layer:
+    a token gets relevance only through the weights where it is supported."""
+
     name = "grad-attention"
     family = "attention"
     reference = "Chefer, Gur & Wolf 2021 (gradient-weighted attention, batch form)"

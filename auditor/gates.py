@@ -282,9 +282,14 @@ def regression_tolerances(policy: Policy, fallback: Policy) -> dict[str, float]:
     """The policy's [regression] table; without one, every gated metric (the policy's [gates], else the
     fallback's) at the default tolerance."""
     if policy.regression is not None:
+        informational = [m for m in policy.regression if known_spec(m, policy.source).higher_is_better is None]
+        if informational:
+            raise BadInputError(f"policy {policy.source}: [regression] {informational[0]!r} is informational (neither "
+                                "direction is better), so it cannot regress; gate it with a threshold instead")
         return dict(policy.regression)
     gated = policy.gates or fallback.gates
-    return {gate.metric: DEFAULT_REGRESSION_TOLERANCE for gate in gated}
+    return {gate.metric: DEFAULT_REGRESSION_TOLERANCE for gate in gated
+            if known_spec(gate.metric, policy.source).higher_is_better is not None}
 
 
 def check_baseline(baseline: Baseline, tolerances: dict[str, float]) -> None:

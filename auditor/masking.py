@@ -15,6 +15,10 @@ samples and tolerance t = max(0.02, 3/n):
    by more than t.
 
 A check whose attacks did not run is reported as not run, never as passed.
+
+Sparse attention (sparsemax, entmax15: ``detectors.blocks``) gives exactly zero gradient through every
+token outside the attention's support, by construction of the attention function. That vanishing gradient
+is not robustness: :func:`sparse_attention_note` says so beside the checks of such a detector.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from attacks import Attack, Domain, make_attack
 from auditor.metrics import format_eps
 from auditor.robustness import aligned_batch, craft, predict
+from detectors.blocks import SPARSE_ATTENTION
 
 MEANING = {
     "iterative-beats-single-step": "an iterative attack weaker than a single step means its gradient steps go "
@@ -136,6 +141,18 @@ def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[st
     else:
         add("monotone-in-eps", "not run", "needs at least two eps values")
     return checks
+
+
+def sparse_attention_note(attention: str | None) -> str | None:
+    """The caveat shown with the masking checks of a detector with sparse attention, None for the others."""
+    if attention not in SPARSE_ATTENTION:
+        return None
+    return (f"This detector's attention is {attention}: a weight outside the attention's support is exactly 0 "
+            "and so is its gradient, by construction of the attention function. Gradient-based attacks (fgsm, "
+            "pgd, the attention attacks) get no signal through those weights, only through the supported tokens "
+            "and the other layers; a robust accuracy that holds only against them may come from that vanishing "
+            "gradient rather than from robustness. Weigh it against a black-box attack (square) and the checks "
+            "here.")
 
 
 def masking_suspected(checks: list[Check]) -> float | None:

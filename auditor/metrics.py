@@ -24,17 +24,24 @@ MPRT_PASS_BELOW = 0.5
 
 @dataclass(frozen=True)
 class MetricSpec:
+    """``higher_is_better`` None: an informational metric, neither direction is better (no gate regression,
+    no best value marked in comparisons)."""
+
     pattern: str
-    higher_is_better: bool
+    higher_is_better: bool | None
     value_range: str
     definition: str
 
     @property
     def direction(self) -> str:
+        if self.higher_is_better is None:
+            return "none (informational)"
         return "higher" if self.higher_is_better else "lower"
 
     @property
     def arrow(self) -> str:
+        if self.higher_is_better is None:
+            return "·"
         return "↑" if self.higher_is_better else "↓"
 
     def regex(self, attacks: list[str], explainers: list[str]) -> re.Pattern:
@@ -160,6 +167,14 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("localisation.precision_at_k.{explainer}", True, "[0, 1]",
                "on data with known relevant features: share of the k top-attributed features that are truly "
                "relevant (k = number of relevant features of the sample)"),
+    MetricSpec("attention.zero_share", None, "[0, 1)",
+               "share of exactly-zero weights in the last layer's CLS attention row (over every token, CLS "
+               "included; mean over heads, then samples; every query row for models without CLS): about 0 for "
+               "softmax and additive attention, the share of tokens outside the support for sparsemax/entmax15, "
+               "where the gradient is exactly 0 too"),
+    MetricSpec("attention.entropy", None, "[0, ln tokens]",
+               "Shannon entropy -sum p ln p (nats, 0 ln 0 = 0) of the same rows, mean over heads, then samples: 0 "
+               "when each head attends to one token, ln(tokens) when uniform"),
 )
 
 

@@ -26,7 +26,7 @@ from auditor.verdict import panel_markdown, trust_panel
 SCHEMA_VERSION = 1
 TOOL_NAME = "attention-audit"
 GROUP_TITLES = {"clean": "Detection", "robust": "Robustness", "stability": "Attention under attack",
-                "faithfulness": "Faithfulness", "trust": "Trust"}
+                "faithfulness": "Faithfulness", "trust": "Trust", "attention": "Attention sparsity"}
 SHORT_NAMES = {"integrated-gradients": "int. grad."}
 
 
@@ -101,7 +101,8 @@ def render_summary(document: dict) -> bytes:
     lines = [
         f"## attention-audit: {verdict}",
         "",
-        f"Model `{_md(model['path'])}` ({_md(model['detector'])}, defense {_md(model['defense'])}), "
+        f"Model `{_md(model['path'])}` ({_md(model['detector'])}, attention {_md(model.get('attention') or 'unknown')}, "
+        f"defense {_md(model['defense'])}), "
         f"{document['data']['n_samples']} samples of {_md(document['data']['name'])}; "
         f"policy: {_md(document['policy']['source'])}.",
         "",

@@ -521,8 +521,9 @@ def metric_rows(metrics: dict[str, MetricValue], attacks: list[str], explainers:
         spec = spec_for(name, attacks, explainers)
         if spec is not None and spec.pattern not in used:
             reference = next((ref for prefix, ref in METRIC_REFERENCES if name.startswith(prefix)), "")
-            used[spec.pattern] = MethodRow(spec.pattern, f"{spec.arrow} {spec.direction} is better, range "
-                                           f"{spec.value_range}", spec.definition, reference)
+            better = "informational" if spec.higher_is_better is None else f"{spec.arrow} {spec.direction} is better"
+            used[spec.pattern] = MethodRow(spec.pattern, f"{better}, range {spec.value_range}", spec.definition,
+                                           reference)
     order = [spec.pattern for spec in CATALOGUE]
     return sorted(used.values(), key=lambda row: order.index(row.name))
 

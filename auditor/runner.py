@@ -9,8 +9,9 @@ import torch
 
 from auditor.gates import (GateResult, check_baseline, default_policy, evaluate, evaluate_regression, exit_code,
                            load_baseline, load_policy, regression_tolerances, validate_policy)
-from auditor.localisation import declare_relevant
 from auditor.determinism import settle
+from auditor.localisation import declare_relevant
+from auditor.masking import sparse_attention_note
 from auditor.outputs import PendingFiles, append_step_summary, write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
 from auditor.report_html import render_report
@@ -156,6 +157,7 @@ def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, 
     config_doc["device"] = str(subject.device)
     config_doc["memory"] = result.memory
     model_doc = {k: subject.model_info[k] for k in ("path", "sha256", "detector", "defense", "data set")}
+    model_doc["attention"] = subject.model_info.get("attention")  # None: a python: model's own attention
     model_doc["defense_settings"] = subject.model_info.get("defense_settings", {})
     model_doc["training"] = training_facts(subject.model_info.get("training", {}))
     model_doc["deterministic"] = bool(subject.deterministic)
@@ -172,6 +174,9 @@ def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, 
                 "removal": result.removal_curves},
         baseline={"source": baseline.source, "tolerances": tolerances} if baseline is not None else None,
     )
+    note = sparse_attention_note(model_doc["attention"])
+    if note is not None:
+        document["masking_note"] = note
     files = {
         "results.json": render_json(document),
         "report.html": render_report(

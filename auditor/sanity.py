@@ -28,6 +28,9 @@ zero in every head and each head's row is renormalised, inside the forward; the 
 predicted class then changes. ``sanity.flip_rate.random`` — the same with a token drawn uniformly from
 the non-CLS tokens, from each sample's own stream. Attention that explains the decision should flip it
 far more often when its top weight is removed than when a random one is.
+With sparse attention (sparsemax, entmax15) a head whose whole mass sat on the zeroed token is left with
+an all-zero row, and the random token is often one whose weight was 0 already (zeroing it changes
+nothing), so the random rate is lower than under softmax by construction.
 
 ``sanity.uniform_attention.prediction_kept`` / ``.accuracy`` — Wiegreffe & Pinter 2019 ("Attention is not
 not explanation"), the uniform-weights baseline: every attention layer's weights are replaced, inside the

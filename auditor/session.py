@@ -31,6 +31,7 @@ from auditor.robustness import KEPT_EXAMPLES, robustness_curves, run_attacks
 from auditor.sanity import FLIP_RATE_METRICS, UNIFORM_METRICS, SanityOutcome, mean_sanity_curves, sanity_stage
 from auditor.shard import RowTable, Shard, concatenate
 from auditor.trust import LEAD_EXPLAINERS, input_tokens, planned_trust, token_names, trust_stage, worst_samples
+from auditor.sparsity import SPARSITY_METRICS, sparsity_stage
 from auditor.tensorfile import Layout, RowWriter
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
@@ -286,6 +287,7 @@ def planned_metrics(config: AuditConfig, *, binary: bool = True) -> list[str]:
     names += list(UNIFORM_METRICS)
     names += planned_trust(config.explainers)
     names += [f"localisation.precision_at_k.{explainer}" for explainer in config.explainers]
+    names += list(SPARSITY_METRICS)
     return names
 
 
@@ -372,6 +374,8 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
         "defense": meta["defense"].get("name", "none"), "data set": trained_on["name"],
         "hparams": meta["detector"]["hparams"], "training": meta.get("training", {}),
         "defense_settings": dict(meta["defense"]),
+        # checkpoints written before the variants existed all used softmax
+        "attention": meta["detector"]["hparams"].get("attention", "softmax"),
     }
     scaler = checkpoint.scaler
     frozen = tuple(meta.get("frozen_features") or ()) if frozen_features is None else tuple(frozen_features)
@@ -739,6 +743,9 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
     per_sample.update(located.per_sample)
     notes.update(located.skipped)
     timed("localisation", started)
+    started = time.perf_counter()
+    per_sample.update(sparsity_stage(detector, x, max_batch=plan.forward_batch).per_sample)
+    timed("sparsity", started)
     table["notes"] = {name: np.asarray([why], dtype=object) for name, why in notes.items()}
 
     table["per_sample"] = per_sample

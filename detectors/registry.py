@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from detectors.base import Detector
+from detectors.blocks import ATTENTION_VARIANTS
 from detectors.errors import BadInputError
 from detectors.sequence import SequenceTransformer
 from detectors.tabular import FeatureTokenTransformer
@@ -23,8 +24,12 @@ def build_detector(kind: str, hparams: dict) -> Detector:
     return family(**hparams)
 
 
-def detector_for_data(kind: str, input_shape: tuple[int, ...], n_classes: int, data_name: str) -> Detector:
-    """A freshly initialised detector of ``kind`` sized for data of ``input_shape`` (one sample)."""
+def detector_for_data(kind: str, input_shape: tuple[int, ...], n_classes: int, data_name: str, *,
+                      attention: str = "softmax") -> Detector:
+    """A freshly initialised detector of ``kind`` sized for data of ``input_shape`` (one sample), with the
+    attention function ``attention`` (:data:`detectors.blocks.ATTENTION_VARIANTS`)."""
+    if attention not in ATTENTION_VARIANTS:
+        raise BadInputError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_VARIANTS)}")
     if kind not in DETECTORS:
         raise BadInputError(f"unknown detector {kind!r}; known: {', '.join(sorted(DETECTORS))}")
     if len(input_shape) != INPUT_RANK[kind]:
@@ -34,9 +39,9 @@ def detector_for_data(kind: str, input_shape: tuple[int, ...], n_classes: int, d
             f"{tuple(input_shape)}; use --detector {fitting[0] if fitting else 'tabular'}"
         )
     if kind == "tabular":
-        return FeatureTokenTransformer(input_shape[0], n_classes)
+        return FeatureTokenTransformer(input_shape[0], n_classes, attention=attention)
     if kind == "sequence":
-        return SequenceTransformer(input_shape[0], input_shape[1], n_classes)
+        return SequenceTransformer(input_shape[0], input_shape[1], n_classes, attention=attention)
     channels, height, width = input_shape
     patch = 2 if height % 2 == 0 and width % 2 == 0 else 1
-    return VisionTransformer(channels, height, width, n_classes, patch=patch)
+    return VisionTransformer(channels, height, width, n_classes, patch=patch, attention=attention)

@@ -3,7 +3,8 @@
 Each of the F features becomes a token (its value times a learned per-feature
 embedding plus a per-feature bias); a CLS token is prepended, L pre-norm
 blocks of multi-head self-attention follow, and a linear head reads CLS.
-Token 0 is CLS; token i + 1 covers feature i.
+Token 0 is CLS; token i + 1 covers feature i. ``attention`` picks the attention
+function (softmax, sparsemax, entmax15, additive; see :mod:`detectors.blocks`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from detectors.base import Detector, TokenMap
-from detectors.blocks import Encoder
+from detectors.blocks import Encoder, check_attention
 
 
 class FeatureTokenTransformer(Detector):
@@ -28,18 +29,19 @@ class FeatureTokenTransformer(Detector):
         heads: int = 4,
         mlp_dim: int = 64,
         dropout: float = 0.1,
+        attention: str = "softmax",
     ) -> None:
         super().__init__()
         self._hparams = dict(
             n_features=n_features, n_classes=n_classes, dim=dim, depth=depth,
-            heads=heads, mlp_dim=mlp_dim, dropout=dropout,
+            heads=heads, mlp_dim=mlp_dim, dropout=dropout, attention=check_attention(attention),
         )
         self.input_shape = (n_features,)
         self.n_classes = n_classes
         self.feature_weight = nn.Parameter(torch.randn(n_features, dim) * 0.5)
         self.feature_bias = nn.Parameter(torch.randn(n_features, dim) * 0.1)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-        self.encoder = Encoder(dim, depth, heads, mlp_dim, dropout)
+        self.encoder = Encoder(dim, depth, heads, mlp_dim, dropout, attention)
         self.head = nn.Linear(dim, n_classes)
         self.token_map = TokenMap(
             token_of_input=torch.arange(1, n_features + 1), n_tokens=n_features + 1, cls_index=0

@@ -14,7 +14,9 @@ Defenses (recorded in the checkpoint so that checkpoints can be compared):
 ``attention-consistency``
     adversarial training as ``pgd-at`` plus lambda * JSD between the clean and
     the perturbed CLS attention (mean over heads and layers), the defense
-    against attacks that forge attention.
+    against attacks that forge attention. With sparse attention (sparsemax,
+    entmax15) the JSD term has no gradient through tokens outside the support
+    of either distribution: only the supported tokens are pulled together.
 
 Run ``torchrun --nproc-per-node N -m detectors.train ...`` (the options of
 ``audit train``) for DistributedDataParallel: gloo on CPUs, NCCL on GPUs; each
@@ -291,7 +293,7 @@ def train_detector(model: Detector, splits: Splits, config: TrainConfig, *, devi
              "best_state": copy.deepcopy(model.state_dict())}
     if resume_from is not None and resume_from.is_file():
         saved = torch.load(resume_from, map_location=device, weights_only=True)
-        if saved.get("config") != _config_key(config):
+        if saved.get("config") != _config_key(config) or saved.get("hparams", model.hparams()) != model.hparams():
             raise BadInputError(f"{resume_from} was written by a run with other settings; "
                                 "remove it or train without --resume")
         model.load_state_dict(saved["model"])
@@ -345,7 +347,7 @@ def _config_key(config: TrainConfig) -> dict:
 def _save_resume(path: Path, model: nn.Module, optimiser, state: dict, config: TrainConfig) -> None:
     temporary = path.with_name(path.name + ".tmp")
     torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "config": _config_key(config),
-                **state}, temporary)
+                "hparams": model.hparams(), **state}, temporary)
     os.replace(temporary, path)
 
 
@@ -381,10 +383,13 @@ def integer_features(table) -> list[str]:
 def train_and_save(*, detector: str, data_spec: str, label_column: str = "label", positive_class: str | None = None,
                    epochs: int | None = None, batch_size: int | None = None, lr: float = 2e-3, patience: int = 15, seed: int = 0,
                    device: str = "auto", out_path, defense: DefenseConfig | str = "none", compile: bool = False,
-                   resume: bool = False, progress: bool = True, frozen_features: tuple[str, ...] = ()) -> dict:
+                   resume: bool = False, progress: bool = True, frozen_features: tuple[str, ...] = (),
+                   attention: str = "softmax") -> dict:
     """Load and split the data, train the detector, write the checkpoint (rank 0); returns the summary.
     ``frozen_features``: features an attacker may not change; recorded in the checkpoint (``audit run`` freezes
-    them unless told otherwise) and left untouched by the defenses' training-time attacks."""
+    them unless told otherwise) and left untouched by the defenses' training-time attacks.
+    ``attention``: the detector's attention function (:data:`detectors.blocks.ATTENTION_VARIANTS`), recorded
+    in the checkpoint as the detector's hparams ``attention``."""
     from detectors import __version__
     from detectors.checkpoint import save_checkpoint
     from detectors.data import load_table, split_table
@@ -416,7 +421,8 @@ def train_and_save(*, detector: str, data_spec: str, label_column: str = "label"
                                 f"{' ...' if len(table.feature_names) > 6 else ''})")
         splits = split_table(table, seed=seed)
         seed_everything(seed)
-        model = detector_for_data(detector, table.input_shape, len(table.class_names), data_spec)
+        model = detector_for_data(detector, table.input_shape, len(table.class_names), data_spec,
+                                  attention=attention)
         batch_size = batch_size or auto_batch_size(len(splits.train))
         epochs = epochs or auto_epochs(len(splits.train))
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,

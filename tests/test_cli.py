@@ -42,7 +42,7 @@ def test_passing_policy_exits_0_and_writes_every_output(model, tmp_path):
     assert isinstance(document["data"]["n_samples"], int) and document["data"]["n_samples"] == 60
     assert [g["kind"] for g in document["gates"]] == ["threshold", "threshold"]
     assert set(document["timing"]) == {"clean", "robustness", "explain", "faithfulness", "agreement", "sanity",
-                                       "trust", "localisation"}
+                                       "trust", "localisation", "sparsity"}
     for value in document["metrics"].values():
         assert value["value"] == value["value"]  # never NaN
     suite = ET.parse(out / "junit.xml").getroot()

@@ -1,0 +1,224 @@
+"""The attention-variants study: ``make study-variants`` (``python -m bench.study_variants``).
+
+Trains every attention variant (softmax, sparsemax, entmax15, additive: ``detectors.blocks``) on
+flows:4000 (tabular detector) and sequences:2000 (sequence detector) with seeds 0, 1, 2 (``--epochs 10``),
+audits each checkpoint on 500 test samples with the standard profile's explainers and the attacks pgd
+and attention-shift at eps 0.05, and writes into ``--out`` (default out/study-variants):
+
+``table.md`` / ``table.json``
+    per data set and variant, mean ± half-width of the 95% t-interval over the seeds
+    (scipy.stats.t, n - 1 degrees of freedom) of each column of :data:`COLUMNS`.
+``compare-<data>/compare.html``
+    ``audit compare`` of the four variants' seed-0 audits of each data set (same split, same audit
+    configuration), with the attention among the training differences.
+
+Robust accuracy: ``robust.accuracy.worst@0.05`` where the audit has it, else ``robust.accuracy.pgd@0.05``:
+pgd is the only evasion attack the study runs (attention-shift keeps the prediction by design), so the
+per-sample worst case over the evasion attacks is pgd's own per-sample result. ``table.json`` names the
+metric each cell used.
+
+Resumable and parallel-safe: each run lives in ``runs/<data>-<variant>-s<seed>/``; a finished checkpoint
+(``model.safetensors``) or audit (``audit/results.json``; both are written atomically) is never redone,
+and a run is held by an ``fcntl`` lock on its ``.lock`` file while it works, so several invocations
+(or ``--jobs`` workers) never do the same run twice; a killed process releases its lock. Each run is a
+subprocess with one torch thread; ``--jobs`` (default: the number of cores) runs that many at a time.
+``--datasets``, ``--variants``, ``--seeds``, ``--epochs``, ``--samples`` and ``--explainers`` select a
+part or lighter settings (``--explainers attention,integrated-gradients,random`` keeps every column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from detectors.blocks import ATTENTION_VARIANTS
+
+DATASETS = {"flows:4000": "tabular", "sequences:2000": "sequence"}
+SEEDS = (0, 1, 2)
+EPOCHS = 10
+SAMPLES = 500
+EPS = 0.05
+AUDIT_OPTIONS = ("--profile", "standard", "--attacks", "pgd,attention-shift", "--no-masking-checks",
+                 "--faithfulness-metrics", "deletion_gain", "--eps", str(EPS), "--seed", "0", "--device", "cpu")
+ROBUST = (f"robust.accuracy.worst@{EPS:g}", f"robust.accuracy.pgd@{EPS:g}")
+# (column title, metric name or names tried in order)
+COLUMNS = (
+    ("clean accuracy", ("clean.accuracy",)),
+    (f"robust accuracy (worst, eps {EPS:g})", ROBUST),
+    ("deletion gain (attention)", ("faithfulness.deletion_gain.attention",)),
+    ("Kendall τ attention~IG", ("agreement.kendall_tau.attention~integrated-gradients",)),
+    ("MPRT (attention)", ("sanity.mprt.attention",)),
+    ("flip rate (attention)", ("sanity.flip_rate.attention",)),
+    ("flip rate (random)", ("sanity.flip_rate.random",)),
+    (f"attention-shift top-k kept (eps {EPS:g})", (f"stability.topk_intersection.attention-shift@{EPS:g}",)),
+    ("zero share", ("attention.zero_share",)),
+    ("entropy (nats)", ("attention.entropy",)),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    data: str
+    variant: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.data.replace(':', '')}-{self.variant}-s{self.seed}"
+
+
+def all_runs(datasets, variants, seeds) -> list[Run]:
+    # sequences first: the longer runs start early, so parallel workers finish together
+    ordered = sorted(datasets, key=lambda d: DATASETS[d] != "sequence")
+    return [Run(d, v, s) for d in ordered for s in seeds for v in variants]
+
+
+def _audit_cli(*args: str, log: Path) -> None:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"$ audit {' '.join(args)}\n")
+        handle.flush()
+        done = subprocess.run([sys.executable, "-m", "auditor", *args], stdout=handle, stderr=subprocess.STDOUT,
+                              env=environment, check=False)
+    if done.returncode not in (0, 1):  # 1: a gate failed, which the study does not judge
+        raise RuntimeError(f"audit {args[0]} exited {done.returncode}; see {log}")
+
+
+def do_run(run: Run, root: Path, epochs: int, samples: int, explainers: tuple[str, ...] = ()) -> str:
+    """Train and audit ``run`` unless done or held by another process; returns what happened."""
+    folder = root / "runs" / run.name
+    folder.mkdir(parents=True, exist_ok=True)
+    model, audit, log = folder / "model.safetensors", folder / "audit", folder / "log.txt"
+    if (audit / "results.json").is_file():
+        return f"{run.name}: done before"
+    with (folder / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"{run.name}: held by another process"
+        started = time.perf_counter()
+        if not model.is_file():
+            _audit_cli("train", "--detector", DATASETS[run.data], "--data", run.data, "--attention", run.variant,
+                       "--epochs", str(epochs), "--seed", str(run.seed), "--device", "cpu", "--out", str(model),
+                       "--quiet", log=log)
+        trained = time.perf_counter()
+        if not (audit / "results.json").is_file():
+            chosen = ("--explainers", ",".join(explainers)) if explainers else ()
+            _audit_cli("run", "--model", str(model), *AUDIT_OPTIONS, *chosen, "--max-samples", str(samples),
+                       "--out", str(audit), "--quiet", log=log)
+        return (f"{run.name}: train {trained - started:.0f} s, audit {time.perf_counter() - trained:.0f} s")
+
+
+def t_interval(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% t-interval (None for fewer than two values)."""
+    array = np.asarray(values, dtype=np.float64)
+    if len(array) < 2:
+        return float(array.mean()), None
+    half = stats.t.ppf(0.975, len(array) - 1) * array.std(ddof=1) / np.sqrt(len(array))
+    return float(array.mean()), float(half)
+
+
+def _pick(metrics: dict, names: tuple[str, ...]) -> tuple[str, float] | None:
+    for name in names:
+        if name in metrics:
+            return name, metrics[name]["value"]
+    return None
+
+
+def summarise(runs: list[Run], root: Path) -> dict:
+    """data set -> variant -> column -> {mean, half_width, n, metric}."""
+    table: dict = {}
+    for run in runs:
+        document = json.loads((root / "runs" / run.name / "audit" / "results.json").read_text(encoding="utf-8"))
+        cells = table.setdefault(run.data, {}).setdefault(run.variant, {})
+        for title, names in COLUMNS:
+            picked = _pick(document["metrics"], names)
+            if picked is not None:
+                cell = cells.setdefault(title, {"values": [], "metric": set()})
+                cell["metric"].add(picked[0])
+                cell["values"].append(picked[1])
+    for by_variant in table.values():
+        for cells in by_variant.values():
+            for title, cell in cells.items():
+                mean, half = t_interval(cell["values"])
+                cells[title] = {"mean": mean, "half_width": half, "n": len(cell["values"]),
+                                "metric": ", ".join(sorted(cell["metric"])), "values": cell["values"]}
+    return table
+
+
+def markdown(table: dict) -> str:
+    lines = []
+    for data, by_variant in table.items():
+        lines += [f"**{data}** ({DATASETS[data]} detector), mean ± 95% t-interval half-width over seeds", "",
+                  "| attention | " + " | ".join(title for title, _ in COLUMNS) + " |",
+                  "| --- |" + " --- |" * len(COLUMNS)]
+        for variant, cells in by_variant.items():
+            shown = []
+            for title, _ in COLUMNS:
+                cell = cells.get(title)
+                if cell is None:
+                    shown.append("—")
+                else:
+                    shown.append(f"{cell['mean']:.3f}" + (f" ± {cell['half_width']:.3f}"
+                                                          if cell["half_width"] is not None else ""))
+            lines.append(f"| {variant} | " + " | ".join(shown) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.study_variants", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("out/study-variants"))
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--variants", default=",".join(ATTENTION_VARIANTS))
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--samples", type=int, default=SAMPLES)
+    parser.add_argument("--explainers", default="",
+                        help="explainers to audit with (default: the standard profile's; the table needs attention "
+                             "and integrated-gradients)")
+    args = parser.parse_args(argv)
+    datasets, variants = args.datasets.split(","), args.variants.split(",")
+    unknown = [d for d in datasets if d not in DATASETS] + [v for v in variants if v not in ATTENTION_VARIANTS]
+    if unknown or args.jobs < 1:
+        parser.error(f"unknown data set or variant {unknown[:1]} (data sets: {', '.join(DATASETS)}; variants: "
+                     f"{', '.join(ATTENTION_VARIANTS)}), or --jobs below 1")
+    runs = all_runs(datasets, variants, [int(s) for s in args.seeds.split(",")])
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        explainers = tuple(name for name in args.explainers.split(",") if name)
+        for line in pool.map(lambda run: do_run(run, args.out, args.epochs, args.samples, explainers), runs):
+            print(line, flush=True)
+    missing = [run.name for run in runs if not (args.out / "runs" / run.name / "audit" / "results.json").is_file()]
+    if missing:
+        print(f"{len(missing)} run(s) not finished yet ({', '.join(missing[:4])}...): run again once they are",
+              file=sys.stderr)
+        return 1
+    table = summarise(runs, args.out)
+    (args.out / "table.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    (args.out / "table.md").write_text(markdown(table), encoding="utf-8")
+    for data in datasets:
+        seed = min(int(s) for s in args.seeds.split(","))
+        folders = [str(args.out / "runs" / Run(data, v, seed).name / "audit") for v in variants]
+        if len(folders) > 1:
+            _audit_cli("compare", *folders, "--out", str(args.out / f"compare-{data.replace(':', '')}"), "--quiet",
+                       log=args.out / "compare-log.txt")
+    print(markdown(table))
+    print(f"study finished in {time.perf_counter() - started:.0f} s; table in {args.out / 'table.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
