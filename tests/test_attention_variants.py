@@ -148,7 +148,7 @@ def test_the_attention_edit_applies_after_normalisation(attention):
     x = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(0))
     seen = []
 
-    def uniform(weights):
+    def uniform(weights, allowed):
         seen.append(weights.sum(-1))
         return torch.full_like(weights, 1 / weights.shape[-1])
 
