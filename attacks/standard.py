@@ -12,17 +12,28 @@ size used for speed, and the caller's RNG state is left alone.
     Goodfellow et al. 2015. L-inf, one signed-gradient step of size eps
     (torchattacks' FGSM).
 ``pgd`` / ``pgd-l2``
-    Madry et al. 2018. Projected gradient ascent on the cross-entropy, L-inf
-    (signed steps) or L2 (normalised steps): ``steps`` (20) steps of
-    ``step_size`` (0.25) x eps, a random start in the eps-ball drawn from each
-    sample's own stream (``random_start``, on), ``restarts`` (1) keeping per
-    sample the first restart that misclassifies. The update is torchattacks'
-    PGD / PGDL2 step for step (tests check they agree without the random
-    start); every step is projected onto the Domain.
+    Madry et al. 2018, projected gradient ascent on the cross-entropy, L-inf
+    (signed steps) or L2 (normalised steps), a random start in the eps-ball
+    drawn from each sample's own stream (``random_start``, on), ``restarts``
+    (1) keeping per sample the first restart that misclassifies. ``schedule``:
+    ``"apgd"`` (default): the step-size schedule of APGD (Croce & Hein 2020),
+    ``steps`` 50, first step ``step_size`` 2.0 x eps, momentum 0.75, at
+    checkpoints (22% of the steps, then windows 3% shorter, at least 6%) a
+    row whose loss rose in <= 75% of the window's steps, or whose best loss
+    stalled without a halving at the previous checkpoint, halves its step and
+    resumes from its best point; a row stops at its first misclassified
+    iterate, else returns its highest-loss one. ``"constant"``: plain Madry
+    PGD, ``steps`` 20 of ``step_size`` 0.25 x eps, the last iterate, the
+    update torchattacks' PGD / PGDL2 step for step (tests check they agree
+    without the random start). The iterate stays continuous inside the budget
+    and box; the model is evaluated (loss, gradient, success) at its whole
+    point (integer features rounded, :meth:`Domain.whole`).
 ``cw``
-    Carlini & Wagner 2017, L2, minimum-norm (torchattacks' CW: c=1, kappa=0,
-    ``steps`` 100, lr 0.01). No budget of its own: a sample counts as broken at
-    eps only when its perturbation's L2 norm is <= eps.
+    Carlini & Wagner 2017, L2, minimum-norm, with the paper's binary search
+    over c per sample (9 rounds of 100 Adam steps, lr 0.01, c bisected
+    geometrically in [1e-2, 1e2] from 1; the smallest successful L2 kept).
+    No budget of its own: a sample counts as broken at eps only when its
+    perturbation's L2 norm is <= eps.
 ``deepfool``
     Moosavi-Dezfooli et al. 2016, L2, minimum-norm (torchattacks' DeepFool,
     ``steps`` 50, overshoot 0.02); counted like ``cw``.
@@ -33,10 +44,17 @@ size used for speed, and the caller's RNG state is left alone.
     Croce & Hein 2020, the original "standard" protocol composed from
     torchattacks' parts: APGD-CE (100 iterations), APGD-T (100 iterations,
     9 target classes), FAB-T (9 targets), Square (5000 queries), each later
-    attack run only on the points still robust, worst case per point.
-    torchattacks' own AutoAttack wrapper uses fewer APGD iterations. DLR losses
-    are undefined below 3 classes (targeted DLR below 4), so binary detectors
-    run APGD-CE and Square, and 3-class ones add FAB-T.
+    attack run only on the points still robust, worst case per point. Every
+    component's candidates are projected onto the Domain (budget, box, frozen
+    and integer features) before they are judged. torchattacks' own AutoAttack
+    wrapper uses fewer APGD iterations. DLR losses are undefined below 3
+    classes (targeted DLR below 4), so binary detectors run APGD-CE and
+    Square, and 3-class ones add FAB-T. ``version="rand"`` (for randomised
+    models, the paper's rand version): APGD-CE and APGD-DLR (>= 3 classes),
+    each with EOT over 20 draws.
+``autoattack-fast``
+    The same with Square at 1000 queries: not the standard protocol, so it
+    carries its own name.
 
 Targeted mode (``target_class``): ``fgsm``, ``pgd``, ``pgd-l2``, ``cw`` and
 ``square`` can aim at one class instead of away from the true one
