@@ -15,15 +15,15 @@ size used for speed, and the caller's RNG state is left alone.
     Madry et al. 2018, projected gradient ascent on the cross-entropy, L-inf
     (signed steps) or L2 (normalised steps), a random start in the eps-ball
     drawn from each sample's own stream (``random_start``, on), ``restarts``
-    (1) keeping per sample the first restart that misclassifies. ``schedule``:
+    keeping per sample the first restart that misclassifies. ``schedule``:
     ``"apgd"`` (default): the step-size schedule of APGD (Croce & Hein 2020),
-    ``steps`` 50, first step ``step_size`` 2.0 x eps, momentum 0.75, at
+    ``steps`` 30, ``restarts`` 10, first step ``step_size`` 2.0 x eps, momentum 0.75, at
     checkpoints (22% of the steps, then windows 3% shorter, at least 6%) a
     row whose loss rose in <= 75% of the window's steps, or whose best loss
     stalled without a halving at the previous checkpoint, halves its step and
     resumes from its best point; a row stops at its first misclassified
     iterate, else returns its highest-loss one. ``"constant"``: plain Madry
-    PGD, ``steps`` 20 of ``step_size`` 0.25 x eps, the last iterate, the
+    PGD, ``steps`` 20 of ``step_size`` 0.25 x eps, 1 restart, the last iterate, the
     update torchattacks' PGD / PGDL2 step for step (tests check they agree
     without the random start). The iterate stays continuous inside the budget
     and box; the model is evaluated (loss, gradient, success) at its whole
@@ -119,16 +119,19 @@ class PGD(Attack):
     norm = "linf"
     reference = "Madry et al. 2018; step-size schedule of APGD, Croce & Hein 2020"
     targetable = True
-    #: per schedule: (steps, step_size) when not given
-    DEFAULTS: ClassVar[dict[str, tuple[int, float]]] = {"apgd": (50, 2.0), "constant": (20, 0.25)}
+    #: per schedule: (steps, step_size, restarts) when not given. apgd: on the breast-cancer detector (seed 0,
+    #: eps 0.1) restarts decide, not steps: 50 steps x 1 restart 0.413 (as Madry's 20 x 1), 50 x 5 0.343,
+    #: 30 x 10 0.336 (Madry's 100 x 5: 0.336, Square 0.322)
+    DEFAULTS: ClassVar[dict[str, tuple[int, float, int]]] = {"apgd": (30, 2.0, 10), "constant": (20, 0.25, 1)}
 
-    def __init__(self, *, steps: int | None = None, step_size: float | None = None, restarts: int = 1,
+    def __init__(self, *, steps: int | None = None, step_size: float | None = None, restarts: int | None = None,
                  random_start: bool = True, schedule: str = "apgd", target_class: int | None = None):
         if schedule not in SCHEDULES:
             raise ValueError(f"{self.name}: expected schedule as one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        default_steps, default_step = self.DEFAULTS[schedule]
+        default_steps, default_step, default_restarts = self.DEFAULTS[schedule]
         steps = default_steps if steps is None else steps
         step_size = default_step if step_size is None else step_size
+        restarts = default_restarts if restarts is None else restarts
         if int(steps) != steps or steps < 1 or int(restarts) != restarts or restarts < 1 or not step_size > 0:
             raise ValueError(f"{self.name} needs integer steps >= 1, integer restarts >= 1 and step_size > 0; "
                              f"got steps={steps}, restarts={restarts}, step_size={step_size}")
