@@ -123,7 +123,8 @@ def _frozen_hinge():
 
 LIGHT = {"autoattack": {"apgd_steps": 10, "square_queries": 50}, "autoattack-fast": {"apgd_steps": 10,
          "square_queries": 50}, "square": {"n_queries": 50}, "cw": {"steps": 10, "search_steps": 2},
-         "deepfool": {"steps": 5}, "attention-shift": {"steps": 5, "restarts": 1}}
+         "deepfool": {"steps": 5}, "attention-shift": {"steps": 5, "restarts": 1}, "pgd": {"restarts": 2},
+         "pgd-l2": {"restarts": 2}}
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
