@@ -71,7 +71,10 @@ keyed by the sample's global index (purpose ``"<name>/start/<restart>/<eps>"``),
 every loss is summed over the batch (a row's gradient never depends on its
 neighbours) and every choice is made per row, so results do not depend on the
 batch size. Every iterate is projected by ``domain.project``, so frozen inputs
-never move and the bounds hold. Inputs may have any rank: (N, F), (N, C, H, W),
+never move and the bounds hold; the iterate stays continuous and integer
+features are made whole (``domain.whole``: nearest whole raw unit within the
+budget) wherever the model is evaluated, so every "prediction kept" or
+"misclassified" test and every kept example is judged at the point returned. Inputs may have any rank: (N, F), (N, C, H, W),
 (N, T, F).
 """
 
@@ -312,16 +315,17 @@ class _PredictionKeeping(_AttentionAttack):
 
     def _start(self, model: nn.Module, x: torch.Tensor, pred: torch.Tensor, token_map: TokenMap, eps: float,
                domain: Domain, seed: int, index: torch.Tensor, restart: int) -> torch.Tensor:
-        """The random start, halved for rows whose start flips the prediction; x where every try flips it."""
+        """The random start (continuous), halved for rows whose start flips the prediction (judged at its whole
+        point); x where every try flips it."""
         start = x.clone()
         if not self.random_start:
             return start
         noise = self._noise(x, eps, seed, index, restart)
         open_rows = torch.ones(len(x), dtype=torch.bool, device=x.device)
         for shrink in range(START_SHRINKS + 1):
-            candidate = domain.project(x + noise / 2 ** shrink, x, eps=eps, norm=self.norm)
+            candidate = domain.project(x + noise / 2 ** shrink, x, eps=eps, norm=self.norm, integral=False)
             with torch.no_grad():
-                kept = model(candidate).argmax(1) == pred
+                kept = model(domain.whole(candidate, x, eps=eps, norm=self.norm)).argmax(1) == pred
             take = open_rows & kept
             start[take] = candidate[take]
             open_rows &= ~kept
@@ -339,19 +343,28 @@ class _PredictionKeeping(_AttentionAttack):
         pred = logits.argmax(1)
         context = self._setup(token_map, clean)
         best, best_score = x.clone(), self._score(clean, context)
+
+        def whole(point: torch.Tensor) -> torch.Tensor:
+            return domain.whole(point, x, eps=eps, norm=self.norm)
+
         for restart in range(self.restarts):
+            # ``current`` is the continuous iterate; ``point`` its whole point, where everything is judged
             current = self._start(model, x, pred, token_map, eps, domain, seed, index, restart)
-            kept, score, grad = self._evaluate(model, current, token_map, pred, context)
+            point = whole(current)
+            kept, score, grad = self._evaluate(model, point, token_map, pred, context)
             alpha = torch.full((len(x),), self.step_size * eps, device=x.device, dtype=x.dtype)
             for step in range(self.steps + 1):
                 better = kept & (score > best_score)
-                best[better], best_score[better] = current[better], score[better]
+                best[better], best_score[better] = point[better], score[better]
                 if step == self.steps:
                     break
-                candidate = domain.project(current + _rows(alpha, x.ndim) * grad.sign(), x, eps=eps, norm=self.norm)
-                kept, score_c, grad_c = self._evaluate(model, candidate, token_map, pred, context)
+                candidate = domain.project(current + _rows(alpha, x.ndim) * grad.sign(), x, eps=eps, norm=self.norm,
+                                           integral=False)
+                candidate_point = whole(candidate)
+                kept, score_c, grad_c = self._evaluate(model, candidate_point, token_map, pred, context)
                 accept = _rows(kept, x.ndim)
                 current = torch.where(accept, candidate, current)
+                point = torch.where(accept, candidate_point, point)
                 grad = torch.where(accept, grad_c, grad)
                 score = torch.where(kept, score_c, score)
                 alpha = torch.where(kept, alpha, alpha / 2)
@@ -421,9 +434,9 @@ class AttentionGuided(PGD):
     reference = "Fu et al. 2022 (Patch-Fool: Are Vision Transformers Always Robust Against Adversarial Perturbations?)"
 
     def __init__(self, *, steps: int = 20, step_size: float = 0.25, restarts: int = 1, random_start: bool = True,
-                 k: int = 5, target_class: int | None = None) -> None:
+                 k: int = 5, schedule: str = "constant", target_class: int | None = None) -> None:
         super().__init__(steps=steps, step_size=step_size, restarts=restarts, random_start=random_start,
-                         target_class=target_class)
+                         schedule=schedule, target_class=target_class)
         if int(k) != k or k < 1:
             raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
         self.k = int(k)
@@ -476,22 +489,23 @@ class Stealth(_AttentionAttack):
         best_jsd = torch.full((len(x),), math.inf, device=x.device)
         last = x
         for restart in range(self.restarts):
-            x_adv = x.clone()
+            x_adv = x.clone()  # the continuous iterate; the model sees its whole point
             if self.random_start:
-                x_adv = domain.project(x + self._noise(x, eps, seed, index, restart), x, eps=eps, norm=self.norm)
+                x_adv = domain.project(x + self._noise(x, eps, seed, index, restart), x, eps=eps, norm=self.norm,
+                                       integral=False)
             for step in range(self.steps + 1):
-                x_adv = x_adv.detach().requires_grad_(step < self.steps)
-                logits, dist = _forward(model, x_adv, token_map)
+                point = domain.whole(x_adv, x, eps=eps, norm=self.norm).requires_grad_(step < self.steps)
+                logits, dist = _forward(model, point, token_map)
                 divergence = jensen_shannon(dist, clean)
                 with torch.no_grad():
                     better = (logits.argmax(1) != y) & (divergence < best_jsd)
-                    best[better], best_jsd[better] = x_adv[better], divergence[better]
+                    best[better], best_jsd[better] = point.detach()[better], divergence[better]
                 if step == self.steps:
                     break
                 objective = F.cross_entropy(logits, y, reduction="sum") - self.lam * divergence.sum()
-                grad, = torch.autograd.grad(objective, x_adv)
-                x_adv = domain.project(x_adv.detach() + alpha * grad.sign(), x, eps=eps, norm=self.norm)
-            last = x_adv.detach()
+                grad, = torch.autograd.grad(objective, point)
+                x_adv = domain.project(x_adv + alpha * grad.sign(), x, eps=eps, norm=self.norm, integral=False)
+            last = point.detach()
         never = torch.isinf(best_jsd)
         best[never] = last[never]
         return best

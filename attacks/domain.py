@@ -4,6 +4,19 @@ Inputs are scaled to [0, 1] per feature, so a budget ``eps`` is a fraction of
 each feature's range. The Domain holds the bounds and which input positions an
 attacker may change; :meth:`Domain.project` enforces the budget, the frozen
 positions and the bounds, and every attack ends with it.
+
+Integer features (a packet count, a port bucket) take whole raw values only.
+An iterative attack keeps a *continuous* iterate (``project(..., integral=False)``:
+budget, box and frozen positions, no rounding), so steps smaller than one raw
+unit accumulate; it makes the integer features whole (:meth:`Domain.whole`)
+wherever it evaluates the model (its gradient, its loss, its "fooled" and
+"prediction kept" tests) and at the end. The rounding: each integer feature
+goes to the whole raw unit *nearest* the continuous iterate (so the objective
+the iterate climbed is served); where that unit breaks the budget (L-inf: that
+feature's |delta| > eps; L2: the row's norm > eps) or the box, it goes to the
+other neighbour, the whole unit between the clean value and the iterate, which
+is always within both. Budgets are checked with a tolerance of 1e-6 scaled
+units (float32 rounding of raw units).
 """
 
 from __future__ import annotations
@@ -44,8 +57,11 @@ class Domain:
         return cls(lower=torch.zeros(input_shape), upper=torch.ones(input_shape), mutable=mutable,
                    integer=integer.bool() if integer is not None else None, raw_lo=raw_lo, raw_span=raw_span)
 
-    def project(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf") -> torch.Tensor:
-        """Nearest point (per sample) within ``eps`` of ``x`` in ``norm``, frozen positions kept, in bounds."""
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf",
+                integral: bool = True) -> torch.Tensor:
+        """Nearest point (per sample) within ``eps`` of ``x`` in ``norm``, frozen positions kept, in bounds;
+        integer features made whole (:meth:`whole`) unless ``integral`` is False (an attack's continuous
+        iterate)."""
         delta = (x_adv - x) * self.mutable.to(x.device)
         if norm == "linf":
             delta = delta.clamp(-eps, eps)
@@ -56,17 +72,29 @@ class Domain:
         else:
             raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
         projected = torch.maximum(torch.minimum(x + delta, self.upper.to(x.device)), self.lower.to(x.device))
-        if self.integer is not None:
-            projected = self._round_integers(projected, x)
+        if integral:
+            projected = self.whole(projected, x, eps=eps, norm=norm)
         return projected.detach()
 
-    def _round_integers(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Integer features move by whole raw units, rounded toward the clean value so the budget still holds."""
-        lo, span = self.raw_lo.to(x.device), self.raw_span.to(x.device)
-        clean_raw = torch.round(lo + x.double() * span)
-        step = torch.trunc(lo + x_adv.double() * span - clean_raw)
-        rounded = ((clean_raw + step - lo) / span).to(x.dtype)
-        return torch.where(self.integer.to(x.device), rounded, x_adv)
+    def whole(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf") -> torch.Tensor:
+        """``x_adv`` (within the budget and box) with its integer features at whole raw units: the nearest
+        unit, or where that breaks the budget or the box, the unit between the clean value and ``x_adv``."""
+        if self.integer is None:
+            return x_adv.detach()
+        device, tol = x.device, 1e-6
+        integer, lo, span = self.integer.to(device), self.raw_lo.to(device), self.raw_span.to(device)
+        raw, clean_raw = lo + x_adv.detach().double() * span, torch.round(lo + x.double() * span)
+        nearest = ((torch.round(raw) - lo) / span).to(x.dtype)
+        toward = ((clean_raw + torch.trunc(raw - clean_raw) - lo) / span).to(x.dtype)
+        candidate = torch.where(integer, nearest, x_adv.detach())
+        bad = (candidate < self.lower.to(device) - tol) | (candidate > self.upper.to(device) + tol)
+        if norm == "linf":
+            bad |= (candidate - x).abs() > eps + tol
+        candidate = torch.where(integer & bad, toward, candidate)
+        if norm == "l2":
+            over = (candidate - x).flatten(1).norm(dim=1) > eps + tol
+            candidate = torch.where(integer & over.view(-1, *[1] * (x.ndim - 1)), toward, candidate)
+        return candidate
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf",
                  tol: float = 1e-6) -> bool:

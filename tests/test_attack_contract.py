@@ -15,10 +15,12 @@ import torch
 
 from attacks import ATTACKS, ATTENTION_ATTACKS, Domain, is_minimum_norm, make_attack
 
-SPEED = {"autoattack": {"apgd_steps": 20, "square_queries": 300}, "square": {"n_queries": 300},
-         "cw": {"steps": 30}, "deepfool": {"steps": 10}, "attention-shift": {"steps": 20, "restarts": 2}}
-CHUNKED = {"square", "autoattack", "cw", "deepfool"}  # run over the fixed 64-sample chunk grid
-EXPECTED_REGISTRY = {"fgsm", "pgd", "pgd-l2", "cw", "deepfool", "autoattack", "square",
+SPEED = {"autoattack": {"apgd_steps": 20, "square_queries": 300},
+         "autoattack-fast": {"apgd_steps": 20, "square_queries": 300}, "square": {"n_queries": 300},
+         "cw": {"steps": 30, "search_steps": 3}, "deepfool": {"steps": 10},
+         "attention-shift": {"steps": 20, "restarts": 2}}
+CHUNKED = {"square", "autoattack", "autoattack-fast", "cw", "deepfool"}  # run over the fixed 64-sample chunk grid
+EXPECTED_REGISTRY = {"fgsm", "pgd", "pgd-l2", "cw", "deepfool", "autoattack", "autoattack-fast", "square",
                      "attention-shift", "attention-hijack", "attention-guided", "stealth"}
 
 
@@ -55,14 +57,39 @@ def _run(name, model, x, y, *, eps, domain=None, seed=0, index=None, defaults=Fa
 
 
 def check_budget(name, kind, model, x, y):
+    if is_minimum_norm(build(name)):
+        _check_minimum_norm_budget(name, model, x[:32], y[:32])
+        return
     x_adv = _run(name, model, x[:32], y[:32], eps=0.1)
     delta = (x_adv - x[:32]).flatten(1)
-    if is_minimum_norm(build(name)):
-        assert torch.isfinite(delta).all()  # no budget of its own: the auditor counts ‖δ‖₂ <= eps
-    elif build(name).norm == "linf":
+    if build(name).norm == "linf":
         assert delta.abs().max() <= 0.1 + 1e-6
     else:
         assert delta.norm(dim=1).max() <= 0.1 + 1e-6
+
+
+def _check_minimum_norm_budget(name, model, x, y):
+    """No budget of its own: the auditor counts a sample broken at eps only when its ‖δ‖₂ <= eps, so every
+    example it evaluates at eps is within eps, and robust accuracy is that of those examples."""
+    from auditor.metrics import format_eps
+    from auditor.robustness import run_attacks
+
+    with torch.no_grad():
+        clean = model(x).argmax(1)
+    grid = [0.05, 0.5, 2.0]
+    outcome = run_attacks(model, x, y, clean, {name: build(name)}, grid, domain=Domain.unit(tuple(x.shape[1:])),
+                          seed=0, batch_size=64, keep_examples=True, progress=False, positive=None,
+                          n_classes=int(model(x[:1]).shape[1]))
+    broken = []
+    for eps in grid:
+        x_adv = outcome.adversarial[f"adv/{name}@{format_eps(eps)}"]
+        assert torch.isfinite(x_adv).all()
+        assert ((x_adv - x).flatten(1).norm(dim=1) <= eps + 1e-6).all()
+        with torch.no_grad():
+            correct = (model(x_adv).argmax(1) == y).numpy().astype(float)
+        assert (outcome.per_sample[f"robust.accuracy.{name}@{format_eps(eps)}"] == correct).all()
+        broken.append(1 - correct.mean())
+    assert broken == sorted(broken) and broken[-1] > broken[0]  # a larger budget admits more of its examples
 
 
 def check_domain(name, kind, model, x, y):
@@ -127,7 +154,7 @@ def check_effective(name, kind, model, x, y):
             assert after > 1.25 * before and accuracy >= 0.95
         else:
             assert accuracy < 0.9  # attention-guided and stealth flip predictions
-    elif name in ("pgd", "autoattack"):
+    elif name in ("pgd", "autoattack", "autoattack-fast"):
         assert accuracy < 0.10
     else:
         assert accuracy < 0.9
@@ -176,11 +203,35 @@ def test_contract(name, kind, check, models):
     check(name, kind, model, x, y)
 
 
-def test_registry_is_complete():
-    """An attack that exists but is missing from the registry fails here."""
-    assert set(ATTACKS) == EXPECTED_REGISTRY
-    from attacks import standard
+def unregistered(modules) -> set[str]:
+    """Names of the Attack classes defined in ``modules`` that the registry lacks."""
     from attacks.base import Attack
-    defined = {cls.name for cls in vars(standard).values()
-               if isinstance(cls, type) and issubclass(cls, Attack) and getattr(cls, "name", None)}
-    assert defined <= set(ATTACKS)
+    defined = {cls.name for module in modules for cls in vars(module).values()
+               if isinstance(cls, type) and issubclass(cls, Attack) and cls.__module__ == module.__name__
+               and getattr(cls, "name", None)}
+    return defined - set(ATTACKS)
+
+
+def attack_modules():
+    import importlib
+    import pkgutil
+
+    import attacks
+    return [importlib.import_module(f"attacks.{info.name}") for info in pkgutil.iter_modules(attacks.__path__)]
+
+
+def test_registry_is_complete():
+    """An attack defined in any attacks module (attention attacks included) but missing from the registry fails."""
+    modules = attack_modules()
+    assert {"attacks.standard", "attacks.attention"} <= {m.__name__ for m in modules}
+    assert set(ATTACKS) == EXPECTED_REGISTRY
+    assert unregistered(modules) == set()
+
+
+def test_registry_check_finds_an_unregistered_attack():
+    import types
+
+    from attacks.attention import AttentionShift
+    module = types.ModuleType("attacks.attention_extra")
+    module.Forgotten = type("Forgotten", (AttentionShift,), {"name": "forgotten", "__module__": module.__name__})
+    assert unregistered([*attack_modules(), module]) == {"forgotten"}
