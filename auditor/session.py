@@ -91,25 +91,28 @@ def coerce_attack_param(attack: str, key: str, value) -> object:
         raise BadInputError(f"--attack-param {attack}.{key}: {attack} has no parameter {key!r}; "
                             f"it has {', '.join(settable) or 'none'}")
     default = signature[key].default
+    if default is None:  # an optional setting (e.g. steps: int | None): its annotation says the type
+        annotation = str(signature[key].annotation)
+        default = next((kind() for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str))
+                        if name in annotation.split(" | ")), None)
     text = str(value).strip()
     if isinstance(default, bool):
         words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
         if text.lower() not in words:
-            raise BadInputError(f"--attack-param {attack}.{key}={value}: expected true or false "
-                                f"(default {default})")
+            raise BadInputError(f"--attack-param {attack}.{key}={value}: expected true or false")
         return words[text.lower()]
     if isinstance(default, str):
         return text
     number = _number(text)
     if isinstance(default, int):
         if number is None or not float(number).is_integer():
-            raise BadInputError(f"--attack-param {attack}.{key}={value}: expected a whole number (default {default})")
+            raise BadInputError(f"--attack-param {attack}.{key}={value}: expected a whole number")
         return int(number)
     if isinstance(default, float):
         if number is None:
-            raise BadInputError(f"--attack-param {attack}.{key}={value}: expected a number (default {default:g})")
+            raise BadInputError(f"--attack-param {attack}.{key}={value}: expected a number")
         return float(number)
-    return text if number is None else number  # no typed default (None): a number when it reads as one
+    return text if number is None else number  # no type known: a number when it reads as one
 
 
 def _number(text: str) -> int | float | None:
