@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from auditor.cli import cli
+from exits import gate_exit_code
 
 FAST = ["--eps", "0.03,0.1", "--max-samples", "60", "--quiet"]
 
@@ -87,7 +88,7 @@ def test_failing_gate_exits_1_with_the_failure_in_junit(model, tmp_path):
 def test_saved_adversarial_examples_respect_bounds_and_budget(model, tmp_path):
     out = tmp_path / "out"
     result = invoke("run", "--model", model, "--out", out, "--save-adversarial", "--save-explanations", *FAST)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     saved = load_file(out / "adversarial.safetensors")
     x = saved["x"]
     assert saved["y"].shape == (len(x),)
@@ -186,7 +187,7 @@ def test_profiles_attacks_and_frozen_features(model, tmp_path):
     result = invoke("run", "--model", model, "--out", out, "--attacks", "pgd,square,stealth", "--masking-checks",
                     "--frozen-features", feature, "--save-adversarial", "--eps", "0.05,0.1", "--max-samples", "32",
                     "--quiet")
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
     assert document["config"]["attacks"] == ["pgd", "square", "stealth"]
     assert document["config"]["frozen_features"] == [feature]
@@ -249,7 +250,7 @@ def test_train_writes_a_checkpoint_that_audits(tmp_path):
     assert meta["data"]["name"] == "flows:600" and meta["relevant_features"][0] == "syn_ratio"
     assert meta["defense"] == {"name": "none"}
     audit = invoke("run", "--model", out, "--out", tmp_path / "o", "--attacks", "fgsm", *FAST)
-    assert audit.exit_code in (0, 1), audit.output
+    assert audit.exit_code == gate_exit_code(tmp_path / "o"), audit.output
 
 
 def test_train_and_demo_create_missing_folders(tmp_path, monkeypatch):
@@ -275,14 +276,14 @@ def test_train_on_a_csv_with_a_custom_label_column(tmp_path):
     assert result.exit_code == 0, result.output
     audit = invoke("run", "--model", out, "--data", csv, "--label-column", "verdict", "--out", tmp_path / "o",
                    "--attacks", "fgsm", *FAST)
-    assert audit.exit_code in (0, 1), audit.output
+    assert audit.exit_code == gate_exit_code(tmp_path / "o"), audit.output
     document = json.loads((tmp_path / "o" / "results.json").read_text())
     assert document["data"]["split"] == "test" and document["data"]["n_samples"] == 20  # the held-out quarter
     other = tmp_path / "fresh.csv"
     other.write_text(csv.read_text(encoding="utf-8"), encoding="utf-8")
     audit = invoke("run", "--model", out, "--data", other, "--label-column", "verdict", "--out", tmp_path / "p",
                    "--attacks", "fgsm", *FAST)
-    assert audit.exit_code in (0, 1), audit.output
+    assert audit.exit_code == gate_exit_code(tmp_path / "p"), audit.output
     document = json.loads((tmp_path / "p" / "results.json").read_text())
     assert document["data"]["split"] == "all" and document["data"]["n_samples"] == 60
 
@@ -293,7 +294,7 @@ def test_target_class_adds_the_targeted_success_rate(model, tmp_path):
     out = tmp_path / "out"
     result = invoke("run", "--model", model, "--out", out, "--attacks", "fgsm,pgd,deepfool", "--target-class", benign,
                     *FAST)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
     assert document["config"]["attack_params"]["pgd"]["target_class"] == 1
     assert "target_class" not in document["config"]["attack_params"]["deepfool"]  # no targeted mode: untargeted
@@ -319,7 +320,7 @@ def test_hijack_features_become_the_hijack_targets(model, tmp_path):
     out = tmp_path / "out"
     result = invoke("run", "--model", model, "--out", out, "--attacks", "attention-hijack", "--hijack-features",
                     f"{features[3]},{features[7]}", "--eps", "0.1", "--max-samples", "40", "--quiet")
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
     assert document["config"]["attack_params"]["attention-hijack"]["target_positions"] == [3, 7]
     assert "stability.hijack_success.attention-hijack@0.1" in document["metrics"]
