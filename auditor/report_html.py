@@ -26,7 +26,7 @@ from auditor.clean import ECE_BINS, calibration_bins
 from auditor.gates import Policy
 from auditor.metrics import CATALOGUE, MetricValue, format_eps, spec_for
 from auditor.report import SHORT_NAMES, _environment, _fmt, _svg, metric_groups, removal_plot, robustness_plot
-from auditor.robustness import WORST, curve_norm
+from auditor.robustness import TARGETED_SUFFIX, WORST, curve_norm
 from auditor.session import AuditResult, SampleView
 
 BAR_FEATURES = 10
@@ -517,11 +517,12 @@ class MethodRow:
 def attack_rows(config: dict) -> list[MethodRow]:
     rows = []
     for name, params in config.get("attack_params", {}).items():
-        family = ATTACKS.get(name)
+        family = ATTACKS.get(name.removesuffix(TARGETED_SUFFIX))
         text = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in params.items())
         norm = getattr(family, "norm", "")
         rows.append(MethodRow(name, (f"norm {norm}; " if norm else "") + (text or "single step of size eps"),
-                              ATTACK_DEFINITIONS.get(name, ""), getattr(family, "reference", "")))
+                              ATTACK_DEFINITIONS.get(name, "aimed at the --target-class: " + ATTACK_DEFINITIONS.get(
+                                  name.removesuffix(TARGETED_SUFFIX), "")), getattr(family, "reference", "")))
     return rows
 
 

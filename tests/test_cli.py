@@ -194,15 +194,18 @@ def test_profiles_attacks_and_frozen_features(model, tmp_path):
     assert {c["name"] for c in document["masking_checks"]} == {
         "iterative-beats-single-step", "unbounded-succeeds", "black-box-not-stronger", "more-effort-same-answer",
         "monotone-in-eps"}
-    assert "robust.masking_suspected" in document["metrics"]
-    assert any(g["metric"] == "robust.masking_suspected" for g in document["gates"])
+    assert {c["metric"] for c in document["masking_checks"]} == {"robust.masking_suspected", "robust.not_converged"}
+    for name in ("robust.masking_suspected", "robust.not_converged"):
+        assert name in document["metrics"] and document["check_metrics"][name]["meaning"]
+        assert any(g["metric"] == name for g in document["gates"])
+    assert any(g["metric"] == "robust.accuracy.worst@0.1" for g in document["gates"])
     for name in ("robust.accuracy.stealth@0.1", "stability.jsd.stealth@0.1", "robust.evasion_rate.pgd@0.1"):
         assert name in document["metrics"], name
     saved = load_file(out / "adversarial.safetensors")
     for key in (k for k in saved if k.startswith("adv/")):
         assert torch.equal(saved[key][:, 0], saved["x"][:, 0]), f"{key} moved a frozen feature"
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert "Gradient-masking checks" in html and "Attention under attack" in html
+    assert "Gradient-masking and convergence checks" in html and "Attention under attack" in html
 
 
 def test_attacks_command_lists_the_registry():
@@ -296,11 +299,14 @@ def test_target_class_adds_the_targeted_success_rate(model, tmp_path):
                     *FAST)
     assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
-    assert document["config"]["attack_params"]["pgd"]["target_class"] == 1
-    assert "target_class" not in document["config"]["attack_params"]["deepfool"]  # no targeted mode: untargeted
+    params = document["config"]["attack_params"]
+    assert params["pgd-targeted"]["target_class"] == 1 and "target_class" not in params["pgd"]
+    assert "deepfool-targeted" not in params and "target_class" not in params["deepfool"]  # no targeted mode
     for eps in ("0.03", "0.1"):
         assert f"robust.targeted_success_rate.pgd@{eps}" in document["metrics"]
-        assert f"robust.targeted_success_rate.deepfool@{eps}" not in document["metrics"]
+        assert f"robust.accuracy.pgd-targeted@{eps}" in document["metrics"]
+        assert f"robust.accuracy.pgd@{eps}" in document["metrics"]  # always the untargeted value
+    assert not any(name.startswith("robust.targeted_success_rate.deepfool") for name in document["metrics"])
 
 
 def test_unknown_target_class_and_hijack_feature_are_exit_2(model, tmp_path):

@@ -96,4 +96,8 @@ def test_report_has_the_sections_a_reviewer_needs(trained_checkpoint, tmp_path):
     # robustness and attention-under-attack read as attack x eps tables; every section open without script
     assert html.count("attack \\ eps") >= 5 and "<details open>" in html and "<details>" not in html
     assert "<code>robust.accuracy</code>" in html and "<code>stability.topk_intersection</code>" in html
+    # the headline comes first in the robustness section: the worst case, then its plot and the tables
+    section = html[html.index('<section id="robustness">'):]
+    assert section.index("worst case over every evasion attack") < section.index("<svg")
+    assert section.index("<tr><td><code>worst</code></td>") < section.index("<tr><td><code>fgsm</code></td>")
     assert "misclassified" in html or "correct" in html

@@ -101,7 +101,7 @@ def test_targeted_runs_have_their_own_names_and_the_checks_stay_untargeted():
     and a plain model passes every masking check (main reported masking_suspected = 1: its unbounded pgd was
     the targeted one, which leaves the target class "correct")."""
     model = Linear([4.0, 4.0, -4.0, -4.0]).eval()
-    x, y = _data(model, n=128)
+    x, y = _data(model)
     eps = [0.05, 0.2]
     common = dict(attacks=("fgsm", "pgd"), eps=tuple(eps), masking_checks=True,
                   attack_params=(("pgd", "steps", "10"),))
@@ -198,3 +198,16 @@ def test_summary_shows_the_worst_case_first():
     text = render_summary(document).decode()
     first = text.index("worst case over every L-inf evasion attack: eps 0.1: **0.4** [0.3, 0.5]")
     assert first < text.index("| Gate |") and "worst case over every L2 evasion attack: eps 0.5: **0.2**" in text
+
+
+def test_method_section_names_autoattack_fast_apart_from_the_protocol():
+    from auditor.report_html import attack_rows
+    from auditor.session import PROFILES
+
+    assert "autoattack-fast" in PROFILES["standard"][0] and "autoattack" not in PROFILES["standard"][0]
+    assert "autoattack" in PROFILES["full"][0]
+    rows = {row.name: row for row in attack_rows({"attack_params": {"autoattack-fast": {}, "autoattack": {},
+                                                                    "pgd-targeted": {}}})}
+    assert "not the standard protocol" in rows["autoattack-fast"].definition
+    assert "the standard protocol" in rows["autoattack"].definition
+    assert rows["pgd-targeted"].definition.startswith("aimed at the --target-class")
