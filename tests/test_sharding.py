@@ -77,6 +77,7 @@ def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
         else:
             assert other["ci95"] == pytest.approx(value["ci95"], abs=1e-6), name
     assert a["masking_checks"] == b["masking_checks"] and a["skipped"] == b["skipped"]
+    assert a["check_metrics"] == b["check_metrics"] and "robust.accuracy.worst@0.1" in a["metrics"]
     # the quick profile's explainers and the per-sample stages after faithfulness ran and agree too
     for prefix in ("faithfulness.deletion_auc.integrated-gradients", "agreement.", "sanity.mprt.rollout"):
         assert any(name.startswith(prefix) for name in a["metrics"]), prefix
