@@ -69,6 +69,8 @@ PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFUL
                         "full": FAITHFULNESS_METRICS}
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}
 DEFAULT_ATTACKS = tuple(PROFILES["quick"][0])
+GALLERY_SIZE = 3
+GALLERY_FEATURES = 10
 L2_SIGNIFICANT_DIGITS = 2
 
 
