@@ -187,7 +187,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
     order = sorted(broken_by_any, key=lambda key: (key[0] != "linf", key[1]))
     worst = {f"robust.accuracy.{WORST[norm]}@{format_eps(eps)}": broken_by_any[norm, eps].astype(np.float64)
              for norm, eps in order}
-    outcome.per_sample = {**worst, **outcome.per_sample}  # the headline first, in the report as in results.json
+    outcome.per_sample = {**worst, **outcome.per_sample}  # the headline first in the report's metric lists
     return outcome
 
 
