@@ -68,18 +68,29 @@ def _eps_list(ctx, param, value: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
-def _attack_params(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str, float], ...]:
+def _eps_l2_list(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, e.g. 0.5,1,2; got {value!r}") from None
+    if not values or any(not (0 < v < float("inf")) for v in values):
+        raise click.BadParameter(f"each L2 eps must be positive and finite (an L2 norm in [0, 1] units); got {value!r}")
+    return tuple(sorted(set(values)))
+
+
+def _attack_params(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    """ATTACK.PARAMETER=VALUE, the value as written: the audit's configuration reads it as the type of the
+    attack's default (a number, true/false, or a word such as pgd.schedule=constant)."""
     parsed = []
     for value in values:
-        name, _, number = value.partition("=")
+        name, equals, text = value.partition("=")
         attack, _, key = name.rpartition(".")
-        try:
-            number = float(number)
-        except ValueError:
-            number = None
-        if not attack or not key or number is None:
-            raise click.BadParameter(f"expected ATTACK.PARAMETER=NUMBER, e.g. pgd.steps=50; got {value!r}")
-        parsed.append((attack, key, int(number) if number.is_integer() and key != "step_size" else number))
+        if not attack or not key or not equals or not text.strip():
+            raise click.BadParameter(f"expected ATTACK.PARAMETER=VALUE, e.g. pgd.steps=50 or pgd.schedule=constant; "
+                                     f"got {value!r}")
+        parsed.append((attack, key, text.strip()))
     return tuple(parsed)
 
 
@@ -214,13 +225,18 @@ def audit_options(function):
     """Options shared by ``audit run`` and ``audit demo``."""
     options = [
         click.option("--eps", callback=_eps_list, default="0.01,0.03,0.1", show_default=True,
-                     help="attack budgets, fractions of each feature's range"),
+                     help="L-inf attack budgets, fractions of each feature's range"),
+        click.option("--eps-l2", callback=_eps_l2_list, default=None,
+                     help="L2 budgets of the L2 attacks (pgd-l2, cw, deepfool), L2 norms in [0, 1] units "
+                          "[default: each --eps times sqrt(number of inputs the attacker may change), "
+                          "two significant digits]"),
         click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default="quick",
                      show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
         click.option("--attacks", callback=_name_list, default="",
                      help="override the profile's attacks: registered names, comma-separated"),
         click.option("--attack-param", "attack_params", multiple=True, callback=_attack_params,
-                     help="override one attack setting of the profile, e.g. pgd.steps=50 (repeatable; "
+                     help="override one attack setting of the profile, e.g. pgd.steps=50 or "
+                          "pgd.schedule=constant (repeatable; "
                           "`audit attacks` lists the parameters)"),
         click.option("--explainers", callback=_name_list, default="",
                      help="override the profile's explainers: registered names, comma-separated "

@@ -205,10 +205,19 @@ def _choose_robust_metric(metrics: list[dict[str, MetricValue]], requested: str 
             raise BadInputError(f"--robust-metric {requested!r} is in none of the audits; choose a metric their "
                                 "results.json files hold, e.g. robust.accuracy.pgd@0.1")
         return requested
+    from auditor.robustness import curve_norm
+
     common = set.intersection(*(set(m) for m in metrics))
-    candidates = [(float(match["eps"]), match["attack"] == "pgd", name) for name in common
-                  if (match := _ROBUST_ACCURACY.match(name))]
+    candidates = [(float(match["eps"]), match["attack"] == "pgd", name) for name in common  # L-inf eps only: L2
+                  if (match := _ROBUST_ACCURACY.match(name)) and _is_linf(match["attack"], curve_norm)]  # is other units
     return max(candidates)[2] if candidates else None
+
+
+def _is_linf(curve: str, curve_norm) -> bool:
+    try:
+        return curve_norm(curve) == "linf"
+    except KeyError:  # an attack this version does not register (an older results.json): judged by its name
+        return not curve.endswith("-l2")
 
 
 def pareto_front(points: dict[str, tuple[float, float]], *, robust_higher: bool = True) -> list[str]:

@@ -149,14 +149,14 @@ def _regression_table(document: dict, path: Path) -> dict[str, float] | None:
 
 
 def validate_policy(policy: Policy, planned: list[str], *, eps_grid: tuple[float, ...],
-                    attacks: tuple[str, ...]) -> None:
+                    attacks: tuple[str, ...], eps_l2: tuple[float, ...] = ()) -> None:
     """Refuse gates on names the tool never produces, or that this run will not compute."""
     planned_set = set(planned)
     for metric in policy_metrics(policy):
         spec = known_spec(metric, policy.source)
         if metric not in planned_set:
             raise BadInputError(f"policy {policy.source}: {metric!r} is not computed by this run; "
-                                + _how_to_compute(metric, spec.pattern, eps_grid, attacks))
+                                + _how_to_compute(metric, spec.pattern, eps_grid, attacks, eps_l2))
 
 
 def policy_metrics(policy: Policy) -> list[str]:
@@ -178,28 +178,41 @@ def known_spec(metric: str, source: str):
     return spec
 
 
-def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], attacks: tuple[str, ...]) -> str:
+def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], attacks: tuple[str, ...],
+                    eps_l2: tuple[float, ...] = ()) -> str:
     match = CATALOGUE[[s.pattern for s in CATALOGUE].index(pattern)].regex(sorted(ATTACKS), sorted(EXPLAINERS)).match(metric)
     hints = []
     groups = match.groupdict() if match else {}
     if groups.get("attack") and groups["attack"] not in attacks:
         hints.append(f"add {groups['attack']} to --attacks")
-    if groups.get("eps") and float(groups["eps"]) not in eps_grid:
-        hints.append(f"add {groups['eps']} to --eps")
+    if groups.get("eps"):
+        attack = groups.get("attack") or ("worst-l2" if "worst-l2" in metric else "")
+        l2 = attack == "worst-l2" or (attack in ATTACKS and ATTACKS[attack].norm == "l2")
+        if float(groups["eps"]) not in (eps_l2 if l2 else eps_grid):
+            hints.append(f"add {groups['eps']} to {'--eps-l2' if l2 else '--eps'}")
     return " and ".join(hints) if hints else "check the options that select attacks and explainers"
 
 
-def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: tuple[str, ...]) -> Policy:
-    """clean accuracy, pgd's (else the last such attack's) robust accuracy at the largest eps audited, no
-    suspected gradient masking when the masking checks ran, and :func:`trust_gates`."""
+def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: tuple[str, ...],
+                   eps_l2: tuple[float, ...] = ()) -> Policy:
+    """The built-in policy, from what the run computes:
+
+    - ``clean.accuracy >= 0.90``;
+    - ``robust.accuracy.worst@<largest eps> >= 0.50``: the per-sample worst case over every L-inf evasion attack
+      at the largest L-inf eps (``worst-l2`` at the largest ``--eps-l2`` when only L2 attacks run);
+    - ``robust.masking_suspected <= 0`` and ``robust.not_converged <= 0`` whenever the checks compute them;
+    - :func:`trust_gates`.
+    """
     gates = [Gate("clean.accuracy", ">=", DEFAULT_MIN_ACCURACY)]
-    largest = format_eps(max(eps_grid))
-    candidates = [a for a in attacks if f"robust.accuracy.{a}@{largest}" in planned]
-    if candidates:
-        attack = "pgd" if "pgd" in candidates else candidates[-1]
-        gates.append(Gate(f"robust.accuracy.{attack}@{largest}", ">=", DEFAULT_MIN_ROBUST_ACCURACY))
-    if "robust.masking_suspected" in planned:
-        gates.append(Gate("robust.masking_suspected", "<=", 0.0))
+    headline = [f"robust.accuracy.worst@{format_eps(max(eps_grid))}"]
+    if eps_l2:
+        headline.append(f"robust.accuracy.worst-l2@{format_eps(max(eps_l2))}")
+    chosen = next((name for name in headline if name in planned), None)
+    if chosen is not None:
+        gates.append(Gate(chosen, ">=", DEFAULT_MIN_ROBUST_ACCURACY))
+    for check in ("robust.masking_suspected", "robust.not_converged"):
+        if check in planned:
+            gates.append(Gate(check, "<=", 0.0))
     gates += trust_gates(planned)
     return Policy(gates=tuple(gates), source="default")
 

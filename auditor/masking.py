@@ -1,20 +1,32 @@
-"""Checks that tell a masked gradient from real robustness.
+"""Checks that tell a masked gradient from real robustness, and an attack that has not converged.
 
 An audit that a masked gradient fools is worse than none (Athalye et al. 2018;
 Carlini et al. 2019, "On Evaluating Adversarial Robustness"). With n audited
-samples and tolerance t = max(0.02, 3/n):
+samples and tolerance t = max(0.02, 3/n), two kinds of check:
+
+Signs of gradient masking (``robust.masking_suspected`` = 1 when one fails):
 
 1. ``iterative-beats-single-step``: pgd's robust accuracy <= fgsm's + t at every eps;
 2. ``unbounded-succeeds``: pgd at eps = 1.0 (the whole [0, 1] box) leaves robust
-   accuracy <= 0.05 (run by the check itself);
+   accuracy <= 0.05 (run by the check itself). With frozen features the attacker
+   may not move, the model may truly rest on them: pgd then also runs with every
+   input free, and when that succeeds the held run's failure is "inconclusive"
+   (the gradient leads somewhere; the frozen features decide the rest), not a
+   sign of masking;
 3. ``black-box-not-stronger``: square's robust accuracy >= pgd's - max(0.05, 3/n)
-   at the same eps;
-4. ``more-effort-same-answer``: pgd with 5x the steps and restarts lowers robust
-   accuracy by at most t (run by the check itself, at every eps);
-5. ``monotone-in-eps``: each attack's robust accuracy does not increase with eps
-   by more than t.
+   at the same eps.
 
-A check whose attacks did not run is reported as not run, never as passed.
+Signs that the attacks have not converged (``robust.not_converged`` = 1 when one fails):
+
+4. ``more-effort-same-answer``: pgd with 5x the steps and restarts (the same step
+   schedule as the audited pgd) lowers robust accuracy by at most t (run by the
+   check itself, at every eps);
+5. ``monotone-in-eps``: each attack's robust accuracy does not increase with eps
+   by more than t (on its own norm's grid): the larger budget's search found less.
+
+Every check uses the untargeted attacks. A check whose attacks did not run is
+reported as not run, never as passed; neither metric counts a check that did not
+run or was inconclusive.
 
 Sparse attention (sparsemax, entmax15: ``detectors.blocks``) gives exactly zero gradient through every
 token outside the attention's support, by construction of the attention function. That vanishing gradient
@@ -23,7 +35,7 @@ is not robustness: :func:`sparse_attention_note` says so beside the checks of su
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -39,19 +51,40 @@ MEANING = {
     "unbounded-succeeds": "with the whole input box allowed, any working attack must break almost every sample; "
                           "if not, the gradient does not lead anywhere",
     "black-box-not-stronger": "a black-box attack beating the white-box one means gradients are misleading",
-    "more-effort-same-answer": "if more steps and restarts keep lowering robust accuracy, the reported numbers "
-                               "overstate robustness",
+    "more-effort-same-answer": "if more steps and restarts keep lowering robust accuracy, the attacks have not "
+                               "converged and the reported numbers overstate robustness",
     "monotone-in-eps": "a larger budget contains every smaller one; accuracy rising with eps means the attack "
                        "fails to optimise",
 }
+# which metric each check counts toward
+KIND = {"iterative-beats-single-step": "masking", "unbounded-succeeds": "masking", "black-box-not-stronger": "masking",
+        "more-effort-same-answer": "convergence", "monotone-in-eps": "convergence"}
+CHECK_METRICS = {"masking": "robust.masking_suspected", "convergence": "robust.not_converged"}
+METRIC_MEANING = {
+    "robust.masking_suspected": "1: a sign of gradient masking (an iterative attack weaker than one step, the "
+                                "unbounded attack failing, or a black-box attack beating the white-box one); "
+                                "the robust accuracies may come from a gradient that misleads the attacks",
+    "robust.not_converged": "1: more effort keeps lowering robust accuracy (5x steps and restarts, or a larger eps "
+                            "finding less): the attacks stopped early and the numbers overstate robustness",
+}
+
+
+def planned_check_metrics(evasion_grids: dict[str, tuple[float, ...]]) -> list[str]:
+    """The check metrics an audit computes, from its evasion attacks' eps grids (attack -> grid): the unbounded
+    check always runs; a convergence check needs pgd, or an evasion attack with two eps values."""
+    names = [CHECK_METRICS["masking"]]
+    if "pgd" in evasion_grids or any(len(grid) > 1 for grid in evasion_grids.values()):
+        names.append(CHECK_METRICS["convergence"])
+    return names
 
 
 @dataclass
 class Check:
     name: str
-    status: str  # "passed", "failed" or "not run"
+    status: str  # "passed", "failed", "inconclusive" or "not run"
     detail: str
     meaning: str
+    metric: str = ""  # the check metric it counts toward (CHECK_METRICS)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,17 +99,25 @@ def masking_attack_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[s
                         *, domain: Domain, seed: int, batch_size: int,
                         index: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """The checks' own attacks, per sample (1.0 where the sample is still classified correctly): ``unbounded``
-    (pgd at eps 1.0) and ``stronger@EPS`` (pgd with 5x steps and restarts). ``index``: global row indices,
-    so a shard computes its rows of the whole."""
+    (untargeted pgd at eps 1.0), with frozen features also ``unbounded-free`` (every input free), and
+    ``stronger@EPS`` (pgd with 5x steps and restarts, the audited pgd's schedule). ``index``: global row
+    indices, so a shard computes its rows of the whole."""
     batch = aligned_batch(batch_size)
     rows = {}
     pgd = attacks.get("pgd") or make_attack("pgd")
+    if pgd.target_class is not None:
+        raise ValueError("the masking checks need the untargeted pgd; AuditConfig.build_attacks gives it")
     unbounded = craft(model, pgd, x, y, eps=1.0, domain=domain, seed=seed, batch_size=batch, index=index)
     rows["unbounded"] = (predict(model, unbounded, batch) == y).cpu().numpy().astype(np.float64)
+    if not bool(domain.mutable.all()):
+        free = replace(domain, mutable=torch.ones_like(domain.mutable))
+        unbounded = craft(model, pgd, x, y, eps=1.0, domain=free, seed=seed, batch_size=batch, index=index)
+        rows["unbounded-free"] = (predict(model, unbounded, batch) == y).cpu().numpy().astype(np.float64)
     if "pgd" in attacks:
         base = attacks["pgd"]
+        schedule = getattr(base, "schedule", None)
         stronger = make_attack("pgd", steps=5 * base.steps, step_size=base.step_size, restarts=5 * base.restarts,
-                               random_start=True)
+                               random_start=True, **({} if schedule is None else {"schedule": schedule}))
         for eps in eps_grid:
             adv = craft(model, stronger, x, y, eps=eps, domain=domain, seed=seed + 1, batch_size=batch, index=index)
             rows[f"stronger@{format_eps(eps)}"] = (predict(model, adv, batch) == y).cpu().numpy().astype(np.float64)
@@ -84,20 +125,25 @@ def masking_attack_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[s
 
 
 def masking_checks(model, x: torch.Tensor, y: torch.Tensor, metrics: dict, attacks: dict[str, Attack],
-                   eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int) -> list[Check]:
+                   eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int,
+                   eps_l2: list[float] | None = None) -> list[Check]:
+    """Run the checks' own attacks on every row and evaluate every check (one process)."""
     rows = masking_attack_rows(model, x, y, attacks, eps_grid, domain=domain, seed=seed, batch_size=batch_size)
-    return evaluate_checks(metrics, rows, attacks, eps_grid, n=len(x))
+    grids = {"linf": list(eps_grid), "l2": list(eps_grid if eps_l2 is None else eps_l2)}
+    return evaluate_checks(metrics, rows, attacks, grids, n=len(x))
 
 
-def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[str, Attack], eps_grid: list[float],
-                    *, n: int) -> list[Check]:
+def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[str, Attack],
+                    grids: dict[str, list[float]], *, n: int) -> list[Check]:
     """The checks from the aggregate robust accuracies and the per-sample rows of the checks' own attacks
-    (:func:`masking_attack_rows`, gathered over all samples)."""
+    (:func:`masking_attack_rows`, gathered over all samples; ``unbounded-free`` among them when the audit
+    holds features fixed). ``grids``: norm -> eps values (``linf``, ``l2``)."""
     tolerance = max(0.02, 3 / n) + 1e-6  # so a difference of exactly 3/n does not fail by rounding
+    eps_grid = list(grids["linf"])
     checks = []
 
     def add(name: str, status: str, detail: str) -> None:
-        checks.append(Check(name, status, detail, MEANING[name]))
+        checks.append(Check(name, status, detail, MEANING[name], CHECK_METRICS[KIND[name]]))
 
     if "pgd" in attacks and "fgsm" in attacks:
         gaps = [(eps, _robust(metrics, "pgd", eps), _robust(metrics, "fgsm", eps)) for eps in eps_grid]
@@ -108,8 +154,22 @@ def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[st
         add("iterative-beats-single-step", "not run", "needs both fgsm and pgd in --attacks")
 
     accuracy = float(np.mean(rows["unbounded"]))
-    add("unbounded-succeeds", "failed" if accuracy > 0.05 + 1e-6 else "passed",
-        f"pgd at eps 1.0 leaves robust accuracy {accuracy:.3f} (must be <= 0.05)")
+    held = f"pgd at eps 1.0 leaves robust accuracy {accuracy:.3f} (must be <= 0.05)"
+    frozen = "unbounded-free" in rows
+    if accuracy <= 0.05 + 1e-6:
+        add("unbounded-succeeds", "passed", held + (" with the frozen features held" if frozen else ""))
+    elif frozen:
+        free = float(np.mean(rows["unbounded-free"]))
+        if free <= 0.05 + 1e-6:
+            add("unbounded-succeeds", "inconclusive",
+                f"{held} with the frozen features held, {free:.3f} with every input free: the gradient leads "
+                "across the boundary, and the samples left correct rest on frozen features the threat model "
+                "keeps fixed (no sign of masking; it cannot tell whether pgd is optimal on the mutable ones)")
+        else:
+            add("unbounded-succeeds", "failed", f"{held} with the frozen features held, {free:.3f} even with "
+                                                "every input free")
+    else:
+        add("unbounded-succeeds", "failed", held)
 
     if "square" in attacks and "pgd" in attacks:
         margin = max(0.05, 3 / n) + 1e-6
@@ -130,9 +190,10 @@ def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[st
     else:
         add("more-effort-same-answer", "not run", "needs pgd in --attacks")
 
-    curves = {name: [_robust(metrics, name, eps) for eps in sorted(eps_grid)] for name in attacks}
+    curves = {name: [_robust(metrics, name, eps) for eps in sorted(grids[attack.norm])]
+              for name, attack in attacks.items() if len(grids[attack.norm]) > 1}
     curves = {name: values for name, values in curves.items() if all(v is not None for v in values)}
-    if curves and len(eps_grid) > 1:
+    if curves:
         bad = [(name, values) for name, values in curves.items()
                if any(b > a + tolerance for a, b in zip(values, values[1:]))]
         detail = "; ".join(f"{name}: " + " → ".join(f"{v:.3f}" for v in values) for name, values in (bad or []))
@@ -155,8 +216,10 @@ def sparse_attention_note(attention: str | None) -> str | None:
             "here.")
 
 
-def masking_suspected(checks: list[Check]) -> float | None:
-    ran = [c for c in checks if c.status != "not run"]
+def verdict(checks: list[Check], kind: str) -> float | None:
+    """``kind`` "masking" or "convergence": 1.0 when one of its checks failed, 0.0 when every one that ran
+    passed or was inconclusive, None when none ran."""
+    ran = [c for c in checks if KIND[c.name] == kind and c.status != "not run"]
     if not ran:
         return None
     return 1.0 if any(c.status == "failed" for c in ran) else 0.0

@@ -68,8 +68,19 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("clean.ece", False, "[0, 1]",
                "expected calibration error: the predicted-class probability against the accuracy over 10 "
                "equal-width confidence bins, the bins weighted by their share of samples (Guo et al. 2017)"),
+    MetricSpec("robust.accuracy.worst@{eps}", True, "[0, 1]",
+               "the headline (Croce & Hein 2020, as RobustBench reports it): share of all audited samples still "
+               "classified correctly under every L-inf evasion attack that ran at eps (every standard L-inf "
+               "attack, attention-guided, stealth and the targeted runs; not attention-shift or -hijack): a "
+               "per-sample worst case, never above any single attack's value"),
+    MetricSpec("robust.accuracy.worst-l2@{eps}", True, "[0, 1]",
+               "the same worst case over the L2 attacks (pgd-l2, cw, deepfool) at L2 budget eps (--eps-l2)"),
     MetricSpec("robust.accuracy.{attack}@{eps}", True, "[0, 1]",
-               "accuracy on the attack's adversarial examples at budget eps (all audited samples)"),
+               "accuracy on the untargeted attack's adversarial examples at budget eps (all audited samples; "
+               "L-inf attacks on the --eps grid, L2 attacks on --eps-l2)"),
+    MetricSpec("robust.accuracy.{attack}-targeted@{eps}", True, "[0, 1]",
+               "with --target-class: accuracy on the adversarial examples of the attack aimed at the target "
+               "class (all audited samples)"),
     MetricSpec("robust.attack_success_rate.{attack}@{eps}", False, "[0, 1]",
                "among samples classified correctly when clean, the share the attack makes misclassified"),
     MetricSpec("robust.evasion_rate.{attack}@{eps}", False, "[0, 1]",
@@ -79,7 +90,11 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                "with --target-class: among samples outside the target class classified correctly when clean, the "
                "share the targeted attack moves into the target class"),
     MetricSpec("robust.masking_suspected", False, "{0, 1}",
-               "1 when any gradient-masking check failed, 0 when every check that ran passed"),
+               "1 when a sign of gradient masking was found (pgd weaker than fgsm, pgd failing with the whole box "
+               "allowed, square beating pgd by more than 0.05), 0 when every such check that ran passed"),
+    MetricSpec("robust.not_converged", False, "{0, 1}",
+               "1 when more effort keeps lowering robust accuracy (pgd with 5x steps and restarts lower by more "
+               "than max(0.02, 3/n), or an attack's accuracy rising with eps), 0 when every such check passed"),
     MetricSpec("stability.topk_intersection.{attack}@{eps}", True, "[0, 1]",
                "share of the clean top-k attended tokens (k = 5) still in the top-k under the attention attack"),
     MetricSpec("stability.spearman.{attack}@{eps}", True, "[-1, 1]",

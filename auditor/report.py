@@ -41,7 +41,8 @@ def tool_version() -> str:
 def results_document(*, model: dict, data: dict, config: dict, metrics: dict[str, MetricValue],
                      skipped: dict[str, str], gates: list[GateResult], policy: Policy, timing: dict,
                      masking: list[dict] | None = None, curves: dict | None = None,
-                     baseline: dict | None = None) -> dict:
+                     baseline: dict | None = None, check_metrics: dict | None = None) -> dict:
+    """``check_metrics``: the masking and convergence verdicts with what a 1 means (when the checks ran)."""
     document = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": TOOL_NAME, "version": tool_version()},
@@ -52,6 +53,7 @@ def results_document(*, model: dict, data: dict, config: dict, metrics: dict[str
         "skipped": dict(sorted(skipped.items())),
         "policy": {"source": policy.source},
         "masking_checks": masking or [],
+        "check_metrics": check_metrics or {},
         "gates": [g.to_dict() for g in gates],
         "passed": all(g.passed for g in gates),
         "timing": timing,
@@ -95,6 +97,19 @@ def _interval(ci95) -> str:
     return "—" if not ci95 else f"[{ci95[0]:.3g}, {ci95[1]:.3g}]"
 
 
+def _worst_lines(metrics: dict) -> list[str]:
+    """The headline first: robust accuracy as the per-sample worst case over the attacks, per norm and eps."""
+    lines = []
+    for worst, title in (("worst", "L-inf"), ("worst-l2", "L2")):
+        found = sorted(((float(name.split("@", 1)[1]), entry) for name, entry in metrics.items()
+                        if name.startswith(f"robust.accuracy.{worst}@")), key=lambda item: item[0])
+        if found:
+            cells = "; ".join(f"eps {eps:g}: **{entry['value']:.3g}** {_interval(entry['ci95'])}"
+                              for eps, entry in found)
+            lines.append(f"Robust accuracy, worst case over every {title} evasion attack: {cells}.")
+    return [*lines, ""] if lines else []
+
+
 def render_summary(document: dict) -> bytes:
     verdict = "PASSED" if document["passed"] else "FAILED"
     model = document["model"]
@@ -106,6 +121,7 @@ def render_summary(document: dict) -> bytes:
         f"{document['data']['n_samples']} samples of {_md(document['data']['name'])}; "
         f"policy: {_md(document['policy']['source'])}.",
         "",
+        *_worst_lines(document["metrics"]),
     ]
     determinism = model.get("determinism", {})
     if model.get("deterministic") is False:
@@ -163,18 +179,29 @@ def _svg(figure: Figure) -> Markup:
     return Markup(text)
 
 
-def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy: float) -> Markup:
-    figure = Figure(figsize=(5.2, 3.0))
-    axes = figure.subplots()
-    for attack, points in curves.items():
-        eps = [0.0] + [p[0] for p in points]
-        acc = [clean_accuracy] + [p[1] for p in points]
-        axes.plot(eps, acc, marker="o", label=attack)
-    axes.set_xlabel("eps (fraction of each feature's range, L-inf)")
-    axes.set_ylabel("accuracy")
-    axes.set_ylim(-0.02, 1.02)
-    axes.grid(alpha=0.3)
-    axes.legend(frameon=False)
+def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy: float,
+                    norms: dict[str, str] | None = None) -> Markup:
+    """Robust accuracy against eps, one panel per norm (``norms``: curve name -> "linf" or "l2"; L2 budgets are
+    other units, so they get their own axes); the worst case drawn first, thick and black."""
+    norms = norms or {name: "linf" for name in curves}
+    panels = [norm for norm in ("linf", "l2") if any(norms.get(name) == norm for name in curves)]
+    figure = Figure(figsize=(5.2 * len(panels), 3.0))
+    axes_list = np.atleast_1d(figure.subplots(1, len(panels), sharey=True))
+    labels = {"linf": "eps (fraction of each feature's range, L-inf)", "l2": "eps (L2 norm, [0, 1] units)"}
+    for axes, norm in zip(axes_list, panels):
+        for attack, points in curves.items():
+            if norms.get(attack) != norm:
+                continue
+            eps = [0.0] + [p[0] for p in points]
+            acc = [clean_accuracy] + [p[1] for p in points]
+            worst = attack.startswith("worst")
+            axes.plot(eps, acc, marker="o", label=attack, **({"color": "black", "linewidth": 2.4, "zorder": 3}
+                                                             if worst else {}))
+        axes.set_xlabel(labels[norm])
+        axes.set_ylabel("accuracy")
+        axes.set_ylim(-0.02, 1.02)
+        axes.grid(alpha=0.3)
+        axes.legend(frameon=False, fontsize=7)
     return _svg(figure)
 
 
@@ -257,21 +284,26 @@ _PER_ATTACK = re.compile(r"^(?P<family>[a-z_]+\.[a-z_]+)\.(?P<attack>[a-z0-9-]+)
 
 
 def metric_matrices(metrics: dict[str, MetricValue], attacks: list[str], explainers: list[str]) -> list[MetricMatrix]:
-    """Metrics named FAMILY.ATTACK@EPS, arranged as one attack x eps table per family."""
-    cells: dict[str, dict[str, dict[str, MetricValue]]] = {}
+    """Metrics named FAMILY.ATTACK@EPS, arranged as one attack x eps table per family and norm (L-inf and L2
+    budgets are other units): the worst case first, then each attack, then the targeted runs."""
+    from auditor.robustness import curve_names, curve_norm
+
+    order = curve_names(attacks, attacks)
+    cells: dict[tuple[str, str], dict[str, dict[str, MetricValue]]] = {}
     for name, value in metrics.items():
         match = _PER_ATTACK.match(name)
-        if match:
-            cells.setdefault(match["family"], {}).setdefault(match["attack"], {})[match["eps"]] = value
+        if match and match["attack"] in order:
+            key = (match["family"], curve_norm(match["attack"]))
+            cells.setdefault(key, {}).setdefault(match["attack"], {})[match["eps"]] = value
     matrices = []
-    for family, by_attack in cells.items():
+    for (family, norm), by_attack in cells.items():
         eps = sorted({e for row in by_attack.values() for e in row}, key=float)
-        spec = spec_for(f"{family}.{next(iter(by_attack))}@{eps[0]}", attacks, explainers)
-        rows = []
-        for attack in [a for a in attacks if a in by_attack]:
-            values = by_attack[attack]
-            rows.append((attack, [_cell(values.get(e)) for e in eps]))
-        matrices.append(MetricMatrix(family, spec.arrow if spec else "", spec.definition if spec else "", eps, rows))
+        typical = next((a for a in by_attack if not a.startswith("worst") and not a.endswith("-targeted")),
+                       next(iter(by_attack)))  # the family's definition, not the worst case's
+        spec = spec_for(f"{family}.{typical}@{eps[0]}", attacks, explainers)
+        rows = [(attack, [_cell(by_attack[attack].get(e)) for e in eps]) for attack in order if attack in by_attack]
+        title = family if norm == "linf" else f"{family} (L2 budgets)"
+        matrices.append(MetricMatrix(title, spec.arrow if spec else "", spec.definition if spec else "", eps, rows))
     return matrices
 
 

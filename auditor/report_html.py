@@ -27,6 +27,7 @@ from auditor.gates import Policy
 from auditor.metrics import CATALOGUE, MPRT_PASS_BELOW, MetricValue, format_eps, spec_for
 from auditor.report import SHORT_NAMES, _environment, _fmt, _svg, metric_groups, removal_plot, robustness_plot
 from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
+from auditor.robustness import TARGETED_SUFFIX, WORST, curve_norm
 from auditor.session import AuditResult, SampleView
 from auditor.verdict import TITLE as TRUST_TITLE, TrustLine, mprt_verdict, trust_panel
 
@@ -40,7 +41,10 @@ ATTACK_DEFINITIONS = {
     "cw": "minimum-norm L2 attack; a sample counts as broken at eps when its perturbation's norm is <= eps",
     "deepfool": "minimum-norm L2 attack stepping to the nearest linearised decision boundary",
     "square": "black-box, score-based random search over square patches (L-inf)",
-    "autoattack": "APGD-CE, APGD-T, FAB-T and Square in sequence, worst case per sample (L-inf)",
+    "autoattack": "the standard protocol: APGD-CE, APGD-T, FAB-T and Square (5,000 queries) in sequence, worst "
+                  "case per sample (L-inf)",
+    "autoattack-fast": "AutoAttack with Square at 1,000 queries instead of 5,000: faster and possibly weaker, not "
+                       "the standard protocol (L-inf)",
     "attention-shift": "moves the attention as far as possible while keeping the prediction (a forged explanation)",
     "attention-hijack": "moves attention mass onto tokens the attacker chooses while keeping the prediction",
     "attention-guided": "gradient ascent on the cross-entropy restricted to the most-attended tokens' inputs",
@@ -52,6 +56,9 @@ METRIC_REFERENCES = (
     ("clean.ece", "Guo et al. 2017, On Calibration of Modern Neural Networks"),
     ("clean.", "scikit-learn metrics on the clean samples"),
     ("robust.masking_suspected", "Athalye et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+    ("robust.not_converged", "Carlini et al. 2019, On Evaluating Adversarial Robustness; Croce & Hein 2020"),
+    ("robust.accuracy.worst", "Croce & Hein 2020 (AutoAttack); Croce et al. 2021 (RobustBench): worst case per "
+                              "sample"),
     ("robust.", "Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
     ("stability.max_sensitivity", "Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations"),
     ("stability.", "Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
@@ -232,6 +239,17 @@ def eps_plot(metrics: dict[str, MetricValue], families: list[tuple[str, str]], a
         axes.grid(alpha=0.3)
         axes.legend(frameon=False, fontsize=7)
     return _svg(figure)
+
+
+def worst_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, str, str, str]]:
+    """The robustness headline, shown first: (norm, eps, value, half interval) of each worst case."""
+    rows = []
+    for norm, worst in WORST.items():
+        found = sorted((float(name.split("@", 1)[1]), value) for name, value in metrics.items()
+                       if name.startswith(f"robust.accuracy.{worst}@"))
+        rows += [("L-inf" if norm == "linf" else "L2", format_eps(eps), _fmt(value.value),
+                  _fmt((value.ci95[1] - value.ci95[0]) / 2) if value.ci95 else "") for eps, value in found]
+    return rows
 
 
 # ----------------------------------------------------------------------------- 3. attention under attack
@@ -506,11 +524,12 @@ class MethodRow:
 def attack_rows(config: dict) -> list[MethodRow]:
     rows = []
     for name, params in config.get("attack_params", {}).items():
-        family = ATTACKS.get(name)
+        family = ATTACKS.get(name.removesuffix(TARGETED_SUFFIX))
         text = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in params.items())
         norm = getattr(family, "norm", "")
         rows.append(MethodRow(name, (f"norm {norm}; " if norm else "") + (text or "single step of size eps"),
-                              ATTACK_DEFINITIONS.get(name, ""), getattr(family, "reference", "")))
+                              ATTACK_DEFINITIONS.get(name, "aimed at the --target-class: " + ATTACK_DEFINITIONS.get(
+                                  name.removesuffix(TARGETED_SUFFIX), "")), getattr(family, "reference", "")))
     return rows
 
 
@@ -552,8 +571,13 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         groups={group.key: group for group in metric_groups(metrics, attacks, explainers)},
         detection=detection_view(result, metrics, class_names, positive_class),
-        robustness_svg=robustness_plot(result.robustness_curves, clean_accuracy) if result.robustness_curves else None,
-        evasion_svg=eps_plot(metrics, [("robust.evasion_rate", "evasion rate (lower is better)")], attacks),
+        robustness_svg=robustness_plot(result.robustness_curves, clean_accuracy,
+                                       {name: curve_norm(name) for name in result.robustness_curves})
+        if result.robustness_curves else None,
+        check_metrics=document.get("check_metrics", {}),
+        evasion_svg=eps_plot(metrics, [("robust.evasion_rate", "evasion rate (lower is better)")],
+                             [a for a in attacks if ATTACKS[a].norm == "linf"]),
+        headline=worst_rows(metrics),
         attention_svg=eps_plot(metrics, [("stability.topk_intersection", "top-5 intersection (higher: stable)"),
                                          ("stability.prediction_kept", "prediction kept")], attention_attacks,
                                figsize=(4.2, 2.8)),

@@ -1,5 +1,15 @@
 """Robustness stage: robust accuracy, attack success and evasion under each attack and budget,
-the stability of attention under the attention attacks, and the gradient-masking checks."""
+the stability of attention under the attention attacks, and the gradient-masking checks.
+
+L-inf attacks run on the ``--eps`` grid, L2 attacks (pgd-l2, cw, deepfool) on their own ``--eps-l2`` grid:
+the two budgets are different units. The headline is ``robust.accuracy.worst@EPS``, the per-sample worst
+case over every L-inf evasion attack that ran at that eps (and ``worst-l2`` over the L2 grid), as AutoAttack
+and RobustBench report robust accuracy (Croce & Hein 2020; Croce et al. 2021): a sample counts as robust
+only if no attack broke it. attention-shift and attention-hijack keep the prediction and do not count.
+
+With ``--target-class`` the attacks always run untargeted under their own names (``robust.accuracy.pgd@EPS``
+means the same with and without it); the targetable ones run once more aiming at the class, reported as
+``robust.accuracy.ATTACK-targeted@EPS`` and ``robust.targeted_success_rate.ATTACK@EPS``."""
 
 from __future__ import annotations
 
@@ -15,6 +25,8 @@ from auditor.metrics import MetricValue, format_eps
 from auditor.persample import only_where
 
 FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth")
+WORST = {"linf": "worst", "l2": "worst-l2"}  # the per-sample worst case over each norm's evasion attacks
+TARGETED_SUFFIX = "-targeted"
 TOPK = 5
 KEPT_EXAMPLES = 3  # per attack at the largest eps: the report's heat maps and adversarial gallery
 
@@ -61,6 +73,19 @@ def is_attention_attack(name: str) -> bool:
     return name in ATTENTION_ATTACKS
 
 
+def is_evasion_attack(name: str) -> bool:
+    """Whether the attack tries to flip the prediction (every standard attack, attention-guided, stealth);
+    attention-shift and attention-hijack keep it."""
+    return not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS
+
+
+def within_budget(unbounded: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """A minimum-norm attack's example at budget eps: its unbounded example where that lies within eps of x
+    in L2, else x itself (the attack found nothing smaller, so the sample counts as unbroken at eps)."""
+    within = (unbounded - x).flatten(1).norm(dim=1) <= eps + 1e-6
+    return torch.where(within.view(-1, *[1] * (x.ndim - 1)), unbounded, x)
+
+
 def aligned_batch(batch_size: int) -> int:
     """Batches start on multiples of the chunk grid, so stochastic attacks see whole chunks."""
     return max(CHUNK, (batch_size + CHUNK - 1) // CHUNK * CHUNK)
@@ -88,32 +113,50 @@ def predict(model, x, batch_size: int) -> torch.Tensor:
 def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor, attacks: dict[str, Attack],
                 eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, keep_examples: bool,
                 progress: bool | None, positive: int | None, n_classes: int, target: int | None = None,
-                topk: int = TOPK, index: torch.Tensor | None = None) -> RobustnessOutcome:
+                topk: int = TOPK, index: torch.Tensor | None = None, eps_l2: list[float] | None = None,
+                targeted: dict[str, Attack] | None = None) -> RobustnessOutcome:
+    """Every attack (untargeted) on its norm's grid (``eps_grid`` L-inf, ``eps_l2`` L2; default: the same),
+    then each of ``targeted`` (the targetable attacks aiming at class ``target``) under ``NAME-targeted``,
+    then the per-sample worst case per norm and eps."""
     outcome = RobustnessOutcome()
+    eps_l2 = list(eps_grid) if eps_l2 is None else list(eps_l2)
+    grids = {"linf": list(eps_grid), "l2": eps_l2}
+    runs = [(name, attack, False) for name, attack in attacks.items()]
+    runs += [(name, attack, True) for name, attack in (targeted or {}).items()]
+    broken_by_any: dict[tuple[str, float], np.ndarray] = {}
     batch_size = aligned_batch(batch_size)
     clean_correct = (clean_pred == y).cpu().numpy()
     y_np = y.cpu().numpy()
     batches = (len(x) + batch_size - 1) // batch_size
-    total = sum(batches * (1 if is_minimum_norm(a) else len(eps_grid)) for a in attacks.values())
+    total = sum(batches * (1 if is_minimum_norm(a) else len(grids[a.norm])) for _, a, _ in runs)
     bar = tqdm(total=total, desc="attacks", unit="batch", disable=None if progress else True, leave=False)
     detection = n_classes == 2
     pos = positive if positive is not None else 1
     clean_attention = None
     try:
-        for name, attack in attacks.items():
+        for name, attack, aimed in runs:
             unbounded = craft(model, attack, x, y, eps=math.inf, domain=domain, seed=seed, batch_size=batch_size,
                               bar=bar, index=index) if is_minimum_norm(attack) else None
-            for eps in eps_grid:
+            grid = grids[attack.norm]
+            for eps in grid:
                 tag = f"{name}@{format_eps(eps)}"
                 if unbounded is not None:
-                    within = (unbounded - x).flatten(1).norm(dim=1) <= eps + 1e-6
-                    x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), unbounded, x)
+                    x_adv = within_budget(unbounded, x, eps)
                 else:
                     x_adv = craft(model, attack, x, y, eps=eps, domain=domain, seed=seed, batch_size=batch_size,
                                   bar=bar, index=index)
                 adv_pred = predict(model, x_adv, batch_size)
                 correct = (adv_pred == y).cpu().numpy()
-                largest = eps == max(eps_grid)
+                largest = eps == max(grid)
+                if aimed:
+                    outcome.per_sample[f"robust.accuracy.{name}{TARGETED_SUFFIX}@{format_eps(eps)}"] = \
+                        correct.astype(np.float64)
+                    outcome.per_sample[f"robust.targeted_success_rate.{tag}"] = only_where(
+                        adv_pred.cpu().numpy() == target, clean_correct & (y_np != target))
+                    _record_broken(broken_by_any, attack.norm, eps, correct)
+                    if keep_examples:
+                        outcome.adversarial[f"adv/{name}{TARGETED_SUFFIX}@{format_eps(eps)}"] = x_adv.detach().cpu()
+                    continue
                 if is_attention_attack(name):
                     if clean_attention is None:  # the same for every attention attack and eps
                         clean_attention = _attention(model, x, batch_size)
@@ -125,7 +168,8 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                         outcome.attention_examples += _most_moved(
                             model, name, eps, x, clean_attention, attacked_attention,
                             outcome.per_sample[f"stability.jsd.{tag}"], clean_pred, adv_pred)
-                if not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS:
+                if is_evasion_attack(name):
+                    _record_broken(broken_by_any, attack.norm, eps, correct)
                     if largest:
                         flipped = np.flatnonzero(clean_correct & ~correct)[:KEPT_EXAMPLES]
                         outcome.flipped[name] = [FlippedExample(name, eps, int(i), int(adv_pred[i]),
@@ -136,14 +180,21 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                         caught = clean_correct & (y_np == pos)
                         outcome.per_sample[f"robust.evasion_rate.{tag}"] = only_where(
                             adv_pred.cpu().numpy() != pos, caught)
-                    if target is not None and attack.target_class is not None:
-                        outcome.per_sample[f"robust.targeted_success_rate.{tag}"] = only_where(
-                            adv_pred.cpu().numpy() == target, clean_correct & (y_np != target))
                 if keep_examples:
                     outcome.adversarial[f"adv/{tag}"] = x_adv.detach().cpu()
     finally:
         bar.close()
+    order = sorted(broken_by_any, key=lambda key: (key[0] != "linf", key[1]))
+    worst = {f"robust.accuracy.{WORST[norm]}@{format_eps(eps)}": broken_by_any[norm, eps].astype(np.float64)
+             for norm, eps in order}
+    outcome.per_sample = {**worst, **outcome.per_sample}  # the headline first in the report's metric lists
     return outcome
+
+
+def _record_broken(worst: dict, norm: str, eps: float, correct: np.ndarray) -> None:
+    """Keep, per norm and eps, whether each sample is still correct under every evasion attack so far."""
+    key = (norm, eps)
+    worst[key] = correct.copy() if key not in worst else worst[key] & correct
 
 
 @torch.no_grad()
@@ -190,13 +241,29 @@ def _stability(model, attack: Attack, tag: str, x, x_adv, p, q, clean_pred, adv_
     return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
 
 
-def robustness_curves(metrics: dict[str, MetricValue], attacks: list[str],
-                      eps_grid: list[float]) -> dict[str, list[tuple[float, float]]]:
-    """Robust accuracy against eps per attack, from the aggregated metrics (for the report's plot)."""
+def robustness_curves(metrics: dict[str, MetricValue], names: list[str],
+                      grids: dict[str, list[float]]) -> dict[str, list[tuple[float, float]]]:
+    """Robust accuracy against eps per curve name (an attack, ``worst``, ``worst-l2``, ``ATTACK-targeted``), on
+    the grid of the name's norm (``grids``: norm -> eps values), from the aggregated metrics (for the report's
+    plots)."""
     curves = {}
-    for name in attacks:
-        points = [(eps, metrics[f"robust.accuracy.{name}@{format_eps(eps)}"].value) for eps in eps_grid
-                  if f"robust.accuracy.{name}@{format_eps(eps)}" in metrics]
-        if points:
-            curves[name] = points
+    for name in names:
+        for eps in grids[curve_norm(name)]:
+            key = f"robust.accuracy.{name}@{format_eps(eps)}"
+            if key in metrics:
+                curves.setdefault(name, []).append((eps, metrics[key].value))
     return curves
+
+
+def curve_names(attacks: list[str], targeted: dict | list) -> list[str]:
+    """The robust-accuracy curves in report order: the worst cases, each attack, each targeted run."""
+    return [*WORST.values(), *attacks, *(f"{name}{TARGETED_SUFFIX}" for name in targeted)]
+
+
+def curve_norm(name: str) -> str:
+    """The norm of a robust-accuracy curve's name: the attack's, ``worst-l2`` L2, ``worst`` L-inf."""
+    from attacks import ATTACKS
+
+    if name in WORST.values():
+        return next(norm for norm, worst in WORST.items() if worst == name)
+    return ATTACKS[name.removesuffix(TARGETED_SUFFIX)].norm

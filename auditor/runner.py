@@ -37,6 +37,7 @@ class Outcome:
 
 def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str, policy_path: Path | None,
                     out_dir: Path, eps: tuple[float, ...], attacks: tuple[str, ...], max_samples: int, seed: int,
+                    eps_l2: tuple[float, ...] | None = None,
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] | None = None,
@@ -61,7 +62,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
     try:
         config, policy, planned, subject, baseline, tolerances = _prepare(
             model_path=model_path, data_spec=data_spec, label_column=label_column, policy_path=policy_path,
-            out_dir=out_dir, eps=eps, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
+            out_dir=out_dir, eps=eps, eps_l2=eps_l2, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
             batch_size=batch_size, save_adversarial=save_adversarial, save_explanations=save_explanations,
             foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
             on_out_of_range=on_out_of_range,
@@ -98,7 +99,7 @@ def _lay_out_saved(saved: PendingFiles, subject: Subject, config: AuditConfig, s
     return shard.share(paths)
 
 
-def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, attacks, max_samples, seed, device,
+def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, eps_l2, attacks, max_samples, seed, device,
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
              on_out_of_range,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
@@ -107,7 +108,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
                                       masking_checks=masking_checks,
-                                      max_samples=max_samples, eps=eps, seed=seed, device=device,
+                                      max_samples=max_samples, eps=eps, eps_l2=eps_l2, seed=seed, device=device,
                                       batch_size=batch_size, save_adversarial=save_adversarial,
                                       save_explanations=save_explanations,
                                       frozen_features=None if frozen_features is None else tuple(frozen_features),
@@ -115,15 +116,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
                                       target_class=target_class, hijack_features=tuple(hijack_features),
                                       faithfulness_metrics=tuple(faithfulness_metrics) or None,
                                       removal_baseline=removal_baseline)
-    planned = planned_metrics(config, binary=True)
-    fallback = default_policy(planned, eps_grid=config.eps, attacks=config.attacks)
-    policy = load_policy(policy_path) if policy_path is not None else fallback
-    validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks)
-    baseline = tolerances = None
-    if baseline_path is not None:
-        baseline = load_baseline(baseline_path)
-        tolerances = regression_tolerances(policy, fallback)
-        check_baseline(baseline, tolerances)
+    loaded_policy = load_policy(policy_path) if policy_path is not None else None
     if is_foreign(model_path):
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
                                        label_column=label_column, max_samples=config.max_samples, seed=seed,
@@ -138,8 +131,19 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
     config = replace(config, frozen_features=subject.frozen_features)
     if relevant_features:
         subject.data = declare_relevant(subject.data, tuple(relevant_features))
-    config = config.bind(subject.data.feature_names, subject.data.class_names)
+    # bound to the model first: the default L2 grid scales with the number of inputs the attacker may change
+    config = config.bind(subject.data.feature_names, subject.data.class_names,
+                         n_mutable=int(subject.domain.mutable.sum()) if subject.domain is not None else None)
     subject, config = settle(subject, config)
+    planned = planned_metrics(config, binary=True)
+    fallback = default_policy(planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"))
+    policy = loaded_policy or fallback
+    validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"))
+    baseline = tolerances = None
+    if baseline_path is not None:
+        baseline = load_baseline(baseline_path)
+        tolerances = regression_tolerances(policy, fallback)
+        check_baseline(baseline, tolerances)
     return config, policy, planned, subject, baseline, tolerances
 
 
@@ -168,7 +172,7 @@ def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, 
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples),
               "out_of_range": subject.data.out_of_range()},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
-        masking=result.masking,
+        masking=result.masking, check_metrics=check_metrics(metrics),
         curves={"robustness": {attack: [list(point) for point in points]
                                for attack, points in result.robustness_curves.items()},
                 "removal": result.removal_curves},
@@ -192,6 +196,14 @@ def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, 
     saved.commit()
     append_step_summary(files["summary.md"])
     return Outcome(exit_code=exit_code(gates), gates=gates, report_path=out_dir / "report.html", document=document)
+
+
+def check_metrics(metrics: dict) -> dict:
+    """The masking and convergence verdicts that were computed, each with what a 1 means."""
+    from auditor.masking import METRIC_MEANING
+
+    return {name: {"value": metrics[name].value, "meaning": meaning} for name, meaning in METRIC_MEANING.items()
+            if name in metrics}
 
 
 def training_facts(training: dict) -> dict:

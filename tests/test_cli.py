@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from auditor.cli import cli
+from exits import gate_exit_code
 
 FAST = ["--eps", "0.03,0.1", "--max-samples", "60", "--quiet"]
 
@@ -87,7 +88,7 @@ def test_failing_gate_exits_1_with_the_failure_in_junit(model, tmp_path):
 def test_saved_adversarial_examples_respect_bounds_and_budget(model, tmp_path):
     out = tmp_path / "out"
     result = invoke("run", "--model", model, "--out", out, "--save-adversarial", "--save-explanations", *FAST)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     saved = load_file(out / "adversarial.safetensors")
     x = saved["x"]
     assert saved["y"].shape == (len(x),)
@@ -186,22 +187,25 @@ def test_profiles_attacks_and_frozen_features(model, tmp_path):
     result = invoke("run", "--model", model, "--out", out, "--attacks", "pgd,square,stealth", "--masking-checks",
                     "--frozen-features", feature, "--save-adversarial", "--eps", "0.05,0.1", "--max-samples", "32",
                     "--quiet")
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
     assert document["config"]["attacks"] == ["pgd", "square", "stealth"]
     assert document["config"]["frozen_features"] == [feature]
     assert {c["name"] for c in document["masking_checks"]} == {
         "iterative-beats-single-step", "unbounded-succeeds", "black-box-not-stronger", "more-effort-same-answer",
         "monotone-in-eps"}
-    assert "robust.masking_suspected" in document["metrics"]
-    assert any(g["metric"] == "robust.masking_suspected" for g in document["gates"])
+    assert {c["metric"] for c in document["masking_checks"]} == {"robust.masking_suspected", "robust.not_converged"}
+    for name in ("robust.masking_suspected", "robust.not_converged"):
+        assert name in document["metrics"] and document["check_metrics"][name]["meaning"]
+        assert any(g["metric"] == name for g in document["gates"])
+    assert any(g["metric"] == "robust.accuracy.worst@0.1" for g in document["gates"])
     for name in ("robust.accuracy.stealth@0.1", "stability.jsd.stealth@0.1", "robust.evasion_rate.pgd@0.1"):
         assert name in document["metrics"], name
     saved = load_file(out / "adversarial.safetensors")
     for key in (k for k in saved if k.startswith("adv/")):
         assert torch.equal(saved[key][:, 0], saved["x"][:, 0]), f"{key} moved a frozen feature"
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert "Gradient-masking checks" in html and "Attention under attack" in html
+    assert "Gradient-masking and convergence checks" in html and "Attention under attack" in html
 
 
 def test_attacks_command_lists_the_registry():
@@ -249,7 +253,7 @@ def test_train_writes_a_checkpoint_that_audits(tmp_path):
     assert meta["data"]["name"] == "flows:600" and meta["relevant_features"][0] == "syn_ratio"
     assert meta["defense"] == {"name": "none"}
     audit = invoke("run", "--model", out, "--out", tmp_path / "o", "--attacks", "fgsm", *FAST)
-    assert audit.exit_code in (0, 1), audit.output
+    assert audit.exit_code == gate_exit_code(tmp_path / "o"), audit.output
 
 
 def test_train_and_demo_create_missing_folders(tmp_path, monkeypatch):
@@ -275,14 +279,14 @@ def test_train_on_a_csv_with_a_custom_label_column(tmp_path):
     assert result.exit_code == 0, result.output
     audit = invoke("run", "--model", out, "--data", csv, "--label-column", "verdict", "--out", tmp_path / "o",
                    "--attacks", "fgsm", *FAST)
-    assert audit.exit_code in (0, 1), audit.output
+    assert audit.exit_code == gate_exit_code(tmp_path / "o"), audit.output
     document = json.loads((tmp_path / "o" / "results.json").read_text())
     assert document["data"]["split"] == "test" and document["data"]["n_samples"] == 20  # the held-out quarter
     other = tmp_path / "fresh.csv"
     other.write_text(csv.read_text(encoding="utf-8"), encoding="utf-8")
     audit = invoke("run", "--model", out, "--data", other, "--label-column", "verdict", "--out", tmp_path / "p",
                    "--attacks", "fgsm", *FAST)
-    assert audit.exit_code in (0, 1), audit.output
+    assert audit.exit_code == gate_exit_code(tmp_path / "p"), audit.output
     document = json.loads((tmp_path / "p" / "results.json").read_text())
     assert document["data"]["split"] == "all" and document["data"]["n_samples"] == 60
 
@@ -293,13 +297,16 @@ def test_target_class_adds_the_targeted_success_rate(model, tmp_path):
     out = tmp_path / "out"
     result = invoke("run", "--model", model, "--out", out, "--attacks", "fgsm,pgd,deepfool", "--target-class", benign,
                     *FAST)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
-    assert document["config"]["attack_params"]["pgd"]["target_class"] == 1
-    assert "target_class" not in document["config"]["attack_params"]["deepfool"]  # no targeted mode: untargeted
+    params = document["config"]["attack_params"]
+    assert params["pgd-targeted"]["target_class"] == 1 and "target_class" not in params["pgd"]
+    assert "deepfool-targeted" not in params and "target_class" not in params["deepfool"]  # no targeted mode
     for eps in ("0.03", "0.1"):
         assert f"robust.targeted_success_rate.pgd@{eps}" in document["metrics"]
-        assert f"robust.targeted_success_rate.deepfool@{eps}" not in document["metrics"]
+        assert f"robust.accuracy.pgd-targeted@{eps}" in document["metrics"]
+        assert f"robust.accuracy.pgd@{eps}" in document["metrics"]  # always the untargeted value
+    assert not any(name.startswith("robust.targeted_success_rate.deepfool") for name in document["metrics"])
 
 
 def test_unknown_target_class_and_hijack_feature_are_exit_2(model, tmp_path):
@@ -319,7 +326,7 @@ def test_hijack_features_become_the_hijack_targets(model, tmp_path):
     out = tmp_path / "out"
     result = invoke("run", "--model", model, "--out", out, "--attacks", "attention-hijack", "--hijack-features",
                     f"{features[3]},{features[7]}", "--eps", "0.1", "--max-samples", "40", "--quiet")
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
     assert document["config"]["attack_params"]["attention-hijack"]["target_positions"] == [3, 7]
     assert "stability.hijack_success.attention-hijack@0.1" in document["metrics"]

@@ -26,7 +26,7 @@ def test_policy_parses_operators_and_canonical_eps(tmp_path):
 
 
 def test_policy_accepts_agreement_sanity_and_localisation_names(tmp_path):
-    config = AuditConfig.from_profile("standard")
+    config = AuditConfig.from_profile("standard").with_l2_grid(30)
     policy = _policy(tmp_path, '[gates]\n"agreement.kendall_tau.rollout~integrated-gradients" = ">= 0.2"\n'
                                '"agreement.topk_overlap.grad-attention~feature-ablation" = ">= 0.2"\n'
                                '"sanity.mprt.attention" = "<= 0.5"\n"sanity.flip_rate.attention" = ">= 0.1"\n'
@@ -74,12 +74,40 @@ def test_valid_but_not_computed_names_the_option(tmp_path):
 
 def test_default_policy_names_only_what_ran():
     policy = default_policy(PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
-    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.pgd@0.1",
+    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst@0.1",
                                                 "faithfulness.deletion_auc_diff.attention~random"]
     config = AuditConfig(attacks=("fgsm",), eps=(0.02,), explainers=("attention", "integrated-gradients"))
     policy = default_policy(planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
-    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.fgsm@0.02"]  # no random: no gate
+    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst@0.02"]  # no random: no gate
     validate_policy(policy, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
+
+
+def test_default_policy_gates_the_worst_case_and_both_checks():
+    """The whole default policy (README, "Policy file and gates"): the worst case at the largest eps, and the
+    masking and convergence verdicts at 0 whenever the checks compute them."""
+    config = AuditConfig.from_profile("standard").with_l2_grid(30)
+    policy = default_policy(planned_metrics(config), eps_grid=config.eps, attacks=config.attacks,
+                            eps_l2=config.grid("l2"))
+    assert [(g.metric, g.op, g.threshold) for g in policy.gates] == [
+        ("clean.accuracy", ">=", 0.9), ("robust.accuracy.worst@0.1", ">=", 0.5),
+        ("robust.masking_suspected", "<=", 0.0), ("robust.not_converged", "<=", 0.0)]
+    only_l2 = AuditConfig(attacks=("cw",), eps_l2=(0.5, 2.0), masking_checks=True)
+    policy = default_policy(planned_metrics(only_l2), eps_grid=only_l2.eps, attacks=only_l2.attacks,
+                            eps_l2=only_l2.grid("l2"))
+    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst-l2@2",
+                                                "robust.masking_suspected", "robust.not_converged"]
+    one_eps = AuditConfig(attacks=("fgsm",), eps=(0.1,), masking_checks=True)  # no pgd, one eps: nothing to
+    assert "robust.not_converged" not in planned_metrics(one_eps)                # judge convergence by
+
+
+def test_l2_names_and_hints_use_the_l2_grid(tmp_path):
+    config = AuditConfig(attacks=("pgd", "cw"), eps=(0.1,), eps_l2=(0.5,))
+    planned = planned_metrics(config)
+    assert "robust.accuracy.cw@0.5" in planned and "robust.accuracy.cw@0.1" not in planned
+    assert "robust.accuracy.worst@0.1" in planned and "robust.accuracy.worst-l2@0.5" in planned
+    policy = _policy(tmp_path, '[gates]\n"robust.accuracy.cw@0.1" = ">= 0.5"\n')
+    with pytest.raises(BadInputError, match=r"add 0.1 to --eps-l2"):
+        validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"))
 
 
 def test_evaluate_and_exit_code():

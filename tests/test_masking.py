@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from attacks import Domain, make_attack
-from auditor.masking import masking_checks, masking_suspected
+from auditor.masking import masking_checks, verdict
 from auditor.metrics import Bootstrap
 from auditor.persample import aggregate
 from auditor.robustness import run_attacks
@@ -48,7 +48,7 @@ def _audit(masked: bool):
                           keep_examples=False, progress=False, positive=1, n_classes=2)
     metrics, _ = aggregate(outcome.per_sample, Bootstrap(len(x), seed=0))
     checks = masking_checks(model, x, y, metrics, attacks, EPS, domain=domain, seed=0, batch_size=64)
-    return {c.name: c for c in checks}, masking_suspected(checks)
+    return {c.name: c for c in checks}, verdict(checks, "masking")
 
 
 def test_deliberately_masked_model_is_flagged():

@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 from click.testing import CliRunner
 
 from auditor.cli import cli
+from exits import gate_exit_code
 
 HOSTILE = '<script>alert("x")</script>'
 REPORT_JS = resources.files("reports").joinpath("templates", "report.js").read_text(encoding="utf-8").strip()
@@ -55,7 +56,7 @@ def _audit_hostile(tmp_path):
     out = tmp_path / "out"
     audited = runner.invoke(cli, ["run", "--model", str(model), "--out", str(out), "--eps", "0.1",
                                   "--max-samples", "40", "--quiet"])
-    assert audited.exit_code in (0, 1), audited.output
+    assert audited.exit_code == gate_exit_code(out), audited.output
     return out
 
 
@@ -84,7 +85,7 @@ def test_report_has_the_sections_a_reviewer_needs(trained_checkpoint, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["run", "--model", str(trained_checkpoint[0]), "--out", str(out),
                                       "--max-samples", "50", "--quiet"])
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(out), result.output
     html = (out / "report.html").read_text(encoding="utf-8")
     for heading in ("Verdict", "Gates", "Model and run", "Detection", "Robustness", "Attention under attack",
                     "Faithfulness", "Samples", "Method", "built-in default policy"):
@@ -95,4 +96,8 @@ def test_report_has_the_sections_a_reviewer_needs(trained_checkpoint, tmp_path):
     # robustness and attention-under-attack read as attack x eps tables; every section open without script
     assert html.count("attack \\ eps") >= 5 and "<details open>" in html and "<details>" not in html
     assert "<code>robust.accuracy</code>" in html and "<code>stability.topk_intersection</code>" in html
+    # the headline comes first in the robustness section: the worst case, then its plot and the tables
+    section = html[html.index('<section id="robustness">'):]
+    assert section.index("worst case over every evasion attack") < section.index("<svg")
+    assert section.index("<tr><td><code>worst</code></td>") < section.index("<tr><td><code>fgsm</code></td>")
     assert "misclassified" in html or "correct" in html

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from auditor.cli import cli
 from auditor.metrics import Bootstrap
 from auditor.shard import Shard, concatenate
+from exits import gate_exit_code
 
 ROOT = Path(__file__).resolve().parents[1]
 # every kind of attack the sharding must keep aligned: single step, iterative with per-sample random starts,
@@ -57,7 +58,7 @@ def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
     # one process, streamed in blocks of 64 rows with batches of 64 (a tiny memory budget)
     result = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(one), "--max-memory-gb", "0.0005",
                                       *LIGHT, *saving], catch_exceptions=False)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == gate_exit_code(one), result.output
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-m", "auditor", "run", "--nproc", "2", "--model", str(model),
@@ -76,6 +77,7 @@ def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
         else:
             assert other["ci95"] == pytest.approx(value["ci95"], abs=1e-6), name
     assert a["masking_checks"] == b["masking_checks"] and a["skipped"] == b["skipped"]
+    assert a["check_metrics"] == b["check_metrics"] and "robust.accuracy.worst@0.1" in a["metrics"]
     # the quick profile's explainers and the per-sample stages after faithfulness ran and agree too
     for prefix in ("faithfulness.deletion_auc.integrated-gradients", "agreement.", "sanity.mprt.rollout"):
         assert any(name.startswith(prefix) for name in a["metrics"]), prefix

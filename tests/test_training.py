@@ -14,6 +14,7 @@ from auditor.cli import cli
 from detectors.checkpoint import load_checkpoint, read_metadata
 from detectors.train import DefenseConfig, jensen_shannon
 from detectors.errors import BadInputError
+from exits import gate_exit_code
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = [("tabular", "flows:400"), ("vit", "digits"), ("sequence", "sequences:400")]
@@ -37,7 +38,7 @@ def test_every_family_trains_with_every_defense_and_audits(detector, data, defen
         assert meta["defense"]["eps"] == 0.05 and meta["defense"]["steps"] == 1
     audit = invoke("run", "--model", out, "--out", tmp_path / "audit", "--max-samples", "24", "--eps", "0.1",
                    "--quiet")
-    assert audit.exit_code in (0, 1), audit.output
+    assert audit.exit_code == gate_exit_code(tmp_path / "audit"), audit.output
     metrics = json.loads((tmp_path / "audit" / "results.json").read_text())["metrics"]
     assert "robust.accuracy.pgd@0.1" in metrics and "faithfulness.deletion_auc.rollout" in metrics
 
@@ -145,7 +146,7 @@ def test_adversarial_training_beats_no_defense_under_pgd_on_flows(tmp_path):
         audited = invoke("run", "--model", model, "--out", out, "--attacks", "pgd", "--eps", "0.05",
                          "--max-samples", "400", "--explainers", "attention", "--faithfulness-metrics", "deletion",
                          "--quiet")
-        assert audited.exit_code in (0, 1), audited.output
+        assert audited.exit_code == gate_exit_code(out), audited.output
         document = json.loads((out / "results.json").read_text())
         robust[defense] = document["metrics"]["robust.accuracy.pgd@0.05"]["value"]
         assert document["metrics"]["clean.accuracy"]["value"] > 0.9
