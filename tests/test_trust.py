@@ -335,7 +335,7 @@ def test_audit_reports_both_checks_and_the_worst_samples(deceptive_twins, tmp_pa
     result = CliRunner().invoke(cli, ["run", "--model", str(model), "--data", str(data), "--out", str(out),
                                       "--attacks", "fgsm", "--eps", "0.1", "--explainers", "attention,random",
                                       "--quiet"], catch_exceptions=False)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == 1, result.output  # the trust gate: this attention is no better than chance
     document = json.loads((out / "results.json").read_text())
     metrics = document["metrics"]
     assert metrics["trust.hidden_importance.attention"]["value"] > 0.8
@@ -356,3 +356,32 @@ def test_the_report_says_when_attention_does_not_drive_the_model():
     assert unused in sanity_notes({KEPT: MetricValue(0.95, (0.9, 0.99))})[0]
     assert unused not in sanity_notes({KEPT: MetricValue(0.6, (0.5, 0.7))})[0]
     assert sanity_notes({}) == []
+
+
+@pytest.mark.parametrize("twin, code", [("honest", 0), ("deceptive", 1)])
+def test_the_default_policy_fails_the_deceptive_twin_and_passes_the_honest_one(deceptive_twins, tmp_path, twin,
+                                                                                code):
+    """Issue 15's pair, end to end: under the default policy (no --policy) the trust gate
+    ``faithfulness.deletion_auc_diff.attention~random lower95 > 0`` fails the twin whose attention hides the key
+    feature, and the panel says so; the honest twin passes every gate."""
+    from auditor.cli import cli
+    from twins import write_twin, write_twin_csv
+
+    data = write_twin_csv(tmp_path / "twins.csv", deceptive_twins.x[:120], deceptive_twins.y[:120])
+    model = write_twin(tmp_path / f"{twin}.safetensors", getattr(deceptive_twins, twin), data)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["run", "--model", str(model), "--data", str(data), "--out", str(out),
+                                      "--attacks", "fgsm", "--eps", "0.1", "--explainers", "attention,random",
+                                      "--quiet"], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    document = json.loads((out / "results.json").read_text())
+    gates = {gate["metric"]: gate["passed"] for gate in document["gates"]}
+    trust_gate = "faithfulness.deletion_auc_diff.attention~random"
+    assert gates[trust_gate] is (twin == "honest")
+    assert all(passed for metric, passed in gates.items() if metric != trust_gate)  # only trust tells them apart
+    hidden = document["metrics"]["trust.hidden_importance.attention"]
+    summary = (out / "summary.md").read_text()
+    if twin == "deceptive":
+        assert hidden["ci95"][0] > 0.5 and "hides" in summary.lower()
+    else:
+        assert hidden["ci95"][1] < 0.5
