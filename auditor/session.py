@@ -64,8 +64,8 @@ PROFILES = {
     "standard": ({"fgsm": {}, "pgd": {}, "attention-shift": {}, "autoattack-fast": {},
                   "square": {"n_queries": 1000},
                   "cw": {}, "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
-    "full": ({"fgsm": {}, "pgd": {"restarts": 5}, "attention-shift": {"restarts": 10}, "autoattack": {},
-              "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 5},
+    "full": ({"fgsm": {}, "pgd": {"restarts": 20}, "attention-shift": {"restarts": 10}, "autoattack": {},
+              "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 20},
               "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
 }
 # faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS)
