@@ -102,6 +102,12 @@ SCHEDULES = ("apgd", "constant")
 APGD_MOMENTUM, APGD_RHO = 0.75, 0.75  # Croce & Hein 2020, section 3
 
 
+def _gain(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Whether a loss rose, by more than float32 noise (1e-5 relative): a batch of another size computes the
+    same row's loss a few ulps apart, and APGD's decisions must not follow that noise."""
+    return new > old + 1e-5 * (1 + old.abs())
+
+
 def apgd_checkpoints(steps: int) -> set[int]:
     """The iterations after which APGD checks its progress (Croce & Hein 2020): the first after 22% of the
     steps, each later window 3% of the steps shorter than the one before, never under 6%."""
@@ -239,10 +245,10 @@ class PGD(Attack):
                                                                 domain)
             loss, grad = loss.clone(), grad.clone()
             loss[live], grad[live] = loss_l, grad_l
-            rises[live] += (loss_l > loss_prev[live]).to(rises.dtype)
+            rises[live] += _gain(loss_l, loss_prev[live]).to(rises.dtype)
             loss_prev = loss
             improved = torch.zeros(n, dtype=torch.bool, device=x.device)
-            improved[live] = loss_l > loss_best[live]
+            improved[live] = _gain(loss_l, loss_best[live])
             loss_best = torch.where(improved, loss, loss_best)
             x_best = torch.where(improved.view(shape), x_adv, x_best)
             grad_best = torch.where(improved.view(shape), grad, grad_best)
