@@ -92,7 +92,7 @@ def attack_overhead(device, steps: int = 10) -> None:
     for kind, build in (("tabular", tabular_model), ("vit", vit_model)):
         model, x, y = build(device)
         domain = Domain.unit(tuple(x.shape[1:]))
-        ours = make_attack("pgd", steps=steps, restarts=1)
+        ours = make_attack("pgd", steps=steps, restarts=1, schedule="constant")
         index = torch.arange(len(x))
         theirs = torchattacks.PGD(model, eps=0.1, alpha=0.025, steps=steps, random_start=True)
         run_ours = lambda: ours(model, x, y, eps=0.1, domain=domain, seed=0, index=index)  # noqa: E731
@@ -301,7 +301,8 @@ def versus_art(device, steps: int = 10, eps: float = 0.05) -> None:
                                    device_type="gpu" if device.type == "cuda" else "cpu")
     x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
     for random_start in (False, True):
-        ours = make_attack("pgd", steps=steps, step_size=0.25, restarts=1, random_start=random_start)
+        ours = make_attack("pgd", steps=steps, step_size=0.25, restarts=1, random_start=random_start,
+                           schedule="constant")
         art_pgd = ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=0.25 * eps, max_iter=steps,
                                            num_random_init=int(random_start), batch_size=len(x), verbose=False)
         results = {}
