@@ -201,7 +201,7 @@ class DefenseLoss:
 
         self.config, self.seed = config, seed
         self.domain = Domain.unit(input_shape, frozen=frozen)
-        self.pgd = make_attack("pgd", steps=config.steps, step_size=config.step_size)
+        self.pgd = make_attack("pgd", steps=config.steps, step_size=config.step_size, restarts=1, schedule="constant")
 
     def adversarial(self, module: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                     epoch: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ def test_pgd_random_start_depends_on_seed(tiny_detector):
 
 def test_pgd_l2_without_random_start_matches_torchattacks(tiny_detector):
     x, y = _inputs()
-    ours = make_attack("pgd-l2", steps=10, random_start=False, schedule="constant")(
+    ours = make_attack("pgd-l2", steps=10, restarts=1, random_start=False, schedule="constant")(
         tiny_detector, x, y, eps=0.5, domain=Domain.unit((6,)), seed=0, index=torch.arange(len(x)))
     view = ImageView(tiny_detector, (6,), Domain.unit((6,)))  # torchattacks' PGDL2 assumes 4-D input
     reference = view.from_4d(torchattacks.PGDL2(view, eps=0.5, alpha=0.125, steps=10, random_start=False)(
@@ -33,7 +33,7 @@ def test_pgd_l2_without_random_start_matches_torchattacks(tiny_detector):
 
 def test_pgd_without_random_start_matches_torchattacks(tiny_detector):
     x, y = _inputs()
-    ours = make_attack("pgd", steps=10, random_start=False, schedule="constant")(
+    ours = make_attack("pgd", steps=10, restarts=1, random_start=False, schedule="constant")(
         tiny_detector, x, y, eps=0.1, domain=Domain.unit((6,)), seed=0, index=torch.arange(len(x)))
     reference = torchattacks.PGD(tiny_detector, eps=0.1, alpha=0.025, steps=10, random_start=False)(x, y)
     assert torch.allclose(ours, reference, atol=1e-6)

@@ -190,7 +190,7 @@ def test_cw_finds_the_minimum_l2_distance_of_a_linear_model():
 
 
 def test_pgd_schedule_is_validated_and_reported():
-    assert make_attack("pgd").params()["schedule"] == "apgd"
+    assert make_attack("pgd").params()["schedule"] == "constant"
     constant = make_attack("pgd", schedule="constant")
     assert (constant.steps, constant.step_size, constant.params()["step_size"]) == (20, 0.25, "0.25*eps")
     with pytest.raises(ValueError, match="expected schedule as one of apgd, constant, got 'cosine'"):
