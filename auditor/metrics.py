@@ -93,7 +93,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
                "1 when a sign of gradient masking was found (pgd weaker than fgsm, pgd failing with the whole box "
                "allowed, square beating pgd by more than 0.05), 0 when every such check that ran passed"),
     MetricSpec("robust.not_converged", False, "{0, 1}",
-               "1 when more effort keeps lowering robust accuracy (pgd with 5x steps and restarts lower by more "
+               "1 when more effort keeps lowering robust accuracy (pgd with 5x the steps and 2x the restarts lower by more "
                "than max(0.02, 3/n), or an attack's accuracy rising with eps), 0 when every such check passed"),
     MetricSpec("stability.topk_intersection.{attack}@{eps}", True, "[0, 1]",
                "share of the clean top-k attended tokens (k = 5) still in the top-k under the attention attack"),

@@ -104,7 +104,8 @@ def test_saved_adversarial_examples_respect_bounds_and_budget(model, tmp_path):
     explained = load_file(out / "explanations.safetensors")
     assert explained["pred"].dtype == torch.int64
     assert {k for k in explained if k.startswith("attr/")} == {
-        "attr/attention", "attr/rollout", "attr/integrated-gradients", "attr/random"}
+        "attr/attention", "attr/rollout", "attr/integrated-gradients", "attr/feature-ablation",
+        "attr/random"}
 
 
 def test_missing_model_is_exit_2(tmp_path):

@@ -165,7 +165,7 @@ def test_compare_models_audits_each_with_one_configuration(trained_checkpoint, t
     for name in (f"{stem}-1", f"{stem}-2"):
         assert (out / "runs" / name / "results.json").is_file()
     document = json.loads((out / "compare.json").read_text())
-    assert document["pareto"]["y"] == "robust.accuracy.fgsm@0.1"
+    assert document["pareto"]["y"] == "robust.accuracy.worst@0.1"  # the headline: the worst case
     # the same checkpoint audited twice with one seed: identical numbers, so no row has a best
     assert all(not row["best"] for row in document["metrics"].values())
 

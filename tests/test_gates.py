@@ -90,12 +90,15 @@ def test_default_policy_gates_the_worst_case_and_both_checks():
                             eps_l2=config.grid("l2"))
     assert [(g.metric, g.op, g.threshold) for g in policy.gates] == [
         ("clean.accuracy", ">=", 0.9), ("robust.accuracy.worst@0.1", ">=", 0.5),
-        ("robust.masking_suspected", "<=", 0.0), ("robust.not_converged", "<=", 0.0)]
+        ("robust.masking_suspected", "<=", 0.0), ("robust.not_converged", "<=", 0.0),
+        ("faithfulness.deletion_auc_diff.attention~random", ">", 0.0)]
+    assert policy.gates[-1].end == "lower95"
     only_l2 = AuditConfig(attacks=("cw",), eps_l2=(0.5, 2.0), masking_checks=True)
     policy = default_policy(planned_metrics(only_l2), eps_grid=only_l2.eps, attacks=only_l2.attacks,
                             eps_l2=only_l2.grid("l2"))
     assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst-l2@2",
-                                                "robust.masking_suspected", "robust.not_converged"]
+                                                "robust.masking_suspected", "robust.not_converged",
+                                                "faithfulness.deletion_auc_diff.attention~random"]
     one_eps = AuditConfig(attacks=("fgsm",), eps=(0.1,), masking_checks=True)  # no pgd, one eps: nothing to
     assert "robust.not_converged" not in planned_metrics(one_eps)                # judge convergence by
 

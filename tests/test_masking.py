@@ -41,8 +41,10 @@ def _audit(masked: bool):
     x = torch.rand(192, 4, generator=g)
     with torch.no_grad():
         y = model(x).argmax(1)  # every sample correct when clean
-    attacks = {name: make_attack(name, **({"n_queries": 300} if name == "square" else {}))
-               for name in ("fgsm", "pgd", "square")}
+    # pgd with one restart: its default 10 random restarts are a random search that beats this model's
+    # quantisation now and then, which would hide what black-box-not-stronger is meant to see
+    settings = {"square": {"n_queries": 300}, "pgd": {"restarts": 1}}
+    attacks = {name: make_attack(name, **settings.get(name, {})) for name in ("fgsm", "pgd", "square")}
     domain = Domain.unit((4,))
     outcome = run_attacks(model, x, y, y, attacks, EPS, domain=domain, seed=0, batch_size=64,
                           keep_examples=False, progress=False, positive=1, n_classes=2)

@@ -167,7 +167,8 @@ def test_more_effort_pgd_keeps_the_audited_schedule(monkeypatch):
     x, y = _data(model, n=8)
     audited = make_attack("pgd", schedule="apgd", steps=2, restarts=1)  # not the default schedule
     masking_attack_rows(model, x, y, {"pgd": audited}, [0.1], domain=Domain.unit((4,)), seed=0, batch_size=64)
-    assert made == [dict(steps=10, step_size=audited.step_size, restarts=5, random_start=True, schedule="apgd")]
+    assert made == [dict(steps=2, step_size=audited.step_size, restarts=1, random_start=True, schedule="apgd"),
+                    dict(steps=10, step_size=audited.step_size, restarts=2, random_start=True, schedule="apgd")]
 
 
 def test_attack_params_take_typed_values_and_refuse_bad_ones():
