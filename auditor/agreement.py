@@ -13,8 +13,7 @@ its ranking is unchanged whenever tokens are equally large, as they are for
 every built-in detector). The CLS token covers no input and is left out.
 
 Kendall's τ-b per sample, τ_b = Σ_{i<j} s_a(i,j)·s_b(i,j) / sqrt(Σ s_a² · Σ s_b²) with
-s(i,j) = sign(score_i − score_j) (0 when the two differ by at most 1e-5 of the row's largest score:
-float rounding must not order equal scores), NaN (not counted) when either side ranks every
+s(i,j) = sign(score_i − score_j), NaN (not counted) when either side ranks every
 token equal; top-k overlap = |top_k(a) ∩ top_k(b)| / k with k = min(5, tokens),
 ties broken by token index. Batched over samples: no per-sample loop.
 
@@ -52,24 +51,11 @@ def token_scores(attribution: torch.Tensor, token_map: TokenMap) -> np.ndarray:
     return scores[:, covered].numpy()
 
 
-#: token scores closer than this share of their row's largest are tied: attributions computed in float32 (a
-#: feature-ablation difference of two forward passes) carry rounding noise of about 1e-7 of their scale, which
-#: depends on the batch a row was computed in and must not order two equal scores
-TIE_TOLERANCE = 1e-5
-
-
-def _pair_signs(scores: np.ndarray, upper: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    difference = (scores[:, :, None] - scores[:, None, :])[:, upper[0], upper[1]]
-    scale = np.abs(scores).max(axis=1, keepdims=True)
-    return np.where(np.abs(difference) > TIE_TOLERANCE * scale, np.sign(difference), 0.0)
-
-
 def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Kendall's τ-b of each row of ``a`` (n, t) with the same row of ``b``; NaN where a row is constant.
-    Scores within :data:`TIE_TOLERANCE` of their row's largest of each other count as tied."""
+    """Kendall's τ-b of each row of ``a`` (n, t) with the same row of ``b``; NaN where a row is constant."""
     upper = np.triu_indices(a.shape[1], k=1)
-    sign_a = _pair_signs(a, upper)
-    sign_b = _pair_signs(b, upper)
+    sign_a = np.sign(a[:, :, None] - a[:, None, :])[:, upper[0], upper[1]]
+    sign_b = np.sign(b[:, :, None] - b[:, None, :])[:, upper[0], upper[1]]
     denominator = np.sqrt((sign_a ** 2).sum(1) * (sign_b ** 2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, (sign_a * sign_b).sum(1) / denominator, np.nan)

@@ -71,11 +71,17 @@ def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
     assert set(a["metrics"]) == set(b["metrics"]) and len(a["metrics"]) > 30
     for name, value in a["metrics"].items():
         other = b["metrics"][name]
-        assert other["value"] == pytest.approx(value["value"], abs=1e-6), name
+        # Rank agreement of feature-ablation, whose attributions are differences of float32 probabilities: the
+        # two runs' passes differ in batch shape and thread count, so those attributions differ by float
+        # rounding (measured: up to 1.4e-6) and a pair of tokens tied within it can swap, moving one sample's
+        # tau by about 1/435 (one such swap measured: 8e-5 on the mean). Every other metric agrees to 1e-6.
+        reads_ablation = "feature-ablation" in name or "kendall_tau_vs_floor" in name  # the floor reads it too
+        tolerance = 1e-3 if name.startswith("agreement.") and reads_ablation else 1e-6
+        assert other["value"] == pytest.approx(value["value"], abs=tolerance), name
         if value["ci95"] is None:
             assert other["ci95"] is None, name
         else:
-            assert other["ci95"] == pytest.approx(value["ci95"], abs=1e-6), name
+            assert other["ci95"] == pytest.approx(value["ci95"], abs=tolerance), name
     assert a["masking_checks"] == b["masking_checks"] and a["skipped"] == b["skipped"]
     assert a["check_metrics"] == b["check_metrics"] and "robust.accuracy.worst@0.1" in a["metrics"]
     # the quick profile's explainers and the per-sample stages after faithfulness ran and agree too
@@ -93,7 +99,10 @@ def test_two_processes_give_the_metrics_of_one(trained_checkpoint, tmp_path):
         assert set(alone) == set(sharded) and len(alone["x"]) == 100, name
         for key, values in alone.items():
             assert sharded[key].dtype == values.dtype, key
-            assert torch.allclose(sharded[key], values, rtol=0, atol=1e-6), key
+            # feature-ablation's attributions are differences of float32 probabilities computed in passes of
+            # other shapes and thread counts: measured up to 1.4e-6 apart (about 12 ulps of 1.0)
+            atol = 5e-6 if key == "attr/feature-ablation" else 1e-6
+            assert torch.allclose(sharded[key], values, rtol=0, atol=atol), key
 
 
 def test_bad_input_under_torchrun_ends_every_rank_with_exit_2(tmp_path):
