@@ -18,7 +18,9 @@ from attacks import ATTACKS, ATTENTION_ATTACKS, Domain, is_minimum_norm, make_at
 SPEED = {"autoattack": {"apgd_steps": 20, "square_queries": 300},
          "autoattack-fast": {"apgd_steps": 20, "square_queries": 300}, "square": {"n_queries": 300},
          "cw": {"steps": 30, "search_steps": 3}, "deepfool": {"steps": 10},
-         "attention-shift": {"steps": 20, "restarts": 2}}
+         "attention-shift": {"steps": 20, "restarts": 2},
+         # three restarts still exercise the restart logic (a later restart only on the rows not yet fooled)
+         "pgd": {"restarts": 3}, "pgd-l2": {"restarts": 3}}
 CHUNKED = {"square", "autoattack", "autoattack-fast", "cw", "deepfool"}  # run over the fixed 64-sample chunk grid
 EXPECTED_REGISTRY = {"fgsm", "pgd", "pgd-l2", "cw", "deepfool", "autoattack", "autoattack-fast", "square",
                      "attention-shift", "attention-hijack", "attention-guided", "stealth"}

@@ -187,7 +187,7 @@ def test_profiles_attacks_and_frozen_features(model, tmp_path):
     out = tmp_path / "out"
     result = invoke("run", "--model", model, "--out", out, "--attacks", "pgd,square,stealth", "--masking-checks",
                     "--frozen-features", feature, "--save-adversarial", "--eps", "0.05,0.1", "--max-samples", "32",
-                    "--quiet")
+                    "--attack-param", "pgd.restarts=2", "--attack-param", "square.n_queries=100", "--quiet")
     assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
     assert document["config"]["attacks"] == ["pgd", "square", "stealth"]

@@ -167,7 +167,8 @@ def test_more_effort_pgd_keeps_the_audited_schedule(monkeypatch):
     x, y = _data(model, n=8)
     audited = make_attack("pgd", schedule="apgd", steps=2, restarts=1)  # not the default schedule
     masking_attack_rows(model, x, y, {"pgd": audited}, [0.1], domain=Domain.unit((4,)), seed=0, batch_size=64)
-    assert made == [dict(steps=2, step_size=audited.step_size, restarts=1, random_start=True, schedule="apgd"),
+    # the unbounded check's pgd is its own (from the clean sample, fine steps); "more effort" is the audited one's
+    assert made == [masking.UNBOUNDED,
                     dict(steps=10, step_size=audited.step_size, restarts=2, random_start=True, schedule="apgd")]
 
 
@@ -212,3 +213,33 @@ def test_method_section_names_autoattack_fast_apart_from_the_protocol():
     assert "not the standard protocol" in rows["autoattack-fast"].definition
     assert "the standard protocol" in rows["autoattack"].definition
     assert rows["pgd-targeted"].definition.startswith("aimed at the --target-class")
+
+
+class CornerBasin(Linear):
+    """Class 1's score minus class 0's is s = 5|x0 - 0.5| - 1 (class 0 inside the band 0.3 < x0 < 0.7, the
+    gradient pointing out of it), except beyond x1 = 0.85, where s = -0.5 + 0.2 (x1 - 0.85): a class-0 basin
+    at the box's corner whose gradient climbs to x1 = 1 without leaving it. Not masked: from every clean sample
+    (x1 < 0.6) signed steps along x0 cross the band's edge and stay across."""
+
+    def forward_with_attention(self, x):
+        band = 5 * (x[:, 0] - 0.5).abs() - 1
+        s = torch.where(x[:, 1] > 0.85, -0.5 + 0.2 * (x[:, 1] - 0.85), band)
+        return torch.stack([torch.zeros_like(s), s], 1), [torch.full((len(x), 1, 5, 5), 0.2)]
+
+
+def test_unbounded_check_starts_from_the_sample_not_from_a_random_corner():
+    """At eps 1 a random start is a uniform guess of the box: about a third of the starts land beyond x1 = 0.85
+    and climb into the corner basin, so the check failed a model whose gradient leads straight across the
+    boundary (as the flows detector's did: 0.070 left from random starts, 0.010 from the samples)."""
+    model = CornerBasin([0.0] * 4).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 4, generator=g)
+    x[:, 0] = 0.4 + 0.2 * torch.rand(64, generator=g)
+    x[:, 0] = torch.where((x[:, 0] - 0.5).abs() < 0.01, x[:, 0] + 0.02, x[:, 0])  # |x0 - 0.5| > 0: a gradient
+    x[:, 1] = 0.6 * x[:, 1]
+    y = torch.zeros(64, dtype=torch.long)
+    assert (model(x).argmax(1) == y).all()
+    rows = masking_attack_rows(model, x, y, {}, [0.1], domain=Domain.unit((4,)), seed=0, batch_size=64)
+    assert rows["unbounded"].mean() == 0.0
+    checks = evaluate_checks({}, rows, {}, {"linf": [0.1], "l2": []}, n=64)
+    assert next(c for c in checks if c.name == "unbounded-succeeds").status == "passed"

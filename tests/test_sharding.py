@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # every kind of attack the sharding must keep aligned: single step, iterative with per-sample random starts,
 # torchattacks' stochastic Square (chunk-seeded), an attention attack; masking checks run their own attacks
 LIGHT = ["--max-samples", "100", "--attacks", "fgsm,pgd,square,attention-shift", "--eps", "0.05,0.1",
-         "--attack-param", "pgd.steps=3", "--attack-param", "square.n_queries=10",
+         "--attack-param", "pgd.steps=3", "--attack-param", "pgd.restarts=2", "--attack-param", "square.n_queries=10",
          "--attack-param", "attention-shift.steps=3", "--attack-param", "attention-shift.restarts=1",
          "--masking-checks", "--seed", "3", "--quiet"]
 
