@@ -1,5 +1,7 @@
 """The ``audit`` command line.
 
+Loading it, and every ``--help``, imports no torch: each command imports what it runs inside its body.
+
 Exit codes, decided here and nowhere else: 0 every gate passed, 1 a gate
 failed, 2 bad usage or bad input (one line, no traceback), 3 an internal error.
 """
@@ -14,10 +16,9 @@ from pathlib import Path
 
 import click
 
+from auditor.training.config import DEFENSES, DefenseConfig, TrainConfig
 from detectors.errors import BadInputError
-from detectors.blocks import ATTENTION_VARIANTS
-from detectors.registry import DETECTORS
-from detectors.train import DEFENSES, DefenseConfig, TrainConfig
+from detectors.kinds import ATTENTION_VARIANTS, DETECTOR_KINDS
 
 TRAIN_DEFAULTS = TrainConfig()
 DEFENSE_DEFAULTS = DefenseConfig()
@@ -112,7 +113,7 @@ def cli() -> None:
 
 
 @cli.command(context_settings={"show_default": True})
-@click.option("--detector", type=click.Choice(sorted(DETECTORS)), default="tabular",
+@click.option("--detector", type=click.Choice(sorted(DETECTOR_KINDS)), default="tabular",
               help="tabular (rows), vit (images), sequence (event sequences)")
 @click.option("--data", "data_spec", required=True,
               help="breast-cancer, flows[:N], digits, sequences[:N], a .csv or an .npz file")
@@ -155,13 +156,13 @@ def train(ctx, detector, data_spec, label_column, positive_class, attention, def
           defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device, use_compile,
           resume, nproc, frozen_features, out_path, quiet) -> None:
     """Train a detector and write a .safetensors checkpoint."""
-    from detectors.train import DefenseConfig, train_and_save
+    from auditor.training.job import train_and_save
 
     defense_config = DefenseConfig.from_options(defense, eps=defense_eps, steps=defense_steps,
                                                 step_size=defense_step_size, beta=beta,
                                                 lambda_attention=lambda_attention)
     if nproc > 1:
-        sys.exit(_launch_torchrun(ctx, nproc, module="detectors.train"))
+        sys.exit(_launch_torchrun(ctx, nproc, command=("train",)))
     summary = train_and_save(
         detector=detector, data_spec=data_spec, label_column=label_column, positive_class=positive_class,
         defense=defense_config, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
@@ -175,7 +176,7 @@ def train(ctx, detector, data_spec, label_column, positive_class, attention, def
                    f"{summary['seconds']:.1f} s, defense {defense}, attention {attention})")
 
 
-def _launch_torchrun(ctx: click.Context, nproc: int, *, module: str, command: tuple[str, ...] = ()) -> int:
+def _launch_torchrun(ctx: click.Context, nproc: int, *, command: tuple[str, ...]) -> int:
     """Re-run this command under ``torchrun --standalone`` with the same options (all but --nproc); the exit
     code is rank 0's (torchrun itself answers 1 for any failed process), passed back through a file (see
     :func:`main`); without the file (a rank died before rank 0 could write it) it is torchrun's."""
@@ -185,7 +186,7 @@ def _launch_torchrun(ctx: click.Context, nproc: int, *, module: str, command: tu
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BadInputError("--nproc launches torchrun itself; under torchrun leave it out")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", module, *command, *_command_line(ctx, skip=("nproc",))]
+               "-m", "auditor", *command, *_command_line(ctx, skip=("nproc",))]
     with tempfile.TemporaryDirectory() as folder:
         code_file = Path(folder) / "exit-code"
         code = subprocess.call(command, env={**os.environ, EXIT_CODE_FILE: str(code_file)})
@@ -338,7 +339,7 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
     from auditor.shard import Shard
 
     if nproc > 1:
-        sys.exit(_launch_torchrun(ctx, nproc, module="auditor", command=("run",)))
+        sys.exit(_launch_torchrun(ctx, nproc, command=("run",)))
     foreign = ForeignOptions(weights=weights, input_kind=input_kind, patch_size=patch_size, cls_token=cls_token,
                              attention_modules=tuple(attention_modules), logits_key=logits_key, bounds=bounds,
                              bounds_file=bounds_file, positive_class=positive_class)
@@ -387,7 +388,7 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
 def demo(out_dir, epochs, **options) -> None:
     """Train the tabular detector on breast-cancer, audit it, write the report (exit 0 once written)."""
     from auditor.runner import audit_to_folder
-    from detectors.train import train_and_save
+    from auditor.training.job import train_and_save
 
     model_path = out_dir / "model.safetensors"
     started = time.perf_counter()
