@@ -43,7 +43,7 @@ explain little.
 Both interventions need attention that can be edited inside the forward: the built-in blocks
 (``detectors.blocks.edited_attention``) or, for a ``python:`` model whose attention is captured from
 ``nn.MultiheadAttention`` modules, those modules with their output recomputed from their own value and output
-projections (``detectors.foreign.edited_multihead_attention``). Other models are skipped with the reason.
+projections (``detectors.foreign_editing.edited_multihead_attention``). Other models are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from torch import nn
 
 from auditor.explain import Explainer, evaluating
 from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
-from detectors.foreign import (ForeignDetector, captured_attention_modules, edited_multihead_attention,
-                               multihead_edit_unsupported)
+from detectors.foreign import ForeignDetector, captured_attention_modules
+from detectors.foreign_editing import edited_multihead_attention, multihead_edit_unsupported
 from detectors.maths import spearman
 from detectors.seeding import per_sample_uniform, stream_seed
 

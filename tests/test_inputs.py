@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from auditor.cli import cli
 from auditor.session import load_subject
 from detectors.checkpoint import read_metadata
-from detectors.data import Scaler
+from detectors.table import Scaler
 from detectors.errors import BadInputError
 from auditor.training.config import DefenseConfig
 from auditor.training.defenses import DefenseLoss

@@ -22,7 +22,7 @@ from auditor.shard import Parallel
 from auditor.training.config import TrainConfig, TrainSummary
 from auditor.training.defenses import DefenseLoss
 from detectors.base import Detector
-from detectors.data import Splits
+from detectors.table import Splits
 from detectors.errors import BadInputError
 
 
