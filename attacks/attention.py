@@ -89,7 +89,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attacks.base import Attack
-from attacks.standard import PGD
+from attacks.pgd import PGD
 from attacks.domain import Domain
 from detectors.base import TokenMap
 from detectors.maths import (attention_distribution_of, descending_order, descending_ranks, jensen_shannon,
