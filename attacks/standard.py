@@ -52,10 +52,9 @@ torchattacks' DeepFool supports none, and AutoAttack's protocol is untargeted.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torchattacks
 from torch import nn
 from torch.nn import functional as F
 
@@ -63,6 +62,9 @@ from attacks.base import Attack, ImageView
 from attacks.domain import Domain
 from attacks.pgd import PGD, PGDL2
 from detectors.seeding import stream_seed
+
+if TYPE_CHECKING:  # torchattacks (and the scipy.stats it loads) is imported by the attacks that run it
+    import torchattacks
 
 CHUNK = 64
 
@@ -80,6 +82,8 @@ class FGSM(Attack):
         return self._target_params()
 
     def perturb(self, model, x, y, *, eps, domain, seed, index):
+        import torchattacks
+
         view = ImageView(model, tuple(x.shape[1:]), domain)
         return view.from_4d(self._aim(torchattacks.FGSM(view, eps=eps))(view.to_4d(x), y))
 
@@ -209,6 +213,8 @@ class DeepFool(MinimumNorm):
         return {"steps": self.steps, "overshoot": self.overshoot, "minimum_norm": True}
 
     def build(self, view, eps, n_classes, chunk_seed):
+        import torchattacks
+
         return torchattacks.DeepFool(view, steps=self.steps, overshoot=self.overshoot)
 
 
@@ -226,6 +232,8 @@ class Square(_Chunked):
         return {"n_queries": self.n_queries, "p_init": self.p_init, "loss": "margin", **self._target_params()}
 
     def build(self, view, eps, n_classes, chunk_seed):
+        import torchattacks
+
         return self._aim(torchattacks.Square(view, norm="Linf", eps=eps, n_queries=self.n_queries, n_restarts=1,
                                              p_init=self.p_init, loss="margin", seed=chunk_seed))
 
@@ -262,6 +270,8 @@ class AutoAttack(_Chunked):
                 "components": "apgd-ce, apgd-t (>= 4 classes), fab-t (>= 3 classes), square"}
 
     def components(self, view: nn.Module, eps: float, n_classes: int, chunk_seed: int) -> list[torchattacks.Attack]:
+        import torchattacks
+
         if self.version == "rand":
             parts = [torchattacks.APGD(view, norm="Linf", eps=eps, steps=self.apgd_steps, n_restarts=1, loss="ce",
                                        eot_iter=EOT_ITER, seed=chunk_seed)]

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import torch
-import torchattacks
 from torch import nn
 from torch.nn import functional as F
 
@@ -51,6 +50,8 @@ class DefenseLoss:
                         index=index)
 
     def trades_examples(self, module: Detector, x: torch.Tensor) -> torch.Tensor:
+        import torchattacks  # only TRADES needs it: the other defenses train without loading it
+
         was_training = module.training
         try:
             attack = torchattacks.TPGD(module, eps=self.config.eps, alpha=self.config.step_size * self.config.eps,
