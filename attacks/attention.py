@@ -16,11 +16,12 @@ What the attacker wants, as a 2x2 (rows: attention; columns: prediction)::
     attention kept      the clean input              stealth (evades while the
                         (nothing happened)           explanation looks unchanged)
 
-The attention distribution ``a(x)`` (:func:`attention_distribution`) is the CLS
-row of the last layer's attention, mean over heads, CLS column dropped,
-renormalised: one probability per non-CLS token. For mean-pooled detectors
-(``cls_index is None``) it is the mean over all query rows of the last layer,
-over all tokens. :func:`token_positions` gives each entry's token index.
+The attention distribution ``a(x)`` (:func:`attention_distribution`, defined once
+in :func:`detectors.maths.attention_distribution_of`) is the CLS row of the last
+layer's attention, mean over heads, CLS column dropped, renormalised: one
+probability per non-CLS token. For mean-pooled detectors (``cls_index is None``)
+it is the mean over all query rows of the last layer, over all tokens.
+:func:`token_positions` gives each entry's token index.
 
 ``attention-shift`` (:class:`AttentionShift`)
     Ghorbani et al. 2019 ("Interpretation of neural networks is fragile");
@@ -88,11 +89,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from attacks.base import Attack
-from attacks.standard import PGD
+from attacks.pgd import PGD
 from attacks.domain import Domain
 from detectors.base import TokenMap
+from detectors.maths import (attention_distribution_of, descending_order, descending_ranks, jensen_shannon,
+                             token_positions_from)
 from detectors.seeding import per_sample_uniform
-from detectors.train import jensen_shannon
 
 __all__ = ["ATTENTION_ATTACKS", "AttentionGuided", "AttentionHijack", "AttentionShift", "Stealth",
            "attention_distribution", "hijack_success", "token_positions"]
@@ -110,38 +112,14 @@ def _token_map(model: nn.Module) -> TokenMap:
     return token_map
 
 
-def token_positions_from(token_map: TokenMap) -> torch.Tensor:
-    """Token index of each distribution entry, from the TokenMap alone (CLS left out when there is one)."""
-    tokens = torch.arange(token_map.n_tokens)
-    return tokens if token_map.cls_index is None else tokens[tokens != token_map.cls_index]
-
-
 def token_positions(detector: nn.Module) -> torch.Tensor:
     """Token index of each entry of :func:`attention_distribution`, to map it back through the TokenMap."""
     return token_positions_from(_token_map(detector))
 
 
-def _distribution(attentions: list[torch.Tensor], token_map: TokenMap) -> torch.Tensor:
-    """The last layer's attention as one distribution per sample over the non-CLS tokens."""
-    if not attentions:
-        raise ValueError("expected at least one attention map from forward_with_attention, got none")
-    last = attentions[-1]
-    n = token_map.n_tokens
-    if last.ndim != 4 or last.shape[-2:] != (n, n):
-        raise ValueError(f"expected the last attention of shape (batch, heads, {n}, {n}), got {tuple(last.shape)}")
-    heads_mean = last.mean(dim=1)
-    if token_map.cls_index is None:
-        rows = heads_mean.mean(dim=1)
-    else:
-        rows = heads_mean[:, token_map.cls_index]
-        keep = token_positions_from(token_map).to(rows.device)
-        rows = rows[:, keep]
-    return rows / rows.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 def _forward(model: nn.Module, x: torch.Tensor, token_map: TokenMap) -> tuple[torch.Tensor, torch.Tensor]:
     logits, attentions = model.forward_with_attention(x)
-    return logits, _distribution(attentions, token_map)
+    return logits, attention_distribution_of(attentions, token_map)
 
 
 def attention_distribution(detector: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -155,19 +133,6 @@ def attention_distribution(detector: nn.Module, x: torch.Tensor) -> torch.Tensor
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _order(scores: torch.Tensor) -> torch.Tensor:
-    """Entries of each row from the largest score to the smallest, ties broken by the lower index."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices
-
-
-def _ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Rank of each entry in :func:`_order` (0 = largest)."""
-    order = _order(scores)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
-    return ranks
-
 
 def _rows(mask: torch.Tensor, ndim: int) -> torch.Tensor:
     """A per-row tensor shaped to broadcast over an input batch of rank ``ndim``."""
@@ -216,7 +181,7 @@ def _hijack_targets(token_map: TokenMap, clean: torch.Tensor, k: int,
     if n < 2:
         raise ValueError(f"attention-hijack needs at least 2 attended tokens, the detector has {n}")
     k = min(k, n - 1)
-    return _order(clean)[:, n - k:]  # the k least attended (the lower index wins ties for the top)
+    return descending_order(clean)[:, n - k:]  # the k least attended (the lower index wins ties for the top)
 
 
 def hijack_success(detector: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *, k: int = 5,
@@ -232,7 +197,7 @@ def hijack_success(detector: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *,
         clean = attention_distribution(detector, x)
         adv = attention_distribution(detector, x_adv)
     targets = _hijack_targets(token_map, clean, k, target_positions)
-    return (_ranks(adv).gather(1, targets) < targets.shape[1]).all(dim=1)
+    return (descending_ranks(adv).gather(1, targets) < targets.shape[1]).all(dim=1)
 
 
 # --------------------------------------------------------------------------- the attacks
@@ -423,7 +388,7 @@ class AttentionHijack(_PredictionKeeping):
 
     def _score(self, dist, context):
         # success dominates (a mass is at most 1), then more mass on the targets
-        success = (_ranks(dist).gather(1, context) < context.shape[1]).all(dim=1)
+        success = (descending_ranks(dist).gather(1, context) < context.shape[1]).all(dim=1)
         return 2.0 * success.to(dist.dtype) + dist.gather(1, context).sum(1)
 
 
@@ -449,7 +414,7 @@ class AttentionGuided(PGD):
         token_map = _token_map(model)
         with torch.no_grad():
             clean = attention_distribution(model, x)
-        top = _order(clean)[:, :min(self.k, clean.shape[1])]
+        top = descending_order(clean)[:, :min(self.k, clean.shape[1])]
         tokens = token_positions_from(token_map).to(x.device)[top]
         return _input_mask(token_map, tokens, tuple(x.shape[1:]))
 

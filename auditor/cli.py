@@ -1,5 +1,7 @@
 """The ``audit`` command line.
 
+Loading it, and every ``--help``, imports no torch: each command imports what it runs inside its body.
+
 Exit codes, decided here and nowhere else: 0 every gate passed, 1 a gate
 failed, 2 bad usage or bad input (one line, no traceback), 3 an internal error.
 """
@@ -14,10 +16,10 @@ from pathlib import Path
 
 import click
 
+from auditor.cli_options import audit_options, bounds_pair, frozen_list, name_list
+from auditor.training.config import DEFENSES, DefenseConfig, TrainConfig
 from detectors.errors import BadInputError
-from detectors.blocks import ATTENTION_VARIANTS
-from detectors.registry import DETECTORS
-from detectors.train import DEFENSES, DefenseConfig, TrainConfig
+from detectors.kinds import ATTENTION_VARIANTS, DETECTOR_KINDS
 
 TRAIN_DEFAULTS = TrainConfig()
 DEFENSE_DEFAULTS = DefenseConfig()
@@ -58,53 +60,6 @@ class AuditGroup(click.Group):
             raise InternalProblem(f"{type(error).__name__}: {error}") from None
 
 
-def _eps_list(ctx, param, value: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected numbers separated by commas, e.g. 0.01,0.03,0.1; got {value!r}") from None
-    if not values or any(not (0 < v <= 1) for v in values):
-        raise click.BadParameter(f"each eps must lie in (0, 1] (a fraction of each feature's range); got {value!r}")
-    return tuple(sorted(set(values)))
-
-
-def _eps_l2_list(ctx, param, value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        values = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected numbers separated by commas, e.g. 0.5,1,2; got {value!r}") from None
-    if not values or any(not (0 < v < float("inf")) for v in values):
-        raise click.BadParameter(f"each L2 eps must be positive and finite (an L2 norm in [0, 1] units); got {value!r}")
-    return tuple(sorted(set(values)))
-
-
-def _attack_params(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
-    """ATTACK.PARAMETER=VALUE, the value as written: the audit's configuration reads it as the type of the
-    attack's default (a number, true/false, or a word such as pgd.schedule=constant)."""
-    parsed = []
-    for value in values:
-        name, equals, text = value.partition("=")
-        attack, _, key = name.rpartition(".")
-        if not attack or not key or not equals or not text.strip():
-            raise click.BadParameter(f"expected ATTACK.PARAMETER=VALUE, e.g. pgd.steps=50 or pgd.schedule=constant; "
-                                     f"got {value!r}")
-        parsed.append((attack, key, text.strip()))
-    return tuple(parsed)
-
-
-def _name_list(ctx, param, value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _frozen_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
-    """None when not given (a checkpoint's own frozen features apply), () for ``none``, else the names."""
-    if value is None:
-        return None
-    return () if value.strip().lower() == "none" else _name_list(ctx, param, value)
-
-
 @click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="attention-audit", prog_name="audit")
 def cli() -> None:
@@ -112,7 +67,7 @@ def cli() -> None:
 
 
 @cli.command(context_settings={"show_default": True})
-@click.option("--detector", type=click.Choice(sorted(DETECTORS)), default="tabular",
+@click.option("--detector", type=click.Choice(sorted(DETECTOR_KINDS)), default="tabular",
               help="tabular (rows), vit (images), sequence (event sequences)")
 @click.option("--data", "data_spec", required=True,
               help="breast-cancer, flows[:N], digits, sequences[:N], a .csv or an .npz file")
@@ -145,7 +100,7 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="continue from OUT.resume.pt, written beside --out every epoch")
 @click.option("--nproc", type=click.IntRange(min=1), default=1,
               help="data-parallel processes, launched with torchrun (gloo on CPU, NCCL on GPU)")
-@click.option("--frozen-features", callback=_name_list, default="",
+@click.option("--frozen-features", callback=name_list, default="",
               help="features an attacker may not change, comma-separated: recorded in the checkpoint (audit run "
                    "freezes them unless told otherwise) and left untouched by the defenses' attacks")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -155,13 +110,13 @@ def train(ctx, detector, data_spec, label_column, positive_class, attention, def
           defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device, use_compile,
           resume, nproc, frozen_features, out_path, quiet) -> None:
     """Train a detector and write a .safetensors checkpoint."""
-    from detectors.train import DefenseConfig, train_and_save
+    from auditor.training.job import train_and_save
 
     defense_config = DefenseConfig.from_options(defense, eps=defense_eps, steps=defense_steps,
                                                 step_size=defense_step_size, beta=beta,
                                                 lambda_attention=lambda_attention)
     if nproc > 1:
-        sys.exit(_launch_torchrun(ctx, nproc, module="detectors.train"))
+        sys.exit(_launch_torchrun(ctx, nproc, command=("train",)))
     summary = train_and_save(
         detector=detector, data_spec=data_spec, label_column=label_column, positive_class=positive_class,
         defense=defense_config, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
@@ -175,7 +130,7 @@ def train(ctx, detector, data_spec, label_column, positive_class, attention, def
                    f"{summary['seconds']:.1f} s, defense {defense}, attention {attention})")
 
 
-def _launch_torchrun(ctx: click.Context, nproc: int, *, module: str, command: tuple[str, ...] = ()) -> int:
+def _launch_torchrun(ctx: click.Context, nproc: int, *, command: tuple[str, ...]) -> int:
     """Re-run this command under ``torchrun --standalone`` with the same options (all but --nproc); the exit
     code is rank 0's (torchrun itself answers 1 for any failed process), passed back through a file (see
     :func:`main`); without the file (a rank died before rank 0 could write it) it is torchrun's."""
@@ -185,7 +140,7 @@ def _launch_torchrun(ctx: click.Context, nproc: int, *, module: str, command: tu
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BadInputError("--nproc launches torchrun itself; under torchrun leave it out")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", module, *command, *_command_line(ctx, skip=("nproc",))]
+               "-m", "auditor", *command, *_command_line(ctx, skip=("nproc",))]
     with tempfile.TemporaryDirectory() as folder:
         code_file = Path(folder) / "exit-code"
         code = subprocess.call(command, env={**os.environ, EXIT_CODE_FILE: str(code_file)})
@@ -214,84 +169,11 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
         elif isinstance(value, tuple):
             if value:
                 args += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
-            elif param.callback is _frozen_list:  # given as `none`, which is not the default
+            elif param.callback is frozen_list:  # given as `none`, which is not the default
                 args += [flag, "none"]
         else:
             args += [flag, str(value)]
     return args
-
-
-def audit_options(function):
-    """Options shared by ``audit run`` and ``audit demo``."""
-    options = [
-        click.option("--eps", callback=_eps_list, default="0.01,0.03,0.1", show_default=True,
-                     help="L-inf attack budgets, fractions of each feature's range"),
-        click.option("--eps-l2", callback=_eps_l2_list, default=None,
-                     help="L2 budgets of the L2 attacks (pgd-l2, cw, deepfool), L2 norms in [0, 1] units "
-                          "[default: each --eps times sqrt(number of inputs the attacker may change), "
-                          "two significant digits]"),
-        click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default="quick",
-                     show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
-        click.option("--attacks", callback=_name_list, default="",
-                     help="override the profile's attacks: registered names, comma-separated"),
-        click.option("--attack-param", "attack_params", multiple=True, callback=_attack_params,
-                     help="override one attack setting of the profile, e.g. pgd.steps=50 or "
-                          "pgd.schedule=constant (repeatable; "
-                          "`audit attacks` lists the parameters)"),
-        click.option("--explainers", callback=_name_list, default="",
-                     help="override the profile's explainers: registered names, comma-separated "
-                          "(quick: attention, rollout, integrated-gradients, random; standard and full: all)"),
-        click.option("--masking-checks/--no-masking-checks", default=None,
-                     help="gradient-masking checks [default: on for standard and full]"),
-        click.option("--frozen-features", callback=_frozen_list, default=None,
-                     help="features an attacker may not change, comma-separated; `none` for none "
-                          "[default: the checkpoint's, recorded by audit train --frozen-features]"),
-        click.option("--on-out-of-range", type=click.Choice(["clip", "refuse"]), default="clip", show_default=True,
-                     help="audited values outside the checkpoint's training range: clip them to it (counted in "
-                          "results.json data.out_of_range and the report), or refuse with exit 2"),
-        click.option("--target-class", default=None,
-                     help="targetable attacks (fgsm, pgd, pgd-l2, cw, square, attention-guided) aim at this class "
-                          "(a class name, e.g. the benign class of a detector)"),
-        click.option("--hijack-features", callback=_name_list, default="",
-                     help="attention-hijack pulls the attention onto these features, comma-separated "
-                          "[default: the 5 least-attended tokens of each sample]"),
-        click.option("--faithfulness-metrics", callback=_name_list, default="",
-                     help="override the profile's faithfulness metrics, comma-separated: deletion, insertion, "
-                          "deletion_gain, comprehensiveness, sufficiency, correlation, infidelity, max_sensitivity "
-                          "[default: quick: deletion,insertion; standard and full: all]"),
-        click.option("--removal-baseline", type=click.Choice(["mean", "zero", "blur"]), default="mean",
-                     show_default=True,
-                     help="what a removed feature becomes: the training-split mean, zero, or (images only) a "
-                          "Gaussian blur of the input, sigma 1 pixel"),
-        click.option("--max-samples", type=click.IntRange(min=0), default=None,
-                     help="audit a seeded, stratified subset of this many rows, 0 = all "
-                          "[default: 1000; full profile 5000]"),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N"),
-        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="largest attack and explainer batch (smaller when --max-memory-gb asks)"),
-        click.option("--max-memory-gb", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="memory budget per process, from which batch sizes are chosen "
-                          "[default: half the available RAM, or of free GPU memory on CUDA]"),
-        click.option("--save-adversarial", is_flag=True, help="write adversarial.safetensors"),
-        click.option("--save-explanations", is_flag=True, help="write explanations.safetensors"),
-        click.option("--quiet", is_flag=True, help="print only the verdict line"),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _bounds(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected LO,HI, e.g. 0,255; got {value!r}") from None
-    if not hi > lo:
-        raise click.BadParameter(f"expected LO < HI, got {value!r}")
-    return (lo, hi)
 
 
 @cli.command()
@@ -311,7 +193,7 @@ def _bounds(ctx, param, value):
 @click.option("--attention-module", "attention_modules", multiple=True,
               help="python: models: a submodule whose output holds attention weights (repeatable)")
 @click.option("--logits-key", default=None, help="python: models returning a dict or tuple: where the logits are")
-@click.option("--bounds", callback=_bounds, default=None,
+@click.option("--bounds", callback=bounds_pair, default=None,
               help="python: models: LO,HI of every input (default: each feature's min and max over the data)")
 @click.option("--bounds-file", default=None, help="python: models: JSON {\"lo\": [...], \"hi\": [...]}")
 @click.option("--positive-class", default=None, help="python: models: the class to catch")
@@ -321,7 +203,7 @@ def _bounds(ctx, param, value):
               help="results.json of an earlier run: add regression gates (the policy's [regression] table, "
                    "else 0.02 on every gated metric)")
 @click.option("--json", "as_json", is_flag=True, help="print results.json to stdout and nothing else")
-@click.option("--relevant-features", callback=_name_list, default="",
+@click.option("--relevant-features", callback=name_list, default="",
               help="the truly relevant features (columns of a CSV; for sequences a feature at every time step), "
                    "so localisation.precision_at_k runs on your data")
 @audit_options
@@ -338,7 +220,7 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
     from auditor.shard import Shard
 
     if nproc > 1:
-        sys.exit(_launch_torchrun(ctx, nproc, module="auditor", command=("run",)))
+        sys.exit(_launch_torchrun(ctx, nproc, command=("run",)))
     foreign = ForeignOptions(weights=weights, input_kind=input_kind, patch_size=patch_size, cls_token=cls_token,
                              attention_modules=tuple(attention_modules), logits_key=logits_key, bounds=bounds,
                              bounds_file=bounds_file, positive_class=positive_class)
@@ -387,7 +269,7 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
 def demo(out_dir, epochs, **options) -> None:
     """Train the tabular detector on breast-cancer, audit it, write the report (exit 0 once written)."""
     from auditor.runner import audit_to_folder
-    from detectors.train import train_and_save
+    from auditor.training.job import train_and_save
 
     model_path = out_dir / "model.safetensors"
     started = time.perf_counter()

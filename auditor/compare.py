@@ -163,7 +163,7 @@ def compare_audits(audits: list[Audited], *, allow_mismatch: bool = False, polic
         robust_metric=robust_metric, pareto_points=points, pareto_front=pareto_front(points, robust_higher=higher),
         verdicts=verdicts(audits, policy), policy_source=policy.source if policy else "each audit's own policy",
         explainer=explainer,
-        robustness_curves={a.name: robustness_curves(m) for a, m in zip(audits, metrics)},
+        robustness_curves={a.name: curves_from_clean_accuracy(m) for a, m in zip(audits, metrics)},
         removal_curves={a.name: a.document.get("curves", {}).get("removal", {}).get(explainer)
                         for a in audits if a.document.get("curves", {}).get("removal", {}).get(explainer)},
     )
@@ -233,8 +233,10 @@ def pareto_front(points: dict[str, tuple[float, float]], *, robust_higher: bool 
     return front
 
 
-def robustness_curves(metrics: dict[str, MetricValue]) -> dict[str, list[tuple[float, float]]]:
-    """Robust accuracy against eps per attack, starting from clean accuracy at eps 0."""
+def curves_from_clean_accuracy(metrics: dict[str, MetricValue]) -> dict[str, list[tuple[float, float]]]:
+    """Robust accuracy against eps of every ``robust.accuracy.NAME@EPS`` an audit recorded, per name, each curve
+    starting from the clean accuracy at eps 0 (the overlay of ``audit compare``; an audit's own report plots
+    :func:`auditor.robustness.robustness_curves`, on its eps grids, without the clean point)."""
     curves: dict[str, list[tuple[float, float]]] = {}
     for name, value in metrics.items():
         if match := _ROBUST_ACCURACY.match(name):

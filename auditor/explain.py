@@ -64,7 +64,7 @@ from captum.attr import DeepLift, FeatureAblation, InputXGradient, IntegratedGra
 
 from detectors.base import Detector
 from detectors.errors import BadInputError
-from detectors.seeding import per_sample_uniform
+from detectors.seeding import per_sample_normal, per_sample_uniform
 
 FAMILIES = ("attention", "gradient", "perturbation", "baseline")
 MAX_INTERNAL_BATCH = 8192
@@ -277,13 +277,6 @@ class DeepLiftExplainer(Explainer):
             warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
             return DeepLift(detector).attribute(x.detach().clone(), baselines=baseline.expand_as(x).contiguous(),
                                                 target=target)
-
-
-def per_sample_normal(shape, index: torch.Tensor, *, seed: int, purpose: str, device) -> torch.Tensor:
-    """Standard normal draws from each sample's own stream (inverse CDF of its uniforms)."""
-    uniform = per_sample_uniform(shape, index, seed=seed, purpose=purpose, device=device).double()
-    tiny = torch.finfo(torch.float64).tiny
-    return torch.special.ndtri(uniform.clamp(tiny, 1 - 1e-16)).float()
 
 
 class GradientShapExplainer(Explainer):

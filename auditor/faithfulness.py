@@ -65,7 +65,8 @@ import torch.nn.functional as F
 from captum.metrics import sensitivity_max
 
 from detectors.errors import BadInputError
-from detectors.seeding import per_sample_uniform, stream_seed
+from detectors.maths import descending_ranks
+from detectors.seeding import per_sample_normal, per_sample_uniform
 
 MAX_UNIT_STEPS = 64
 COARSE_STEPS = 32
@@ -199,12 +200,9 @@ def aopc_counts(n_features: int) -> np.ndarray:
 
 
 def feature_ranks(attribution: torch.Tensor) -> torch.Tensor:
-    """rank[i, f] = position of feature f when sample i's attributions are sorted descending, ties by index."""
-    flat = attribution.flatten(1).double().cpu().numpy()
-    order = np.argsort(-flat, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(flat.shape[1])[None, :].repeat(len(flat), 0), axis=1)
-    return torch.from_numpy(ranks)
+    """rank[i, f] = position of feature f when sample i's attributions are sorted descending, ties by index
+    (:func:`detectors.maths.descending_ranks` of the flattened float64 attributions, on the CPU)."""
+    return descending_ranks(attribution.flatten(1).double().cpu())
 
 
 def removal_curves(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
@@ -324,12 +322,6 @@ def _pearson_rows(a: np.ndarray, b: np.ndarray, *, constant_y: float) -> np.ndar
     return np.where(varies, np.clip(rho, -1.0, 1.0), np.nan)
 
 
-def _per_sample_normal(shape: tuple[int, ...], index: torch.Tensor, *, seed: int, purpose: str) -> torch.Tensor:
-    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(stream_seed(seed, purpose, int(i))))
-            for i in index.tolist()]
-    return torch.stack(rows) if rows else torch.empty((0, *shape))
-
-
 def infidelity_per_sample(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
                           baseline: torch.Tensor, *, seed: int, index: torch.Tensor,
                           max_batch: int = 16384) -> np.ndarray:
@@ -342,8 +334,8 @@ def infidelity_per_sample(model: torch.nn.Module, x: torch.Tensor, attribution: 
         for start in range(0, len(x), chunk):
             rows = slice(start, min(start + chunk, len(x)))
             xs = x[rows]
-            eps = INFIDELITY_STD * _per_sample_normal((k, *x.shape[1:]), index[rows], seed=seed,
-                                                      purpose="faithfulness/infidelity").to(x.device, x.dtype)
+            eps = INFIDELITY_STD * per_sample_normal((k, *x.shape[1:]), index[rows], seed=seed,
+                                                     purpose="faithfulness/infidelity").to(x.device, x.dtype)
             toward = (xs - _baseline_rows(baseline, x, rows).to(x.dtype))[:, None]
             perturbed = (xs[:, None] - eps * toward).reshape(-1, *x.shape[1:])
             proba = torch.softmax(model(torch.cat([xs, perturbed])), dim=1).double()

@@ -43,7 +43,7 @@ explain little.
 Both interventions need attention that can be edited inside the forward: the built-in blocks
 (``detectors.blocks.edited_attention``) or, for a ``python:`` model whose attention is captured from
 ``nn.MultiheadAttention`` modules, those modules with their output recomputed from their own value and output
-projections (``detectors.foreign.edited_multihead_attention``). Other models are skipped with the reason.
+projections (``detectors.foreign_editing.edited_multihead_attention``). Other models are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from auditor.explain import Explainer, evaluating
 from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
-from detectors.foreign import (ForeignDetector, captured_attention_modules, edited_multihead_attention,
-                               multihead_edit_unsupported)
+from detectors.foreign import ForeignDetector, captured_attention_modules
+from detectors.foreign_editing import edited_multihead_attention, multihead_edit_unsupported
+from detectors.maths import spearman
 from detectors.seeding import per_sample_uniform, stream_seed
 
 MPRT_SAMPLES = 256
@@ -71,14 +71,9 @@ UNUSED_ATTENTION_KEPT = 0.95
 
 
 def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Spearman's ρ of each sample's flattened ``a`` with its ``b`` (average ranks); NaN where one is constant."""
-    ra = rankdata(a.flatten(1).double().cpu().numpy(), axis=1)
-    rb = rankdata(b.flatten(1).double().cpu().numpy(), axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
-    denominator = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (ra * rb).sum(1) / denominator, np.nan)
+    """Spearman's ρ of each sample's flattened ``a`` with its ``b`` (:func:`detectors.maths.spearman`, average
+    ranks); NaN where one is constant."""
+    return spearman(a.flatten(1).double().cpu(), b.flatten(1).double().cpu()).numpy()
 
 
 def cascade_layers(detector: nn.Module) -> list[tuple[str, list[nn.Module]]]:

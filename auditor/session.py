@@ -36,7 +36,8 @@ from auditor.sparsity import SPARSITY_METRICS, sparsity_stage
 from auditor.tensorfile import Layout, RowWriter
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
-from detectors.data import Dataset, align_table, is_builtin, load_table, split_table, stratified_subset
+from detectors.data import align_table, is_builtin, load_table, split_table, stratified_subset
+from detectors.table import Dataset
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 
@@ -513,8 +514,8 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
     and maximum unless ``--bounds``/``--bounds-file`` say otherwise); the wrapper maps those units back to
     the model's own before every call, so eps means the same fraction of a range as for checkpoints.
     """
-    from detectors.foreign import (PATH_TOLERANCE, ForeignDetector, build_foreign_model, check_input_fits,
-                                   logit_path_difference)
+    from detectors.foreign import PATH_TOLERANCE, ForeignDetector, check_input_fits, logit_path_difference
+    from detectors.foreign_loading import build_foreign_model
 
     if data_spec is None:
         raise BadInputError("a python: model brings no data of its own; pass --data with the rows to audit")
@@ -576,7 +577,7 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
 
 
 def parse_location(model_spec: str) -> str:
-    from detectors.foreign import parse_model_spec
+    from detectors.foreign_loading import parse_model_spec
 
     return parse_model_spec(model_spec)[0]
 

@@ -14,7 +14,7 @@ bootstrap or gate as they like. All are pure and batched.
     either side is constant has no ranking to correlate; it gets 0.0 (never NaN)
     so that means over a batch stay defined.
 ``jsd(p, q)``
-    Jensen-Shannon divergence in nats (:func:`detectors.train.jensen_shannon`).
+    Jensen-Shannon divergence in nats (:func:`detectors.maths.jensen_shannon`).
     Range [0, ln 2]; lower = more stable (0: identical distributions).
 ``prediction_kept(clean_pred, adv_pred)``
     1.0 where the predicted class is unchanged, else 0.0. Range {0, 1}; higher
@@ -27,11 +27,9 @@ import math
 
 import torch
 
-from detectors.train import jensen_shannon
+from detectors.maths import descending_order, jensen_shannon, spearman as spearman_or_nan
 
 __all__ = ["jsd", "prediction_kept", "spearman", "topk_intersection"]
-
-_RANK_CHUNK_ELEMENTS = 1 << 24  # bound on the (rows, n, n) comparison block of the tie-aware ranking
 
 
 def _pair(p: torch.Tensor, q: torch.Tensor) -> None:
@@ -40,43 +38,22 @@ def _pair(p: torch.Tensor, q: torch.Tensor) -> None:
                          f"and {tuple(q.shape)}")
 
 
-def _top_order(scores: torch.Tensor) -> torch.Tensor:
-    """Entries from the largest to the smallest, ties broken by the lower index."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices
-
-
 def topk_intersection(p: torch.Tensor, q: torch.Tensor, k: int = 5) -> torch.Tensor:
     """(batch,) share of p's top-k entries that are among q's top-k (k capped at n)."""
     _pair(p, q)
     if int(k) != k or k < 1:
         raise ValueError(f"expected an integer k >= 1, got {k}")
     k = min(int(k), p.shape[1])
-    top_p, top_q = _top_order(p)[:, :k], _top_order(q)[:, :k]
+    top_p, top_q = descending_order(p)[:, :k], descending_order(q)[:, :k]
     in_q = torch.zeros(q.shape, dtype=torch.bool, device=q.device).scatter_(1, top_q, True)
     return in_q.gather(1, top_p).to(p.dtype if p.is_floating_point() else torch.float32).mean(dim=1)
 
 
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n per row, tied entries sharing the mean of their ranks (float64)."""
-    n = x.shape[1]
-    rows = max(1, _RANK_CHUNK_ELEMENTS // max(1, n * n))
-    parts = []
-    for block in x.split(rows):
-        below = (block[:, None, :] < block[:, :, None]).sum(-1)
-        equal = (block[:, None, :] == block[:, :, None]).sum(-1)
-        parts.append(below.double() + (equal.double() + 1) / 2)
-    return torch.cat(parts) if parts else torch.empty(0, n, dtype=torch.float64, device=x.device)
-
-
 def spearman(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """(batch,) Spearman correlation per row; 0.0 for rows where either side is constant."""
+    """(batch,) Spearman correlation per row (:func:`detectors.maths.spearman`); 0.0 for rows where either side
+    is constant."""
     _pair(p, q)
-    rp, rq = _average_ranks(p), _average_ranks(q)
-    rp, rq = rp - rp.mean(dim=1, keepdim=True), rq - rq.mean(dim=1, keepdim=True)
-    scale = (rp.square().sum(1) * rq.square().sum(1)).sqrt()
-    constant = scale == 0
-    rho = (rp * rq).sum(1) / torch.where(constant, torch.ones_like(scale), scale)
-    rho = torch.where(constant, torch.zeros_like(rho), rho).clamp(-1.0, 1.0)
+    rho = spearman_or_nan(p, q).nan_to_num(0.0)
     return rho.to(p.dtype if p.is_floating_point() else torch.float32)
 
 

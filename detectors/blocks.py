@@ -36,12 +36,13 @@ import entmax
 import torch
 from torch import nn
 
+from detectors.kinds import ATTENTION_VARIANTS
+
 # An edit of attention weights inside a forward: (weights, allowed) -> weights, with weights
 # (batch, heads, queries, keys) and ``allowed`` a boolean tensor broadcastable to them that is True
 # where a query may attend a key (masked keys are False).
 AttentionEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EVERY_KEY = torch.ones((), dtype=torch.bool)  # the built-in blocks mask nothing
-ATTENTION_VARIANTS = ("softmax", "sparsemax", "entmax15", "additive")
 SPARSE_ATTENTION = ("sparsemax", "entmax15")
 
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from detectors.base import Detector
-from detectors.data import Scaler
+from detectors.table import Scaler
 from detectors.errors import BadInputError
 from detectors.registry import DETECTORS, build_detector
 

@@ -1,11 +1,8 @@
 """Adapt models this tool did not train, so the auditor can use them as a :class:`Detector`.
 
-A foreign model is named by a spec ``python:PATH_OR_MODULE:FACTORY``: the user's
-own Python file (or an importable dotted module) and a zero-argument factory
-that returns the ``nn.Module``. Weights, if given, are loaded without ever
-running code from the weights file: ``.safetensors`` directly, anything else
-through ``torch.load(weights_only=True)``, which refuses pickles that would
-call arbitrary functions.
+A foreign model is named by a spec ``python:PATH_OR_MODULE:FACTORY`` and built by
+:mod:`detectors.foreign_loading`; the sanity checks' edits of its attention live in
+:mod:`detectors.foreign_editing`.
 
 :class:`ForeignDetector` wraps the module in the Detector contract. Most
 third-party transformers use ``nn.MultiheadAttention`` (directly or inside
@@ -18,229 +15,18 @@ model behaves exactly as before outside the capture.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import pickle
-import re
-import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from detectors.base import Detector, TokenMap
-from detectors.errors import BadInputError
+from detectors.errors import BadInputError, short_listing
 
-SPEC_PREFIX = "python:"
 INPUT_KINDS = ("tabular", "sequence", "image")
 CLS_TOKENS = ("first", "none")
-WRAPPED_STATE_KEYS = ("state_dict", "model_state_dict")
-_IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-def _first_line(error: BaseException) -> str:
-    """One readable line from an exception: the CLI prints one line per bad input."""
-    text = str(error).strip()
-    line = text.splitlines()[0].strip() if text else ""
-    return f"{type(error).__name__}: {line}" if line else type(error).__name__
-
-
-def _listing(names: list[str], limit: int = 8) -> str:
-    """A short, comma-separated listing, so error messages stay on one line."""
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "") if names else "(none)"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Building the user's model
-# --------------------------------------------------------------------------------------------------------------
-
-
-def parse_model_spec(spec: str) -> tuple[str, str]:
-    """'python:PATH_OR_MODULE:FACTORY' -> (path_or_module, factory). BadInputError if malformed.
-
-    The factory is split off at the *last* colon so that paths containing a
-    colon (a Windows drive letter) still parse.
-    """
-    usage = "expected 'python:PATH_OR_MODULE:FACTORY', e.g. 'python:models/my_net.py:make' or 'python:mypkg.nets:make'"
-    if not isinstance(spec, str) or not spec.startswith(SPEC_PREFIX):
-        raise BadInputError(f"model spec {spec!r} does not start with {SPEC_PREFIX!r}; {usage}")
-    rest = spec[len(SPEC_PREFIX):]
-    if ":" not in rest:
-        raise BadInputError(f"model spec {spec!r} names no factory; {usage}")
-    location, factory = rest.rsplit(":", 1)
-    location, factory = location.strip(), factory.strip()
-    if not location:
-        raise BadInputError(f"model spec {spec!r} names no file or module; {usage}")
-    if not factory or not _IDENTIFIER_PATH.match(factory):
-        raise BadInputError(f"model spec {spec!r} has factory {factory!r}, which is not a Python name; {usage}")
-    return location, factory
-
-
-def _looks_like_path(location: str) -> bool:
-    """A file path rather than a dotted module: ends in .py, has a separator, or exists as a file."""
-    return location.endswith(".py") or "/" in location or "\\" in location or Path(location).is_file()
-
-
-def _import_user_module(location: str) -> Any:
-    """Import the user's file or dotted module; any failure becomes one BadInputError line."""
-    if _looks_like_path(location):
-        path = Path(location).expanduser()
-        if not path.is_file():
-            raise BadInputError(
-                f"model file {location!r} does not exist (looked at {path.resolve()}); give the path to the .py file "
-                "that defines the factory, or an importable dotted module name"
-            )
-        path = path.resolve()
-        # A unique name per file, so two user files both called model.py do not replace each other.
-        module_name = f"_attention_audit_foreign_{path.stem}_{abs(hash(str(path))):x}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise BadInputError(f"cannot import {str(path)!r} as Python; expected a .py file")
-        module = importlib.util.module_from_spec(spec)
-        # Registered before executing: dataclasses and pickling look the module up by name.
-        sys.modules[module_name] = module
-        # The file's own directory is importable while it runs, so it can import its sibling files.
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        except (Exception, SystemExit) as error:
-            sys.modules.pop(module_name, None)
-            raise BadInputError(f"importing model file {str(path)!r} failed: {_first_line(error)}") from error
-        finally:
-            try:
-                sys.path.remove(str(path.parent))
-            except ValueError:
-                pass
-        return module
-    if not _IDENTIFIER_PATH.match(location):
-        raise BadInputError(f"{location!r} is neither an existing .py file nor a dotted module name")
-    try:
-        return importlib.import_module(location)
-    except ModuleNotFoundError as error:
-        raise BadInputError(
-            f"module {location!r} cannot be imported ({_first_line(error)}); install it or give the path to a .py file"
-        ) from error
-    except (Exception, SystemExit) as error:
-        raise BadInputError(f"importing module {location!r} failed: {_first_line(error)}") from error
-
-
-def _resolve_factory(module: Any, location: str, factory: str) -> Any:
-    """Look up a (possibly dotted) factory name in the imported module."""
-    target: Any = module
-    for part in factory.split("."):
-        if not hasattr(target, part):
-            available = sorted(name for name, value in vars(module).items()
-                               if callable(value) and not name.startswith("_")
-                               and getattr(value, "__module__", None) == module.__name__)
-            raise BadInputError(
-                f"{location!r} defines no factory {factory!r}; callables defined there: {_listing(available)}"
-            )
-        target = getattr(target, part)
-    if not callable(target):
-        raise BadInputError(f"{factory!r} in {location!r} is a {type(target).__name__}, not a callable factory")
-    return target
-
-
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    """Read a state dict without running code from the file.
-
-    ``.safetensors`` holds tensors only. Everything else goes through
-    ``torch.load(weights_only=True)``, whose restricted unpickler raises
-    UnpicklingError *before* calling any function a malicious pickle names.
-    """
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            raise BadInputError(f"cannot read safetensors weights {str(path)!r}: {_first_line(error)}") from error
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise BadInputError(
-            f"refused to load weights {str(path)!r}: it is a pickle that would run code or build objects other than "
-            "tensors; save plain weights with torch.save(model.state_dict(), path) or as .safetensors"
-        ) from error
-    except (Exception, SystemExit) as error:
-        raise BadInputError(
-            f"cannot read weights {str(path)!r} ({_first_line(error)}); expected a file written by "
-            "torch.save(model.state_dict(), path) or a .safetensors file"
-        ) from error
-    if isinstance(loaded, Mapping):
-        for key in WRAPPED_STATE_KEYS:
-            if isinstance(loaded.get(key), Mapping):
-                loaded = loaded[key]
-                break
-    if not isinstance(loaded, Mapping):
-        raise BadInputError(
-            f"weights {str(path)!r} hold a {type(loaded).__name__}, expected a state dict (name -> tensor); "
-            "save with torch.save(model.state_dict(), path)"
-        )
-    not_tensors = [str(key) for key, value in loaded.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise BadInputError(
-            f"weights {str(path)!r} are not a state dict: entries {_listing(not_tensors, 5)} are not tensors; "
-            f"expected name -> tensor, optionally wrapped under {' or '.join(map(repr, WRAPPED_STATE_KEYS))}"
-        )
-    return loaded
-
-
-def _load_weights(model: nn.Module, weights: str) -> None:
-    """Load strictly: a silently half-loaded model would make every audit number meaningless."""
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise BadInputError(f"weights file {weights!r} does not exist (looked at {path.resolve()})")
-    state = _read_state_dict(path)
-    expected = set(model.state_dict())
-    given = set(state)
-    missing = sorted(expected - given)
-    unexpected = sorted(given - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
-        if unexpected:
-            parts.append(f"unexpected key {unexpected[0]!r}"
-                         + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-        raise BadInputError(
-            f"weights {weights!r} do not fit the model built by the factory: {'; '.join(parts)}; "
-            "check that the factory builds the same architecture the weights were saved from"
-        )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), _first_line(error))
-        raise BadInputError(f"weights {weights!r} do not fit the model: {detail}") from error
-
-
-def build_foreign_model(spec: str, *, weights: str | None = None) -> torch.nn.Module:
-    """Import the user's factory, call it with no arguments, load weights if given; model in eval().
-
-    The factory is the user's own code, run because they asked for it; the
-    weights file is data and never gets to run code.
-    """
-    location, factory_name = parse_model_spec(spec)
-    module = _import_user_module(location)
-    factory = _resolve_factory(module, location, factory_name)
-    try:
-        model = factory()
-    except (Exception, SystemExit) as error:
-        raise BadInputError(f"factory {factory_name}() from {location!r} raised {_first_line(error)}") from error
-    if not isinstance(model, nn.Module):
-        raise BadInputError(
-            f"factory {factory_name}() from {location!r} returned a {type(model).__name__}, "
-            "expected a torch.nn.Module; make the factory return the model instance"
-        )
-    if weights is not None:
-        _load_weights(model, weights)
-    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -302,7 +88,7 @@ def is_self_attention(query: Any, key: Any, value: Any) -> bool:
     return isinstance(query, torch.Tensor) and query is key and key is value
 
 
-class _MultiheadAttentionCapture:
+class MultiheadAttentionCapture:
     """Hooks that make one ``nn.MultiheadAttention`` hand back per-head weights.
 
     The pre-hook rewrites ``need_weights``/``average_attn_weights`` wherever
@@ -402,7 +188,7 @@ class ForeignDetector(Detector):
             suggestions = likely + [name for name in valid if name not in likely]
             raise BadInputError(
                 f"--attention-module {unknown[0]!r} is not a submodule of the model; valid names include: "
-                f"{_listing(suggestions)}"
+                f"{short_listing(suggestions)}"
             )
 
         lo_tensor = self._bound(lo, 0.0, "lo")
@@ -447,11 +233,11 @@ class ForeignDetector(Detector):
             keys = [str(key) for key in output]
             if self.logits_key is None:
                 raise BadInputError(
-                    f"the model returns a dict with keys {_listing(keys)}; pass --logits-key naming the logits"
+                    f"the model returns a dict with keys {short_listing(keys)}; pass --logits-key naming the logits"
                 )
             if self.logits_key not in output:
                 raise BadInputError(
-                    f"--logits-key {self.logits_key!r} is not among the model's output keys: {_listing(keys)}"
+                    f"--logits-key {self.logits_key!r} is not among the model's output keys: {short_listing(keys)}"
                 )
             logits = output[self.logits_key]
         elif isinstance(output, (tuple, list)):
@@ -525,7 +311,7 @@ class ForeignDetector(Detector):
             torch.backends.mha.set_fastpath_enabled(False)
             for name, module in named.items():
                 if isinstance(module, nn.MultiheadAttention):
-                    capture = _MultiheadAttentionCapture(captured, name, module,
+                    capture = MultiheadAttentionCapture(captured, name, module,
                                                          always=name in self.attention_modules, ignored=ignored)
                     handles.append(module.register_forward_pre_hook(capture.pre_hook, with_kwargs=True))
                     handles.append(module.register_forward_hook(capture.hook))
@@ -540,7 +326,7 @@ class ForeignDetector(Detector):
             torch.backends.mha.set_fastpath_enabled(previous_fastpath)
         if not captured and ignored:
             raise BadInputError(
-                f"no attention found: the model's nn.MultiheadAttention modules {_listing(ignored)} do not attend "
+                f"no attention found: the model's nn.MultiheadAttention modules {short_listing(ignored)} do not attend "
                 "the tokens over themselves (query, key and value differ: cross-attention or attention pooling), "
                 "so they are not encoder layers; name the module(s) to use with --attention-module"
             )
@@ -646,119 +432,6 @@ def check_input_fits(detector: ForeignDetector, x: torch.Tensor) -> None:
         text = str(error).strip()
         line = text.splitlines()[0] if text else type(error).__name__
         raise BadInputError(f"the data's shape {tuple(x.shape)} does not fit the model: {line}") from error
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Editing the attention weights inside nn.MultiheadAttention (the sanity checks' interventions)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def multihead_edit_unsupported(module: nn.Module) -> str | None:
-    """Why :func:`edited_multihead_attention` cannot recompute this module's output, or None when it can."""
-    if not isinstance(module, nn.MultiheadAttention):
-        return f"a {type(module).__name__} is not an nn.MultiheadAttention"
-    if module.bias_k is not None or module.add_zero_attn:
-        return "it appends bias or zero keys (add_bias_kv / add_zero_attn) that are not tokens"
-    return None
-
-
-def multihead_allowed_keys(weights: torch.Tensor, key_padding_mask: torch.Tensor | None,
-                           attn_mask: torch.Tensor | None) -> torch.Tensor:
-    """(batch, heads, queries, keys) booleans: True where a query may attend a key.
-
-    Boolean masks block where True; float masks are added to the scores, and a key counts as allowed
-    where the softmax of the masks alone leaves it a non-zero weight (so -inf and -1e9 both block).
-    """
-    batch, heads, queries, keys = weights.shape
-    scores = torch.zeros(batch, heads, queries, keys, dtype=torch.float32, device=weights.device)
-    if attn_mask is not None:  # (L, S), or (batch * heads, L, S)
-        additive = _additive_mask(attn_mask, weights.device)
-        scores = scores + (additive if additive.ndim == 2 else additive.reshape(-1, heads, queries, keys))
-    if key_padding_mask is not None:  # (batch, S)
-        scores = scores + _additive_mask(key_padding_mask, weights.device).reshape(batch, 1, 1, keys)
-    return torch.softmax(scores, dim=-1) > 0
-
-
-def _additive_mask(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, device=device).masked_fill(mask.to(device), -torch.inf)
-    return mask.to(device, torch.float32)
-
-
-class _MultiheadAttentionEdit(_MultiheadAttentionCapture):
-    """Hooks that replace one ``nn.MultiheadAttention``'s output by the one its edited weights give.
-
-    The pre-hook (the capture's) asks the module for its per-head weights; the forward hook applies
-    ``edit(weights, allowed)`` and recomputes the output from the module's own value and output
-    projections, ``out_proj(edited @ (value W_v + b_v))`` per head, without dropout (the sanity checks run
-    the model in eval mode), and hands the caller the weights it asked for, edited.
-    """
-
-    def __init__(self, module: nn.MultiheadAttention, edit) -> None:
-        # the modules to edit were chosen as layers already: edit every call, self-attention or not
-        super().__init__([], "", module, always=True)
-        self.edit = edit
-
-    def edit_hook(self, module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> Any:
-        requested = self.requested.pop() if self.requested else None
-        if not requested:
-            return None  # a call the pre-hook could not bind: the module reports it itself
-        arguments = self.signature.bind(*args, **kwargs).arguments
-        weights, value = output[1], arguments["value"]
-        key_padding_mask = arguments.get("key_padding_mask")
-        attn_mask = arguments.get("attn_mask")
-        batched = weights.ndim == 4
-        if not batched:  # unbatched call: (heads, L, S) weights, (S, E) value
-            weights, value = weights.unsqueeze(0), value.unsqueeze(0)
-            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
-        elif not module.batch_first:
-            value = value.transpose(0, 1)
-        batch, heads, queries, keys = weights.shape
-        edited = self.edit(weights, multihead_allowed_keys(weights, key_padding_mask, attn_mask))
-        dim = module.embed_dim
-        if module._qkv_same_embed_dim:
-            value_weight = module.in_proj_weight[2 * dim:]
-        else:
-            value_weight = module.v_proj_weight
-        value_bias = None if module.in_proj_bias is None else module.in_proj_bias[2 * dim:]
-        values = torch.nn.functional.linear(value, value_weight, value_bias)
-        values = values.reshape(batch, keys, heads, dim // heads).transpose(1, 2)
-        mixed = (edited.to(values.dtype) @ values).transpose(1, 2).reshape(batch, queries, dim)
-        out = module.out_proj(mixed)
-        if not batched:
-            out, edited = out[0], edited[0]
-        elif not module.batch_first:
-            out = out.transpose(0, 1)
-        need, average = requested
-        if not need:
-            return out, None
-        return out, edited.mean(dim=-3) if average else edited
-
-
-@contextmanager
-def edited_multihead_attention(modules: list[nn.MultiheadAttention], edit) -> Iterator[None]:
-    """Run with ``edit(weights, allowed) -> weights`` applied inside every one of ``modules``.
-
-    The fused fast path is off for the block (it would skip the hooks); hooks and the fast-path flag are
-    restored in ``finally``, also when the model raises.
-    """
-    for module in modules:
-        reason = multihead_edit_unsupported(module)
-        if reason is not None:
-            raise ValueError(f"cannot edit this module's attention: {reason}")
-    handles = []
-    previous_fastpath = torch.backends.mha.get_fastpath_enabled()
-    try:
-        torch.backends.mha.set_fastpath_enabled(False)
-        for module in modules:
-            editor = _MultiheadAttentionEdit(module, edit)
-            handles.append(module.register_forward_pre_hook(editor.pre_hook, with_kwargs=True))
-            handles.append(module.register_forward_hook(editor.edit_hook, with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        torch.backends.mha.set_fastpath_enabled(previous_fastpath)
 
 
 def captured_attention_modules(detector: ForeignDetector, x: torch.Tensor) -> list[str]:

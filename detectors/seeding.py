@@ -1,8 +1,8 @@
 """Per-sample random streams.
 
 Every random draw that concerns one sample (an attack's random start, the
-``random`` explainer) comes from a generator seeded by (run seed, purpose,
-the sample's global index), so results do not depend on batch size, on the
+``random`` explainer, gradient-shap's and infidelity's noise) comes from a
+generator seeded by (run seed, purpose, the sample's global index), so results do not depend on batch size, on the
 order samples are processed in, or on how they are sharded.
 """
 
@@ -32,3 +32,12 @@ def per_sample_uniform(shape: Sequence[int], indices: Sequence[int] | torch.Tens
     if not rows:
         return torch.empty((0, *shape), device=device)
     return torch.stack(rows).to(device)
+
+
+def per_sample_normal(shape: Sequence[int], indices: Sequence[int] | torch.Tensor, *, seed: int, purpose: str,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal draws of ``shape`` for each sample, stacked: the inverse normal CDF of the sample's own
+    :func:`per_sample_uniform` draws (float64 while transformed), so one generator serves both."""
+    uniform = per_sample_uniform(shape, indices, seed=seed, purpose=purpose, device=device).double()
+    tiny = torch.finfo(torch.float64).tiny
+    return torch.special.ndtri(uniform.clamp(tiny, 1 - 1e-16)).float()

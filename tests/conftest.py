@@ -14,7 +14,7 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory):
     """A small tabular detector trained on breast-cancer (a few seconds), written as a checkpoint."""
-    from detectors.train import train_and_save
+    from auditor.training.job import train_and_save
 
     path = tmp_path_factory.mktemp("model") / "bc.safetensors"
     summary = train_and_save(detector="tabular", data_spec="breast-cancer", label_column="label",

@@ -36,7 +36,8 @@ def models():
     """Undefended detectors of each input kind, briefly trained on the bundled data, with their test rows."""
     from detectors.data import load_table, split_table
     from detectors.registry import detector_for_data
-    from detectors.train import TrainConfig, train_detector
+    from auditor.training.config import TrainConfig
+    from auditor.training.loop import train_detector
 
     out = {}
     for kind, detector, data, epochs in (("tabular", "tabular", "breast-cancer", 30), ("image", "vit", "digits", 8),

@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 from attacks.attention import (ATTENTION_ATTACKS, AttentionGuided, AttentionHijack, attention_distribution,
                                hijack_success, token_positions)
 from attacks.domain import Domain
-from attacks.standard import PGD
+from attacks.pgd import PGD
 from auditor.stability import jsd, prediction_kept, spearman, topk_intersection
 from detectors.base import TokenMap
 from detectors.sequence import SequenceTransformer

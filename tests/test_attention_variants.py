@@ -30,7 +30,8 @@ from detectors.errors import BadInputError
 from detectors.registry import detector_for_data
 from detectors.sequence import SequenceTransformer
 from detectors.tabular import FeatureTokenTransformer
-from detectors.train import DefenseConfig, DefenseLoss
+from auditor.training.config import DefenseConfig
+from auditor.training.defenses import DefenseLoss
 from detectors.vision import VisionTransformer
 from exits import gate_exit_code
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from detectors.data import (FLOW_MARGIN, FLOW_RELEVANT_FEATURES, FLOW_THRESHOLD, Scaler, align_table, load_table,
-                            make_flows, read_csv, split_table, stratified_subset)
+from detectors.builtin_sets import FLOW_MARGIN, FLOW_RELEVANT_FEATURES, FLOW_THRESHOLD, make_flows
+from detectors.data import align_table, load_table, read_csv, split_table, stratified_subset
+from detectors.table import Scaler
 from detectors.errors import BadInputError
 
 

@@ -13,12 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from detectors.errors import BadInputError
-from detectors.foreign import (
-    ForeignDetector,
-    build_foreign_model,
-    check_input_fits,
-    parse_model_spec,
-)
+from detectors.foreign import ForeignDetector, check_input_fits
+from detectors.foreign_loading import build_foreign_model, parse_model_spec
 
 USER_MODEL = textwrap.dedent(
     """

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 from auditor.cli import cli
 from auditor.session import load_subject
 from detectors.checkpoint import read_metadata
-from detectors.data import Scaler
+from detectors.table import Scaler
 from detectors.errors import BadInputError
-from detectors.train import DefenseConfig, DefenseLoss
+from auditor.training.config import DefenseConfig
+from auditor.training.defenses import DefenseLoss
 from exits import gate_exit_code
 
 FROZEN = ("mean texture", "worst smoothness")
@@ -23,7 +24,7 @@ FROZEN = ("mean texture", "worst smoothness")
 def frozen_checkpoint(tmp_path_factory):
     """One epoch of pgd-at on breast-cancer with two frozen features; every training-time adversarial batch
     is recorded against its clean batch."""
-    from detectors.train import train_and_save
+    from auditor.training.job import train_and_save
 
     path = tmp_path_factory.mktemp("frozen") / "frozen.safetensors"
     moved = []
@@ -127,7 +128,7 @@ def test_adversarial_training_leaves_frozen_features_untouched(frozen_checkpoint
 
 
 def test_unknown_frozen_feature_in_training_is_one_line(tmp_path):
-    from detectors.train import train_and_save
+    from auditor.training.job import train_and_save
 
     with pytest.raises(BadInputError, match="--frozen-features: 'nope' not among the features of breast-cancer"):
         train_and_save(detector="tabular", data_spec="breast-cancer", epochs=1, device="cpu",

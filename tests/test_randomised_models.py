@@ -14,7 +14,8 @@ from attacks import Domain, make_attack
 from auditor.cli import cli
 from auditor.determinism import ExpectedDetector, check_determinism
 from detectors.errors import BadInputError
-from detectors.foreign import ForeignDetector, build_foreign_model
+from detectors.foreign import ForeignDetector
+from detectors.foreign_loading import build_foreign_model
 from exits import gate_exit_code
 
 N_FEATURES = 6
@@ -196,7 +197,7 @@ def test_logits_that_differ_between_the_two_paths_are_exit_2(noisy, tmp_path):
 def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detector):
     from auditor.determinism import settle
     from auditor.session import AuditConfig, Subject, run_audit
-    from detectors.data import Dataset
+    from detectors.table import Dataset
 
     x = np.random.default_rng(1).random((40, N_FEATURES)).astype(np.float32)
     y = (x[:, 0] > 0.5).astype(np.int64)

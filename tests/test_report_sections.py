@@ -17,7 +17,7 @@ KINDS = {"tabular": "breast-cancer", "vit": "digits", "sequence": "sequences:400
 
 
 def tiny_report(tmp_path, detector: str, data: str) -> str:
-    from detectors.train import train_and_save
+    from auditor.training.job import train_and_save
 
     path = tmp_path / f"{detector}.safetensors"
     train_and_save(detector=detector, data_spec=data, epochs=1, seed=0, device="cpu", out_path=path, progress=False)

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from detectors.checkpoint import load_checkpoint, read_metadata
-from detectors.train import DefenseConfig, jensen_shannon
+from auditor.training.config import DefenseConfig
+from detectors.maths import jensen_shannon
 from detectors.errors import BadInputError
 from exits import gate_exit_code
 
@@ -77,8 +78,8 @@ def test_resume_continues_from_the_epoch_checkpoint(tmp_path):
     first = invoke("train", "--data", "flows:300", "--epochs", "2", "--patience", "50", "--out", out, "--quiet")
     assert first.exit_code == 0 and not resume_file.exists()  # removed once the checkpoint is written
     # simulate an interrupted 4-epoch run: leave the state after epoch 2 behind
-    from detectors.train import train_and_save
-    import detectors.train as training
+    from auditor.training.job import train_and_save
+    import auditor.training.loop as training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -123,7 +124,7 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-         "detectors.train", *common, "--out", str(double)],
+         "auditor", "train", *common, "--out", str(double)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.count("wrote ") == 1  # only rank 0 reports and writes

@@ -16,7 +16,8 @@ from auditor.metrics import Bootstrap, spec_for
 from auditor.persample import aggregate
 from detectors.base import Detector, TokenMap
 from detectors.blocks import SelfAttention
-from detectors.foreign import ForeignDetector, edited_multihead_attention
+from detectors.foreign import ForeignDetector
+from detectors.foreign_editing import edited_multihead_attention
 
 KEPT = "sanity.uniform_attention.prediction_kept"
 

@@ -97,7 +97,7 @@ def test_bad_interval_syntax_is_bad_input(tmp_path, condition):
 
 def test_relevant_features_name_csv_columns_or_a_feature_at_every_time_step():
     from auditor.localisation import declare_relevant, relevant_mask_of
-    from detectors.data import Dataset
+    from detectors.table import Dataset
 
     table = Dataset("t", "all", np.zeros((3, 4), np.float32), np.zeros(3, np.int64), ["a", "b", "c", "d"], ["0"],
                     None)

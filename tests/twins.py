@@ -107,7 +107,7 @@ def write_twin(path: Path, model: FeatureTokenTransformer, data_csv: Path) -> Pa
     """A checkpoint of ``model`` that ``audit run --model PATH --data DATA_CSV`` reads: identity scaling
     ([0, 1] features), the training mean 0.5 as the removal baseline."""
     from detectors.checkpoint import save_checkpoint
-    from detectors.data import Scaler
+    from detectors.table import Scaler
 
     scaler = Scaler(lo=np.zeros(N_FEATURES), hi=np.ones(N_FEATURES))
     metadata = {

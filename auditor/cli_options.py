@@ -1,0 +1,126 @@
+"""The ``audit`` command line's shared options: parsing callbacks and the options of ``audit run`` and
+``audit demo`` (and ``audit compare``), as reusable decorators."""
+
+from __future__ import annotations
+
+import click
+
+
+def eps_list(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, e.g. 0.01,0.03,0.1; got {value!r}") from None
+    if not values or any(not (0 < v <= 1) for v in values):
+        raise click.BadParameter(f"each eps must lie in (0, 1] (a fraction of each feature's range); got {value!r}")
+    return tuple(sorted(set(values)))
+
+
+def eps_l2_list(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, e.g. 0.5,1,2; got {value!r}") from None
+    if not values or any(not (0 < v < float("inf")) for v in values):
+        raise click.BadParameter(f"each L2 eps must be positive and finite (an L2 norm in [0, 1] units); got {value!r}")
+    return tuple(sorted(set(values)))
+
+
+def attack_params_list(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    """ATTACK.PARAMETER=VALUE, the value as written: the audit's configuration reads it as the type of the
+    attack's default (a number, true/false, or a word such as pgd.schedule=constant)."""
+    parsed = []
+    for value in values:
+        name, equals, text = value.partition("=")
+        attack, _, key = name.rpartition(".")
+        if not attack or not key or not equals or not text.strip():
+            raise click.BadParameter(f"expected ATTACK.PARAMETER=VALUE, e.g. pgd.steps=50 or pgd.schedule=constant; "
+                                     f"got {value!r}")
+        parsed.append((attack, key, text.strip()))
+    return tuple(parsed)
+
+
+def name_list(ctx, param, value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def frozen_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    """None when not given (a checkpoint's own frozen features apply), () for ``none``, else the names."""
+    if value is None:
+        return None
+    return () if value.strip().lower() == "none" else name_list(ctx, param, value)
+
+
+def audit_options(function):
+    """Options shared by ``audit run`` and ``audit demo``."""
+    options = [
+        click.option("--eps", callback=eps_list, default="0.01,0.03,0.1", show_default=True,
+                     help="L-inf attack budgets, fractions of each feature's range"),
+        click.option("--eps-l2", callback=eps_l2_list, default=None,
+                     help="L2 budgets of the L2 attacks (pgd-l2, cw, deepfool), L2 norms in [0, 1] units "
+                          "[default: each --eps times sqrt(number of inputs the attacker may change), "
+                          "two significant digits]"),
+        click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default="quick",
+                     show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
+        click.option("--attacks", callback=name_list, default="",
+                     help="override the profile's attacks: registered names, comma-separated"),
+        click.option("--attack-param", "attack_params", multiple=True, callback=attack_params_list,
+                     help="override one attack setting of the profile, e.g. pgd.steps=50 or "
+                          "pgd.schedule=constant (repeatable; "
+                          "`audit attacks` lists the parameters)"),
+        click.option("--explainers", callback=name_list, default="",
+                     help="override the profile's explainers: registered names, comma-separated "
+                          "(quick: attention, rollout, integrated-gradients, random; standard and full: all)"),
+        click.option("--masking-checks/--no-masking-checks", default=None,
+                     help="gradient-masking checks [default: on for standard and full]"),
+        click.option("--frozen-features", callback=frozen_list, default=None,
+                     help="features an attacker may not change, comma-separated; `none` for none "
+                          "[default: the checkpoint's, recorded by audit train --frozen-features]"),
+        click.option("--on-out-of-range", type=click.Choice(["clip", "refuse"]), default="clip", show_default=True,
+                     help="audited values outside the checkpoint's training range: clip them to it (counted in "
+                          "results.json data.out_of_range and the report), or refuse with exit 2"),
+        click.option("--target-class", default=None,
+                     help="targetable attacks (fgsm, pgd, pgd-l2, cw, square, attention-guided) aim at this class "
+                          "(a class name, e.g. the benign class of a detector)"),
+        click.option("--hijack-features", callback=name_list, default="",
+                     help="attention-hijack pulls the attention onto these features, comma-separated "
+                          "[default: the 5 least-attended tokens of each sample]"),
+        click.option("--faithfulness-metrics", callback=name_list, default="",
+                     help="override the profile's faithfulness metrics, comma-separated: deletion, insertion, "
+                          "deletion_gain, comprehensiveness, sufficiency, correlation, infidelity, max_sensitivity "
+                          "[default: quick: deletion,insertion; standard and full: all]"),
+        click.option("--removal-baseline", type=click.Choice(["mean", "zero", "blur"]), default="mean",
+                     show_default=True,
+                     help="what a removed feature becomes: the training-split mean, zero, or (images only) a "
+                          "Gaussian blur of the input, sigma 1 pixel"),
+        click.option("--max-samples", type=click.IntRange(min=0), default=None,
+                     help="audit a seeded, stratified subset of this many rows, 0 = all "
+                          "[default: 1000; full profile 5000]"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N"),
+        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="largest attack and explainer batch (smaller when --max-memory-gb asks)"),
+        click.option("--max-memory-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="memory budget per process, from which batch sizes are chosen "
+                          "[default: half the available RAM, or of free GPU memory on CUDA]"),
+        click.option("--save-adversarial", is_flag=True, help="write adversarial.safetensors"),
+        click.option("--save-explanations", is_flag=True, help="write explanations.safetensors"),
+        click.option("--quiet", is_flag=True, help="print only the verdict line"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def bounds_pair(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI, e.g. 0,255; got {value!r}") from None
+    if not hi > lo:
+        raise click.BadParameter(f"expected LO < HI, got {value!r}")
+    return (lo, hi)
