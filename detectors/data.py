@@ -107,10 +107,15 @@ def split_table(table: Table, *, seed: int) -> Splits:
 
 
 def stratified_subset(data: Dataset, max_samples: int, *, seed: int) -> Dataset:
-    """A seeded, stratified subset of ``max_samples`` rows, in their original order."""
+    """A seeded, stratified subset of ``max_samples`` rows, in their original order. Fewer rows than the data
+    has classes cannot hold every class: refused (BadInputError) rather than an audit missing some classes."""
     if max_samples <= 0 or len(data) <= max_samples:
         return data
     counts = np.bincount(data.y)
+    present = int((counts > 0).sum())
+    if max_samples < present:
+        raise BadInputError(f"--max-samples {max_samples} is below the {present} classes of the data; pass at least "
+                            f"{present} (or 0 for every row) so that every class is audited")
     stratify = data.y if counts[counts > 0].min() >= 2 else None
     chosen, _ = train_test_split(np.arange(len(data)), train_size=max_samples, random_state=seed, stratify=stratify)
     return data.subset(np.sort(chosen))

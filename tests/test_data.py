@@ -118,3 +118,11 @@ def test_align_matches_columns_by_name_and_reports_missing():
 def test_unknown_data_spec():
     with pytest.raises(BadInputError, match="unknown data"):
         load_table("mnist")
+
+
+def test_fewer_samples_than_classes_is_refused_not_a_crash():
+    """`audit run --max-samples 8` on a 10-class checkpoint exited 3 (scikit-learn's stratified split raised)."""
+    test = split_table(load_table("digits"), seed=0).test
+    with pytest.raises(BadInputError, match="--max-samples 8 is below the 10 classes"):
+        stratified_subset(test, 8, seed=0)
+    assert sorted(set(stratified_subset(test, 10, seed=0).y.tolist())) == list(range(10))
