@@ -157,7 +157,28 @@ def summarise(runs: list[Run], root: Path) -> dict:
     return table
 
 
-def markdown(table: dict) -> str:
+def paired_differences(table: dict, reference: str = "softmax") -> dict:
+    """data set -> variant -> column -> {mean, half_width, n}: each variant minus ``reference``, paired by seed
+    (the same seed gives the same split and audit sample), with the 95% t-interval of the paired difference:
+    what a sentence comparing a variant with softmax rests on."""
+    out: dict = {}
+    for data, by_variant in table.items():
+        if reference not in by_variant:
+            continue
+        for variant, cells in by_variant.items():
+            if variant == reference:
+                continue
+            for title, cell in cells.items():
+                base = by_variant[reference].get(title)
+                if base is None or len(base["values"]) != len(cell["values"]):
+                    continue
+                mean, half = t_interval(list(np.subtract(cell["values"], base["values"])))
+                out.setdefault(data, {}).setdefault(variant, {})[title] = {"mean": mean, "half_width": half,
+                                                                         "n": len(cell["values"])}
+    return out
+
+
+def markdown(table: dict, differences: dict | None = None) -> str:
     lines = []
     for data, by_variant in table.items():
         lines += [f"**{data}** ({DATASETS[data]} detector), mean ± 95% t-interval half-width over seeds", "",
@@ -174,6 +195,22 @@ def markdown(table: dict) -> str:
                                                           if cell["half_width"] is not None else ""))
             lines.append(f"| {variant} | " + " | ".join(shown) + " |")
         lines.append("")
+        paired = (differences or {}).get(data)
+        if paired:
+            lines += [f"**{data}**, each variant minus softmax, paired by seed: mean [95% t-interval]", "",
+                      "| attention | " + " | ".join(title for title, _ in COLUMNS) + " |",
+                      "| --- |" + " --- |" * len(COLUMNS)]
+            for variant, cells in paired.items():
+                shown = []
+                for title, _ in COLUMNS:
+                    cell = cells.get(title)
+                    if cell is None or cell["half_width"] is None:
+                        shown.append("—")
+                    else:
+                        low, high = cell["mean"] - cell["half_width"], cell["mean"] + cell["half_width"]
+                        shown.append(f"{cell['mean']:+.3f} [{low:+.3f}, {high:+.3f}]")
+                lines.append(f"| {variant} − softmax | " + " | ".join(shown) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -207,15 +244,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     table = summarise(runs, args.out)
-    (args.out / "table.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    (args.out / "table.md").write_text(markdown(table), encoding="utf-8")
+    differences = paired_differences(table)
+    (args.out / "table.json").write_text(json.dumps({**table, "differences from softmax": differences}, indent=2)
+                                         + "\n", encoding="utf-8")
+    (args.out / "table.md").write_text(markdown(table, differences), encoding="utf-8")
     for data in datasets:
         seed = min(int(s) for s in args.seeds.split(","))
         folders = [str(args.out / "runs" / Run(data, v, seed).name / "audit") for v in variants]
         if len(folders) > 1:
             _audit_cli("compare", *folders, "--out", str(args.out / f"compare-{data.replace(':', '')}"), "--quiet",
                        log=args.out / "compare-log.txt")
-    print(markdown(table))
+    print(markdown(table, differences))
     print(f"study finished in {time.perf_counter() - started:.0f} s; table in {args.out / 'table.md'}")
     return 0
 

@@ -357,3 +357,18 @@ def test_study_table_uses_t_intervals_and_the_worst_case_when_present(tmp_path):
     robust = table["flows:4000"]["sparsemax"]["robust accuracy (worst, eps 0.05)"]
     assert robust["values"] == [0.2, 0.6] and robust["metric"] == ", ".join(sorted(ROBUST))
     assert "| sparsemax | 0.800 ± 1.271 | 0.400 ± 2.541 |" in markdown(table)
+
+
+def test_study_differences_are_paired_by_seed():
+    """A variant that is softmax plus 0.1 at every seed differs by exactly +0.1 with a zero-width interval, though
+    the seeds spread each variant's own mean widely (unpaired intervals would overlap)."""
+    from bench.study_variants import markdown, paired_differences
+
+    cell = lambda values: {"values": values}  # noqa: E731
+    table = {"flows:4000": {"softmax": {"clean accuracy": cell([0.2, 0.5, 0.9])},
+                            "sparsemax": {"clean accuracy": cell([0.3, 0.6, 1.0])}}}
+    difference = paired_differences(table)["flows:4000"]["sparsemax"]["clean accuracy"]
+    assert difference["mean"] == pytest.approx(0.1) and difference["half_width"] == pytest.approx(0.0, abs=1e-12)
+    table["flows:4000"] = {v: {t: {**c, "mean": 0.0, "half_width": 0.0} for t, c in cells.items()}
+                           for v, cells in table["flows:4000"].items()}
+    assert "| sparsemax − softmax | +0.100 [+0.100, +0.100] |" in markdown(table, paired_differences(table))
