@@ -3,7 +3,8 @@ import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from auditor.clean import _binary_auc, _binary_f1, _binary_precision, _binary_recall, clean_metrics
-from auditor.metrics import CATALOGUE, Bootstrap, spec_for
+from auditor.metrics import Bootstrap
+from auditor.stages import CATALOGUE, spec_for
 
 
 def test_vectorised_statistics_equal_scikit_learn_on_the_full_sample():
