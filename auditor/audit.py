@@ -205,6 +205,8 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
             value = verdict(checks, kind)
             if value is not None:
                 metrics[name] = MetricValue(value)
+            else:
+                skipped[name] = f"none of the {kind} checks could run with these attacks and eps values"
     check_produced(config, binary=n_classes == 2, metrics=metrics, skipped=skipped)
     fractions = {name: values[0].tolist() for name, values in tables.get("fractions", {}).items()}
     removal = {}

@@ -40,8 +40,7 @@ def tiny_report(tmp_path, detector: str, data: str) -> str:
                                 gates=gates, policy=policy, timing=result.timing, masking=result.masking)
     html = render_report(document, policy=policy, metrics=metrics, result=result, attacks=list(config.attacks),
                          explainers=list(config.explainers), class_names=subject.data.class_names,
-                         feature_names=subject.data.feature_names, positive_class=subject.data.positive_class,
-                         row_index=[int(i) for i in subject.data.row_index], skipped=skipped)
+                         feature_names=subject.data.feature_names, row_index=[int(i) for i in subject.data.row_index], skipped=skipped)
     return html.decode("utf-8")
 
 
