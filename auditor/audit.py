@@ -89,7 +89,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
     tables = shard.gather(local)
     if tables is None:
         return None
-    return summarise(tables, subject, config, attacks, timing=timing, plan=plan, x=x, baseline=baseline)
+    return summarise(tables, subject, config, attacks, timing=timing, plan=plan)
 
 
 # the files --save-adversarial / --save-explanations write, by the row-table group they hold
@@ -176,8 +176,9 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
 
 
 def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: dict, *,
-              timing: dict[str, float], plan: MemoryPlan, x: torch.Tensor, baseline: torch.Tensor) -> AuditFindings:
-    """Rank 0: the gathered rows of every shard become metrics, intervals, checks and report data."""
+              timing: dict[str, float], plan: MemoryPlan) -> AuditFindings:
+    """Rank 0: the gathered rows of every shard become metrics, intervals, checks and report data (from what
+    the stages kept: no model is run here)."""
     data = subject.data
     detector = subject.detector
     n_classes = detector.n_classes
@@ -233,8 +234,7 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
         detection=detection_data(data.y, proba_np, positive=data.positive_class, class_names=data.class_names),
         attention_examples=pick_attention_examples(tables.get("attention_examples", {}).get("example", []),
                                                    list(attacks)),
-        adversarial_gallery=adversarial_gallery(detector, data, x, proba_np, flipped, metrics, config,
-                                                baseline=baseline),
+        adversarial_gallery=adversarial_gallery(data, proba_np, flipped, metrics, config),
     )
     result.memory = plan.to_dict()
     return result

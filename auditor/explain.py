@@ -415,3 +415,26 @@ class ExplainStage(Stage):
                                          gradient_inputs=block.plan.gradient_inputs)
         block.explainers = {name: make_explainer(name, max_inputs=block.plan.gradient_inputs)
                             for name in block.attributions}
+        flipped = block.table.get("flipped", {}).get("example", [])
+        if len(flipped):
+            explain_flipped(block, list(flipped))
+
+
+def explain_flipped(block: Block, examples: list) -> None:
+    """Each example an attack flipped (``auditor.robustness.FlippedExample``, global ``index``): its adversarial
+    input's class probabilities and every explainer's attribution of it for its new prediction."""
+    x_adv = torch.stack([example.x_adv for example in examples]).to(block.x.device)
+    index = torch.tensor([example.index for example in examples])
+    with torch.no_grad(), evaluating(block.detector):
+        proba = torch.softmax(block.detector(x_adv), dim=1).cpu().double()
+    target = proba.argmax(1).to(block.x.device)
+    baseline = block.baseline
+    if baseline.shape == block.x.shape:  # a per-sample removal baseline (blur): the rows of these samples
+        position = {int(row): i for i, row in enumerate(block.index_np)}
+        baseline = baseline[torch.tensor([position[int(row)] for row in index], device=baseline.device)]
+    attributions = {name: explainer.explain(block.detector, x_adv, target, baseline=baseline, seed=block.config.seed,
+                                            index=index).detach().cpu()
+                    for name, explainer in block.explainers.items()}
+    for k, example in enumerate(examples):
+        example.adv_proba = proba[k].numpy()
+        example.attributions = {name: attribution[k] for name, attribution in attributions.items()}

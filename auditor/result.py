@@ -11,7 +11,6 @@ import torch
 
 from attacks import ATTACKS
 from auditor.config import AuditConfig
-from auditor.explain import make_explainer
 from auditor.metrics import MetricValue, format_eps
 from auditor.robustness import KEPT_EXAMPLES, AttentionExample
 from auditor.trust import LEAD_EXPLAINERS, input_tokens, token_names, worst_samples
@@ -151,32 +150,21 @@ def sample_view(data: Dataset, row: int, x: np.ndarray, proba: np.ndarray,
     )
 
 
-def adversarial_gallery(detector: Detector, data: Dataset, x: torch.Tensor, proba: np.ndarray, flipped: dict,
-                         metrics: dict[str, MetricValue], config: AuditConfig, *,
-                         baseline: torch.Tensor) -> list[SampleView]:
+def adversarial_gallery(data: Dataset, proba: np.ndarray, flipped: dict, metrics: dict[str, MetricValue],
+                        config: AuditConfig) -> list[SampleView]:
     """A few samples the strongest L-inf attack (lowest robust accuracy at the largest L-inf eps; L2 budgets are
-    other units) flips, with each explainer's attribution of the adversarial input for its new prediction."""
+    other units) flips, with each explainer's attribution of the adversarial input for its new prediction (as
+    the explain stage computed them, ``FlippedExample.attributions``)."""
     largest = format_eps(max(config.eps))
     ranked = sorted((metrics[f"robust.accuracy.{name}@{largest}"].value, name) for name, examples in flipped.items()
                     if examples and ATTACKS[name].norm == "linf" and f"robust.accuracy.{name}@{largest}" in metrics)
     if not ranked:
         return []
-    examples = flipped[ranked[0][1]]
-    x_adv = torch.stack([e.x_adv for e in examples]).to(x.device)
-    index = torch.tensor([e.index for e in examples])
-    with torch.no_grad():
-        adv_proba = torch.softmax(detector(x_adv), dim=1).cpu().double().numpy()
-    target = torch.as_tensor(adv_proba.argmax(1), device=x.device)
-    if baseline.shape == x.shape:  # a per-sample removal baseline (blur): the rows of these samples
-        baseline = baseline[index.to(baseline.device)]
-    attributions = {name: make_explainer(name).explain(detector, x_adv, target, baseline=baseline, seed=config.seed,
-                                                       index=index).detach()
-                    for name in config.explainers}
     views = []
-    for k, example in enumerate(examples):
-        clean_x = x[example.index].cpu().double().numpy()
-        adv_x = x_adv[k].cpu().double().numpy()
-        view = sample_view(data, example.index, adv_x, adv_proba[k], {n: a[k] for n, a in attributions.items()})
+    for example in flipped[ranked[0][1]]:
+        clean_x = np.asarray(data.x[example.index], dtype=np.float64)
+        adv_x = example.x_adv.cpu().double().numpy()
+        view = sample_view(data, example.index, adv_x, example.adv_proba, example.attributions)
         moved = np.argsort(-np.abs(adv_x - clean_x).flatten(), kind="stable")[:GALLERY_FEATURES]
         view.attack, view.eps = example.attack, example.eps
         view.clean_predicted = data.class_names[int(proba[example.index].argmax())]

@@ -75,6 +75,10 @@ class FlippedExample:
     index: int
     adv_pred: int
     x_adv: torch.Tensor
+    # the adversarial input's class probabilities and each explainer's attribution of it for its new prediction:
+    # filled by the explain stage, so the report's adversarial gallery needs no pass after the audit
+    adv_proba: np.ndarray | None = None
+    attributions: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
