@@ -65,7 +65,8 @@ class AuditResult:
         gates = "".join(f"<tr><td><code>{html.escape(g.name)}</code></td><td>{_number(g.value)}</td>"
                         f"<td>{'pass' if g.passed else '<b>FAIL</b>'}</td></tr>" for g in self.gates)
         metrics = "".join(f"<tr><td><code>{html.escape(name)}</code></td><td>{_number(value)}</td>"
-                          f"<td>{_interval(self.intervals.get(name))}</td></tr>" for name, value in self.metrics.items())
+                          f"<td>{_interval(self.intervals.get(name))}</td></tr>"
+                          for name, value in self.metrics.items())
         return (f"<div><b>attention-audit: {verdict}</b> ({sum(g.passed for g in self.gates)}/{len(self.gates)} "
                 f"gates passed)<table><tr><th>gate</th><th>value</th><th>result</th></tr>{gates}</table>"
                 f"<table><tr><th>metric</th><th>value</th><th>95% interval</th></tr>{metrics}</table></div>")

@@ -97,7 +97,8 @@ def roc_plot(curves: list[dict], class_names: list[str]) -> tuple[Markup, str]:
     for curve in curves:
         axes.plot(curve["fpr"], curve["tpr"], label=curve["label"], **({} if binary else {"linewidth": 1}))
     if binary:
-        caption = f"ROC curve of the positive class {class_names[curves[0]['class']]!r} scored by its predicted probability."
+        positive = class_names[curves[0]["class"]]
+        caption = f"ROC curve of the positive class {positive!r} scored by its predicted probability."
     else:
         caption = "One-vs-rest ROC curve per class."
     axes.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
