@@ -13,8 +13,6 @@ from auditor.faithfulness import FAITHFULNESS_METRICS, REMOVAL_BASELINES, check_
 from detectors.errors import BadInputError
 
 DEFAULT_EPS = (0.01, 0.03, 0.1)
-
-
 # explainers per profile; `--explainers a,b` overrides. quick keeps to the cheap ones a CI gate needs,
 # with both references (integrated-gradients, feature-ablation) so the trust verdict has its yardsticks
 # (best reference, agreement noise floor) in every profile; standard and full run every registered explainer. Measured on 1000 flows samples, one CPU thread:
@@ -25,14 +23,8 @@ PROFILE_EXPLAINERS = {
     "standard": ("attention", "attention-max", "rollout", "grad-attention", "integrated-gradients", "saliency",
                  "input-x-gradient", "deeplift", "gradient-shap", "feature-ablation", "random"),
 }
-
-
 PROFILE_EXPLAINERS["full"] = PROFILE_EXPLAINERS["standard"]
-
-
 DEFAULT_EXPLAINERS = PROFILE_EXPLAINERS["quick"]
-
-
 PROFILES = {
     # attacks and their settings; masking checks on or off
     # quick is for CI gates (seconds on a CPU): attention-shift with fewer steps and restarts than its
@@ -48,19 +40,11 @@ PROFILES = {
               "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 20},
               "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
 }
-
-
 # faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS)
 PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFULNESS_METRICS,
                         "full": FAITHFULNESS_METRICS}
-
-
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}
-
-
 DEFAULT_ATTACKS = tuple(PROFILES["quick"][0])
-
-
 L2_SIGNIFICANT_DIGITS = 2
 
 

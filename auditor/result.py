@@ -18,8 +18,6 @@ from detectors.base import Detector
 from detectors.data import Dataset
 
 GALLERY_SIZE = 3
-
-
 GALLERY_FEATURES = 10
 
 
