@@ -11,7 +11,7 @@ from __future__ import annotations
 from auditor.agreement import AgreementStage
 from auditor.clean import CleanStage
 from auditor.explain import ExplainStage
-from auditor.faithfulness import FaithfulnessStage
+from auditor.faithfulness_stage import FaithfulnessStage
 from auditor.localisation import LocalisationStage
 from auditor.masking import MaskingStage
 from auditor.metrics import MetricSpec
