@@ -8,6 +8,7 @@ import re
 from click.testing import CliRunner
 
 from auditor.cli import cli
+from exits import gate_exit_code
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
 
@@ -18,7 +19,7 @@ def test_report_is_drawn_again_from_the_folder_without_the_model(trained_checkpo
     out = tmp_path / "out"
     ran = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(out), "--eps", "0.1", "--attacks",
                                    "fgsm,attention-shift", "--max-samples", "40", "--quiet"])
-    assert ran.exit_code == 0, ran.output
+    assert ran.exit_code == gate_exit_code(out), ran.output  # the default gates judge the tiny model either way
     first = (out / "report.html").read_text(encoding="utf-8")
     (out / "report.html").unlink()
     model.unlink()  # the model is gone: the report can only come from results.json
