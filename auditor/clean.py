@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
-from auditor.metrics import Bootstrap, MetricValue
+from auditor.metrics import Bootstrap, MetricSpec, MetricValue
+from auditor.stage import Block, Stage
 
 ECE_BINS = 10
 
@@ -55,6 +56,36 @@ def clean_metrics(y: np.ndarray, proba: np.ndarray, *, positive: int | None, n_c
     return metrics, skipped
 
 
+def detection_data(y: np.ndarray, proba: np.ndarray, *, positive: int | None, class_names: list[str]) -> dict:
+    """What the report's Detection section draws, from every audited row: ``per_class`` precision, recall, F1
+    and support (scikit-learn), the ``roc`` curves (the positive class of a binary detector, else one-vs-rest per
+    class present with others; ``fpr``/``tpr`` points as scikit-learn's ``roc_curve`` returns them) and the
+    ``calibration`` bins (:func:`calibration_bins`: left edge, accuracy in the bin, share of rows)."""
+    y = np.asarray(y, dtype=int)
+    n_classes = len(class_names)
+    pred = proba.argmax(1)
+    per_class, roc, calibration = [], [], []
+    if len(y):
+        precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=range(n_classes),
+                                                                         zero_division=0)
+        per_class = [{"class": name, "precision": float(precision[k]), "recall": float(recall[k]),
+                      "f1": float(f1[k]), "support": int(support[k])} for k, name in enumerate(class_names)]
+        confidence, correct = proba.max(axis=1), pred == y
+        which = calibration_bins(confidence)
+        calibration = [{"left": b / ECE_BINS, "accuracy": float(correct[which == b].mean()),
+                        "share": float((which == b).mean())} for b in range(ECE_BINS) if (which == b).any()]
+    if len(np.unique(y)) >= 2:
+        if n_classes == 2:
+            pos = 1 if positive is None else positive
+            curves = [(pos, f"{class_names[pos]} (positive)")]
+        else:
+            curves = [(k, name) for k, name in enumerate(class_names) if 0 < (y == k).sum() < len(y)]
+        for k, label in curves:
+            fpr, tpr, _ = roc_curve(y == k, proba[:, k])
+            roc.append({"class": int(k), "label": label, "fpr": fpr.tolist(), "tpr": tpr.tolist()})
+    return {"per_class": per_class, "roc": roc, "calibration": calibration}
+
+
 def calibration_bins(confidence: np.ndarray, *, bins: int = ECE_BINS) -> np.ndarray:
     """Bin of each confidence among ``bins`` equal-width bins ((0, 0.1], (0.1, 0.2], ... for 10)."""
     return np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
@@ -92,3 +123,42 @@ def _binary_auc(truth: np.ndarray, score: np.ndarray) -> np.ndarray:
     n_neg = truth.shape[1] - n_pos
     rank_sum = (ranks * truth).sum(1)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+SPECS = (
+    MetricSpec("clean.accuracy", True, "[0, 1]", "share of samples whose predicted class is the true class",
+               reference="scikit-learn metrics on the clean samples"),
+    MetricSpec("clean.precision", True, "[0, 1]",
+               "of the samples flagged as the positive class, the share that are (macro average over classes "
+               "when there are more than two)",
+               reference="scikit-learn metrics on the clean samples"),
+    MetricSpec("clean.recall", True, "[0, 1]",
+               "of the positive-class samples, the share flagged (macro average when more than two classes)",
+               reference="scikit-learn metrics on the clean samples"),
+    MetricSpec("clean.f1", True, "[0, 1]", "harmonic mean of precision and recall",
+               reference="scikit-learn metrics on the clean samples"),
+    MetricSpec("clean.roc_auc", True, "[0, 1]",
+               "area under the ROC curve of the positive class's probability (one-vs-rest macro average "
+               "when more than two classes)",
+               reference="scikit-learn metrics on the clean samples"),
+    MetricSpec("clean.ece", False, "[0, 1]",
+               "expected calibration error: the predicted-class probability against the accuracy over 10 "
+               "equal-width confidence bins, the bins weighted by their share of samples (Guo et al. 2017)",
+               reference="Guo et al. 2017, On Calibration of Modern Neural Networks"),
+)
+
+
+class CleanStage(Stage):
+    """The clean probabilities of every row; ``clean.*`` are computed from all rows at once
+    (:func:`clean_metrics`), where a metric that cannot be computed is skipped with its reason."""
+
+    name = "clean"
+    specs = SPECS
+
+    def planned(self, config, *, binary: bool) -> list[str]:
+        return [spec.pattern for spec in SPECS]
+
+    def run(self, block: Block) -> None:
+        proba = predict_proba(block.detector, block.x, batch_size=block.plan.forward_batch)
+        block.pred = proba.argmax(1)
+        block.table["rows"]["proba"] = proba.cpu().numpy().astype(np.float64)

@@ -216,7 +216,7 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
     Under torchrun (or with --nproc) each process audits its shard of the rows and rank 0 writes the
     outputs; every process exits with rank 0's code."""
     from auditor.runner import audit_to_folder
-    from auditor.session import ForeignOptions
+    from auditor.foreign_subject import ForeignOptions
     from auditor.shard import Shard
 
     if nproc > 1:
@@ -346,11 +346,20 @@ def compare(folders, models, data_spec, label_column, out_dir, policy_path, allo
                f"{', '.join(passing) or 'none'}")
 
 
+@cli.command("report")
+@click.argument("folder", type=click.Path(path_type=Path))
+def report_command(folder: Path) -> None:
+    """Draw FOLDER/report.html again from FOLDER/results.json (an `audit run --out` folder), without the model."""
+    from auditor.report_html import rerender
+
+    click.echo(f"report: {rerender(folder)}")
+
+
 @cli.command("attacks")
 def list_attacks() -> None:
     """List the registered attacks with their norm, parameters and reference, and the profiles."""
     from attacks import ATTACKS, make_attack
-    from auditor.session import PROFILES
+    from auditor.config import PROFILES
 
     for name in sorted(ATTACKS):
         attack = make_attack(name)

@@ -22,9 +22,10 @@ from markupsafe import Markup
 from attacks import ATTACKS
 from auditor.explain import EXPLAINERS
 from auditor.gates import Policy, evaluate, known_spec
-from auditor.metrics import MetricValue, spec_for
-from auditor.report import (GROUP_TITLES, TOOL_NAME, _environment, _md, _svg, removal_plot, render_json,
-                            tool_version)
+from auditor.metrics import MetricValue
+from auditor.render import GROUP_TITLES, TOOL_NAME, environment, md, removal_plot, svg
+from auditor.report import render_json, tool_version
+from auditor.stages import spec_for
 from detectors.errors import BadInputError
 
 COMPARE_SCHEMA_VERSION = 1
@@ -330,22 +331,22 @@ def compare_document(comparison: Comparison, *, allow_mismatch: bool) -> dict:
 
 def render_markdown(comparison: Comparison) -> bytes:
     names = comparison.names
-    header = "| | " + " | ".join(f"`{_md(n)}`" for n in names) + " |"
+    header = "| | " + " | ".join(f"`{md(n)}`" for n in names) + " |"
     rule = "| --- |" + " --- |" * len(names)
     lines = [f"## attention-audit: comparison of {len(names)} checkpoints", ""]
     if comparison.differences:
         lines += ["**Configurations differ** (compared with --allow-mismatch):", ""]
-        lines += [f"- {_md(d)}" for d in comparison.differences] + [""]
-    lines += [f"Policy: {_md(comparison.policy_source)}.", "", header, rule,
+        lines += [f"- {md(d)}" for d in comparison.differences] + [""]
+    lines += [f"Policy: {md(comparison.policy_source)}.", "", header, rule,
               "| verdict | " + " | ".join("pass" if v.passed else f"**FAIL** ({len(v.failed)}/{v.total})"
                                          for v in comparison.verdicts) + " |", ""]
     if comparison.robust_metric:
         lines += [f"Pareto front of `{CLEAN_METRIC}` against `{comparison.robust_metric}`: "
-                  + ", ".join(f"`{_md(n)}`" for n in comparison.pareto_front) + ".", ""]
+                  + ", ".join(f"`{md(n)}`" for n in comparison.pareto_front) + ".", ""]
     lines += ["### Training", "", header, rule]
     for row in comparison.training:
         mark = " (differs)" if row.differs else ""
-        lines.append(f"| {_md(row.field)}{mark} | " + " | ".join(_md(v) for v in row.values) + " |")
+        lines.append(f"| {md(row.field)}{mark} | " + " | ".join(md(v) for v in row.values) + " |")
     lines += ["", "### Metrics (best per row in bold; ± is half the 95% interval)", "", header, rule]
     for row in comparison.rows:
         cells = [f"**{_cell_text(c)}**" if best else _cell_text(c) for c, best in zip(row.cells, row.best)]
@@ -370,7 +371,7 @@ def robustness_overlay(curves: dict[str, dict[str, list[tuple[float, float]]]]) 
         axes.grid(alpha=0.3)
     axes_list[0].set_ylabel("accuracy")
     axes_list[-1].legend(frameon=False, fontsize=8)
-    return _svg(figure)
+    return svg(figure)
 
 
 def removal_overlay(curves: dict[str, dict[str, list[float]]], explainer: str) -> Markup | None:
@@ -398,7 +399,7 @@ def pareto_plot(points: dict[str, tuple[float, float]], front: list[str], robust
     axes.set_ylabel(f"{robust_metric} ({'higher' if robust_higher else 'lower'} is better)")
     axes.grid(alpha=0.3)
     axes.margins(0.15)
-    return _svg(figure)
+    return svg(figure)
 
 
 def render_html(comparison: Comparison, document: dict) -> bytes:
@@ -414,7 +415,7 @@ def render_html(comparison: Comparison, document: dict) -> bytes:
                                higher is not False),
         group_titles=GROUP_TITLES,
     )
-    return _environment().get_template("compare.html.j2").render(**context).encode("utf-8")
+    return environment().get_template("compare.html.j2").render(**context).encode("utf-8")
 
 
 def compare_files(comparison: Comparison, *, allow_mismatch: bool) -> dict[str, bytes]:

@@ -27,7 +27,8 @@ import torch
 from detectors.base import Detector
 
 if TYPE_CHECKING:
-    from auditor.session import AuditConfig, Subject
+    from auditor.config import AuditConfig
+    from auditor.subject import Subject
 
 CHECK_ROWS = 64
 RELATIVE_TOLERANCE = 1e-6

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from attacks import ATTACKS
 from auditor.explain import EXPLAINERS
-from auditor.metrics import CATALOGUE, MetricValue, format_eps, spec_for
+from auditor.metrics import MetricValue, format_eps
+from auditor.stages import CATALOGUE, spec_for
 from detectors.errors import BadInputError
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from auditor.faithfulness import feature_ranks
+from auditor.metrics import MetricSpec
+from auditor.stage import Block, Stage
 from detectors.errors import BadInputError
 
 NO_GROUND_TRUTH = "the data declares no relevant features (ground truth), so localisation cannot be measured"
@@ -81,3 +83,29 @@ def localisation_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
         else:
             outcome.per_sample[metric] = precision_at_k(attribution, relevant)
     return outcome
+
+
+SPECS = (
+    MetricSpec("localisation.precision_at_k.{explainer}", True, "[0, 1]",
+               "on data with known relevant features: share of the k top-attributed features that are truly "
+               "relevant (k = number of relevant features of the sample)",
+               reference="Arras et al. 2022, CLEVR-XAI (relevance rank accuracy)"),
+)
+
+
+class LocalisationStage(Stage):
+    """precision@k where the data declares relevant features, else each name skipped with
+    :data:`NO_GROUND_TRUTH`."""
+
+    name = "localisation"
+    specs = SPECS
+
+    def planned(self, config, *, binary: bool) -> list[str]:
+        return [f"localisation.precision_at_k.{explainer}" for explainer in config.explainers]
+
+    def run(self, block: Block) -> None:
+        located = localisation_stage(block.detector, block.x, block.pred, block.attributions,
+                                     baseline=block.baseline, seed=block.config.seed, index=block.index,
+                                     relevant=block.relevant)
+        block.per_sample.update(located.per_sample)
+        block.notes.update(located.skipped)

@@ -50,9 +50,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from attacks import Attack, Domain, make_attack
-from auditor.metrics import format_eps
-from auditor.robustness import aligned_batch, craft, predict
+from attacks import ATTACKS, Attack, Domain, make_attack
+from auditor.metrics import MetricSpec, format_eps
+from auditor.robustness import aligned_batch, craft, is_evasion_attack, predict
+from auditor.stage import Block, Stage
 from detectors.blocks import SPARSE_ATTENTION
 
 MEANING = {
@@ -238,3 +239,37 @@ def verdict(checks: list[Check], kind: str) -> float | None:
     if not ran:
         return None
     return 1.0 if any(c.status == "failed" for c in ran) else 0.0
+
+
+SPECS = (
+    MetricSpec("robust.masking_suspected", False, "{0, 1}",
+               "1 when a sign of gradient masking was found (pgd weaker than fgsm, pgd failing with the whole box "
+               "allowed, square beating pgd by more than 0.05), 0 when every such check that ran passed",
+               reference="Athalye et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+    MetricSpec("robust.not_converged", False, "{0, 1}",
+               "1 when more effort keeps lowering robust accuracy (pgd with 5x the steps and 2x the restarts lower by more "
+               "than max(0.02, 3/n), or an attack's accuracy rising with eps), 0 when every such check passed",
+               reference="Carlini et al. 2019, On Evaluating Adversarial Robustness; Croce & Hein 2020"),
+)
+
+
+class MaskingStage(Stage):
+    """With ``masking_checks``: the checks' own attacks on every row (``masking`` row-table group); the
+    verdicts (:func:`evaluate_checks`) need every row's robust accuracy, so they are computed once all rows
+    are in. Timed with the robustness stage, whose attacks they check."""
+
+    name = "masking"
+    timed_as = "robustness"
+    specs = SPECS
+
+    def planned(self, config, *, binary: bool) -> list[str]:
+        if not config.masking_checks:
+            return []
+        return planned_check_metrics({a: config.grid(ATTACKS[a].norm) for a in config.attacks if is_evasion_attack(a)})
+
+    def run(self, block: Block) -> None:
+        if block.config.masking_checks:
+            block.table["masking"] = masking_attack_rows(block.detector, block.x, block.y, block.attacks,
+                                                         list(block.config.eps), domain=block.domain,
+                                                         seed=block.config.seed, batch_size=block.plan.attack_batch,
+                                                         index=block.index)

@@ -14,21 +14,40 @@ means the same with and without it); the targetable ones run once more aiming at
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from attacks import CHUNK, Attack, Domain, is_minimum_norm
-from auditor.metrics import MetricValue, format_eps
+from attacks import ATTACKS, CHUNK, Attack, Domain, is_minimum_norm
+from auditor.metrics import MetricSpec, MetricValue, format_eps
 from auditor.persample import only_where
+from auditor.stage import Block, Stage
 
 FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth")
 WORST = {"linf": "worst", "l2": "worst-l2"}  # the per-sample worst case over each norm's evasion attacks
 TARGETED_SUFFIX = "-targeted"
 TOPK = 5
 KEPT_EXAMPLES = 3  # per attack at the largest eps: the report's heat maps and adversarial gallery
+# a one-line definition per attack this stage runs (the report's Method section); the reference comes
+# from the attack's class
+ATTACK_DEFINITIONS = {
+    "fgsm": "one signed-gradient step of size eps on the cross-entropy (L-inf)",
+    "pgd": "projected gradient ascent on the cross-entropy from a random start in the eps-ball (L-inf)",
+    "pgd-l2": "projected gradient ascent on the cross-entropy with normalised steps (L2)",
+    "cw": "minimum-norm L2 attack; a sample counts as broken at eps when its perturbation's norm is <= eps",
+    "deepfool": "minimum-norm L2 attack stepping to the nearest linearised decision boundary",
+    "square": "black-box, score-based random search over square patches (L-inf)",
+    "autoattack": "the standard protocol: APGD-CE, APGD-T, FAB-T and Square (5,000 queries) in sequence, worst "
+                  "case per sample (L-inf)",
+    "autoattack-fast": "AutoAttack with Square at 1,000 queries instead of 5,000: faster and possibly weaker, not "
+                       "the standard protocol (L-inf)",
+    "attention-shift": "moves the attention as far as possible while keeping the prediction (a forged explanation)",
+    "attention-hijack": "moves attention mass onto tokens the attacker chooses while keeping the prediction",
+    "attention-guided": "gradient ascent on the cross-entropy restricted to the most-attended tokens' inputs",
+    "stealth": "flips the prediction while keeping the attention close to the clean one",
+}
 
 
 @dataclass
@@ -56,6 +75,10 @@ class FlippedExample:
     index: int
     adv_pred: int
     x_adv: torch.Tensor
+    # the adversarial input's class probabilities and each explainer's attribution of it for its new prediction:
+    # filled by the explain stage, so the report's adversarial gallery needs no pass after the audit
+    adv_proba: np.ndarray | None = None
+    attributions: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -267,3 +290,109 @@ def curve_norm(name: str) -> str:
     if name in WORST.values():
         return next(norm for norm, worst in WORST.items() if worst == name)
     return ATTACKS[name.removesuffix(TARGETED_SUFFIX)].norm
+
+
+SPECS = (
+    MetricSpec("robust.accuracy.worst@{eps}", True, "[0, 1]",
+               "the headline (Croce & Hein 2020, as RobustBench reports it): share of all audited samples still "
+               "classified correctly under every L-inf evasion attack that ran at eps (every standard L-inf "
+               "attack, attention-guided, stealth and the targeted runs; not attention-shift or -hijack): a "
+               "per-sample worst case, never above any single attack's value",
+               reference="Croce & Hein 2020 (AutoAttack); Croce et al. 2021 (RobustBench): worst case per sample"),
+    MetricSpec("robust.accuracy.worst-l2@{eps}", True, "[0, 1]",
+               "the same worst case over the L2 attacks (pgd-l2, cw, deepfool) at L2 budget eps (--eps-l2)",
+               reference="Croce & Hein 2020 (AutoAttack); Croce et al. 2021 (RobustBench): worst case per sample"),
+    MetricSpec("robust.accuracy.{attack}@{eps}", True, "[0, 1]",
+               "accuracy on the untargeted attack's adversarial examples at budget eps (all audited samples; "
+               "L-inf attacks on the --eps grid, L2 attacks on --eps-l2)",
+               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+    MetricSpec("robust.accuracy.{attack}-targeted@{eps}", True, "[0, 1]",
+               "with --target-class: accuracy on the adversarial examples of the attack aimed at the target "
+               "class (all audited samples)",
+               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+    MetricSpec("robust.attack_success_rate.{attack}@{eps}", False, "[0, 1]",
+               "among samples classified correctly when clean, the share the attack makes misclassified",
+               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+    MetricSpec("robust.evasion_rate.{attack}@{eps}", False, "[0, 1]",
+               "binary detectors: among positive-class samples detected when clean, the share the attack turns "
+               "into the negative class (the malicious sample passing as benign)",
+               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+    MetricSpec("robust.targeted_success_rate.{attack}@{eps}", False, "[0, 1]",
+               "with --target-class: among samples outside the target class classified correctly when clean, the "
+               "share the targeted attack moves into the target class",
+               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+)
+# the attention attacks' stability metrics (functions in auditor.stability), computed by this stage
+STABILITY_SPECS = (
+    MetricSpec("stability.topk_intersection.{attack}@{eps}", True, "[0, 1]",
+               "share of the clean top-k attended tokens (k = 5) still in the top-k under the attention attack",
+               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+    MetricSpec("stability.spearman.{attack}@{eps}", True, "[-1, 1]",
+               "Spearman rank correlation between clean and attacked attention over tokens",
+               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+    MetricSpec("stability.jsd.{attack}@{eps}", False, "[0, ln 2]",
+               "Jensen-Shannon divergence between clean and attacked attention, in nats",
+               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+    MetricSpec("stability.prediction_kept.{attack}@{eps}", True, "[0, 1]",
+               "share of samples whose predicted class the attention attack left unchanged",
+               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+    MetricSpec("stability.hijack_success.{attack}@{eps}", False, "[0, 1]",
+               "attention-hijack: share of samples whose target tokens all entered the attacked top-k",
+               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+)
+
+
+class RobustnessStage(Stage):
+    """Every attack at every budget (:func:`run_attacks`): per-sample robust and stability values, the
+    report's candidate examples (``attention_examples``, ``flipped``) and, with ``--save-adversarial``, the
+    adversarial rows (``adversarial``)."""
+
+    name = "robustness"
+    specs = SPECS + STABILITY_SPECS
+
+    def planned(self, config, *, binary: bool) -> list[str]:
+        names = []
+        for norm, worst in WORST.items():
+            if any(ATTACKS[a].norm == norm and is_evasion_attack(a) for a in config.attacks):
+                names += [f"robust.accuracy.{worst}@{format_eps(eps)}" for eps in config.grid(norm)]
+        for attack in config.attacks:
+            for eps in config.grid(ATTACKS[attack].norm):
+                tag = f"{attack}@{format_eps(eps)}"
+                if is_attention_attack(attack):
+                    names += [f"stability.{key}.{tag}" for key in
+                              ("topk_intersection", "spearman", "jsd", "prediction_kept")]
+                    if attack == "attention-hijack":
+                        names.append(f"stability.hijack_success.{tag}")
+                    if attack not in FLIPPING_ATTENTION_ATTACKS:
+                        continue
+                names += [f"robust.accuracy.{tag}", f"robust.attack_success_rate.{tag}"]
+                if binary:
+                    names.append(f"robust.evasion_rate.{tag}")
+                if config.target_class is not None and ATTACKS[attack].targetable:
+                    names += [f"robust.accuracy.{attack}{TARGETED_SUFFIX}@{format_eps(eps)}",
+                              f"robust.targeted_success_rate.{tag}"]
+        return names
+
+    def run(self, block: Block) -> None:
+        config, index_np = block.config, block.index_np
+        robust = run_attacks(block.detector, block.x, block.y, block.pred, block.attacks, list(config.eps),
+                             domain=block.domain, seed=config.seed, batch_size=block.plan.attack_batch,
+                             keep_examples=config.save_adversarial, progress=block.progress, positive=block.positive,
+                             n_classes=block.detector.n_classes, target=config.target_index, index=block.index,
+                             eps_l2=list(config.grid("l2")), targeted=config.build_targeted_attacks())
+        block.per_sample.update(robust.per_sample)
+        block.table["attention_examples"] = {"example": objects(
+            [replace(e, index=int(index_np[e.index])) for e in robust.attention_examples])}
+        block.table["flipped"] = {"example": objects(
+            [replace(e, index=int(index_np[e.index])) for examples in robust.flipped.values() for e in examples])}
+        if config.save_adversarial:
+            block.table["adversarial"] = {"x": block.x.cpu().numpy(), "y": block.y.cpu().numpy(),
+                                          **{k: v.numpy() for k, v in robust.adversarial.items()}}
+
+
+def objects(items: list) -> np.ndarray:
+    """A 1-D object array of ``items`` (row tables are arrays; these are small picked examples)."""
+    array = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        array[i] = item
+    return array

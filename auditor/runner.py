@@ -7,32 +7,41 @@ from pathlib import Path
 
 import torch
 
-from auditor.gates import (GateResult, check_baseline, default_policy, evaluate, evaluate_regression, exit_code,
-                           load_baseline, load_policy, regression_tolerances, validate_policy)
+from auditor.audit import SAVED_FILES, run_audit, saved_layouts
+from auditor.config import AuditConfig
 from auditor.determinism import settle
+from auditor.foreign_subject import ForeignOptions, is_foreign, load_foreign_subject
+from auditor.gates import (GateResult, Policy, check_baseline, default_policy, evaluate, evaluate_regression,
+                           exit_code, load_baseline, load_policy, regression_tolerances, validate_policy)
 from auditor.localisation import declare_relevant
 from auditor.masking import sparse_attention_note
+from auditor.metrics import MetricValue
 from auditor.outputs import PendingFiles, append_step_summary, write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
-from auditor.report_html import render_report
+from auditor.report_html import render_document
+from auditor.result import AuditFindings, report_section
 from auditor.shard import Shard
-from auditor.session import (SAVED_FILES, AuditConfig, ForeignOptions, Subject, is_foreign, load_foreign_subject,
-                             load_subject, planned_metrics, run_audit, saved_layouts)
+from auditor.stages import planned_metrics
+from auditor.subject import Subject, load_subject
 from auditor.tensorfile import create
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 
 
-# what results.json's model section says about a python: model's attention capture (auditor.session)
+# what results.json's model section says about a python: model's attention capture (auditor.foreign_subject)
 FOREIGN_FACTS = ("attention_modules", "ignored_attention_modules", "attention_path_max_abs_logit_diff")
 
 
 @dataclass
 class Outcome:
+    """An audit's verdict and its files (name -> bytes), written or not yet; ``report_path`` once written."""
+
     exit_code: int
     gates: list[GateResult]
-    report_path: Path
     document: dict
+    files: dict[str, bytes]
+    metrics: dict[str, MetricValue]
+    report_path: Path | None = None
 
 
 def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str, policy_path: Path | None,
@@ -77,7 +86,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
         result = run_audit(subject, config, progress=not quiet and shard.is_main, shard=shard, save_to=save_to)
         if result is None:
             return None
-        return _write(result, subject, config, policy, planned, out_dir=out_dir, saved=saved, baseline=baseline,
+        return _write(result, subject, config, policy, out_dir=out_dir, saved=saved, baseline=baseline,
                       tolerances=tolerances)
 
 
@@ -128,6 +137,14 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
                                frozen_features=config.frozen_features, on_out_of_range=on_out_of_range)
+    return bind(subject, config, loaded_policy, baseline_path=baseline_path, relevant_features=relevant_features)
+
+
+def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *, baseline_path: Path | None = None,
+         relevant_features: tuple[str, ...] = ()):
+    """The configuration bound to the loaded subject (frozen features, target class, L2 grid, determinism), the
+    names it plans, the policy that judges them (``loaded_policy`` or the default one, validated against the
+    plan) and the baseline to regress against: what ``audit run`` and :func:`auditor.api.audit` both do."""
     config = replace(config, frozen_features=subject.frozen_features)
     if relevant_features:
         subject.data = declare_relevant(subject.data, tuple(relevant_features))
@@ -147,12 +164,20 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
     return config, policy, planned, subject, baseline, tolerances
 
 
-def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, out_dir: Path,
+def _write(result, subject, config: AuditConfig, policy, *, out_dir: Path,
            saved: PendingFiles, baseline=None, tolerances=None) -> Outcome:
+    outcome = outputs(result, subject, config, policy, baseline=baseline, tolerances=tolerances)
+    write_atomically(out_dir, outcome.files)
+    saved.commit()
+    append_step_summary(outcome.files["summary.md"])
+    outcome.report_path = out_dir / "report.html"
+    return outcome
+
+
+def outputs(result: AuditFindings, subject: Subject, config: AuditConfig, policy: Policy, *, baseline=None,
+            tolerances=None) -> Outcome:
+    """The gates' verdict and every file ``audit run`` writes, rendered from the audit's findings."""
     skipped = dict(result.skipped)
-    for name in planned_metrics(config, binary=subject.detector.n_classes == 2):
-        if name not in result.metrics and name not in skipped and name in planned:
-            skipped[name] = "not computed for this detector"
     metrics = finite_metrics(result.metrics, skipped)
     gates = evaluate(policy, metrics, skipped)
     if baseline is not None:
@@ -178,24 +203,20 @@ def _write(result, subject, config: AuditConfig, policy, planned: list[str], *, 
                 "removal": result.removal_curves},
         baseline={"source": baseline.source, "tolerances": tolerances} if baseline is not None else None,
     )
+    document["report"] = report_section(result, metric_order=list(metrics), attacks=list(config.attacks),
+                                        explainers=list(config.explainers), class_names=subject.data.class_names,
+                                        feature_names=subject.data.feature_names,
+                                        row_index=[int(i) for i in subject.data.row_index])
     note = sparse_attention_note(model_doc["attention"])
     if note is not None:
         document["masking_note"] = note
     files = {
         "results.json": render_json(document),
-        "report.html": render_report(
-            document, policy=policy, metrics=metrics, result=result, attacks=list(config.attacks),
-            explainers=list(config.explainers), class_names=subject.data.class_names,
-            feature_names=subject.data.feature_names, positive_class=subject.data.positive_class,
-            row_index=[int(i) for i in subject.data.row_index], skipped=skipped,
-        ),
+        "report.html": render_document(document),
         "junit.xml": render_junit(gates),
         "summary.md": render_summary(document),
     }
-    write_atomically(out_dir, files)
-    saved.commit()
-    append_step_summary(files["summary.md"])
-    return Outcome(exit_code=exit_code(gates), gates=gates, report_path=out_dir / "report.html", document=document)
+    return Outcome(exit_code=exit_code(gates), gates=gates, document=document, files=files, metrics=metrics)
 
 
 def check_metrics(metrics: dict) -> dict:

@@ -57,6 +57,8 @@ import torch
 from torch import nn
 
 from auditor.explain import Explainer, evaluating
+from auditor.metrics import MPRT_PASS_BELOW, MetricSpec
+from auditor.stage import Block, Stage
 from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
 from detectors.foreign import ForeignDetector, captured_attention_modules
 from detectors.foreign_editing import edited_multihead_attention, multihead_edit_unsupported
@@ -64,8 +66,35 @@ from detectors.maths import spearman
 from detectors.seeding import per_sample_uniform, stream_seed
 
 MPRT_SAMPLES = 256
-FLIP_RATE_METRICS = ("sanity.flip_rate.attention", "sanity.flip_rate.random")
-UNIFORM_METRICS = ("sanity.uniform_attention.prediction_kept", "sanity.uniform_attention.accuracy")
+SPECS = (
+    MetricSpec("sanity.mprt.{explainer}", False, "[0, 1]",
+               "Adebayo et al. 2018 cascading model-parameter randomisation: absolute Spearman rank correlation "
+               "between the explanations of the trained model and of the model with every layer re-initialised "
+               "(top-down), the same random draws at every step; passes when the upper end of its 95% interval "
+               f"is below {MPRT_PASS_BELOW:g}, fails when the lower end is at or above it (high = the explanation "
+               "ignores the model)",
+               reference="Adebayo et al. 2018, Sanity Checks for Saliency Maps"),
+    MetricSpec("sanity.flip_rate.attention", True, "[0, 1]",
+               "Serrano & Smith 2019: share of samples whose decision flips when the highest CLS attention weight "
+               "of the last layer is zeroed and the row renormalised (compare with sanity.flip_rate.random)",
+               reference="Serrano & Smith 2019, Is Attention Interpretable?"),
+    MetricSpec("sanity.flip_rate.random", False, "[0, 1]",
+               "the same when a random non-CLS weight is zeroed instead: the chance level that "
+               "sanity.flip_rate.attention should exceed",
+               reference="Serrano & Smith 2019, Is Attention Interpretable?"),
+    MetricSpec("sanity.uniform_attention.prediction_kept", False, "[0, 1]",
+               "Wiegreffe & Pinter 2019: share of samples whose predicted class is unchanged when every attention "
+               "layer's weights are replaced by uniform weights over the keys each query may attend (all layers at "
+               "once, inside the forward); lower: the decisions rest on attention; at or above 0.95 attention does not "
+               "drive the model, so heat maps of it explain little",
+               reference="Wiegreffe & Pinter 2019, Attention is not not Explanation"),
+    MetricSpec("sanity.uniform_attention.accuracy", False, "[0, 1]",
+               "accuracy with every attention layer made uniform as in sanity.uniform_attention.prediction_kept; "
+               "far below clean.accuracy: the model needs its attention, close to it: it does not",
+               reference="Wiegreffe & Pinter 2019, Attention is not not Explanation"),
+)
+FLIP_RATE_METRICS = tuple(spec.pattern for spec in SPECS if spec.pattern.startswith("sanity.flip_rate."))
+UNIFORM_METRICS = tuple(spec.pattern for spec in SPECS if spec.pattern.startswith("sanity.uniform_attention."))
 # at or above this share of predictions kept under uniform attention, attention does not drive the model
 UNUSED_ATTENTION_KEPT = 0.95
 
@@ -149,7 +178,7 @@ def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: tor
 
 
 def mean_sanity_curves(outcome: "SanityOutcome") -> dict[str, list[dict]]:
-    """The report's view (AuditResult.sanity_curves): per explainer, the mean Spearman over the samples that
+    """The report's view (AuditFindings.sanity_curves): per explainer, the mean Spearman over the samples that
     counted after each cascade step, top layer first. From per-sample rows, so gathered shards give the same."""
     view = {}
     for name, (labels, values) in outcome.curves.items():
@@ -304,3 +333,25 @@ def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
     outcome.skipped.update({name: flip_reason for name in FLIP_RATE_METRICS if flip_reason is not None})
     outcome.skipped.update({name: reason for name in UNIFORM_METRICS if reason is not None})
     return outcome
+
+
+class SanityStage(Stage):
+    """MPRT (``sanity_curves``/``sanity_labels`` row-table groups hold its cascades), flip rates and uniform
+    attention; a model whose attention cannot be edited gets its reason for each name it skips."""
+
+    name = "sanity"
+    specs = SPECS
+
+    def planned(self, config, *, binary: bool) -> list[str]:
+        return [f"sanity.mprt.{explainer}" for explainer in config.explainers if explainer != "random"] \
+            + list(FLIP_RATE_METRICS) + list(UNIFORM_METRICS)
+
+    def run(self, block: Block) -> None:
+        sane = sanity_stage(block.detector, block.x, block.pred, block.attributions, baseline=block.baseline,
+                            seed=block.config.seed, index=block.index, explainers=block.explainers,
+                            n_rows=block.n_rows, max_batch=block.plan.forward_batch, y=block.y)
+        block.per_sample.update(sane.per_sample)
+        block.notes.update(sane.skipped)
+        block.table["sanity_curves"] = {name: values for name, (_, values) in sane.curves.items()}
+        block.table["sanity_labels"] = {name: np.asarray(labels, dtype=str)[None, :]
+                                        for name, (labels, _) in sane.curves.items()}

@@ -24,9 +24,21 @@ import numpy as np
 import torch
 
 from auditor.explain import evaluating
+from auditor.metrics import MetricSpec
+from auditor.stage import Block, Stage
 from detectors.base import Detector
 
-SPARSITY_METRICS = ("attention.zero_share", "attention.entropy")
+SPECS = (
+    MetricSpec("attention.zero_share", None, "[0, 1)",
+               "share of exactly-zero weights in the last layer's CLS attention row (over every token, CLS "
+               "included; mean over heads, then samples; every query row for models without CLS): about 0 for "
+               "softmax and additive attention, the share of tokens outside the support for sparsemax/entmax15, "
+               "where the gradient is exactly 0 too"),
+    MetricSpec("attention.entropy", None, "[0, ln tokens]",
+               "Shannon entropy -sum p ln p (nats, 0 ln 0 = 0) of the same rows, mean over heads, then samples: 0 "
+               "when each head attends to one token, ln(tokens) when uniform"),
+)
+SPARSITY_METRICS = tuple(spec.pattern for spec in SPECS)
 
 
 @dataclass
@@ -58,3 +70,14 @@ def sparsity_stage(detector: Detector, x: torch.Tensor, *, max_batch: int = 4096
         return SparsityOutcome({name: np.empty(0) for name in SPARSITY_METRICS})
     return SparsityOutcome({"attention.zero_share": np.concatenate(zero_parts),
                             "attention.entropy": np.concatenate(entropy_parts)})
+
+
+class SparsityStage(Stage):
+    name = "sparsity"
+    specs = SPECS
+
+    def planned(self, config, *, binary: bool) -> list[str]:
+        return list(SPARSITY_METRICS)
+
+    def run(self, block: Block) -> None:
+        block.per_sample.update(sparsity_stage(block.detector, block.x, max_batch=block.plan.forward_batch).per_sample)

@@ -21,7 +21,7 @@ from attacks import ATTENTION_ATTACKS, Domain, make_attack
 from auditor.cli import cli
 from auditor.explain import EXPLAINERS, make_explainer
 from auditor.masking import sparse_attention_note
-from auditor.metrics import spec_for
+from auditor.stages import spec_for
 from auditor.sanity import flip_rates
 from auditor.sparsity import row_sparsity, sparsity_stage
 from detectors.blocks import ATTENTION_VARIANTS, SelfAttention, edited_attention

@@ -273,7 +273,8 @@ def test_an_audit_of_deletion_alone_computes_and_plots_only_the_deletion_curve(t
 
 
 def test_profiles_choose_the_faithfulness_metrics_and_the_config_records_them():
-    from auditor.session import AuditConfig, planned_metrics
+    from auditor.config import AuditConfig
+    from auditor.stages import planned_metrics
 
     quick = AuditConfig.from_profile("quick")
     assert quick.faithfulness_metrics == ("deletion", "insertion")

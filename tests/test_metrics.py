@@ -3,7 +3,8 @@ import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from auditor.clean import _binary_auc, _binary_f1, _binary_precision, _binary_recall, clean_metrics
-from auditor.metrics import CATALOGUE, Bootstrap, spec_for
+from auditor.metrics import Bootstrap
+from auditor.stages import CATALOGUE, spec_for
 
 
 def test_vectorised_statistics_equal_scikit_learn_on_the_full_sample():
@@ -92,3 +93,28 @@ def test_a_calibrated_detector_has_an_ece_near_zero():
     metrics, _ = clean_metrics(y, proba, positive=1, n_classes=2, bootstrap=Bootstrap(20000, seed=0, resamples=50))
     assert metrics["clean.ece"].value < 0.02
     assert metrics["clean.ece"].ci95[0] <= metrics["clean.ece"].value <= metrics["clean.ece"].ci95[1]
+
+
+def test_a_planned_metric_neither_produced_nor_skipped_is_an_error_naming_its_stage():
+    from auditor.config import AuditConfig
+    from auditor.metrics import MetricValue
+    from auditor.stages import check_produced, planned_metrics
+
+    config = AuditConfig(eps=(0.1,), attacks=("fgsm",), explainers=("attention", "random"))
+    planned = planned_metrics(config, binary=True)
+    metrics = {name: MetricValue(0.5) for name in planned if name != "sanity.flip_rate.random"}
+    with pytest.raises(RuntimeError, match="the sanity stage planned sanity.flip_rate.random"):
+        check_produced(config, binary=True, metrics=metrics, skipped={})
+    check_produced(config, binary=True, metrics=metrics, skipped={"sanity.flip_rate.random": "no CLS token"})
+
+
+def test_every_name_a_stage_plans_is_declared_by_a_stage():
+    from auditor.config import AuditConfig
+    from auditor.stages import STAGES, planned_metrics
+
+    config = AuditConfig.from_profile("full", target_class="1", eps=(0.03, 0.1)).with_l2_grid(30)
+    declared = {spec.pattern for stage in STAGES for spec in stage.specs}
+    assert len(declared) == len(CATALOGUE)
+    for name in planned_metrics(config, binary=True):
+        spec = spec_for(name, list(config.attacks), list(config.explainers))
+        assert spec is not None, name

@@ -5,14 +5,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-from auditor.metrics import CATALOGUE, catalogue_markdown
+from auditor.stages import CATALOGUE, catalogue_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_metric_table_is_generated_from_the_catalogue():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert catalogue_markdown() in readme, "regenerate the table with: python -m auditor.metrics"
+    assert catalogue_markdown() in readme, "regenerate the table with: python -m auditor.stages"
     for spec in CATALOGUE:
         assert f"`{spec.pattern}`" in readme
 

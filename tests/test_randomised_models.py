@@ -196,7 +196,9 @@ def test_logits_that_differ_between_the_two_paths_are_exit_2(noisy, tmp_path):
 
 def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detector):
     from auditor.determinism import settle
-    from auditor.session import AuditConfig, Subject, run_audit
+    from auditor.audit import run_audit
+    from auditor.config import AuditConfig
+    from auditor.subject import Subject
     from detectors.table import Dataset
 
     x = np.random.default_rng(1).random((40, N_FEATURES)).astype(np.float32)
@@ -218,7 +220,7 @@ def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detect
 
 def test_autoattack_runs_its_rand_version_on_a_randomised_model_when_it_has_one(monkeypatch):
     from attacks import ATTACKS
-    from auditor.session import AuditConfig
+    from auditor.config import AuditConfig
 
     config = AuditConfig(eps=(0.1,), attacks=("autoattack",), randomised_model=True)
     assert "version" not in AuditConfig(eps=(0.1,), attacks=("autoattack",)).attack_settings("autoattack")

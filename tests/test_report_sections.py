@@ -10,7 +10,10 @@ from auditor.gates import default_policy, evaluate
 from auditor.metrics import MetricValue
 from auditor.report import finite_metrics, results_document
 from auditor.report_html import agreement_tables, explainer_table, render_report
-from auditor.session import AuditConfig, load_subject, planned_metrics, run_audit
+from auditor.audit import run_audit
+from auditor.config import AuditConfig
+from auditor.stages import planned_metrics
+from auditor.subject import load_subject
 
 SECTIONS = ("Verdict", "Detection", "Robustness", "Attention under attack", "Faithfulness", "Samples", "Method")
 KINDS = {"tabular": "breast-cancer", "vit": "digits", "sequence": "sequences:400"}
@@ -37,8 +40,7 @@ def tiny_report(tmp_path, detector: str, data: str) -> str:
                                 gates=gates, policy=policy, timing=result.timing, masking=result.masking)
     html = render_report(document, policy=policy, metrics=metrics, result=result, attacks=list(config.attacks),
                          explainers=list(config.explainers), class_names=subject.data.class_names,
-                         feature_names=subject.data.feature_names, positive_class=subject.data.positive_class,
-                         row_index=[int(i) for i in subject.data.row_index], skipped=skipped)
+                         feature_names=subject.data.feature_names, row_index=[int(i) for i in subject.data.row_index], skipped=skipped)
     return html.decode("utf-8")
 
 

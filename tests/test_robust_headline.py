@@ -15,7 +15,7 @@ from auditor.metrics import Bootstrap, MetricValue
 from auditor.persample import aggregate
 from auditor.report import render_summary
 from auditor.robustness import run_attacks, within_budget
-from auditor.session import AuditConfig, default_l2_grid
+from auditor.config import AuditConfig, default_l2_grid
 from detectors.base import Detector, TokenMap
 from detectors.errors import BadInputError
 
@@ -204,7 +204,7 @@ def test_summary_shows_the_worst_case_first():
 
 def test_method_section_names_autoattack_fast_apart_from_the_protocol():
     from auditor.report_html import attack_rows
-    from auditor.session import PROFILES
+    from auditor.config import PROFILES
 
     assert "autoattack-fast" in PROFILES["standard"][0] and "autoattack" not in PROFILES["standard"][0]
     assert "autoattack" in PROFILES["full"][0]

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from auditor import session
+from auditor import faithfulness
 from auditor.cli import cli
 from auditor.tensorfile import RowWriter, create, header
 
@@ -72,7 +72,7 @@ def test_a_failed_audit_leaves_no_saved_file_behind(trained_checkpoint, tmp_path
         seen.extend(p.name for p in out.iterdir())
         raise ZeroDivisionError("stopped on purpose")
 
-    monkeypatch.setattr(session, "faithfulness_stage", fail)
+    monkeypatch.setattr(faithfulness, "faithfulness_stage", fail)
     result = CliRunner().invoke(cli, ["run", "--model", str(trained_checkpoint[0]), "--out", str(out),
                                       "--save-adversarial", "--save-explanations", "--attacks", "fgsm",
                                       "--eps", "0.1", "--max-samples", "40", "--quiet"])

@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from auditor.metrics import Bootstrap, spec_for
+from auditor.metrics import Bootstrap
+from auditor.stages import spec_for
 from auditor.persample import aggregate
 from detectors.base import Detector, TokenMap
 from detectors.blocks import SelfAttention

@@ -1,0 +1,168 @@
+"""A ``python:`` model this tool did not train, with its data: bounds, class probing and label mapping,
+the checks that its attention can be captured, and the :class:`~auditor.subject.Subject` it becomes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auditor.subject import Subject, build_domain, sha256_of
+from detectors.data import load_table, stratified_subset
+from detectors.table import Dataset
+from detectors.devices import resolve_device
+from detectors.errors import BadInputError
+
+@dataclass(frozen=True)
+class ForeignOptions:
+    """How to read a model this tool did not train (``--model python:PATH:FACTORY``)."""
+
+    weights: str | None = None
+    input_kind: str | None = None
+    patch_size: int | None = None
+    cls_token: str = "first"
+    attention_modules: tuple[str, ...] = ()
+    logits_key: str | None = None
+    bounds: tuple[float, float] | None = None
+    bounds_file: str | None = None
+    positive_class: str | None = None
+
+
+def is_foreign(model: str) -> bool:
+    return model.startswith("python:")
+
+
+def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec: str | None, label_column: str,
+                         max_samples: int, seed: int, device_name: str,
+                         frozen_features: tuple[str, ...] | None = None) -> Subject:
+    """A user's own model with its data: the data reaches the model exactly as read, never rescaled.
+
+    The attacks and explainers work in [0, 1] units of each input position's range (the data's minimum
+    and maximum unless ``--bounds``/``--bounds-file`` say otherwise); the wrapper maps those units back to
+    the model's own before every call, so eps means the same fraction of a range as for checkpoints.
+    """
+    from detectors.foreign import PATH_TOLERANCE, ForeignDetector, check_input_fits, logit_path_difference
+    from detectors.foreign_loading import build_foreign_model
+
+    if data_spec is None:
+        raise BadInputError("a python: model brings no data of its own; pass --data with the rows to audit")
+    if options.input_kind is None:
+        raise BadInputError("a python: model needs --input-kind tabular|image|sequence to map tokens to inputs")
+    device = resolve_device(device_name)
+    table = load_table(data_spec, label_column=label_column, positive_class=options.positive_class)
+    rank = {"tabular": 1, "sequence": 2, "image": 3}[options.input_kind]
+    if len(table.input_shape) != rank:
+        raise BadInputError(f"--input-kind {options.input_kind} expects samples of rank {rank}, "
+                            f"but {table.name} holds samples of shape {table.input_shape}")
+    raw = table.x
+    lo, hi = _foreign_bounds(raw, options, table.input_shape)
+    if (raw < lo - 1e-9).any() or (raw > hi + 1e-9).any():
+        raise BadInputError("the data lies outside --bounds; widen the bounds or leave them out "
+                            "(each feature's minimum and maximum over the data)")
+    model = build_foreign_model(model_spec, weights=options.weights)
+    n_classes = _probe_classes(model, raw[:2], options.logits_key)
+    class_names, y = _foreign_labels(table, n_classes)
+    detector = ForeignDetector(
+        model, input_shape=table.input_shape, n_classes=n_classes, input_kind=options.input_kind,
+        cls_token=options.cls_token, patch_size=options.patch_size,
+        attention_modules=list(options.attention_modules), logits_key=options.logits_key,
+        lo=torch.as_tensor(lo, dtype=torch.float32), hi=torch.as_tensor(hi, dtype=torch.float32),
+    ).to(device).eval()
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    scaled = ((raw - lo) / span).astype(np.float32)
+    data = Dataset(name=table.name, split="all", x=scaled, y=y, feature_names=list(table.feature_names),
+                   class_names=class_names, positive_class=table.positive_class if n_classes == 2 else None,
+                   relevant_features=table.relevant_features, relevant_mask=table.relevant_mask)
+    sample = torch.as_tensor(data.x[:2], device=device)
+    check_input_fits(detector, sample)
+    with torch.no_grad():
+        detector.forward_with_attention(sample)  # no attention, or tokens that do not fit: say so before auditing
+    data = stratified_subset(data, max_samples, seed=seed)
+    audited = torch.as_tensor(data.x, device=device)
+    difference = logit_path_difference(detector, audited)
+    if difference > PATH_TOLERANCE:
+        raise BadInputError(
+            f"the model's logits with attention capture differ from its plain logits by up to {difference:.3g} "
+            f"(tolerance {PATH_TOLERANCE:g}) on the audited rows, so the clean metrics and the attention attacks "
+            "would judge two different models; make the model's forward the same with and without "
+            "need_weights=True (or give it forward_with_attention)")
+    with torch.no_grad():
+        layers, ignored = detector.attention_layers(audited[:2])
+    identity = Path(options.weights) if options.weights else Path(parse_location(model_spec))
+    model_info = {
+        "path": model_spec + (f" (weights {options.weights})" if options.weights else ""),
+        "sha256": sha256_of(identity) if identity.is_file() else "n/a", "detector": "foreign",
+        "defense": "unknown", "data set": table.name, "hparams": detector.hparams(), "training": {},
+        "attention_modules": layers, "ignored_attention_modules": ignored,
+        "attention_path_max_abs_logit_diff": difference,
+    }
+    baseline = torch.as_tensor(data.x.mean(axis=0), device=device)
+    frozen = tuple(frozen_features or ())
+    domain = build_domain(table.input_shape, list(table.feature_names), frozen=frozen)
+    return Subject(detector=detector, data=data, baseline=baseline, model_info=model_info, device=device,
+                   domain=domain, frozen_features=frozen)
+
+
+def parse_location(model_spec: str) -> str:
+    from detectors.foreign_loading import parse_model_spec
+
+    return parse_model_spec(model_spec)[0]
+
+
+def _foreign_bounds(raw: np.ndarray, options: ForeignOptions, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    if options.bounds is not None and options.bounds_file is not None:
+        raise BadInputError("give --bounds or --bounds-file, not both")
+    if options.bounds is not None:
+        lo, hi = options.bounds
+        return np.full(shape, lo, dtype=np.float64), np.full(shape, hi, dtype=np.float64)
+    if options.bounds_file is not None:
+        try:
+            payload = json.loads(Path(options.bounds_file).read_text(encoding="utf-8"))
+            lo = np.broadcast_to(np.asarray(payload["lo"], dtype=np.float64).reshape(-1), (int(np.prod(shape)),))
+            hi = np.broadcast_to(np.asarray(payload["hi"], dtype=np.float64).reshape(-1), (int(np.prod(shape)),))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise BadInputError(f"--bounds-file {options.bounds_file}: expected JSON {{\"lo\": [...], \"hi\": [...]}} "
+                                f"with one value or one per input position ({error})") from None
+        lo, hi = lo.reshape(shape).copy(), hi.reshape(shape).copy()
+        if (hi < lo).any():
+            raise BadInputError(f"--bounds-file {options.bounds_file}: some hi values are below their lo")
+        return lo, hi
+    return raw.min(axis=0).astype(np.float64), raw.max(axis=0).astype(np.float64)
+
+
+def _probe_classes(model: torch.nn.Module, raw: np.ndarray, logits_key: str | None) -> int:
+    """The number of classes, read off the width of the model's logits on two samples."""
+    with torch.no_grad():
+        try:
+            output = model(torch.as_tensor(raw, dtype=torch.float32))
+        except Exception as error:  # the user's model: any failure here means the data does not fit it
+            raise BadInputError(f"the data's shape {tuple(raw.shape[1:])} does not fit the model: "
+                                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    if isinstance(output, dict):
+        output = output.get(logits_key) if logits_key is not None else None
+    elif isinstance(output, (tuple, list)) and output:
+        output = output[int(logits_key)] if logits_key and logits_key.isdigit() and int(logits_key) < len(output) \
+            else output[0]
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        raise BadInputError("cannot find (batch, classes) logits in the model's output; name them with --logits-key")
+    return int(output.shape[1])
+
+
+def _foreign_labels(table, n_classes: int) -> tuple[list[str], np.ndarray]:
+    """Integer labels index the model's logits directly; other labels map to classes in sorted order."""
+    names = list(table.class_names)
+    try:
+        as_int = [int(float(name)) for name in names]
+        integral = all(float(name) == int(float(name)) for name in names)
+    except ValueError:
+        integral = False
+    if integral:
+        if min(as_int) < 0 or max(as_int) >= n_classes:
+            raise BadInputError(f"labels {sorted(as_int)} do not index the model's {n_classes} logits")
+        return [str(i) for i in range(n_classes)], np.array([as_int[i] for i in table.y], dtype=np.int64)
+    if len(names) > n_classes:
+        raise BadInputError(f"the data has {len(names)} classes but the model outputs {n_classes} logits")
+    return names + [f"class {i}" for i in range(len(names), n_classes)], table.y.astype(np.int64)

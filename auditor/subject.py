@@ -1,0 +1,138 @@
+"""What is audited: a checkpoint's detector with the rows to audit, validated against each other, and the
+attacker's domain (:class:`Subject`). A model this tool did not train is loaded by ``auditor.foreign_subject``."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attacks import Domain
+from auditor.determinism import Determinism
+from detectors.base import Detector
+from detectors.checkpoint import load_checkpoint
+from detectors.data import align_table, is_builtin, load_table, split_table, stratified_subset
+from detectors.table import Dataset
+from detectors.devices import resolve_device
+from detectors.errors import BadInputError
+
+@dataclass
+class Subject:
+    """What is audited: a detector, its data, its removal baseline and who it is."""
+
+    detector: Detector
+    data: Dataset
+    baseline: torch.Tensor
+    model_info: dict
+    device: torch.device
+    domain: Domain | None = None
+    frozen_features: tuple[str, ...] = ()
+    # None until auditor.determinism.settle checks it (a caller that knows may set it), then its findings
+    deterministic: bool | None = None
+    determinism: Determinism | None = None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_domain(input_shape: tuple[int, ...], feature_names: list[str], *, frozen: tuple[str, ...] = (),
+                 integer: list[str] | None = None, lo=None, hi=None) -> Domain:
+    """The attacker's space: [0, 1] box, frozen features by name, integer features rounded in raw units."""
+    unknown = [name for name in frozen if name not in feature_names]
+    if unknown:
+        raise BadInputError(f"--frozen-features: {', '.join(map(repr, unknown[:3]))} not among the model's features "
+                            f"({', '.join(map(repr, feature_names[:6]))}{' ...' if len(feature_names) > 6 else ''})")
+    frozen_mask = torch.tensor([name in frozen for name in feature_names]).reshape(input_shape)
+    integer_mask = torch.tensor([name in (integer or ()) for name in feature_names]).reshape(input_shape)
+    span = None if hi is None else np.where(np.asarray(hi) - np.asarray(lo) > 0, np.asarray(hi) - np.asarray(lo), 1.0)
+    return Domain.unit(input_shape, frozen=frozen_mask, integer=integer_mask if integer else None, raw_lo=lo,
+                       raw_span=span)
+
+
+ON_OUT_OF_RANGE = ("clip", "refuse")
+
+
+def check_out_of_range(data: Dataset, policy: str) -> None:
+    """``refuse``: one line naming the first feature (in the model's order) with audited values outside the
+    training range, instead of auditing them clipped to it (``clip``, counted in ``data.out_of_range``)."""
+    if policy not in ON_OUT_OF_RANGE:
+        raise BadInputError(f"--on-out-of-range {policy!r}: choose one of {', '.join(ON_OUT_OF_RANGE)}")
+    found = data.out_of_range()
+    if policy == "refuse" and found["rows"]:
+        name, rows = next(iter(found["features"].items()))
+        raise BadInputError(
+            f"{found['rows']} of {len(data)} audited rows lie outside the checkpoint's training range, first in "
+            f"feature {name!r} ({rows} rows); audit rows from that range, or pass --on-out-of-range clip to audit "
+            "them clipped to it (counted in results.json data.out_of_range)")
+
+
+def load_subject(model_path: str, *, data_spec: str | None, label_column: str, max_samples: int, seed: int,
+                 device_name: str, frozen_features: tuple[str, ...] | None = None,
+                 on_out_of_range: str = "clip") -> Subject:
+    """The checkpoint's detector with the data to audit, validated against each other. ``frozen_features``:
+    None for the checkpoint's own (recorded by ``audit train --frozen-features``), else these (``()``: none).
+    Audited values outside the training range are clipped to it and counted, or refused (``on_out_of_range``)."""
+    device = resolve_device(device_name)
+    checkpoint = load_checkpoint(model_path, device=device)
+    meta = checkpoint.metadata
+    trained_on = meta["data"]
+    if data_spec is None or _same_data(data_spec, trained_on["name"]):
+        spec = trained_on["name"]
+        if not is_builtin(spec) and not Path(spec).is_file():
+            raise BadInputError(
+                f"the checkpoint's training data {spec!r} is not readable here; pass --data with the rows to audit"
+            )
+        table = load_table(spec, label_column=trained_on.get("label_column", label_column),
+                           seed=trained_on.get("generator_seed", 0))
+        data = split_table(table, seed=trained_on["split_seed"]).test
+    else:
+        spec = data_spec
+        table = load_table(spec, label_column=label_column)
+        data = align_table(table, feature_names=checkpoint.feature_names, class_names=checkpoint.class_names,
+                           scaler=checkpoint.scaler)
+    if data.feature_names != checkpoint.feature_names:
+        raise BadInputError(
+            f"expected the checkpoint's {len(checkpoint.feature_names)} features, the data has "
+            f"{len(data.feature_names)}; pass --data with the same columns the model was trained on"
+        )
+    data.positive_class = meta.get("positive_class")
+    data = stratified_subset(data, max_samples, seed=seed)
+    if len(data) == 0:
+        raise BadInputError(f"no rows to audit in {spec}")
+    check_out_of_range(data, on_out_of_range)
+    if checkpoint.train_mean is not None:
+        baseline = checkpoint.train_mean.float()
+    else:
+        baseline = torch.as_tensor(data.x.mean(axis=0))
+    path = Path(model_path)
+    model_info = {
+        "path": str(path), "sha256": sha256_of(path), "detector": meta["detector"]["kind"],
+        "defense": meta["defense"].get("name", "none"), "data set": trained_on["name"],
+        "hparams": meta["detector"]["hparams"], "training": meta.get("training", {}),
+        "defense_settings": dict(meta["defense"]),
+        # checkpoints written before the variants existed all used softmax
+        "attention": meta["detector"]["hparams"].get("attention", "softmax"),
+    }
+    scaler = checkpoint.scaler
+    frozen = tuple(meta.get("frozen_features") or ()) if frozen_features is None else tuple(frozen_features)
+    domain = build_domain(tuple(checkpoint.detector.input_shape), checkpoint.feature_names, frozen=frozen,
+                          integer=meta.get("integer_features"), lo=scaler.lo, hi=scaler.hi)
+    return Subject(detector=checkpoint.detector, data=data, baseline=baseline.to(device), model_info=model_info,
+                   device=device, domain=domain, frozen_features=frozen)
+
+
+def _same_data(spec: str, trained_on: str) -> bool:
+    """Whether ``spec`` names the data the checkpoint was trained on (then its test split is audited)."""
+    if spec == trained_on:
+        return True
+    if is_builtin(spec) or is_builtin(trained_on):
+        return False
+    return Path(spec).resolve() == Path(trained_on).resolve()
