@@ -8,7 +8,7 @@
 
 It takes the path of ``audit run``: the subject is loaded (a checkpoint, as ``audit run --model`` loads it, or
 a detector already in memory with its data), then bound to the configuration and the policy, audited stage
-by stage and rendered by the same functions (:func:`auditor.runner.bind`, :func:`auditor.audit.run_audit`,
+by stage and rendered by the same functions (:func:`auditor.runner.bind`, :func:`auditor.pipeline.run_audit`,
 :func:`auditor.runner.outputs`), so the numbers and the files are the ones the command line gives.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from auditor.audit import run_audit
+from auditor.pipeline import run_audit
 from auditor.config import AuditConfig
 from auditor.gates import GateResult, load_policy
 from auditor.outputs import write_atomically

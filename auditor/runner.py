@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from auditor.audit import SAVED_FILES, run_audit, saved_layouts
+from auditor.pipeline import SAVED_FILES, run_audit, saved_layouts
 from auditor.config import AuditConfig
 from auditor.determinism import settle
 from auditor.foreign_subject import ForeignOptions, is_foreign, load_foreign_subject

@@ -29,7 +29,7 @@ class Block:
     ``relevant``: the block's rows of the localisation ground truth; ``n_rows``: the rows of the whole audit.
     Stages fill ``pred`` (clean), ``attributions`` and ``explainers`` (explain), ``per_sample`` (metric name ->
     values, aggregated over all rows later), ``notes`` (metric name -> why it was not computed) and ``table``
-    (the block's row table, :func:`auditor.audit.audit_rows` says which groups it holds).
+    (the block's row table, :func:`auditor.pipeline.audit_rows` says which groups it holds).
     """
 
     detector: torch.nn.Module

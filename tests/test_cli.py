@@ -235,8 +235,8 @@ def test_missing_cuda_is_exit_2(model, tmp_path):
 
 
 def test_internal_error_is_exit_3(model, tmp_path, monkeypatch):
-    import auditor.audit
-    monkeypatch.setattr(auditor.audit, "run_audit", lambda *a, **k: 1 / 0)
+    import auditor.pipeline
+    monkeypatch.setattr(auditor.pipeline, "run_audit", lambda *a, **k: 1 / 0)
     import auditor.runner
     monkeypatch.setattr(auditor.runner, "run_audit", lambda *a, **k: 1 / 0)
     result = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(tmp_path / "o"), "--quiet"])

@@ -196,7 +196,7 @@ def test_logits_that_differ_between_the_two_paths_are_exit_2(noisy, tmp_path):
 
 def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detector):
     from auditor.determinism import settle
-    from auditor.audit import run_audit
+    from auditor.pipeline import run_audit
     from auditor.config import AuditConfig
     from auditor.subject import Subject
     from detectors.table import Dataset

@@ -10,7 +10,7 @@ from auditor.gates import default_policy, evaluate
 from auditor.metrics import MetricValue
 from auditor.report import finite_metrics, results_document
 from auditor.report_html import agreement_tables, explainer_table, render_report
-from auditor.audit import run_audit
+from auditor.pipeline import run_audit
 from auditor.config import AuditConfig
 from auditor.stages import planned_metrics
 from auditor.subject import load_subject
