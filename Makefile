@@ -33,7 +33,7 @@ bench: install
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'
 	OMP_NUM_THREADS=2 $(PY) -m bench.run
 
-# the attention-variants study (README, "Attention variants"): resumable, one torch thread per run, a run per core
+# the attention-variants study (docs/detectors.md, "Attention variants"): resumable, one torch thread per run, a run per core
 STUDY_OPTIONS ?=
 study-variants: install
 	OMP_NUM_THREADS=1 $(PY) -m bench.study_variants --out out/study-variants $(STUDY_OPTIONS)

@@ -24,6 +24,11 @@ def documented_example() -> str:
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
+def test_the_readme_shows_the_documented_example():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert documented_example() in readme
+
+
 def test_the_documented_example_runs_and_saves_what_audit_run_writes(trained_checkpoint, tmp_path, monkeypatch):
     shutil.copy(trained_checkpoint[0], tmp_path / "model.safetensors")
     monkeypatch.chdir(tmp_path)

@@ -308,7 +308,7 @@ def test_mprt_is_the_absolute_rank_correlation_with_one_pass_rule():
     a = torch.arange(6.0)[None]
     assert abs(np.abs(spearman_rows(a, -a))[0] - 1.0) < 1e-12  # a sign flip does not pass the check
     assert mprt_verdict(MetricValue(0.2, (0.1, 0.3))) == "pass"
-    assert mprt_verdict(MetricValue(0.4, (0.3, 0.55))) == "unclear"  # README's flows attention: not a pass
+    assert mprt_verdict(MetricValue(0.4, (0.3, 0.55))) == "unclear"  # docs/metrics.md's flows attention: not a pass
     assert mprt_verdict(MetricValue(0.6, (0.5, 0.7))) == "fail"
 
 

@@ -84,8 +84,8 @@ def test_default_policy_names_only_what_ran():
 
 
 def test_default_policy_gates_the_worst_case_and_both_checks():
-    """The whole default policy (README, "Policy file and gates"): the worst case at the largest eps, and the
-    masking and convergence verdicts at 0 whenever the checks compute them."""
+    """The whole default policy (docs/policy.md, "Policy file and gates"): the worst case at the largest eps,
+    and the masking and convergence verdicts at 0 whenever the checks compute them."""
     config = AuditConfig.from_profile("standard").with_l2_grid(30)
     policy = default_policy(planned_metrics(config), eps_grid=config.eps, attacks=config.attacks,
                             eps_l2=config.grid("l2"))

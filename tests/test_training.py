@@ -135,7 +135,8 @@ def test_two_gloo_processes_train_like_one(tmp_path):
 
 
 def test_adversarial_training_beats_no_defense_under_pgd_on_flows(tmp_path):
-    """The ordering the full-size run shows (README), on a small run: pgd-at is more robust at eps 0.05."""
+    """The ordering the full-size run shows (docs/detectors.md, "Defenses"), on a small run: pgd-at is more
+    robust at eps 0.05."""
     robust = {}
     for defense in ("none", "pgd-at"):
         model = tmp_path / f"{defense}.safetensors"
