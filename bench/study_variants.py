@@ -178,39 +178,37 @@ def paired_differences(table: dict, reference: str = "softmax") -> dict:
     return out
 
 
+def _mean_pm(cell: dict) -> str:
+    return f"{cell['mean']:.3f}" + (f" ± {cell['half_width']:.3f}" if cell["half_width"] is not None else "")
+
+
+def _mean_interval(cell: dict) -> str | None:
+    if cell["half_width"] is None:
+        return None
+    low, high = cell["mean"] - cell["half_width"], cell["mean"] + cell["half_width"]
+    return f"{cell['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _section(heading: str, rows: dict, label, shown) -> list[str]:
+    """A heading and a table: one row per variant (``label(variant)``), one column per :data:`COLUMNS`
+    entry, each cell ``shown(cell)`` or — where absent."""
+    lines = [heading, "", "| attention | " + " | ".join(title for title, _ in COLUMNS) + " |",
+             "| --- |" + " --- |" * len(COLUMNS)]
+    for variant, cells in rows.items():
+        values = [shown(cells[title]) if title in cells else None for title, _ in COLUMNS]
+        lines.append(f"| {label(variant)} | " + " | ".join("—" if v is None else v for v in values) + " |")
+    return lines + [""]
+
+
 def markdown(table: dict, differences: dict | None = None) -> str:
     lines = []
     for data, by_variant in table.items():
-        lines += [f"**{data}** ({DATASETS[data]} detector), mean ± 95% t-interval half-width over seeds", "",
-                  "| attention | " + " | ".join(title for title, _ in COLUMNS) + " |",
-                  "| --- |" + " --- |" * len(COLUMNS)]
-        for variant, cells in by_variant.items():
-            shown = []
-            for title, _ in COLUMNS:
-                cell = cells.get(title)
-                if cell is None:
-                    shown.append("—")
-                else:
-                    shown.append(f"{cell['mean']:.3f}" + (f" ± {cell['half_width']:.3f}"
-                                                          if cell["half_width"] is not None else ""))
-            lines.append(f"| {variant} | " + " | ".join(shown) + " |")
-        lines.append("")
+        lines += _section(f"**{data}** ({DATASETS[data]} detector), mean ± 95% t-interval half-width over seeds",
+                          by_variant, str, _mean_pm)
         paired = (differences or {}).get(data)
         if paired:
-            lines += [f"**{data}**, each variant minus softmax, paired by seed: mean [95% t-interval]", "",
-                      "| attention | " + " | ".join(title for title, _ in COLUMNS) + " |",
-                      "| --- |" + " --- |" * len(COLUMNS)]
-            for variant, cells in paired.items():
-                shown = []
-                for title, _ in COLUMNS:
-                    cell = cells.get(title)
-                    if cell is None or cell["half_width"] is None:
-                        shown.append("—")
-                    else:
-                        low, high = cell["mean"] - cell["half_width"], cell["mean"] + cell["half_width"]
-                        shown.append(f"{cell['mean']:+.3f} [{low:+.3f}, {high:+.3f}]")
-                lines.append(f"| {variant} − softmax | " + " | ".join(shown) + " |")
-            lines.append("")
+            lines += _section(f"**{data}**, each variant minus softmax, paired by seed: mean [95% t-interval]",
+                              paired, lambda variant: f"{variant} − softmax", _mean_interval)
     return "\n".join(lines)
 
 
