@@ -199,7 +199,9 @@ def metric_rows(metrics: list[dict[str, MetricValue]]) -> list[MetricRow]:
 
 
 def _choose_robust_metric(metrics: list[dict[str, MetricValue]], requested: str | None) -> str | None:
-    """pgd's robust accuracy at the largest eps every audit measured (else another attack's), unless named."""
+    """The headline robust accuracy (``worst``: per sample over every L-inf evasion attack) at the largest eps every
+    audit measured, else pgd's, else another L-inf attack's; unless named. An older results.json without the
+    worst case falls back to pgd."""
     if requested is not None:
         known_spec(requested, "--robust-metric")
         if not any(requested in m for m in metrics):
@@ -209,8 +211,9 @@ def _choose_robust_metric(metrics: list[dict[str, MetricValue]], requested: str 
     from auditor.robustness import curve_norm
 
     common = set.intersection(*(set(m) for m in metrics))
-    candidates = [(float(match["eps"]), match["attack"] == "pgd", name) for name in common  # L-inf eps only: L2
-                  if (match := _ROBUST_ACCURACY.match(name)) and _is_linf(match["attack"], curve_norm)]  # is other units
+    preference = {"worst": 2, "pgd": 1}
+    candidates = [(float(match["eps"]), preference.get(match["attack"], 0), name) for name in common  # L-inf only:
+                  if (match := _ROBUST_ACCURACY.match(name)) and _is_linf(match["attack"], curve_norm)]  # L2 is other units
     return max(candidates)[2] if candidates else None
 
 

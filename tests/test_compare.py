@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.compare import Audited, metric_rows, pareto_front
+from auditor.compare import Audited, _choose_robust_metric, metric_rows, pareto_front
 from auditor.metrics import MetricValue
 from exits import gate_exit_code
 
@@ -67,7 +67,9 @@ def audits(trained_checkpoint, tmp_path_factory):
         metrics = changed["metrics"]
         metrics["clean.accuracy"]["value"] += clean_delta
         metrics["clean.accuracy"]["ci95"] = None
-        metrics["robust.accuracy.pgd@0.1"] = {"value": robust_value, "ci95": [robust_value - 0.05, robust_value + 0.05]}
+        for attack in ("pgd", "worst"):  # fgsm is weaker on these made-up checkpoints: pgd's value is the worst
+            metrics[f"robust.accuracy.{attack}@0.1"] = {"value": robust_value,
+                                                        "ci95": [robust_value - 0.05, robust_value + 0.05]}
         changed["model"]["defense"] = defense
         changed["model"]["defense_settings"] = {"name": defense, "eps": 0.05, "steps": 5} if defense != "none" \
             else {"name": "none"}
@@ -79,7 +81,8 @@ def audits(trained_checkpoint, tmp_path_factory):
 
     hardened = fabricate("hardened", -0.05, 0.8, "pgd-at")
     dominated = fabricate("dominated", -0.1, 0.3, "none")
-    document["metrics"]["robust.accuracy.pgd@0.1"] = {"value": 0.4, "ci95": [0.35, 0.45]}
+    for attack in ("pgd", "worst"):
+        document["metrics"][f"robust.accuracy.{attack}@0.1"] = {"value": 0.4, "ci95": [0.35, 0.45]}
     (real / "results.json").write_text(json.dumps(document), encoding="utf-8")
     return root, real, hardened, dominated
 
@@ -91,7 +94,7 @@ def test_compare_writes_the_three_outputs_with_the_pareto_front_and_differences(
     assert result.exit_code == 0, result.output
     document = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     assert [a["name"] for a in document["audits"]] == ["undefended", "hardened", "dominated"]
-    assert document["differences"] == [] and document["pareto"]["y"] == "robust.accuracy.pgd@0.1"
+    assert document["differences"] == [] and document["pareto"]["y"] == "robust.accuracy.worst@0.1"
     assert sorted(document["pareto"]["front"]) == ["hardened", "undefended"]
     assert document["metrics"]["robust.accuracy.pgd@0.1"]["best"] == ["hardened"]
     assert document["metrics"]["clean.accuracy"]["best"] == ["undefended"]
@@ -173,3 +176,16 @@ def test_compare_models_audits_each_with_one_configuration(trained_checkpoint, t
 def test_audited_metrics_read_back_with_intervals():
     audit = Audited("a", "x", {"metrics": {"clean.accuracy": {"value": 0.9, "ci95": [0.8, 1.0]}}})
     assert audit.metrics["clean.accuracy"] == MetricValue(0.9, (0.8, 1.0))
+
+
+def test_the_pareto_axis_is_the_headline_worst_case_then_pgd_at_the_largest_common_eps():
+    def metrics(*names):
+        return {name: MetricValue(0.5) for name in names}
+
+    both = metrics("robust.accuracy.worst@0.1", "robust.accuracy.pgd@0.1", "robust.accuracy.fgsm@0.1",
+                   "robust.accuracy.worst-l2@0.5", "robust.accuracy.worst@0.03")
+    assert _choose_robust_metric([both, both], None) == "robust.accuracy.worst@0.1"
+    older = metrics("robust.accuracy.pgd@0.1", "robust.accuracy.fgsm@0.1", "robust.accuracy.pgd@0.03")
+    assert _choose_robust_metric([both, older], None) == "robust.accuracy.pgd@0.1"  # only what every audit holds
+    l2_only = metrics("robust.accuracy.worst-l2@0.5", "robust.accuracy.pgd-l2@0.5")
+    assert _choose_robust_metric([l2_only], None) is None  # L2 radii are other units than the L-inf eps
