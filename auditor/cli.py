@@ -19,7 +19,7 @@ import click
 from auditor.cli_options import audit_options, bounds_pair, frozen_list, name_list
 from auditor.training.config import DEFENSES, DefenseConfig, TrainConfig
 from detectors.errors import BadInputError
-from detectors.kinds import ATTENTION_VARIANTS, DETECTOR_KINDS
+from detectors.kinds import ATTENTION_VARIANTS, DETECTOR_KINDS, INPUT_KIND_NAMES
 
 TRAIN_DEFAULTS = TrainConfig()
 DEFENSE_DEFAULTS = DefenseConfig()
@@ -185,7 +185,7 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
               help="TOML policy file with a [gates] table (default: the built-in policy)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--weights", default=None, help="python: models: a state dict (.safetensors, or torch.save'd tensors)")
-@click.option("--input-kind", type=click.Choice(["tabular", "image", "sequence"]), default=None,
+@click.option("--input-kind", type=click.Choice(INPUT_KIND_NAMES), default=None,
               help="python: models: how tokens map to inputs (features, patches, time steps)")
 @click.option("--patch-size", type=click.IntRange(min=1), default=None, help="python: image models: patch side")
 @click.option("--cls-token", type=click.Choice(["first", "none"]), default="first", show_default=True,

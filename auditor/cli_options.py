@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from detectors.kinds import REMOVAL_BASELINES
+
 
 def eps_list(ctx, param, value: str) -> tuple[float, ...]:
     try:
@@ -91,7 +93,7 @@ def audit_options(function):
                      help="override the profile's faithfulness metrics, comma-separated: deletion, insertion, "
                           "deletion_gain, comprehensiveness, sufficiency, correlation, infidelity, max_sensitivity "
                           "[default: quick: deletion,insertion; standard and full: all]"),
-        click.option("--removal-baseline", type=click.Choice(["mean", "zero", "blur"]), default="mean",
+        click.option("--removal-baseline", type=click.Choice(REMOVAL_BASELINES), default="mean",
                      show_default=True,
                      help="what a removed feature becomes: the training-split mean, zero, or (images only) a "
                           "Gaussian blur of the input, sigma 1 pixel"),

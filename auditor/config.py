@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, replace
 
 from attacks import ATTACKS, make_attack
 from auditor.explain import EXPLAINERS
-from auditor.faithfulness import FAITHFULNESS_METRICS, REMOVAL_BASELINES, check_metric_names
+from auditor.faithfulness import FAITHFULNESS_METRICS, check_metric_names
 from detectors.errors import BadInputError
+from detectors.inputs import REMOVAL_BASELINES
 
 DEFAULT_EPS = (0.01, 0.03, 0.1)
 # explainers per profile; `--explainers a,b` overrides. quick keeps to the cheap ones a CI gate needs,

@@ -5,7 +5,7 @@ Conventions shared by every metric (so anyone can recompute them): attributions 
 predicted class y; p_y is the softmax probability of y; features are ranked by signed attribution,
 descending, ties by feature index; "removing" a feature sets it to the removal baseline (the
 training-split mean by default, all zeros, or a per-sample Gaussian blur for images, see
-:func:`removal_baseline`). Every masked input of every sample is stacked into a few large forward
+:func:`detectors.inputs.removal_baseline`). Every masked input of every sample is stacked into a few large forward
 passes of at most ``max_batch`` inputs under ``torch.inference_mode``; every random draw comes from
 the sample's own stream (:mod:`detectors.seeding`), so no value depends on batch size or sharding.
 
@@ -61,7 +61,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from captum.metrics import sensitivity_max
 
 from detectors.errors import BadInputError
@@ -79,9 +78,7 @@ INFIDELITY_STD = 0.1
 INFIDELITY_PERTURBATIONS = 16
 SENSITIVITY_RADIUS = 0.02
 SENSITIVITY_PERTURBATIONS = 8
-BLUR_SIGMA = 1.0
 
-REMOVAL_BASELINES = ("mean", "zero", "blur")
 FAITHFULNESS_METRICS = ("deletion", "insertion", "deletion_gain", "comprehensiveness", "sufficiency",
                         "correlation", "infidelity", "max_sensitivity")
 NOT_FOR_RANDOM = ("random's draws depend on the sample's index only, not on the input, so its max-sensitivity is 0 "
@@ -92,36 +89,6 @@ METRIC_NAMES = {"deletion": "faithfulness.deletion_auc", "insertion": "faithfuln
                 "comprehensiveness": "faithfulness.comprehensiveness", "sufficiency": "faithfulness.sufficiency",
                 "correlation": "faithfulness.correlation", "infidelity": "faithfulness.infidelity",
                 "max_sensitivity": "stability.max_sensitivity"}
-
-
-def removal_baseline(kind: str, x: torch.Tensor, train_mean: torch.Tensor) -> torch.Tensor:
-    """The values a removed feature takes: (*shape) for ``mean`` and ``zero``, (n, *shape) for ``blur``.
-
-    ``blur`` is a Gaussian blur of each image (sigma 1 pixel, 7-tap separable kernel, edges
-    replicated), per channel; it exists only for image inputs (C, H, W).
-    """
-    if kind == "mean":
-        return train_mean.to(x.device, x.dtype).reshape(x.shape[1:])
-    if kind == "zero":
-        return torch.zeros(x.shape[1:], device=x.device, dtype=x.dtype)
-    if kind == "blur":
-        if x.ndim != 4:
-            raise BadInputError(f"--removal-baseline blur applies to image inputs (C, H, W) only; these inputs have "
-                                f"shape {tuple(x.shape[1:])}: use mean or zero")
-        return gaussian_blur(x, sigma=BLUR_SIGMA)
-    raise BadInputError(f"unknown removal baseline {kind!r}; choose one of {', '.join(REMOVAL_BASELINES)}")
-
-
-def gaussian_blur(images: torch.Tensor, *, sigma: float) -> torch.Tensor:
-    """(n, C, H, W) blurred per channel with a separable Gaussian of ``sigma`` pixels."""
-    radius = max(1, math.ceil(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-taps.square() / (2 * sigma ** 2))
-    kernel = (kernel / kernel.sum()).to(images.device, images.dtype)
-    channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def _flat_baseline(baseline: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from detectors.data import load_table, stratified_subset
 from detectors.table import Dataset
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
+from detectors.inputs import INPUT_KINDS, kind_named
 
 @dataclass(frozen=True)
 class ForeignOptions:
@@ -50,12 +51,12 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
     if data_spec is None:
         raise BadInputError("a python: model brings no data of its own; pass --data with the rows to audit")
     if options.input_kind is None:
-        raise BadInputError("a python: model needs --input-kind tabular|image|sequence to map tokens to inputs")
+        raise BadInputError(f"a python: model needs --input-kind {'|'.join(INPUT_KINDS)} to map tokens to inputs")
     device = resolve_device(device_name)
     table = load_table(data_spec, label_column=label_column, positive_class=options.positive_class)
-    rank = {"tabular": 1, "sequence": 2, "image": 3}[options.input_kind]
-    if len(table.input_shape) != rank:
-        raise BadInputError(f"--input-kind {options.input_kind} expects samples of rank {rank}, "
+    kind = kind_named(options.input_kind)
+    if len(table.input_shape) != kind.rank:
+        raise BadInputError(f"--input-kind {kind.name} expects samples of rank {kind.rank}, "
                             f"but {table.name} holds samples of shape {table.input_shape}")
     raw = table.x
     lo, hi = _foreign_bounds(raw, options, table.input_shape)

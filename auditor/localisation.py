@@ -13,7 +13,6 @@ replaces whatever ground truth the data carried.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -23,21 +22,18 @@ from auditor.faithfulness import feature_ranks
 from auditor.metrics import MetricSpec
 from auditor.stage import Block, Stage
 from detectors.errors import BadInputError
+from detectors.inputs import kind_of_rank
 
 NO_GROUND_TRUTH = "the data declares no relevant features (ground truth), so localisation cannot be measured"
 
 
-_TIME_STEP = re.compile(r"t\d+\.")
-
-
 def declare_relevant(data, names: tuple[str, ...]):
-    """``data`` with ``names`` as its relevant features; a name matches a feature name, or on sequences
-    (samples of rank 2) the feature part of every ``tT.NAME``. Unknown names are bad input."""
-    sequence = data.x.ndim == 3
-    chosen = [feature for feature in data.feature_names
-              if feature in names or (sequence and _TIME_STEP.match(feature)
-                                      and _TIME_STEP.sub("", feature, count=1) in names)]
-    matched = {feature if feature in names else _TIME_STEP.sub("", feature, count=1) for feature in chosen}
+    """``data`` with ``names`` as its relevant features; a name matches a feature name, or the feature a
+    position's name stands for where one feature has many positions (a sequence's ``tT.NAME``, named by its
+    input kind: :meth:`detectors.inputs.base.InputKind.feature_part`). Unknown names are bad input."""
+    kind = kind_of_rank(data.x.ndim - 1)
+    chosen = [feature for feature in data.feature_names if feature in names or kind.feature_part(feature) in names]
+    matched = {feature if feature in names else kind.feature_part(feature) for feature in chosen}
     unknown = [name for name in names if name not in matched]
     if unknown:
         shown = ", ".join(map(repr, data.feature_names[:6])) + (" ..." if len(data.feature_names) > 6 else "")

@@ -15,7 +15,7 @@ import torch
 from attacks import ATTACKS, Domain
 from auditor.clean import clean_metrics, detection_data
 from auditor.config import AuditConfig
-from auditor.faithfulness import REMOVAL_KINDS, removal_baseline
+from auditor.faithfulness import REMOVAL_KINDS
 from auditor.localisation import relevant_mask_of
 from auditor.masking import CHECK_METRICS, evaluate_checks, verdict
 from auditor.memory import MemoryPlan, plan_memory
@@ -33,6 +33,7 @@ from auditor.tensorfile import Layout, RowWriter
 from detectors.base import Detector
 from detectors.table import Dataset
 from detectors.errors import BadInputError
+from detectors.inputs import removal_baseline
 
 def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, shard: Shard | None = None,
               save_to: dict[str, Path] | None = None) -> AuditFindings | None:

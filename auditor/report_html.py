@@ -23,8 +23,7 @@ from attacks import ATTACKS
 from auditor.gates import Policy
 from auditor.metrics import MPRT_PASS_BELOW, MetricValue
 from auditor.render import SHORT_NAMES, environment, fmt, metric_groups, png, removal_plot, robustness_plot, svg
-from auditor.report_views import (Cell, Table, as_image, attention_pairs, cell, detection_view, eps_plot,
-                                  worst_rows)
+from auditor.report_views import Cell, Table, attention_pairs, cell, detection_view, eps_plot, worst_rows
 from auditor.outputs import write_atomically
 from auditor.result import AuditFindings, SampleView, findings_from_document
 from auditor.robustness import ATTACK_DEFINITIONS, TARGETED_SUFFIX, curve_norm
@@ -32,6 +31,7 @@ from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
 from auditor.stages import CATALOGUE, spec_for
 from auditor.verdict import TITLE as TRUST_TITLE, TrustLine, mprt_verdict, trust_panel
 from detectors.errors import BadInputError
+from detectors.inputs import InputKind, kind_of_rank
 
 EXPLAINER_FAMILIES = ("faithfulness", "stability.max_sensitivity", "sanity.mprt", "localisation.precision_at_k",
                       "trust.hidden_importance")
@@ -190,47 +190,21 @@ def faithfulness_view(result: AuditFindings, metrics: dict[str, MetricValue], at
 
 @dataclass
 class GalleryItem:
+    """One sample card: ``image`` is the picture its input kind draws of the sample and each explainer's
+    attribution, or "" where the card shows bars of the sample's top features."""
+
     sample: SampleView
-    kind: str
     image: str = ""
 
 
-def gallery_items(samples: list[SampleView], kind: str, explainers: list[str]) -> list[GalleryItem]:
-    return [GalleryItem(s, kind, "" if kind == "tabular" else _attribution_image(s, kind, explainers))
-            for s in samples]
+def gallery_items(samples: list[SampleView], kind: InputKind, explainers: list[str]) -> list[GalleryItem]:
+    return [GalleryItem(s, _attribution_image(s, kind, explainers)) for s in samples]
 
 
-def _attribution_image(sample: SampleView, kind: str, explainers: list[str]) -> str:
-    x = np.asarray(sample.x, dtype=np.float64)
-    names = [n for n in explainers if n in sample.maps]
-    if kind == "image":
-        figure = Figure(figsize=(1.15 * (1 + len(names)), 1.45))
-        panels = np.atleast_1d(figure.subplots(1, 1 + len(names)))
-        panels[0].imshow(as_image(x), cmap="gray", vmin=0, vmax=1)
-        panels[0].set_title("input", fontsize=7)
-        for axes, name in zip(panels[1:], names):
-            values = np.asarray(sample.maps[name]).sum(axis=0)
-            peak = np.abs(values).max() or 1.0
-            axes.imshow(as_image(x), cmap="gray", vmin=0, vmax=1)
-            axes.imshow(values, cmap="RdBu_r", alpha=0.7, vmin=-peak, vmax=peak)
-            axes.set_title(SHORT_NAMES.get(name, name), fontsize=7)
-        for axes in panels:
-            axes.set_axis_off()
-        return png(figure)
-    rows = [("input", x.T, "gray", 0.0, 1.0)]
-    for name in names:
-        values = np.asarray(sample.maps[name]).T
-        peak = np.abs(values).max() or 1.0
-        rows.append((SHORT_NAMES.get(name, name), values, "RdBu_r", -peak, peak))
-    figure = Figure(figsize=(4.6, 0.55 * len(rows) + 0.4))
-    panels = np.atleast_1d(figure.subplots(len(rows), 1, sharex=True))
-    for axes, (title, values, cmap, lo, hi) in zip(panels, rows):
-        axes.imshow(values, cmap=cmap, aspect="auto", vmin=lo, vmax=hi)
-        axes.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=7)
-        axes.set_yticks([])
-        axes.tick_params(labelsize=6)
-    panels[-1].set_xlabel("time step (rows within a strip: features)", fontsize=7)
-    return png(figure)
+def _attribution_image(sample: SampleView, kind: InputKind, explainers: list[str]) -> str:
+    maps = {SHORT_NAMES.get(name, name): np.asarray(sample.maps[name]) for name in explainers if name in sample.maps}
+    figure = kind.attribution_figure(np.asarray(sample.x, dtype=np.float64), maps)
+    return "" if figure is None else png(figure)
 
 
 # ----------------------------------------------------------------------------- 6. method
@@ -270,13 +244,12 @@ def metric_rows(metrics: dict[str, MetricValue], attacks: list[str], explainers:
 
 # ----------------------------------------------------------------------------- the page
 
-def input_kind(result: AuditFindings) -> str:
-    """tabular (one value per feature), image (channels x height x width) or sequence (time x feature)."""
+def input_kind(result: AuditFindings) -> InputKind:
+    """The input kind of the audited samples, from the rank of a stored one (rows when none is stored)."""
     sample = next((s.x for s in [*result.gallery, *result.adversarial_gallery] if s.x), None)
     if sample is None and result.attention_examples:
         sample = result.attention_examples[0].x
-    rank = np.asarray(sample).ndim if sample is not None else 1
-    return {1: "tabular", 2: "sequence", 3: "image"}.get(rank, "tabular")
+    return kind_of_rank(np.asarray(sample).ndim if sample is not None else 1)
 
 
 def render_document(document: dict) -> bytes:

@@ -16,8 +16,8 @@ from auditor.metrics import MetricValue, format_eps
 from auditor.render import fmt, png, svg
 from auditor.robustness import WORST
 from auditor.result import AuditFindings
+from detectors.inputs import Bars, InputKind
 
-BAR_FEATURES = 10
 _PER_ATTACK = re.compile(r"^(?P<family>[a-z_]+\.[a-z_]+)\.(?P<attack>[a-z0-9-]+)@(?P<eps>[0-9.e-]+)$")
 
 
@@ -172,7 +172,8 @@ def worst_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, str, str, str
 
 @dataclass
 class AttentionPair:
-    """Clean against attacked attention for one sample: feature bars (tabular) or one image (vit, sequence)."""
+    """Clean against attacked attention for one sample: bars of its most attended positions or one picture,
+    as its input kind draws it."""
 
     attack: str
     eps: str
@@ -184,51 +185,21 @@ class AttentionPair:
     image: str = ""
 
 
-def attention_pairs(result: AuditFindings, kind: str, feature_names: list[str], class_names: list[str],
+def attention_pairs(result: AuditFindings, kind: InputKind, feature_names: list[str], class_names: list[str],
                     row_index: list[int]) -> list[AttentionPair]:
+    """Each attention example as its input kind draws it (:meth:`InputKind.attention_view`): bars of the
+    positions with the most attention, or a picture."""
     pairs = []
     for example in result.attention_examples:
         clean, attacked = np.asarray(example.clean), np.asarray(example.attacked)
         pair = AttentionPair(example.attack, format_eps(example.eps), int(row_index[example.index]),
                              fmt(example.jsd), class_names[example.clean_pred], class_names[example.adv_pred])
-        if kind == "tabular":
-            c, a = clean.flatten(), attacked.flatten()
-            peak = max(c.max(), a.max()) or 1.0
-            top = np.argsort(-np.maximum(c, a), kind="stable")[:BAR_FEATURES]
+        view = kind.attention_view(np.asarray(example.x), clean, attacked)
+        if isinstance(view, Bars):
+            c, a, peak = view.clean, view.attacked, view.peak
             pair.bars = [(feature_names[i], 100 * c[i] / peak, 100 * a[i] / peak, fmt(c[i]), fmt(a[i]))
-                         for i in top]
+                         for i in view.positions]
         else:
-            pair.image = _attention_image(np.asarray(example.x), clean, attacked, kind)
+            pair.image = png(view)
         pairs.append(pair)
     return pairs
-
-
-def as_image(x: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> what imshow reads: (H, W) for one channel, (H, W, C) for three."""
-    return x[0] if x.shape[0] == 1 else np.clip(np.moveaxis(x[:3], 0, -1), 0, 1)
-
-
-def _attention_image(x: np.ndarray, clean: np.ndarray, attacked: np.ndarray, kind: str) -> str:
-    if kind == "image":
-        figure = Figure(figsize=(4.2, 1.6))
-        panels = figure.subplots(1, 3)
-        peak = max(clean.max(), attacked.max()) or 1.0
-        panels[0].imshow(as_image(x), cmap="gray", vmin=0, vmax=1)
-        panels[0].set_title("input", fontsize=8)
-        for axes, values, title in ((panels[1], clean, "clean attention"), (panels[2], attacked, "attacked")):
-            axes.imshow(as_image(x), cmap="gray", vmin=0, vmax=1)
-            axes.imshow(values[0], cmap="magma", alpha=0.65, vmin=0, vmax=peak)
-            axes.set_title(title, fontsize=8)
-        for axes in panels:
-            axes.set_axis_off()
-        return png(figure)
-    strip = np.stack([clean.mean(axis=-1), attacked.mean(axis=-1)])  # one value per time step
-    figure = Figure(figsize=(4.6, 1.1))
-    axes = figure.subplots()
-    axes.imshow(strip, cmap="magma", aspect="auto", vmin=0, vmax=strip.max() or 1.0)
-    axes.set_yticks([0, 1], ["clean", "attacked"], fontsize=8)
-    axes.set_xlabel("time step", fontsize=8)
-    axes.tick_params(labelsize=7)
-    return png(figure)
-
-

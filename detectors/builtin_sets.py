@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from detectors.table import Table, pixel_names, step_names
+from detectors.inputs import kind_named
+from detectors.table import Table
 
 BUILTIN = ("breast-cancer", "flows", "digits", "sequences")
 SIZED = {"flows": 20_000, "sequences": 4_000}
@@ -116,9 +117,10 @@ def _flow_relevant_unit(rng: np.random.Generator, rows: int, n_attack: int) -> n
 def digits() -> Table:
     bunch = load_digits()
     images = bunch.images.astype(np.float64)[:, None, :, :]
+    image = kind_named("image")
     return Table(
-        name="digits", x=images, y=bunch.target.astype(np.int64), feature_names=pixel_names(images.shape[1:]),
-        class_names=[str(c) for c in bunch.target_names], positive_class=None, scale_mode="global",
+        name="digits", x=images, y=bunch.target.astype(np.int64), feature_names=image.feature_names(images.shape[1:]),
+        class_names=[str(c) for c in bunch.target_names], positive_class=None, scale_mode=image.scale_mode,
     )
 
 
@@ -137,8 +139,9 @@ def make_sequences(rows: int = 4_000, *, seed: int = 0) -> Table:
         steps = slice(starts[row], starts[row] + TRIGGER_LENGTH)
         x[row, steps, :2] = rng.uniform(0.88, 1.0, (TRIGGER_LENGTH, 2))
         mask[row, steps, :] = True
+    sequence = kind_named("sequence")
     return Table(
         name="sequences" if rows == SIZED["sequences"] else f"sequences:{rows}", x=x, y=y,
-        feature_names=step_names(SEQUENCE_STEPS, SEQUENCE_FEATURES), class_names=["normal", "trigger"],
-        positive_class=1, scale_mode="channel", relevant_mask=mask,
+        feature_names=sequence.feature_names((SEQUENCE_STEPS, SEQUENCE_FEATURES)),
+        class_names=["normal", "trigger"], positive_class=1, scale_mode=sequence.scale_mode, relevant_mask=mask,
     )

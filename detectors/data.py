@@ -6,7 +6,8 @@ scaler travels in the checkpoint, so an attack budget ``eps`` is a fraction of
 each feature's range.
 
 User files: ``.csv`` (tabular) and ``.npz`` with ``x`` of shape (N, C, H, W) or
-(N, T, F) and ``y``.
+(N, T, F) and ``y``; the input kind of the samples (:mod:`detectors.inputs`) names
+and scales their positions.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from sklearn.model_selection import train_test_split
 from detectors.builtin_sets import (BUILTIN, FLOWS_DEFAULT_ROWS, SIZED, breast_cancer, digits, make_flows,
                                     make_sequences)
 from detectors.errors import BadInputError
-from detectors.table import Dataset, Scaler, Splits, Table, pixel_names, step_names
+from detectors.inputs import INPUT_KINDS, kind_of_rank
+from detectors.table import Dataset, Scaler, Splits, Table
 
 TEST_SHARE = 0.25
 VALIDATION_SHARE = 0.15
@@ -123,8 +125,9 @@ def stratified_subset(data: Dataset, max_samples: int, *, seed: int) -> Dataset:
 
 def align_table(table: Table, *, feature_names: list[str], class_names: list[str], scaler: Scaler) -> Dataset:
     """Scale a table read for auditing with a checkpoint's scaler, matching columns by name (tabular) or
-    requiring the checkpoint's sample shape (images, sequences)."""
-    if table.x.ndim > 2 or scaler.lo.ndim > 1:
+    requiring the checkpoint's sample shape (images, sequences: inputs without named columns)."""
+    by_name = kind_of_rank(len(table.input_shape)).named_columns and scaler.lo.ndim == 1
+    if not by_name:
         if table.input_shape != scaler.lo.shape:
             raise BadInputError(
                 f"expected samples of shape (N, {', '.join(map(str, scaler.lo.shape))}) to match the checkpoint, "
@@ -140,7 +143,7 @@ def align_table(table: Table, *, feature_names: list[str], class_names: list[str
             "pass --data with the same columns the model was trained on"
         )
     order = [table.feature_names.index(name) for name in feature_names]
-    x = table.x if table.x.ndim > 2 else table.x[:, order]
+    x = table.x[:, order] if by_name else table.x
     unknown = sorted(set(table.class_names[i] for i in np.unique(table.y)) - set(class_names))
     if unknown:
         raise BadInputError(
@@ -156,7 +159,8 @@ def align_table(table: Table, *, feature_names: list[str], class_names: list[str
 
 
 def read_npz(path: Path) -> Table:
-    """``x`` (N, C, H, W) images or (N, T, F) sequences, ``y`` labels; optional ``class_names``."""
+    """``x`` (N, C, H, W) images or (N, T, F) sequences (the input kinds read from .npz files), ``y`` labels;
+    optional ``class_names``."""
     if not path.is_file():
         raise BadInputError(f"data file {str(path)!r} does not exist")
     try:
@@ -167,8 +171,10 @@ def read_npz(path: Path) -> Table:
             names = [str(n) for n in archive["class_names"]] if "class_names" in archive else None
     except (OSError, ValueError) as error:
         raise BadInputError(f"{path}: not a readable .npz file ({error})") from None
-    if x.ndim not in (3, 4):
-        raise BadInputError(f"{path}: expected x of shape (N, C, H, W) or (N, T, F), got {x.shape}")
+    kinds = {kind.rank: kind for kind in INPUT_KINDS.values() if kind.data_file == ".npz"}
+    if x.ndim - 1 not in kinds:
+        raise BadInputError(f"{path}: expected x of shape {' or '.join(k.description for k in kinds.values())}, "
+                            f"got {x.shape}")
     if len(x) != len(y) or y.ndim != 1:
         raise BadInputError(f"{path}: expected y of shape ({len(x)},), got {y.shape}")
     if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
@@ -181,12 +187,12 @@ def read_npz(path: Path) -> Table:
     unknown = sorted(set(labels) - set(index))
     if unknown:
         raise BadInputError(f"{path}: labels {unknown[:3]} are not among class_names")
-    image = x.ndim == 4
+    kind = kinds[x.ndim - 1]
     return Table(
         name=str(path), x=x.astype(np.float64), y=np.array([index[v] for v in labels], dtype=np.int64),
-        feature_names=pixel_names(x.shape[1:]) if image else step_names(*x.shape[1:]), class_names=class_names,
+        feature_names=kind.feature_names(x.shape[1:]), class_names=class_names,
         positive_class=(class_names.index("1") if "1" in index else len(class_names) - 1) if len(class_names) == 2 else None,
-        scale_mode="global" if image else "channel",
+        scale_mode=kind.scale_mode,
     )
 
 

@@ -22,62 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from detectors.base import Detector, TokenMap
+from detectors.base import Detector
 from detectors.errors import BadInputError, short_listing
-
-INPUT_KINDS = ("tabular", "sequence", "image")
-CLS_TOKENS = ("first", "none")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The token map
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _build_token_map(input_kind: str, input_shape: tuple[int, ...], cls_token: str,
-                     patch_size: int | None) -> TokenMap:
-    """Which token covers each input position, from how the model tokenises its input."""
-    if input_kind not in INPUT_KINDS:
-        raise BadInputError(f"input kind {input_kind!r} is unknown; expected one of {', '.join(INPUT_KINDS)}")
-    if cls_token not in CLS_TOKENS:
-        raise BadInputError(f"cls token {cls_token!r} is unknown; expected one of {', '.join(CLS_TOKENS)}")
-    if any(int(size) < 1 for size in input_shape):
-        raise BadInputError(f"input shape {input_shape} has an empty axis; every size must be at least 1")
-    offset = 1 if cls_token == "first" else 0
-    cls_index = 0 if cls_token == "first" else None
-    if input_kind != "image" and patch_size is not None:
-        raise BadInputError(f"--patch-size applies to image inputs only, got it with input kind {input_kind!r}")
-    if input_kind == "tabular":
-        if len(input_shape) != 1:
-            raise BadInputError(f"tabular input needs shape (features,), got {input_shape}")
-        (features,) = input_shape
-        return TokenMap(torch.arange(features) + offset, features + offset, cls_index)
-    if input_kind == "sequence":
-        if len(input_shape) != 2:
-            raise BadInputError(f"sequence input needs shape (time steps, features), got {input_shape}")
-        steps, features = input_shape
-        token_of_input = (torch.arange(steps) + offset).unsqueeze(1).expand(steps, features).contiguous()
-        return TokenMap(token_of_input, steps + offset, cls_index)
-    if len(input_shape) != 3:
-        raise BadInputError(f"image input needs shape (channels, height, width), got {input_shape}")
-    channels, height, width = input_shape
-    if patch_size is None:
-        raise BadInputError("image input needs --patch-size: the side of the square patch each token covers")
-    if patch_size < 1 or height % patch_size or width % patch_size:
-        raise BadInputError(
-            f"patch size {patch_size} does not tile a {height}x{width} image; height and width must both be "
-            "divisible by it"
-        )
-    rows = torch.arange(height) // patch_size
-    cols = torch.arange(width) // patch_size
-    patches = rows.unsqueeze(1) * (width // patch_size) + cols.unsqueeze(0) + offset
-    token_of_input = patches.unsqueeze(0).expand(channels, height, width).contiguous()
-    return TokenMap(token_of_input, (height // patch_size) * (width // patch_size) + offset, cls_index)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The detector
-# --------------------------------------------------------------------------------------------------------------
+from detectors.inputs import kind_named
 
 
 def is_self_attention(query: Any, key: Any, value: Any) -> bool:
@@ -174,11 +121,12 @@ class ForeignDetector(Detector):
         if self.n_classes < 1:
             raise BadInputError(f"n_classes must be at least 1, got {n_classes}")
         self.input_kind = input_kind
+        kind = kind_named(input_kind)
         self.cls_token = cls_token
         self.patch_size = None if patch_size is None else int(patch_size)
         self.attention_modules = list(attention_modules)
         self.logits_key = None if logits_key is None else str(logits_key)
-        self.token_map = _build_token_map(input_kind, self.input_shape, cls_token, self.patch_size)
+        self.token_map = kind.token_map(self.input_shape, cls_token=cls_token, patch_size=self.patch_size)
 
         named = dict(model.named_modules())
         unknown = [name for name in self.attention_modules if name not in named]
@@ -375,20 +323,10 @@ class ForeignDetector(Detector):
         return layers
 
     def _token_mismatch(self, name: str, shape: tuple[int, ...]) -> str:
-        got = f"{shape[-2]}x{shape[-1]}"
-        cls = " + 1 CLS" if self.cls_token == "first" else ""
-        if self.input_kind == "image":
-            _, height, width = self.input_shape
-            grid = f"({height}/{self.patch_size})*({width}/{self.patch_size}) patches{cls}"
-            hint = "check --patch-size and --cls-token (first if the model prepends a CLS token, none if it pools)"
-        elif self.input_kind == "sequence":
-            grid = f"{self.input_shape[0]} time steps{cls}"
-            hint = "use --cls-token first if the model prepends a CLS token, none if it mean-pools"
-        else:
-            grid = f"{self.input_shape[0]} features{cls}"
-            hint = "use --cls-token first if the model prepends a CLS token, none if it mean-pools"
-        return (f"attention from {name!r} covers {got} tokens, expected {self.token_map.n_tokens} "
-                f"({grid}); {hint}")
+        kind = kind_named(self.input_kind)
+        grid = kind.token_grid(self.input_shape, self.patch_size) + (" + 1 CLS" if self.cls_token == "first" else "")
+        return (f"attention from {name!r} covers {shape[-2]}x{shape[-1]} tokens, expected {self.token_map.n_tokens} "
+                f"({grid}); {kind.token_hint}")
 
 
 PATH_TOLERANCE = 1e-4

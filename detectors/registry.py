@@ -5,6 +5,7 @@ from __future__ import annotations
 from detectors.base import Detector
 from detectors.blocks import ATTENTION_VARIANTS
 from detectors.errors import BadInputError
+from detectors.inputs import INPUT_KINDS
 from detectors.sequence import SequenceTransformer
 from detectors.tabular import FeatureTokenTransformer
 from detectors.vision import VisionTransformer
@@ -12,8 +13,6 @@ from detectors.vision import VisionTransformer
 DETECTORS: dict[str, type[Detector]] = {
     cls.kind: cls for cls in (FeatureTokenTransformer, VisionTransformer, SequenceTransformer)
 }
-INPUT_RANK = {"tabular": 1, "sequence": 2, "vit": 3}
-INPUT_DESCRIPTION = {"tabular": "(N, F) rows", "sequence": "(N, T, F) sequences", "vit": "(N, C, H, W) images"}
 
 
 def build_detector(kind: str, hparams: dict) -> Detector:
@@ -27,21 +26,16 @@ def build_detector(kind: str, hparams: dict) -> Detector:
 def detector_for_data(kind: str, input_shape: tuple[int, ...], n_classes: int, data_name: str, *,
                       attention: str = "softmax") -> Detector:
     """A freshly initialised detector of ``kind`` sized for data of ``input_shape`` (one sample), with the
-    attention function ``attention`` (:data:`detectors.blocks.ATTENTION_VARIANTS`)."""
+    attention function ``attention`` (:data:`detectors.blocks.ATTENTION_VARIANTS`), built by the input kind
+    it is trained for (:mod:`detectors.inputs`)."""
     if attention not in ATTENTION_VARIANTS:
         raise BadInputError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_VARIANTS)}")
     if kind not in DETECTORS:
         raise BadInputError(f"unknown detector {kind!r}; known: {', '.join(sorted(DETECTORS))}")
-    if len(input_shape) != INPUT_RANK[kind]:
-        fitting = [k for k, rank in INPUT_RANK.items() if rank == len(input_shape)]
-        raise BadInputError(
-            f"detector {kind} needs {INPUT_DESCRIPTION[kind]}, but {data_name} holds samples of shape "
-            f"{tuple(input_shape)}; use --detector {fitting[0] if fitting else 'tabular'}"
-        )
-    if kind == "tabular":
-        return FeatureTokenTransformer(input_shape[0], n_classes, attention=attention)
-    if kind == "sequence":
-        return SequenceTransformer(input_shape[0], input_shape[1], n_classes, attention=attention)
-    channels, height, width = input_shape
-    patch = 2 if height % 2 == 0 and width % 2 == 0 else 1
-    return VisionTransformer(channels, height, width, n_classes, patch=patch, attention=attention)
+    trained_for = next(input_kind for input_kind in INPUT_KINDS.values() if input_kind.detector == kind)
+    if len(input_shape) != trained_for.rank:
+        fitting = [other.detector for other in INPUT_KINDS.values() if other.rank == len(input_shape)]
+        advice = f"use --detector {fitting[0]}" if fitting else f"no detector takes samples of rank {len(input_shape)}"
+        raise BadInputError(f"detector {kind} needs {trained_for.description}, but {data_name} holds samples of "
+                            f"shape {tuple(input_shape)}; {advice}")
+    return trained_for.build_detector(tuple(input_shape), n_classes, attention=attention)

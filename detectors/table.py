@@ -131,14 +131,3 @@ class Splits:
     scaler: Scaler
     seed: int
 
-
-def pixel_names(shape: tuple[int, ...]) -> list[str]:
-    """Feature names of (C, H, W) images: ``y{row}_x{col}``, with ``c{channel}_`` first when C > 1."""
-    channels, height, width = shape
-    return [f"c{c}_y{y}_x{x}" if channels > 1 else f"y{y}_x{x}"
-            for c in range(channels) for y in range(height) for x in range(width)]
-
-
-def step_names(steps: int, features: int) -> list[str]:
-    """Feature names of (T, F) sequences: ``t{step}.f{feature}``."""
-    return [f"t{t}.f{f}" for t in range(steps) for f in range(features)]

@@ -90,10 +90,11 @@ def test_one_curve_alone_equals_its_half_of_both(tiny_detector):
 
 from auditor.explain import make_explainer  # noqa: E402
 from auditor.faithfulness import (FAITHFULNESS_METRICS, aopc, aopc_counts, deletion_gain,  # noqa: E402
-                                  faithfulness_correlation, faithfulness_stage, gaussian_blur,
-                                  infidelity_per_sample, max_sensitivity, planned_names, random_deletion_auc,
-                                  removal_baseline)
+                                  faithfulness_correlation, faithfulness_stage, infidelity_per_sample,
+                                  max_sensitivity, planned_names, random_deletion_auc)
 from detectors.errors import BadInputError  # noqa: E402
+from detectors.inputs import removal_baseline  # noqa: E402
+from detectors.inputs.image import gaussian_blur  # noqa: E402
 from detectors.seeding import per_sample_uniform  # noqa: E402
 from exits import gate_exit_code  # noqa: E402
 

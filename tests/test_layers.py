@@ -164,7 +164,9 @@ def test_every_help_answers_without_importing_torch():
 
 
 def test_the_torch_free_names_match_what_the_detectors_implement():
-    from detectors import blocks, kinds, registry
+    from detectors import blocks, inputs, kinds, registry
 
     assert sorted(kinds.DETECTOR_KINDS) == sorted(registry.DETECTORS)
     assert blocks.ATTENTION_VARIANTS is kinds.ATTENTION_VARIANTS
+    assert kinds.INPUT_KIND_NAMES == tuple(inputs.INPUT_KINDS)
+    assert kinds.REMOVAL_BASELINES == inputs.REMOVAL_BASELINES

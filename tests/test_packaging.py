@@ -31,5 +31,5 @@ def test_wheel_ships_templates(tmp_path):
     assert "reports/templates/report.html.j2" in names and "reports/templates/report.css" in names
     assert "reports/templates/report.js" in names
     assert any(n.startswith("attention_audit-") and n.endswith("entry_points.txt") for n in names)
-    for package in ("auditor", "detectors", "attacks"):
+    for package in ("auditor", "detectors", "detectors/inputs", "attacks"):
         assert f"{package}/__init__.py" in names

@@ -16,12 +16,14 @@ from detectors.checkpoint import save_checkpoint
 from detectors.data import load_table, split_table
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
+from detectors.inputs import kind_of_rank
 from detectors.registry import detector_for_data
 
 
 def integer_features(table) -> list[str]:
-    """Tabular features whose every value is a whole number (counts, buckets, codes): attacks round them."""
-    if table.x.ndim != 2:
+    """Named columns (tabular features) whose every value is a whole number (counts, buckets, codes): attacks
+    round them. Inputs without named columns (pixels, time steps) have none."""
+    if not kind_of_rank(len(table.input_shape)).named_columns:
         return []
     whole = np.all(np.equal(np.mod(table.x, 1), 0), axis=0)
     return [name for name, is_whole in zip(table.feature_names, whole) if is_whole]
