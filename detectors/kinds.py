@@ -2,5 +2,5 @@
 that the command line's ``--help`` lists them without loading it. :mod:`detectors.registry` and
 :mod:`detectors.blocks` implement exactly these (a test checks)."""
 
-DETECTOR_KINDS = ("tabular", "vit", "sequence")
+DETECTOR_KINDS = ("tabular", "vit", "sequence", "text")
 ATTENTION_VARIANTS = ("softmax", "sparsemax", "entmax15", "additive")

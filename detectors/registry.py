@@ -7,10 +7,11 @@ from detectors.blocks import ATTENTION_VARIANTS
 from detectors.errors import BadInputError
 from detectors.sequence import SequenceTransformer
 from detectors.tabular import FeatureTokenTransformer
+from detectors.text import TextTransformer
 from detectors.vision import VisionTransformer
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.kind: cls for cls in (FeatureTokenTransformer, VisionTransformer, SequenceTransformer)
+    cls.kind: cls for cls in (FeatureTokenTransformer, VisionTransformer, SequenceTransformer, TextTransformer)
 }
 INPUT_RANK = {"tabular": 1, "sequence": 2, "vit": 3}
 INPUT_DESCRIPTION = {"tabular": "(N, F) rows", "sequence": "(N, T, F) sequences", "vit": "(N, C, H, W) images"}
@@ -32,6 +33,9 @@ def detector_for_data(kind: str, input_shape: tuple[int, ...], n_classes: int, d
         raise BadInputError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_VARIANTS)}")
     if kind not in DETECTORS:
         raise BadInputError(f"unknown detector {kind!r}; known: {', '.join(sorted(DETECTORS))}")
+    if kind == "text":
+        raise BadInputError(f"detector text needs messages (phishing, a .csv with a text column or a .jsonl file), "
+                            f"but {data_name} holds samples of shape {tuple(input_shape)}")
     if len(input_shape) != INPUT_RANK[kind]:
         fitting = [k for k, rank in INPUT_RANK.items() if rank == len(input_shape)]
         raise BadInputError(
