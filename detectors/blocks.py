@@ -75,20 +75,24 @@ class SelfAttention(nn.Module):
         # edited_attention.
         self.attention_edit: AttentionEdit | None = None
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                score_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``key_mask`` (batch, tokens), True where a token may be attended (text: not padding); masked keys
-        receive a weight of exactly 0 from every query and no gradient through their scores."""
+        receive a weight of exactly 0 from every query and no gradient through their scores. ``score_bias``
+        (heads, tokens, tokens) is added to the scores before normalisation (the text detector's relative
+        position bias)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         allowed = EVERY_KEY.to(x.device) if key_mask is None else key_mask.bool()[:, None, None, :]
-        weights = self._weights(q, k, None if key_mask is None else allowed)
+        weights = self._weights(q, k, None if key_mask is None else allowed, score_bias)
         if self.attention_edit is not None:
             weights = self.attention_edit(weights, allowed)
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj(out), weights
 
-    def _weights(self, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor | None = None,
+                 score_bias: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, heads, tokens, head_dim) queries and keys -> (batch, heads, tokens, tokens) weights; keys
         where ``allowed`` is False get the score :data:`MASKED_SCORE`, and their weight is set to exactly 0 after."""
         if self.attention == "additive":
@@ -96,6 +100,8 @@ class SelfAttention(nn.Module):
             scores = torch.einsum("bhqkd,hd->bhqk", hidden, self.additive_v.to(hidden.dtype))
         else:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        if score_bias is not None:
+            scores = scores + score_bias.to(scores.dtype)
         if allowed is not None:
             scores = scores.masked_fill(~allowed, MASKED_SCORE)
         if self.attention in ("softmax", "additive"):
@@ -132,8 +138,9 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        attended, weights = self.attn(self.norm1(x), key_mask)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                score_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        attended, weights = self.attn(self.norm1(x), key_mask, score_bias)
         x = x + self.drop(attended)
         x = x + self.drop(self.mlp(self.norm2(x)))
         return x, weights
@@ -146,10 +153,11 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim, dropout, attention) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                score_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``score_bias``: None, or (depth, heads, tokens, tokens), one bias per block (:meth:`SelfAttention.forward`)."""
         attentions = []
-        for block in self.blocks:
-            x, weights = block(x, key_mask)
+        for index, block in enumerate(self.blocks):
+            x, weights = block(x, key_mask, None if score_bias is None else score_bias[index])
             attentions.append(weights)
         return self.norm(x), attentions

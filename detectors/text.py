@@ -1,7 +1,9 @@
 """A CLS transformer over token embeddings for text (N, T) of token ids.
 
-Token ids are embedded (a learned table of ``vocab_size`` rows), learned position embeddings are added and
-the pre-norm encoder of :mod:`detectors.blocks` follows; a linear head reads position 0, which holds the
+Token ids are embedded (a learned table of ``vocab_size`` rows, initialised N(0, 1)), position embeddings
+are added (learned, initialised to the sinusoids of Vaswani et al. 2017, whose entries are of the tokens'
+scale: a message's meaning here is in which words stand next to which, and the sinusoids let attention find
+a neighbour at a fixed offset from the start) and the pre-norm encoder of :mod:`detectors.blocks` follows; a linear head reads position 0, which holds the
 ``[CLS]`` token the tokeniser prepends (:mod:`detectors.text_data`). Padding (``pad_id``) is masked out of
 every attention: it receives a weight of exactly 0 from every query, so it cannot move the logits.
 ``attention`` picks the attention function (softmax, sparsemax, entmax15, additive).
@@ -23,11 +25,27 @@ Each position is its own token: the :class:`TokenMap` maps position p to token p
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from detectors.base import Detector, TokenMap
 from detectors.blocks import Encoder, check_attention
+
+
+def sinusoids(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) sinusoidal position encodings (Vaswani et al. 2017): sin on even, cos on odd dimensions,
+    wavelengths from 2 pi to 10000 * 2 pi."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
+
+
+RELATIVE_REACH = 8  # tokens: offsets beyond share one bias
 
 
 class TextTransformer(Detector):
@@ -45,13 +63,24 @@ class TextTransformer(Detector):
         self.pad_id = pad_id
         self.embedding = nn.Embedding(vocab_size, dim)
         nn.init.normal_(self.embedding.weight, std=1.0)
-        self.position = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
+        self.position = nn.Parameter(sinusoids(max_length, dim).unsqueeze(0))
+        # relative position bias per layer and head, by the offset key - query clipped to +-RELATIVE_REACH
+        self.relative = nn.Parameter(torch.zeros(depth, heads, 2 * RELATIVE_REACH + 1))
         self.encoder = Encoder(dim, depth, heads, mlp_dim, dropout, attention)
         self.head = nn.Linear(dim, n_classes)
         self.token_map = TokenMap(token_of_input=torch.arange(max_length), n_tokens=max_length, cls_index=0)
 
     def hparams(self) -> dict:
         return dict(self._hparams)
+
+    def score_bias(self, tokens: int) -> torch.Tensor:
+        """(depth, heads, tokens, tokens): the learned bias of each layer and head for the offset from query i
+        to key j, j - i clipped to [-RELATIVE_REACH, RELATIVE_REACH]; 0 on the [CLS] row and column (CLS has no
+        place in the message)."""
+        position = torch.arange(tokens, device=self.relative.device)
+        offset = (position[None, :] - position[:, None]).clamp(-RELATIVE_REACH, RELATIVE_REACH) + RELATIVE_REACH
+        inside = ((position[:, None] > 0) & (position[None, :] > 0)).to(self.relative.dtype)
+        return self.relative[:, :, offset] * inside
 
     def attention_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """True on every real token, False on padding: (N, T) bool."""
@@ -65,7 +94,8 @@ class TextTransformer(Detector):
                            with_attention: bool = False):
         """Logits from token embeddings (N, T, dim) and the mask (N, T); with ``with_attention`` also the list
         of attention weights (N, heads, T, T) per layer."""
-        encoded, attentions = self.encoder(embeddings + self.position[:, : embeddings.shape[1]], attention_mask)
+        encoded, attentions = self.encoder(embeddings + self.position[:, : embeddings.shape[1]], attention_mask,
+                                           self.score_bias(embeddings.shape[1]))
         logits = self.head(encoded[:, 0])
         return (logits, attentions) if with_attention else logits
 

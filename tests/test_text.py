@@ -133,6 +133,22 @@ def test_padding_receives_exactly_zero_attention_and_cannot_move_the_logits(atte
         assert torch.equal(model(ids), logits)
 
 
+def test_the_relative_position_bias_points_at_the_offset_it_favours():
+    """A bias of +50 on offset -1 makes every message token attend its predecessor: the bias is indexed by key
+    minus query, and [CLS] (row and column 0) takes none of it."""
+    from detectors.text import RELATIVE_REACH, TextTransformer
+
+    torch.manual_seed(0)
+    model = TextTransformer(20, 8, 2, dim=16, heads=2, depth=1, mlp_dim=32, dropout=0.0).eval()
+    with torch.no_grad():
+        model.relative[:, :, RELATIVE_REACH - 1] = 50.0
+        weights = model.forward_with_attention(torch.tensor([[2, 5, 6, 7, 8, 9, 10, 0]]))[1][0][0]
+    rows = torch.arange(2, 7)
+    assert (weights[:, rows, rows - 1] > 0.99).all()
+    assert (weights[:, 0, 1:7] > 0.01).all()  # CLS itself is not pulled to any offset
+    assert (weights[:, 1, 0] > 0.01).all()  # the first word's predecessor would be CLS: no bias there
+
+
 def test_a_trained_text_checkpoint_carries_its_tokeniser_as_json(text_checkpoint):
     from detectors.checkpoint import load_checkpoint, read_metadata
     from detectors.text_data import SPECIAL_TOKENS, load_text_table, split_text_table
