@@ -1,11 +1,15 @@
 """A CLS transformer over token embeddings for text (N, T) of token ids.
 
 Token ids are embedded (a learned table of ``vocab_size`` rows, initialised N(0, 1)), position embeddings
-are added (learned, initialised to the sinusoids of Vaswani et al. 2017, whose entries are of the tokens'
-scale: a message's meaning here is in which words stand next to which, and the sinusoids let attention find
-a neighbour at a fixed offset from the start) and the pre-norm encoder of :mod:`detectors.blocks` follows; a linear head reads position 0, which holds the
-``[CLS]`` token the tokeniser prepends (:mod:`detectors.text_data`). Padding (``pad_id``) is masked out of
-every attention: it receives a weight of exactly 0 from every query, so it cannot move the logits.
+are added (learned, initialised to the sinusoids of Vaswani et al. 2017, entries of the tokens' scale) and
+the pre-norm encoder of :mod:`detectors.blocks` follows, each layer's attention scores plus a learned
+relative position bias per head for the offset from query to key (a scalar per offset as in Raffel et al.
+2020, offsets clipped to +-:data:`RELATIVE_REACH` as in Shaw et al. 2018; none on the [CLS] row and column).
+A message's label may hang on which words stand next to which (``never verify your pin`` against ``please
+verify your pin``): the bias lets a head attend to "the word two to the left" wherever the phrase stands,
+which absolute positions learned from a few thousand messages do not. A linear head reads position 0, which
+holds the ``[CLS]`` token the tokeniser prepends (:mod:`detectors.text_data`). Padding (``pad_id``) is masked
+out of every attention: it receives a weight of exactly 0 from every query, so it cannot move the logits.
 ``attention`` picks the attention function (softmax, sparsemax, entmax15, additive).
 
 Entry points (what the attacks and explainers call):
