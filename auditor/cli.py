@@ -90,7 +90,7 @@ def cli() -> None:
 @click.option("--lambda-attention", type=click.FloatRange(min=0), default=None,
               help=f"weight of the attention JSD penalty [default: {DEFENSE_DEFAULTS.lambda_attention}]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="[default: 60, or 20 from 4,000 training rows]")
+              help="[default: 60, or 20 from 4,000 training rows; text 20]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="global batch size, split across processes [default: 64, or 256 from 4,000 training rows]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr)

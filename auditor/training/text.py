@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from auditor.training.config import DefenseConfig, TrainConfig, auto_batch_size, auto_epochs
+from auditor.training.config import DefenseConfig, TrainConfig, auto_batch_size
 from auditor.training.loop import evaluate, seed_everything, train_detector
 from auditor.shard import Parallel
 from detectors import __version__
@@ -23,6 +23,10 @@ from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 from detectors.text import TextTransformer
 from detectors.text_data import load_text_table, split_text_table
+
+# epochs by default: on phishing (3,825 training messages, batch 64) the validation accuracy passes 0.95 by
+# epoch 5; early stopping keeps the best epoch
+TEXT_EPOCHS = 20
 
 
 def train_text_and_save(*, detector: str, data_spec: str, text_column: str = "text", label_column: str = "label",
@@ -52,7 +56,7 @@ def train_text_and_save(*, detector: str, data_spec: str, text_column: str = "te
     seed_everything(seed)
     model = TextTransformer(tokenizer.vocab_size, tokenizer.max_length, len(table.class_names),
                             pad_id=tokenizer.pad_id, attention=attention)
-    config = TrainConfig(epochs=epochs or auto_epochs(len(splits.train)),
+    config = TrainConfig(epochs=epochs or TEXT_EPOCHS,
                          batch_size=batch_size or auto_batch_size(len(splits.train)), lr=lr, patience=patience,
                          seed=seed, defense=defense)
     target = resolve_device(device)
