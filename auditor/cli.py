@@ -68,10 +68,12 @@ def cli() -> None:
 
 @cli.command(context_settings={"show_default": True})
 @click.option("--detector", type=click.Choice(sorted(DETECTOR_KINDS)), default="tabular",
-              help="tabular (rows), vit (images), sequence (event sequences)")
+              help="tabular (rows), vit (images), sequence (event sequences), text (messages)")
 @click.option("--data", "data_spec", required=True,
-              help="breast-cancer, flows[:N], digits, sequences[:N], a .csv or an .npz file")
-@click.option("--label-column", default="label", help="label column of a CSV file")
+              help="breast-cancer, flows[:N], digits, sequences[:N], phishing[:N], a .csv, .npz or .jsonl file")
+@click.option("--label-column", default="label", help="label column (CSV) or key (JSON Lines) of the data file")
+@click.option("--text-column", default="text", help="--detector text: the column (CSV) or key (JSON Lines) holding "
+              "the messages")
 @click.option("--positive-class", default=None, help="the class the detector exists to catch")
 @click.option("--attention", type=click.Choice(ATTENTION_VARIANTS), default="softmax",
               help="attention function: scaled dot-product with softmax, sparsemax or 1.5-entmax, or additive "
@@ -88,7 +90,7 @@ def cli() -> None:
 @click.option("--lambda-attention", type=click.FloatRange(min=0), default=None,
               help=f"weight of the attention JSD penalty [default: {DEFENSE_DEFAULTS.lambda_attention}]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="[default: 60, or 20 from 4,000 training rows]")
+              help="[default: 60, or 20 from 4,000 training rows; text 20]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="global batch size, split across processes [default: 64, or 256 from 4,000 training rows]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN_DEFAULTS.lr)
@@ -106,9 +108,9 @@ def cli() -> None:
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.pass_context
-def train(ctx, detector, data_spec, label_column, positive_class, attention, defense, defense_eps, defense_steps,
-          defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device, use_compile,
-          resume, nproc, frozen_features, out_path, quiet) -> None:
+def train(ctx, detector, data_spec, label_column, text_column, positive_class, attention, defense, defense_eps,
+          defense_steps, defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device,
+          use_compile, resume, nproc, frozen_features, out_path, quiet) -> None:
     """Train a detector and write a .safetensors checkpoint."""
     from auditor.training.job import train_and_save
 
@@ -121,8 +123,7 @@ def train(ctx, detector, data_spec, label_column, positive_class, attention, def
         detector=detector, data_spec=data_spec, label_column=label_column, positive_class=positive_class,
         defense=defense_config, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         device=device, out_path=out_path, compile=use_compile, resume=resume, progress=not quiet,
-        frozen_features=frozen_features,
-        attention=attention,
+        frozen_features=frozen_features, attention=attention, text_column=text_column,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} "

@@ -42,8 +42,12 @@ from detectors.kinds import ATTENTION_VARIANTS
 # (batch, heads, queries, keys) and ``allowed`` a boolean tensor broadcastable to them that is True
 # where a query may attend a key (masked keys are False).
 AttentionEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-EVERY_KEY = torch.ones((), dtype=torch.bool)  # the built-in blocks mask nothing
+EVERY_KEY = torch.ones((), dtype=torch.bool)  # no key mask given: every key may be attended
 SPARSE_ATTENTION = ("sparsemax", "entmax15")
+# The score of a masked key: far enough below any real score that softmax underflows to 0 and sparsemax /
+# 1.5-entmax leave it outside their support, yet finite, so that 1.5-entmax's squared scores cannot overflow
+# (the dtype's lowest value would make them inf - inf = nan).
+MASKED_SCORE = -1e4
 
 
 def check_attention(attention: str) -> str:
@@ -71,28 +75,42 @@ class SelfAttention(nn.Module):
         # edited_attention.
         self.attention_edit: AttentionEdit | None = None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                score_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``key_mask`` (batch, tokens), True where a token may be attended (text: not padding); masked keys
+        receive a weight of exactly 0 from every query and no gradient through their scores. ``score_bias``
+        (heads, tokens, tokens) is added to the scores before normalisation (the text detector's relative
+        position bias)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        weights = self._weights(q, k)
+        allowed = EVERY_KEY.to(x.device) if key_mask is None else key_mask.bool()[:, None, None, :]
+        weights = self._weights(q, k, None if key_mask is None else allowed, score_bias)
         if self.attention_edit is not None:
-            weights = self.attention_edit(weights, EVERY_KEY.to(weights.device))
+            weights = self.attention_edit(weights, allowed)
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj(out), weights
 
-    def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """(batch, heads, tokens, head_dim) queries and keys -> (batch, heads, tokens, tokens) weights."""
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor | None = None,
+                 score_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, heads, tokens, head_dim) queries and keys -> (batch, heads, tokens, tokens) weights; keys
+        where ``allowed`` is False get the score :data:`MASKED_SCORE`, and their weight is set to exactly 0 after."""
         if self.attention == "additive":
             hidden = torch.tanh(q.unsqueeze(-2) + k.unsqueeze(-3))  # (batch, heads, query, key, head_dim)
             scores = torch.einsum("bhqkd,hd->bhqk", hidden, self.additive_v.to(hidden.dtype))
-            return torch.softmax(scores, dim=-1)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        if self.attention == "softmax":
-            return torch.softmax(scores, dim=-1)
-        # float32 even under bf16 autocast: the support's threshold is found by sorting and cumulative sums
-        sparse = entmax.sparsemax if self.attention == "sparsemax" else entmax.entmax15
-        return sparse(scores.float(), dim=-1).to(scores.dtype)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        if score_bias is not None:
+            scores = scores + score_bias.to(scores.dtype)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, MASKED_SCORE)
+        if self.attention in ("softmax", "additive"):
+            weights = torch.softmax(scores, dim=-1)
+        else:
+            # float32 even under bf16 autocast: the support's threshold is found by sorting and cumulative sums
+            sparse = entmax.sparsemax if self.attention == "sparsemax" else entmax.entmax15
+            weights = sparse(scores.float(), dim=-1).to(scores.dtype)
+        return weights if allowed is None else weights.masked_fill(~allowed, 0.0)
 
 
 @contextmanager
@@ -120,8 +138,9 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attended, weights = self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                score_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        attended, weights = self.attn(self.norm1(x), key_mask, score_bias)
         x = x + self.drop(attended)
         x = x + self.drop(self.mlp(self.norm2(x)))
         return x, weights
@@ -134,9 +153,11 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim, dropout, attention) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                score_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``score_bias``: None, or (depth, heads, tokens, tokens), one bias per block (:meth:`SelfAttention.forward`)."""
         attentions = []
-        for block in self.blocks:
-            x, weights = block(x)
+        for index, block in enumerate(self.blocks):
+            x, weights = block(x, key_mask, None if score_bias is None else score_bias[index])
             attentions.append(weights)
         return self.norm(x), attentions

@@ -14,6 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from detectors.base import Detector
 from detectors.table import Scaler
 from detectors.errors import BadInputError
 from detectors.registry import DETECTORS, build_detector
+
+if TYPE_CHECKING:
+    from detectors.text_data import TextTokenizer
 
 FORMAT_NAME = "attention-audit"
 FORMAT_VERSION = 1
@@ -50,6 +54,20 @@ class Checkpoint:
     @property
     def class_names(self) -> list[str]:
         return list(self.metadata["classes"])
+
+    @property
+    def tokenizer(self) -> "TextTokenizer":
+        """A text checkpoint's tokeniser, rebuilt from its JSON (parsed, no code runs)."""
+        from detectors.text_data import TextTokenizer
+
+        if "text" not in self.metadata:
+            raise BadInputError(f"a {self.metadata['detector']['kind']} checkpoint has no tokeniser")
+        text = self.metadata["text"]
+        tokenizer = TextTokenizer.from_json(text["tokenizer"], text["max_length"])
+        if tokenizer.vocab_size != self.detector.hparams()["vocab_size"]:
+            raise BadInputError(f"the stored tokeniser has {tokenizer.vocab_size} tokens, the detector "
+                                f"{self.detector.hparams()['vocab_size']}")
+        return tokenizer
 
 
 def save_checkpoint(path: str | os.PathLike, detector: Detector, *, metadata: dict,
@@ -149,10 +167,24 @@ def _validate(path: Path, header: dict | None) -> dict:
     if kind not in DETECTORS:
         raise BadInputError(f"{path}: unknown detector kind {kind!r}; known: {', '.join(sorted(DETECTORS))}")
     n_features = len(metadata["features"])
+    if kind == "text":
+        _validate_text(path, metadata)
+        return metadata
     scaler = metadata["scaler"]
     if not (isinstance(scaler, dict) and len(scaler.get("lo", ())) == n_features == len(scaler.get("hi", ()))):
         raise BadInputError(f"{path}: scaler does not cover the checkpoint's {n_features} features")
     return metadata
+
+
+def _validate_text(path: Path, metadata: dict) -> None:
+    """A text checkpoint holds its tokeniser (JSON) and a max_length matching the detector's."""
+    text = metadata.get("text")
+    hparams = metadata["detector"].get("hparams") or {}
+    if not isinstance(text, dict) or not isinstance(text.get("tokenizer"), str):
+        raise BadInputError(f"{path}: a text checkpoint without its tokeniser (metadata 'text.tokenizer')")
+    if text.get("max_length") != hparams.get("max_length") or len(metadata["features"]) != text.get("max_length"):
+        raise BadInputError(f"{path}: the tokeniser's max_length {text.get('max_length')} does not match the "
+                            f"detector's {hparams.get('max_length')}")
 
 
 def _first_line(error: BaseException) -> str:

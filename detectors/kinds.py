@@ -3,7 +3,7 @@ as plain tuples without torch, so that the command line's ``--help`` lists them 
 :mod:`detectors.registry`, :mod:`detectors.blocks` and :mod:`detectors.inputs` implement exactly these (a
 test checks)."""
 
-DETECTOR_KINDS = ("tabular", "vit", "sequence")
+DETECTOR_KINDS = ("tabular", "vit", "sequence", "text")
 ATTENTION_VARIANTS = ("softmax", "sparsemax", "entmax15", "additive")
 INPUT_KIND_NAMES = ("tabular", "sequence", "image")
 REMOVAL_BASELINES = ("mean", "zero", "blur")

@@ -8,10 +8,11 @@ from detectors.errors import BadInputError
 from detectors.inputs import INPUT_KINDS
 from detectors.sequence import SequenceTransformer
 from detectors.tabular import FeatureTokenTransformer
+from detectors.text import TextTransformer
 from detectors.vision import VisionTransformer
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.kind: cls for cls in (FeatureTokenTransformer, VisionTransformer, SequenceTransformer)
+    cls.kind: cls for cls in (FeatureTokenTransformer, VisionTransformer, SequenceTransformer, TextTransformer)
 }
 
 
@@ -32,6 +33,9 @@ def detector_for_data(kind: str, input_shape: tuple[int, ...], n_classes: int, d
         raise BadInputError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_VARIANTS)}")
     if kind not in DETECTORS:
         raise BadInputError(f"unknown detector {kind!r}; known: {', '.join(sorted(DETECTORS))}")
+    if kind == "text":
+        raise BadInputError(f"detector text needs messages (phishing, a .csv with a text column or a .jsonl file), "
+                            f"but {data_name} holds samples of shape {tuple(input_shape)}")
     trained_for = next(input_kind for input_kind in INPUT_KINDS.values() if input_kind.detector == kind)
     if len(input_shape) != trained_for.rank:
         fitting = [other.detector for other in INPUT_KINDS.values() if other.rank == len(input_shape)]

@@ -18,6 +18,7 @@ from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 from detectors.inputs import kind_of_rank
 from detectors.registry import detector_for_data
+from detectors.text_data import is_text_data
 
 
 def integer_features(table) -> list[str]:
@@ -33,12 +34,22 @@ def train_and_save(*, detector: str, data_spec: str, label_column: str = "label"
                    epochs: int | None = None, batch_size: int | None = None, lr: float = 2e-3, patience: int = 15, seed: int = 0,
                    device: str = "auto", out_path, defense: DefenseConfig | str = "none", compile: bool = False,
                    resume: bool = False, progress: bool = True, frozen_features: tuple[str, ...] = (),
-                   attention: str = "softmax") -> dict:
+                   attention: str = "softmax", text_column: str = "text") -> dict:
     """Load and split the data, train the detector, write the checkpoint (rank 0); returns the summary.
     ``frozen_features``: features an attacker may not change; recorded in the checkpoint (``audit run`` freezes
     them unless told otherwise) and left untouched by the defenses' training-time attacks.
     ``attention``: the detector's attention function (:data:`detectors.blocks.ATTENTION_VARIANTS`), recorded
-    in the checkpoint as the detector's hparams ``attention``."""
+    in the checkpoint as the detector's hparams ``attention``. Text (``--detector text``, or messages: phishing,
+    a .jsonl file) goes to :func:`auditor.training.text.train_text_and_save`, the messages read from
+    ``text_column``."""
+    if detector == "text" or is_text_data(data_spec):
+        from auditor.training.text import train_text_and_save
+
+        return train_text_and_save(detector=detector, data_spec=data_spec, text_column=text_column,
+                                   label_column=label_column, positive_class=positive_class, epochs=epochs,
+                                   batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
+                                   out_path=out_path, defense=defense, progress=progress, attention=attention,
+                                   frozen_features=frozen_features)
     parallel = Parallel.from_environment()
     defense = DefenseConfig(name=defense) if isinstance(defense, str) else defense
     out_path = Path(out_path)

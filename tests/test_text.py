@@ -1,0 +1,203 @@
+"""Text, the detector half: the phishing corpus, message files, the tokeniser in the checkpoint, padding kept
+out of attention, and ``audit train --detector text``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from detectors.errors import BadInputError
+
+
+@pytest.fixture(scope="module")
+def text_checkpoint(tmp_path_factory):
+    """``audit train --detector text`` on 200 phishing messages for 2 epochs (a smoke run, not an accuracy)."""
+    from auditor.cli import cli
+
+    path = tmp_path_factory.mktemp("text") / "text.safetensors"
+    result = CliRunner().invoke(cli, ["train", "--detector", "text", "--data", "phishing:200", "--epochs", "2",
+                                      "--device", "cpu", "--quiet", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    return path, result.output
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_phishing_is_seeded_and_its_rationales_are_the_request_frames():
+    from detectors.text_data import CREDENTIALS, REQUEST_FRAMES, VERBS, make_phishing
+
+    a, b = make_phishing(300, seed=0), make_phishing(300, seed=0)
+    assert a.texts == b.texts and (a.y == b.y).all() and a.rationales == b.rationales
+    assert make_phishing(300, seed=1).texts != a.texts
+    assert all(8 <= len(text.split()) <= 48 for text in a.texts)
+    assert 0.3 < a.y.mean() < 0.5
+    requests = {frame.format(verb=verb, object=thing) for frame in REQUEST_FRAMES for verb in VERBS
+                for thing in CREDENTIALS}
+    for text, label, spans in zip(a.texts, a.y, a.rationales):
+        decided_by_request = [text[s:e] for s, e in spans if text[s:e] in requests]
+        # phishing exactly when a recorded span is a request binding a credential
+        assert bool(decided_by_request) == bool(label), text
+
+
+def test_rationale_tokens_are_exactly_the_recorded_words():
+    from detectors.text_data import make_phishing, split_text_table
+
+    table = make_phishing(300, seed=0)
+    splits = split_text_table(table, seed=0)
+    data, tokenizer = splits.train, splits.tokenizer
+    assert data.relevant_mask.shape == data.x.shape and not data.relevant_mask[:, 0].any()  # never [CLS]
+    for row, index in enumerate(data.row_index):
+        text, spans = table.texts[index], table.rationales[index]
+        words = [w for s, e in spans for w in text[s:e].split()]
+        assert tokenizer.tokens(data.x[row][data.relevant_mask[row]]) == words
+
+
+def test_message_files_csv_and_jsonl(tmp_path):
+    from detectors.text_data import load_text_table
+
+    (tmp_path / "m.csv").write_text('body,label\n"Hello, world",ham\nverify your pin,spam\n', encoding="utf-8")
+    table = load_text_table(str(tmp_path / "m.csv"), text_column="body")
+    assert table.texts == ["Hello, world", "verify your pin"] and table.class_names == ["ham", "spam"]
+    lines = [{"text": "héllo", "label": 0}, {"text": "send your card number", "label": 1}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n\n", encoding="utf-8")
+    table = load_text_table(str(tmp_path / "m.jsonl"))
+    assert table.texts[0] == "héllo" and list(table.y) == [0, 1] and table.positive_class == 1
+
+
+BAD_ROWS = [
+    ("empty.jsonl", b'{"text": "ok", "label": 1}\n{"text": "  ", "label": 0}\n', "line 2: empty text"),
+    ("type.jsonl", b'{"text": "ok", "label": 1}\n{"text": 7, "label": 0}\n', "line 2: text 'text' is a int"),
+    ("label.jsonl", b'{"text": "ok", "label": [1]}\n', "line 1: label 'label' is a list"),
+    ("json.jsonl", b'{"text": "ok", "label": 1}\n{"text": \n', "line 2: not a JSON object"),
+    ("utf8.jsonl", b'{"text": "ok", "label": 1}\n\n{"text": "b\xffd", "label": 0}\n', "line 3: not UTF-8 text"),
+    ("empty.csv", b"text,label\nok,1\n,0\n", "line 3: empty text"),
+    ("fields.csv", b"text,label\nok,1\nok,0,extra\n", "line 3: 3 fields where the header has 2"),
+    ("utf8.csv", b"text,label\nfine,1\nbad \xff byte,0\n", "line 3: not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_ROWS, ids=[name for name, _, _ in BAD_ROWS])
+def test_bad_message_rows_name_the_line_and_exit_2(tmp_path, name, content, message):
+    from auditor.cli import cli
+    from detectors.text_data import load_text_table
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(BadInputError, match=message):
+        load_text_table(str(path))
+    result = CliRunner().invoke(cli, ["train", "--detector", "text", "--data", str(path), "--out",
+                                      str(tmp_path / "m.safetensors")])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_text_data_and_other_detectors_refuse_each_other(tmp_path):
+    from auditor.cli import cli
+
+    out = str(tmp_path / "m.safetensors")
+    result = CliRunner().invoke(cli, ["train", "--data", "phishing:200", "--out", out])
+    assert result.exit_code == 2 and "--detector text" in result.output
+    result = CliRunner().invoke(cli, ["train", "--detector", "text", "--data", "breast-cancer", "--out", out])
+    assert result.exit_code == 2 and "unknown text data" in result.output
+    result = CliRunner().invoke(cli, ["train", "--detector", "text", "--data", "phishing:200", "--defense", "pgd-at",
+                                      "--out", out])
+    assert result.exit_code == 2 and "--defense none" in result.output
+
+
+# --------------------------------------------------------------------------- the detector
+
+
+@pytest.mark.parametrize("attention", ["softmax", "sparsemax", "entmax15", "additive"])
+def test_padding_receives_exactly_zero_attention_and_cannot_move_the_logits(attention):
+    from detectors.text import TextTransformer
+
+    torch.manual_seed(0)
+    model = TextTransformer(20, 10, 2, dim=16, heads=2, depth=2, mlp_dim=32, dropout=0.0, attention=attention).eval()
+    ids = torch.tensor([[2, 5, 6, 7, 0, 0, 0, 0, 0, 0], [2, 8, 9, 10, 11, 12, 13, 0, 0, 0]])
+    with torch.no_grad():
+        logits, attentions = model.forward_with_attention(ids)
+        padding = ids == 0
+        for weights in attentions:
+            received = weights.permute(0, 3, 1, 2)[padding]  # (padding keys, heads, queries)
+            assert received.numel() and torch.equal(received, torch.zeros_like(received))
+            assert torch.allclose(weights.sum(-1), torch.ones(()))
+        if attention in ("softmax", "additive"):  # dense: without the key mask padding would be attended
+            unmasked = model.forward_with_attention(ids, torch.ones_like(ids, dtype=torch.bool))[1][0]
+            assert (unmasked.permute(0, 3, 1, 2)[padding] > 0).all()
+        model.embedding.weight[0] = torch.randn(16) * 100  # whatever padding holds cannot reach the logits
+        model.position.data[:, 7:] += 50
+        assert torch.equal(model(ids), logits)
+
+
+def test_the_relative_position_bias_points_at_the_offset_it_favours():
+    """A bias of +50 on offset -1 makes every message token attend its predecessor: the bias is indexed by key
+    minus query, and [CLS] (row and column 0) takes none of it."""
+    from detectors.text import RELATIVE_REACH, TextTransformer
+
+    torch.manual_seed(0)
+    model = TextTransformer(20, 8, 2, dim=16, heads=2, depth=1, mlp_dim=32, dropout=0.0).eval()
+    with torch.no_grad():
+        model.relative[:, :, RELATIVE_REACH - 1] = 50.0
+        weights = model.forward_with_attention(torch.tensor([[2, 5, 6, 7, 8, 9, 10, 0]]))[1][0][0]
+    rows = torch.arange(2, 7)
+    assert (weights[:, rows, rows - 1] > 0.99).all()
+    assert (weights[:, 0, 1:7] > 0.01).all()  # CLS itself is not pulled to any offset
+    assert (weights[:, 1, 0] > 0.01).all()  # the first word's predecessor would be CLS: no bias there
+
+
+def test_a_trained_text_checkpoint_carries_its_tokeniser_as_json(text_checkpoint):
+    from detectors.checkpoint import load_checkpoint, read_metadata
+    from detectors.text_data import SPECIAL_TOKENS, load_text_table, split_text_table
+
+    path, output = text_checkpoint
+    assert "test accuracy" in output
+    metadata = read_metadata(path)
+    stored = metadata["text"]["tokenizer"]
+    assert isinstance(stored, str) and json.loads(stored)["model"]["type"] == "WordLevel"  # data, not code
+    assert metadata["scaler"] is None and metadata["detector"]["kind"] == "text"
+    checkpoint = load_checkpoint(path)
+    tokenizer = checkpoint.tokenizer
+    assert tokenizer.tokens(range(4)) == list(SPECIAL_TOKENS)
+    table = load_text_table("phishing:200")
+    splits = split_text_table(table, seed=0)
+    ids, _, _ = tokenizer.encode([table.texts[i] for i in splits.test.row_index])
+    assert np.array_equal(ids, splits.test.x)  # the tokeniser round-trips: the same ids as at training
+    assert tokenizer.to_json() == stored
+    with torch.no_grad():
+        assert checkpoint.detector(torch.as_tensor(ids)).shape == (len(ids), 2)
+
+
+def test_a_text_checkpoint_without_a_readable_tokeniser_is_refused(text_checkpoint, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from detectors.checkpoint import METADATA_KEY, load_checkpoint
+
+    path, _ = text_checkpoint
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        header = json.loads(handle.metadata()[METADATA_KEY])
+    header["text"]["tokenizer"] = '{"model": "not a tokeniser"'
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(BadInputError, match="stored tokeniser cannot be read"):
+        _ = load_checkpoint(broken).tokenizer
+    del header["text"]
+    save_file(tensors, str(broken), metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(BadInputError, match="without its tokeniser"):
+        load_checkpoint(broken)
+
+
+def test_the_tokeniser_knows_only_training_words_and_truncates():
+    from detectors.text_data import TextTable, TextTokenizer, split_text_table
+
+    texts = [f"word{i % 2} common" for i in range(40)] + ["rareword common"]
+    local = split_text_table(TextTable("t", texts, np.array([i % 2 for i in range(41)]), ["a", "b"], 1), seed=0)
+    in_train = any("rareword" in texts[i] for i in local.train.row_index)
+    assert (local.tokenizer.token_id("rareword") is not None) == in_train
+    encoded, _, truncated = TextTokenizer.train(["a b c"], max_length=3).encode(["a b c d", "a"])
+    assert encoded.shape == (2, 3) and truncated.tolist() == [True, False] and encoded[1, 2] == 0
