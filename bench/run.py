@@ -363,7 +363,7 @@ def end_to_end(folder: Path, device, *, standard: bool = False) -> None:
         profile = [arg if arg != "quick" else "standard" for arg in audit]
         wall, peak, rc = _peak([*profile, "--out", str(folder / "standard")])
         record("5 end to end", "audit run --profile standard, 1,000 flows: wall time", wall, unit="s",
-               target="< 600", note=f"exit {rc}; peak RSS {peak:.0f} MiB")
+               target="< 1800", note=f"exit {rc}; peak RSS {peak:.0f} MiB")
 
 
 def scaling(folder: Path, device) -> None:
@@ -447,8 +447,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", default="", help="comma-separated section numbers, e.g. 1,3")
     parser.add_argument("--standard", action="store_true",
-                        help="section 5 also times --profile standard on 1,000 flows (about 7 minutes on 2 cores, "
-                             "so not part of make bench's 10)")
+                        help="section 5 also times --profile standard on 1,000 flows (about half an hour on 2 cores "
+                             "since pgd's 10 restarts and the 10x more-effort check, so not part of make bench)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     device = torch.device(args.device)
