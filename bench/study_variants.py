@@ -4,7 +4,11 @@ Trains every attention variant (softmax, sparsemax, entmax15, additive: ``detect
 flows:4000 (tabular detector) and sequences:2000 (sequence detector) with seeds 0, 1, 2 (``--epochs 10``),
 audits each checkpoint on 500 test samples with the explainers the table reads (attention, integrated-gradients,
 random: :data:`EXPLAINERS`) and the attacks pgd and attention-shift at eps 0.05 under the standard profile, and
-writes into ``--out`` (default out/study-variants):
+writes into ``--out`` (default out/study-variants). One setting differs from the standard profile:
+attention-shift runs :data:`SHIFT_RESTARTS` random restarts instead of 5 (it was the largest single cost of the
+study), a weaker attack whose column says so. Its restarts are the first two of the profile's five (the same
+per-sample random starts), so the JSD it reaches is never higher than the profile's; the top-k kept is read at
+that iterate, so it is usually higher than the profile's, though not provably (docs/detectors.md gives both).
 
 ``table.md`` / ``table.json``
     per data set and variant, mean ± half-width of the 95% t-interval over the seeds
@@ -53,7 +57,9 @@ EPOCHS = 10
 SAMPLES = 500
 EXPLAINERS = ("attention", "integrated-gradients", "random")  # what the columns read
 EPS = 0.05
+SHIFT_RESTARTS = 2  # the standard profile's attention-shift runs 5; see the module docstring
 AUDIT_OPTIONS = ("--profile", "standard", "--attacks", "pgd,attention-shift", "--no-masking-checks",
+                 "--attack-param", f"attention-shift.restarts={SHIFT_RESTARTS}",
                  "--faithfulness-metrics", "deletion_gain", "--eps", str(EPS), "--seed", "0", "--device", "cpu")
 ROBUST = (f"robust.accuracy.worst@{EPS:g}", f"robust.accuracy.pgd@{EPS:g}")
 # (column title, metric name or names tried in order)
@@ -65,7 +71,7 @@ COLUMNS = (
     ("MPRT (attention)", ("sanity.mprt.attention",)),
     ("flip rate (attention)", ("sanity.flip_rate.attention",)),
     ("flip rate (random)", ("sanity.flip_rate.random",)),
-    (f"attention-shift top-k kept (eps {EPS:g})", (f"stability.topk_intersection.attention-shift@{EPS:g}",)),
+    (f"attention-shift top-k kept (eps {EPS:g}, {SHIFT_RESTARTS} restarts)", (f"stability.topk_intersection.attention-shift@{EPS:g}",)),
     ("zero share", ("attention.zero_share",)),
     ("entropy (nats)", ("attention.entropy",)),
 )
