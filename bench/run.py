@@ -2,7 +2,8 @@
 
 Every figure is a ratio of two timings measured side by side in one run (interleaved
 repeats, median of each), so a noisy shared machine moves both sides alike. Prints a
-table and writes bench/results.json. With ``--device cuda`` the same suite also
+table and writes bench/results.json (``--only`` runs write out/bench/results-<sections>.json instead,
+so a partial run never replaces the full record). With ``--device cuda`` the same suite also
 records absolute samples per second.
 
 Sections: (1) attack overhead, (2) attention attacks, (3) faithfulness, (4) our pgd
@@ -469,7 +470,11 @@ def main() -> None:
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "torch": torch.__version__, "device": str(device),
                "load_average": os.getloadavg(), "seconds": round(time.perf_counter() - started, 1)}
-    (ROOT / "bench" / "results.json").write_text(json.dumps({"machine": machine, "rows": ROWS}, indent=2) + "\n")
+    # bench/results.json is the last full run (docs/performance.md's table); a partial run never replaces it
+    target = (ROOT / "out" / "bench" / f"results-{'-'.join(sorted(only))}.json" if only
+              else ROOT / "bench" / "results.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"machine": machine, "rows": ROWS}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
