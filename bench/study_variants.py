@@ -71,7 +71,8 @@ COLUMNS = (
     ("MPRT (attention)", ("sanity.mprt.attention",)),
     ("flip rate (attention)", ("sanity.flip_rate.attention",)),
     ("flip rate (random)", ("sanity.flip_rate.random",)),
-    (f"attention-shift top-k kept (eps {EPS:g}, {SHIFT_RESTARTS} restarts)", (f"stability.topk_intersection.attention-shift@{EPS:g}",)),
+    (f"attention-shift top-k kept (eps {EPS:g}, {SHIFT_RESTARTS} restarts)",
+     (f"stability.topk_intersection.attention-shift@{EPS:g}",)),
     ("zero share", ("attention.zero_share",)),
     ("entropy (nats)", ("attention.entropy",)),
 )
