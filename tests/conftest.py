@@ -8,19 +8,25 @@ import os
 import pytest
 import torch
 
+from workers import built_once
+
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory):
-    """A small tabular detector trained on breast-cancer (a few seconds), written as a checkpoint."""
+    """A small tabular detector trained on breast-cancer (a few seconds), written as a checkpoint; trained
+    once per run and read by every xdist worker."""
     from auditor.training.job import train_and_save
+    from detectors.checkpoint import read_metadata
 
-    path = tmp_path_factory.mktemp("model") / "bc.safetensors"
-    summary = train_and_save(detector="tabular", data_spec="breast-cancer", label_column="label",
-                             positive_class=None, defense="none", epochs=60, batch_size=64, lr=2e-3, patience=15,
-                             seed=0, device="cpu", out_path=path, progress=False)
-    return path, summary
+    with built_once(tmp_path_factory, "model") as folder:
+        path = folder / "bc.safetensors"
+        if not path.is_file():
+            train_and_save(detector="tabular", data_spec="breast-cancer", label_column="label", positive_class=None,
+                           defense="none", epochs=60, batch_size=64, lr=2e-3, patience=15, seed=0, device="cpu",
+                           out_path=path, progress=False)
+    return path, read_metadata(path)["training"]  # the summary train_and_save returned, kept in the checkpoint
 
 
 @pytest.fixture()
@@ -55,3 +61,14 @@ def deceptive_twins():
     from twins import make_twins
 
     return make_twins()
+
+
+# Under xdist the slowest modules are collected first. The load scheduler hands each worker a block of
+# consecutive tests and then keeps two queued per worker, so a minutes-long test collected near the end runs
+# on one worker while the other has nothing left to take; run first, the other worker takes the rest meanwhile.
+SLOWEST_FIRST = ("test_sharding.py", "test_training.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.path.name not in SLOWEST_FIRST)  # stable: the order within is kept

@@ -32,22 +32,31 @@ def build(name: str, *, defaults: bool = False):
 
 
 @pytest.fixture(scope="module")
-def models():
-    """Undefended detectors of each input kind, briefly trained on the bundled data, with their test rows."""
+def models(tmp_path_factory):
+    """Undefended detectors of each input kind, briefly trained on the bundled data, with their test rows
+    (trained once per run: the other xdist worker loads the weights the first one saved)."""
+    from workers import built_once
     from detectors.data import load_table, split_table
     from detectors.registry import detector_for_data
     from auditor.training.config import TrainConfig
     from auditor.training.loop import train_detector
 
     out = {}
-    for kind, detector, data, epochs in (("tabular", "tabular", "breast-cancer", 30), ("image", "vit", "digits", 8),
-                                         ("sequence", "sequence", "sequences:1200", 12)):
-        splits = split_table(load_table(data), seed=0)
-        torch.manual_seed(0)
-        model = detector_for_data(detector, splits.train.input_shape, len(splits.train.class_names), data)
-        train_detector(model, splits, TrainConfig(epochs=epochs, patience=epochs), device=torch.device("cpu"),
-                       progress=False)
-        out[kind] = (model.eval(), torch.as_tensor(splits.test.x), torch.as_tensor(splits.test.y))
+    with built_once(tmp_path_factory, "contract-models") as folder:
+        for kind, detector, data, epochs in (("tabular", "tabular", "breast-cancer", 30),
+                                             ("image", "vit", "digits", 8),
+                                             ("sequence", "sequence", "sequences:1200", 12)):
+            splits = split_table(load_table(data), seed=0)
+            torch.manual_seed(0)
+            model = detector_for_data(detector, splits.train.input_shape, len(splits.train.class_names), data)
+            weights = folder / f"{kind}.pt"
+            if weights.is_file():
+                model.load_state_dict(torch.load(weights, weights_only=True))
+            else:
+                train_detector(model, splits, TrainConfig(epochs=epochs, patience=epochs),
+                               device=torch.device("cpu"), progress=False)
+                torch.save(model.state_dict(), weights)
+            out[kind] = (model.eval(), torch.as_tensor(splits.test.x), torch.as_tensor(splits.test.y))
     return out
 
 
