@@ -182,6 +182,8 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
               help="a .safetensors checkpoint written by audit train, or python:PATH_OR_MODULE:FACTORY")
 @click.option("--data", "data_spec", default=None, help="rows to audit (default: the checkpoint's test split)")
 @click.option("--label-column", default="label", show_default=True)
+@click.option("--text-column", default="text", show_default=True,
+              help="text models: the column (CSV) or key (JSON Lines) holding each message")
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="TOML policy file with a [gates] table (default: the built-in policy)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
@@ -209,7 +211,7 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
                    "so localisation.precision_at_k runs on your data")
 @audit_options
 @click.pass_context
-def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
+def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
         attention_modules, logits_key, bounds, bounds_file, positive_class, nproc, baseline_path, as_json,
         relevant_features, **options) -> None:
     """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails.
@@ -239,14 +241,16 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
     if not shard.distributed:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
                                   policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
-                                  baseline_path=baseline_path, relevant_features=relevant_features, **options)
+                                  baseline_path=baseline_path, relevant_features=relevant_features,
+                                  text_column=text_column, **options)
         report(outcome)
         sys.exit(outcome.exit_code)
     code, problem = EXIT_INTERNAL, None
     try:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
                                   policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
-                                  baseline_path=baseline_path, relevant_features=relevant_features, **options)
+                                  baseline_path=baseline_path, relevant_features=relevant_features,
+                                  text_column=text_column, **options)
         if outcome is not None:
             report(outcome)
             code = outcome.exit_code

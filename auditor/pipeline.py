@@ -54,7 +54,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
         raise BadInputError(
             f"expected x of shape (N, {', '.join(map(str, detector.input_shape))}), got {tuple(x.shape)}"
         )
-    baseline = removal_baseline(config.removal_baseline, x, subject.baseline)
+    baseline = removal_baseline(config.removal_baseline or subject.kind.removal_baselines[0], x, subject.baseline)
     relevant = relevant_mask_of(data, len(x))
     domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
     config = config.with_l2_grid(int(domain.mutable.sum()))
@@ -199,7 +199,7 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     skipped.update(sample_skipped)
     skipped.update({name: str(values[0]) for name, values in tables.get("notes", {}).items()})
     checks = []
-    if config.masking_checks:
+    if config.masking_checks and "masking" in rows:
         checks = evaluate_checks(metrics, rows["masking"], attacks, {"linf": list(config.eps),
                                                                      "l2": list(config.grid("l2"))},
                                  n=len(data))
