@@ -238,4 +238,16 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
         adversarial_gallery=adversarial_gallery(data, proba_np, flipped, metrics, config),
     )
     result.memory = plan.to_dict()
+    if subject.tokenizer is not None:
+        spell_tokens([*result.gallery, *result.adversarial_gallery], subject.tokenizer)
     return result
+
+
+def spell_tokens(samples: list, tokenizer) -> None:
+    """Each text sample's ``tokens``: its message's tokens after [CLS], up to the padding, for the report."""
+    from detectors.inputs.text import TokenIds
+
+    pad_id = TokenIds.of(tokenizer).pad_id
+    for sample in samples:
+        ids = [int(i) for i in sample.x[1:]]
+        sample.tokens = tokenizer.tokens(ids[:ids.index(pad_id)] if pad_id in ids else ids)

@@ -148,6 +148,8 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
     """The configuration bound to the loaded subject (frozen features, target class, L2 grid, determinism), the
     names it plans, the policy that judges them (``loaded_policy`` or the default one, validated against the
     plan) and the baseline to regress against: what ``audit run`` and :func:`auditor.api.audit` both do."""
+    if subject.kind.name == "text" and config.save_adversarial:
+        raise BadInputError("--save-adversarial keeps adversarial inputs, and text is not attacked by this version")
     config = replace(config, frozen_features=subject.frozen_features,
                      removal_baseline=config.removal_baseline or subject.kind.removal_baselines[0])
     if relevant_features:
