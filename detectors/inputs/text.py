@@ -67,6 +67,11 @@ class TokenIds:
         return torch.tensor([self.pad_id, self.replacement_id], dtype=torch.int64)
 
 
+def position_names(max_length: int) -> list[str]:
+    """One name per token position: ``[CLS]`` then ``t1`` ... (a text checkpoint's ``features``)."""
+    return ["[CLS]"] + [f"t{i}" for i in range(1, max_length)]
+
+
 def is_token_ids(x: torch.Tensor) -> bool:
     """Whether a batch is token ids: text is the only kind with integer samples."""
     return not x.is_floating_point()
@@ -120,9 +125,6 @@ class Text(InputKind):
         raise BadInputError("a text detector is sized by its tokeniser: train it with audit train --detector text")
 
     def feature_names(self, input_shape: tuple[int, ...]) -> list[str]:
-        """``[CLS]``, ``t1`` ... (:func:`detectors.text_data.position_names`)."""
-        from detectors.text_data import position_names
-
         return position_names(input_shape[0])
 
     def removal_baseline(self, name: str, x: torch.Tensor, train_mean: torch.Tensor) -> torch.Tensor:
