@@ -113,8 +113,10 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
                                   **{f"adv/{attack}{TARGETED_SUFFIX}@{format_eps(eps)}": x for attack in targeted
                                      for eps in config.grid(ATTACKS[attack].norm)}}
     if config.save_explanations:
+        # attributions are float32 (token ids are int64, an attribution of them is not)
+        attribution = (np.dtype(np.float32), (n, *shape))
         layouts["explanations"] = {"x": x, "y": y, "pred": (np.dtype(np.int64), (n,)),
-                                   **{f"attr/{name}": x for name in config.explainers}}
+                                   **{f"attr/{name}": attribution for name in config.explainers}}
     return layouts
 
 

@@ -218,7 +218,7 @@ def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_checkpoint, tm
     out = tmp_path / "audit"
     result = CliRunner().invoke(cli, ["run", "--model", str(path), "--max-samples", "12", "--device", "cpu",
                                       "--quiet", "--faithfulness-metrics", "deletion,comprehensiveness,infidelity",
-                                      "--out", str(out)])
+                                      "--save-explanations", "--out", str(out)])
     assert result.exit_code in (0, 1), result.output
     document = json.loads((out / "results.json").read_text())
     assert document["data"]["input_kind"] == "text" and document["config"]["removal_baseline"] == "mask"
@@ -237,6 +237,11 @@ def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_checkpoint, tm
     escaped = render_document(document).decode()
     assert "<script>alert(1)</script>" not in escaped and "&lt;script&gt;alert(1)&lt;/script&gt;" in escaped
     assert CliRunner().invoke(cli, ["report", str(out)]).exit_code == 0
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(out / "explanations.safetensors"))
+    assert saved["x"].dtype == np.int64 and saved["attr/integrated-gradients"].dtype == np.float32
+    assert (saved["attr/random"][saved["x"] == 0] == 0).all()  # padding: exactly 0
 
 
 def test_audit_run_on_text_reads_message_files_and_refuses_bad_ones(text_checkpoint, tmp_path):
