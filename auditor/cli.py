@@ -298,6 +298,7 @@ def demo(out_dir, epochs, **options) -> None:
               help="a checkpoint to audit first (repeatable), each into OUT/runs/NAME with one shared configuration")
 @click.option("--data", "data_spec", default=None, help="--model: rows to audit (default: each checkpoint's test split)")
 @click.option("--label-column", default="label")
+@click.option("--text-column", default="text", help="--model text checkpoints: the column or key holding each message")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="evaluate this policy on every checkpoint [default: each audit's own gates]")
@@ -307,7 +308,7 @@ def demo(out_dir, epochs, **options) -> None:
               help="the y axis of the clean-versus-robust scatter [default: pgd at the largest common eps]")
 @click.option("--explainer", default="attention", help="whose deletion and insertion curves are overlaid")
 @audit_options
-def compare(folders, models, data_spec, label_column, out_dir, policy_path, allow_mismatch, robust_metric,
+def compare(folders, models, data_spec, label_column, text_column, out_dir, policy_path, allow_mismatch, robust_metric,
             explainer, **options) -> None:
     """Compare audits side by side: audit output folders, or checkpoints audited first with --model.
 
@@ -332,7 +333,7 @@ def compare(folders, models, data_spec, label_column, out_dir, policy_path, allo
     for name, model in zip(run_names, models):
         run_dir = out_dir / "runs" / name
         outcome = audit_to_folder(model_path=model, data_spec=data_spec, label_column=label_column,
-                                  policy_path=policy_path, out_dir=run_dir, **options)
+                                  policy_path=policy_path, out_dir=run_dir, text_column=text_column, **options)
         if not options["quiet"]:
             click.echo(f"audited {model} into {run_dir}: {'PASSED' if outcome.exit_code == 0 else 'FAILED'}",
                        err=True)
