@@ -162,3 +162,12 @@ def test_plausibility_is_sklearn_average_precision_over_the_message_tokens():
     assert plausibility(attribution, relevant, explained)[0] == pytest.approx(expected)
     everything = np.array([[False, True, True, True, True, False]])
     assert np.isnan(plausibility(attribution, everything, explained)[0])  # no negatives: undefined
+
+
+def test_padding_is_not_counted_as_sparse_attention(tiny_text_model):
+    from auditor.sparsity import sparsity_stage
+
+    ids, _ = _messages(4)
+    assert bool((ids == PAD).any())
+    # softmax gives no exact zeros: the padding's zero weights are the mask's, not sparsity
+    assert (sparsity_stage(tiny_text_model, ids).per_sample["attention.zero_share"] == 0).all()
