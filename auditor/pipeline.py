@@ -54,7 +54,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
         raise BadInputError(
             f"expected x of shape (N, {', '.join(map(str, detector.input_shape))}), got {tuple(x.shape)}"
         )
-    baseline = removal_baseline(config.removal_baseline, x, subject.baseline)
+    baseline = removal_baseline(config.removal_baseline or subject.kind.removal_baselines[0], x, subject.baseline)
     relevant = relevant_mask_of(data, len(x))
     domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
     config = config.with_l2_grid(int(domain.mutable.sum()))
@@ -113,8 +113,10 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
                                   **{f"adv/{attack}{TARGETED_SUFFIX}@{format_eps(eps)}": x for attack in targeted
                                      for eps in config.grid(ATTACKS[attack].norm)}}
     if config.save_explanations:
+        # attributions are float32 (token ids are int64, an attribution of them is not)
+        attribution = (np.dtype(np.float32), (n, *shape))
         layouts["explanations"] = {"x": x, "y": y, "pred": (np.dtype(np.int64), (n,)),
-                                   **{f"attr/{name}": x for name in config.explainers}}
+                                   **{f"attr/{name}": attribution for name in config.explainers}}
     return layouts
 
 
@@ -199,7 +201,7 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     skipped.update(sample_skipped)
     skipped.update({name: str(values[0]) for name, values in tables.get("notes", {}).items()})
     checks = []
-    if config.masking_checks:
+    if config.masking_checks and "masking" in rows:
         checks = evaluate_checks(metrics, rows["masking"], attacks, {"linf": list(config.eps),
                                                                      "l2": list(config.grid("l2"))},
                                  n=len(data))
@@ -238,4 +240,16 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
         adversarial_gallery=adversarial_gallery(data, proba_np, flipped, metrics, config),
     )
     result.memory = plan.to_dict()
+    if subject.tokenizer is not None:
+        spell_tokens([*result.gallery, *result.adversarial_gallery], subject.tokenizer)
     return result
+
+
+def spell_tokens(samples: list, tokenizer) -> None:
+    """Each text sample's ``tokens``: its message's tokens after [CLS], up to the padding, for the report."""
+    from detectors.inputs.text import TokenIds
+
+    pad_id = TokenIds.of(tokenizer).pad_id
+    for sample in samples:
+        ids = [int(i) for i in sample.x[1:]]
+        sample.tokens = tokenizer.tokens(ids[:ids.index(pad_id)] if pad_id in ids else ids)

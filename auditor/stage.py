@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from auditor.metrics import MetricSpec
+from detectors.inputs.text import explained_positions_of, is_token_ids
 
 
 @dataclass
@@ -56,6 +57,12 @@ class Block:
     @property
     def index_np(self) -> np.ndarray:
         return self.index.cpu().numpy()
+
+    @property
+    def explained(self) -> torch.Tensor | None:
+        """(n, *shape) booleans: the positions an attribution explains and a removal may remove, where not every
+        position is (text: each message's tokens after [CLS], :mod:`detectors.inputs.text`); None: all are."""
+        return explained_positions_of(self.detector, self.x) if is_token_ids(self.x) else None
 
 
 class Stage:
