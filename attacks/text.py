@@ -25,17 +25,17 @@ made per row, so nothing depends on the batch. No randomness is involved.
     it is exact (a sample is broken if and only if some single substitution breaks it); at k > 1 it repeats
     that per step with ``beam`` (1) sequences, exhaustive per step, not over all k-subsets. It costs T x V
     forward passes per sample and step: for small vocabularies and for checking HotFlip.
-``attention-shift`` (:class:`TokenAttentionShift`)
+``attention-shift-sub`` (:class:`TokenAttentionShift`)
     Ghorbani et al. 2019 by substitution: maximises JSD(a(x'), a(x)) (the attention distribution of
     :mod:`attacks.attention`) over sequences whose prediction is the clean one; every step's beams and the
     sequence returned keep it (the clean input when nothing else does). The JSD's gradient vanishes at x' = x,
     so proposals are ranked by the absolute first-order change of the cross-entropy of a(x') against a(x)
     (a linear function of a(x') whose gradient does not vanish there), then verified by the JSD itself.
     ``candidates`` (32), ``beam`` (1).
-``attention-guided`` (:class:`TokenAttentionGuided`)
+``attention-guided-sub`` (:class:`TokenAttentionGuided`)
     HotFlip restricted to the ``k`` (5) most-attended positions of the clean input (after Patch-Fool, Fu et
     al. 2022).
-``stealth`` (:class:`TokenStealth`)
+``stealth-sub`` (:class:`TokenStealth`)
     After Zhang et al. 2020 (ADV^2): ranks by CE(f(x'), y) - ``lam`` (1.0) x JSD(a(x'), a(x)); among the
     proposals of the first step that misclassify, keeps the one with the lowest JSD.
 ``embedding-pgd`` / ``embedding-pgd-l2`` (:class:`EmbeddingPGD`, :class:`EmbeddingPGDL2`)
@@ -55,6 +55,10 @@ TextAttack (Morris et al. 2020) was considered: its recipes import ``transformer
 constraints that download GloVe / counter-fitted vectors and the Universal Sentence Encoder on first use), which
 cannot be imported beside the CPU torch wheel here and needs the network; the search is implemented on this
 tool's own model contract instead.
+
+The attention attacks by substitution carry their own names (``-sub``): their threat model (a number of
+tokens changed) is not that of their continuous forms (an L-inf ball in [0, 1]), so their numbers never share
+a name.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ from detectors.errors import BadInputError
 from detectors.maths import attention_distribution_of, descending_order, jensen_shannon, token_positions_from
 from detectors.seeding import per_sample_uniform
 
-__all__ = ["EMBEDDING_NORMS", "TEXT_ATTACKS", "TOKEN_NORM", "EmbeddingPGD", "EmbeddingPGDL2", "ExhaustiveSubstitution",
+__all__ = ["EMBEDDING_NORMS", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "TOKEN_NORM", "EmbeddingPGD", "EmbeddingPGDL2", "ExhaustiveSubstitution",
            "HotFlip", "TokenAttentionGuided", "TokenAttentionShift", "TokenDomain",
            "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale", "load_substitutions"]
 
@@ -420,7 +424,7 @@ class ExhaustiveSubstitution(HotFlip):
 class TokenAttentionGuided(HotFlip):
     """HotFlip on the k most-attended positions of the clean input only."""
 
-    name = "attention-guided"
+    name = "attention-guided-sub"
     reference = "Fu et al. 2022 (Patch-Fool), by token substitution; Ebrahimi et al. 2018"
     needs_attention = True
 
@@ -455,7 +459,7 @@ class _PredictionKept(TokenSearch):
 class TokenAttentionShift(_PredictionKept):
     """The attention moved as far as possible (JSD) from the clean one by substitution, prediction kept."""
 
-    name = "attention-shift"
+    name = "attention-shift-sub"
     reference = "Ghorbani et al. 2019 (Interpretation of neural networks is fragile), by token substitution"
     absolute_estimate = True
 
@@ -471,7 +475,7 @@ class TokenAttentionShift(_PredictionKept):
 class TokenStealth(TokenSearch):
     """A misclassification by substitution whose attention stays closest to the clean one."""
 
-    name = "stealth"
+    name = "stealth-sub"
     reference = "Zhang et al. 2020 (Interpretable Deep Learning under Fire, ADV^2), by token substitution"
     needs_attention = True
 
@@ -603,6 +607,7 @@ class EmbeddingPGDL2(EmbeddingPGD):
     step_norm: ClassVar[str] = "l2"
 
 
+TEXT_ATTENTION_ATTACKS = ("attention-shift-sub", "attention-guided-sub", "stealth-sub")
 TEXT_ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
     HotFlip, ExhaustiveSubstitution, TokenAttentionShift, TokenAttentionGuided, TokenStealth,
     EmbeddingPGD, EmbeddingPGDL2)}

@@ -30,6 +30,16 @@ def eps_l2_list(ctx, param, value: str | None) -> tuple[float, ...] | None:
     return tuple(sorted(set(values)))
 
 
+def token_budget_list(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected whole numbers of tokens separated by commas, e.g. 1,2,4; got {value!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise click.BadParameter(f"each token budget must be a whole number >= 1; got {value!r}")
+    return tuple(sorted(set(values)))
+
+
 def attack_params_list(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
     """ATTACK.PARAMETER=VALUE, the value as written: the audit's configuration reads it as the type of the
     attack's default (a number, true/false, or a word such as pgd.schedule=constant)."""
@@ -64,6 +74,12 @@ def audit_options(function):
                      help="L2 budgets of the L2 attacks (pgd-l2, cw, deepfool), L2 norms in [0, 1] units "
                           "[default: each --eps times sqrt(number of inputs the attacker may change), "
                           "two significant digits]"),
+        click.option("--token-budget", callback=token_budget_list, default="1,2,4", show_default=True,
+                     help="text only: how many tokens the substitution attacks (hotflip, ...-sub) may change; "
+                          "--eps then applies to embedding-pgd only (fractions of the mean embedding norm)"),
+        click.option("--substitutions", type=click.Path(dir_okay=False), default=None,
+                     help="text only: a JSON file {token: [allowed replacements]}; the substitution attacks "
+                          "change a token only into one listed for it [default: any non-special token]"),
         click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default="quick",
                      show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
         click.option("--attacks", callback=name_list, default="",

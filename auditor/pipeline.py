@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks import ATTACKS, Domain
+from attacks import Domain, attack_class
 from auditor.clean import clean_metrics, detection_data
 from auditor.config import AuditConfig
 from auditor.faithfulness import REMOVAL_KINDS
 from auditor.localisation import relevant_mask_of
-from auditor.masking import CHECK_METRICS, evaluate_checks, verdict
+from auditor.masking import CHECK_METRICS, evaluate_checks, evaluate_text_checks, verdict
 from auditor.memory import MemoryPlan, plan_memory
 from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.persample import aggregate
@@ -56,8 +56,11 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
         )
     baseline = removal_baseline(config.removal_baseline or subject.kind.removal_baselines[0], x, subject.baseline)
     relevant = relevant_mask_of(data, len(x))
-    domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
-    config = config.with_l2_grid(int(domain.mutable.sum()))
+    if subject.token_domain is not None:  # text: token substitutions within the tokeniser's rules
+        domain = subject.token_domain
+    else:
+        domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
+        config = config.with_l2_grid(int(domain.mutable.sum()))
     attacks = config.build_attacks()
     plan = plan_memory(detector, x[:2], budget_gb=config.max_memory_gb, batch_size=config.batch_size,
                        per_row_bytes=_row_bytes(x, config))
@@ -107,11 +110,11 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
     if config.save_adversarial:
         from auditor.robustness import TARGETED_SUFFIX
 
-        targeted = [attack for attack in config.attacks if config.target_class is not None and ATTACKS[attack].targetable]
+        targeted = [attack for attack in config.attacks if config.target_class is not None and attack_class(attack).targetable]
         layouts["adversarial"] = {"x": x, "y": y, **{f"adv/{attack}@{format_eps(eps)}": x for attack in config.attacks
-                                                     for eps in config.grid(ATTACKS[attack].norm)},
+                                                     for eps in config.grid(attack_class(attack).norm)},
                                   **{f"adv/{attack}{TARGETED_SUFFIX}@{format_eps(eps)}": x for attack in targeted
-                                     for eps in config.grid(ATTACKS[attack].norm)}}
+                                     for eps in config.grid(attack_class(attack).norm)}}
     if config.save_explanations:
         # attributions are float32 (token ids are int64, an attribution of them is not)
         attribution = (np.dtype(np.float32), (n, *shape))
@@ -202,9 +205,8 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     skipped.update({name: str(values[0]) for name, values in tables.get("notes", {}).items()})
     checks = []
     if config.masking_checks and "masking" in rows:
-        checks = evaluate_checks(metrics, rows["masking"], attacks, {"linf": list(config.eps),
-                                                                     "l2": list(config.grid("l2"))},
-                                 n=len(data))
+        evaluate = evaluate_text_checks if config.text else evaluate_checks
+        checks = evaluate(metrics, rows["masking"], attacks, config.grids(), n=len(data))
         for kind, name in CHECK_METRICS.items():
             value = verdict(checks, kind)
             if value is not None:
@@ -230,7 +232,7 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
         metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(data),
         robustness_curves=robustness_curves(
             metrics, curve_names(list(attacks), config.build_targeted_attacks()),
-            {"linf": list(config.eps), "l2": list(config.grid("l2"))}), removal_curves=removal,
+            config.grids()), removal_curves=removal,
         confusion=confusion.tolist(), gallery=gallery(data, proba_np, tables["gallery"]),
         masking=[c.to_dict() for c in checks],
         sanity_curves=sanity_curves, hidden_importance=hidden,

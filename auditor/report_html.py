@@ -19,7 +19,7 @@ import numpy as np
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from attacks import ATTACKS
+from attacks import attack_class
 from auditor.gates import Policy
 from auditor.metrics import MPRT_PASS_BELOW, MetricValue
 from auditor.render import SHORT_NAMES, environment, fmt, metric_groups, png, removal_plot, robustness_plot, svg
@@ -220,7 +220,10 @@ class MethodRow:
 def attack_rows(config: dict) -> list[MethodRow]:
     rows = []
     for name, params in config.get("attack_params", {}).items():
-        family = ATTACKS.get(name.removesuffix(TARGETED_SUFFIX))
+        try:
+            family = attack_class(name.removesuffix(TARGETED_SUFFIX))
+        except KeyError:
+            family = None
         text = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in params.items())
         norm = getattr(family, "norm", "")
         rows.append(MethodRow(name, (f"norm {norm}; " if norm else "") + (text or "single step of size eps"),
@@ -310,7 +313,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
         if result.robustness_curves else None,
         check_metrics=document.get("check_metrics", {}),
         evasion_svg=eps_plot(metrics, [("robust.evasion_rate", "evasion rate (lower is better)")],
-                             [a for a in attacks if ATTACKS[a].norm == "linf"]),
+                             [a for a in attacks if attack_class(a).norm == "linf"]),
         headline=worst_rows(metrics),
         attention_svg=eps_plot(metrics, [("stability.topk_intersection", "top-5 intersection (higher: stable)"),
                                          ("stability.prediction_kept", "prediction kept")], attention_attacks,

@@ -44,6 +44,7 @@ class Subject:
     determinism: Determinism | None = None
     input_kind: str | None = None
     tokenizer: object | None = None
+    token_domain: object | None = None  # text: the attacks.TokenDomain (special tokens, --substitutions), set by binding
 
     @property
     def kind(self) -> InputKind:

@@ -208,11 +208,10 @@ def test_the_tokeniser_knows_only_training_words_and_truncates():
 
 def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_checkpoint, tmp_path):
     """The clean stage, the explanations and the report run on token ids; the kind is named in results.json,
-    attacks that do not apply are skipped with their stage's reason, and `audit report` draws the tokens again,
+    the quick profile's text attacks run on the token budgets, and `audit report` draws the tokens again,
     escaped."""
     from auditor.cli import cli
     from auditor.report_html import render_document
-    from auditor.robustness import TEXT_NOT_ATTACKED
 
     path, _ = text_checkpoint
     out = tmp_path / "audit"
@@ -223,7 +222,9 @@ def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_checkpoint, tm
     document = json.loads((out / "results.json").read_text())
     assert document["data"]["input_kind"] == "text" and document["config"]["removal_baseline"] == "mask"
     assert document["data"]["name"] == "phishing:200" and document["data"]["n_samples"] == 12
-    assert document["skipped"]["robust.accuracy.pgd@0.1"] == TEXT_NOT_ATTACKED
+    for name in ("robust.accuracy.worst-tokens@4", "robust.accuracy.hotflip@1", "stability.jsd.attention-shift-sub@4"):
+        assert name in document["metrics"], name  # the quick profile on text: hotflip and attention-shift-sub
+    assert any(gate["metric"] == "robust.accuracy.worst-tokens@4" for gate in document["gates"])
     assert "not defined on text" in document["skipped"]["faithfulness.infidelity.attention"]
     for name in ("clean.accuracy", "faithfulness.deletion_auc.attention", "faithfulness.comprehensiveness.random",
                  "localisation.plausibility.integrated-gradients", "agreement.kendall_tau.attention~feature-ablation"):

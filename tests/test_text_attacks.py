@@ -180,7 +180,7 @@ def test_attention_shift_by_substitution_moves_attention_and_keeps_every_predict
     from detectors.maths import jensen_shannon
 
     model, (x, y) = Hinge(), messages()
-    x_adv = run("attention-shift", model, x, y, 2)
+    x_adv = run("attention-shift-sub", model, x, y, 2)
     with torch.no_grad():
         (clean, p), (adv, q) = (model.forward_with_attention(v) for v in (x, x_adv))
     assert torch.equal(clean.argmax(1), adv.argmax(1))
@@ -190,7 +190,7 @@ def test_attention_shift_by_substitution_moves_attention_and_keeps_every_predict
 
 def test_stealth_and_attention_guided_flip_within_their_budget():
     model, (x, y) = Hinge(), messages()
-    for name in ("stealth", "attention-guided"):
+    for name in ("stealth-sub", "attention-guided-sub"):
         robust = correct(model, run(name, model, x, y, 1), x, y)
         assert robust.float().mean() <= ((x == BAD).sum(1) > 1).float().mean() + 0.25, name
 
