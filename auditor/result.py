@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from attacks import ATTACKS
+from attacks import attack_class
 from auditor.config import AuditConfig
 from auditor.metrics import MetricValue, format_eps
 from auditor.robustness import KEPT_EXAMPLES, AttentionExample
@@ -154,11 +154,13 @@ def sample_view(data: Dataset, row: int, x: np.ndarray, proba: np.ndarray,
 def adversarial_gallery(data: Dataset, proba: np.ndarray, flipped: dict, metrics: dict[str, MetricValue],
                         config: AuditConfig) -> list[SampleView]:
     """A few samples the strongest L-inf attack (lowest robust accuracy at the largest L-inf eps; L2 budgets are
-    other units) flips, with each explainer's attribution of the adversarial input for its new prediction (as
-    the explain stage computed them, ``FlippedExample.attributions``)."""
-    largest = format_eps(max(config.eps))
+    other units; on text the strongest substitution attack at the largest token budget) flips, with each
+    explainer's attribution of the adversarial input for its new prediction (as the explain stage computed them,
+    ``FlippedExample.attributions``)."""
+    norm = "tokens" if config.text else "linf"
+    largest = format_eps(max(config.grid(norm)))
     ranked = sorted((metrics[f"robust.accuracy.{name}@{largest}"].value, name) for name, examples in flipped.items()
-                    if examples and ATTACKS[name].norm == "linf" and f"robust.accuracy.{name}@{largest}" in metrics)
+                    if examples and attack_class(name).norm == norm and f"robust.accuracy.{name}@{largest}" in metrics)
     if not ranked:
         return []
     views = []

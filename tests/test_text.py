@@ -270,3 +270,15 @@ def test_audit_run_on_text_reads_message_files_and_refuses_bad_ones(text_checkpo
     result = CliRunner().invoke(cli, ["run", "--model", str(path), "--data", "breast-cancer", "--device", "cpu",
                                       "--out", str(tmp_path / "d")])
     assert result.exit_code == 2 and "a text model audits messages" in result.output
+
+
+def test_audit_run_on_text_refuses_a_bad_substitution_table_with_exit_2(text_checkpoint, tmp_path):
+    from auditor.cli import cli
+
+    path, _ = text_checkpoint
+    (tmp_path / "subs.json").write_text('{"password": ["hunter2-not-a-word"]}', encoding="utf-8")
+    for table, message in ((tmp_path / "missing.json", "no such file"),
+                           (tmp_path / "subs.json", "'hunter2-not-a-word' is not in the model's vocabulary")):
+        result = CliRunner().invoke(cli, ["run", "--model", str(path), "--substitutions", str(table), "--device", "cpu",
+                                          "--quiet", "--out", str(tmp_path / "a")])
+        assert result.exit_code == 2 and message in result.output, result.output

@@ -247,3 +247,48 @@ def test_more_budget_and_more_search_never_find_less_on_the_trained_model(traine
     narrow = correct(model, run("hotflip", model, x, y, 1, candidates=2), x, y)
     wide = correct(model, run("hotflip", model, x, y, 1, candidates=16), x, y)
     assert ((~narrow) <= (~wide)).all()  # at budget 1 more candidates break a superset
+
+
+# --------------------------------------------------------------------------- the audit's text plumbing
+
+def test_text_masking_checks_known_answers():
+    """A wider search that breaks fewer messages is a sign of masking; one that breaks more, non-convergence;
+    a robust accuracy rising with the token budget fails monotonicity."""
+    import numpy as np
+
+    from auditor.masking import evaluate_text_checks, text_masking_rows
+    from auditor.metrics import MetricValue
+
+    attacks = {"hotflip": make_text_attack("hotflip")}
+    grids = {"tokens": [1, 2]}
+
+    def status(hotflip, wider):
+        metrics = {f"robust.accuracy.hotflip@{b}": MetricValue(v) for b, v in zip((1, 2), hotflip)}
+        rows = {f"wider@{b}": np.full(100, v) for b, v in zip((1, 2), wider)}
+        return {c.name: c.status for c in evaluate_text_checks(metrics, rows, attacks, grids, n=100)}
+
+    assert status((0.5, 0.3), (0.5, 0.3)) == {"wider-search-finds-no-less": "passed",
+                                             "wider-search-same-answer": "passed", "monotone-in-eps": "passed"}
+    assert status((0.5, 0.3), (0.7, 0.3))["wider-search-finds-no-less"] == "failed"
+    assert status((0.5, 0.3), (0.3, 0.3))["wider-search-same-answer"] == "failed"
+    assert status((0.3, 0.5), (0.3, 0.5))["monotone-in-eps"] == "failed"
+    model, (x, y) = Hinge(), messages()
+    rows = text_masking_rows(model, x, y, attacks, [1, 2], domain=TokenDomain(VOCAB, SPECIAL), seed=0, batch_size=64)
+    assert np.array_equal(rows["wider@1"], ((x == BAD).sum(1) > 1).numpy().astype(float))  # the known answer
+
+
+def test_text_options_are_checked_against_the_model_kind():
+    from auditor.config import AuditConfig
+
+    config = AuditConfig.from_profile("quick")
+    assert config.for_kind("text").attacks == ("hotflip", "attention-shift-sub")
+    with pytest.raises(BadInputError, match="unknown attack pgd for text"):
+        AuditConfig(attacks=("pgd",)).for_kind("text")
+    with pytest.raises(BadInputError, match="unknown attack hotflip for this model's inputs"):
+        AuditConfig(attacks=("hotflip",)).for_kind("tabular")
+    with pytest.raises(BadInputError, match="apply to text models"):
+        AuditConfig(token_budget=(3,)).for_kind("tabular")
+    with pytest.raises(BadInputError, match="whole numbers of tokens"):
+        AuditConfig(token_budget=(0,))
+    bound = AuditConfig(token_budget=(4, 1)).for_kind("text")
+    assert bound.token_budget == (1, 4) and bound.grid("tokens") == (1, 4) and bound.grid("embedding-l2") == bound.eps
