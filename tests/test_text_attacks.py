@@ -3,6 +3,7 @@ known, and HotFlip against the exhaustive search on a tiny trained transformer."
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -292,3 +293,21 @@ def test_text_options_are_checked_against_the_model_kind():
         AuditConfig(token_budget=(0,))
     bound = AuditConfig(token_budget=(4, 1)).for_kind("text")
     assert bound.token_budget == (1, 4) and bound.grid("tokens") == (1, 4) and bound.grid("embedding-l2") == bound.eps
+
+
+def test_embedding_adversarial_training_perturbs_the_embeddings_and_trains_the_table():
+    """pgd-at on token ids (Miyato et al. 2017): the loss is taken at embeddings moved within the budget (above
+    the clean loss), and its gradient reaches the embedding table."""
+    from auditor.training.config import DefenseConfig
+    from auditor.training.defenses import DefenseLoss
+    from detectors.text import TextTransformer
+
+    torch.manual_seed(0)
+    model = TextTransformer(VOCAB, 6, 2, pad_id=PAD, dim=8, depth=1, heads=2, mlp_dim=16, dropout=0.0)
+    x, y = messages(16)
+    objective = DefenseLoss(DefenseConfig(name="pgd-at", eps=0.5, steps=3), (6,), 0)
+    loss = objective(None, model, x, y, torch.arange(16), 1, contextlib.nullcontext)
+    clean = nn.functional.cross_entropy(model(x), y)
+    assert torch.isfinite(loss) and loss > clean
+    loss.backward()
+    assert model.embedding.weight.grad[4:].abs().sum() > 0
