@@ -50,6 +50,16 @@ ATTACK_DEFINITIONS = {
     "attention-hijack": "moves attention mass onto tokens the attacker chooses while keeping the prediction",
     "attention-guided": "gradient ascent on the cross-entropy restricted to the most-attended tokens' inputs",
     "stealth": "flips the prediction while keeping the attention close to the clean one",
+    "hotflip": "text: greedy substitution of one more token per step, ranked by the first-order estimate of the "
+               "loss and verified by forward passes, within the token budget",
+    "exhaustive-substitution": "text: every allowed single substitution verified per step (exact at one token)",
+    "attention-shift-sub": "text: token substitutions that move the attention most (JSD), prediction kept",
+    "attention-guided-sub": "text: hotflip on the most-attended positions only",
+    "stealth-sub": "text: token substitutions that flip the prediction with the attention closest to the clean one",
+    "embedding-pgd": "text: pgd on the token embeddings, L-inf per coordinate (eps x r / sqrt(dim)); a continuous "
+                     "relaxation no real text reaches",
+    "embedding-pgd-l2": "text: pgd on the token embeddings, L2 per token (eps x r); a continuous relaxation no real "
+                        "text reaches",
 }
 
 
