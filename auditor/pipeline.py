@@ -248,10 +248,12 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
 
 
 def spell_tokens(samples: list, tokenizer) -> None:
-    """Each text sample's ``tokens``: its message's tokens after [CLS], up to the padding, for the report."""
+    """Each text sample's ``tokens``: its message's tokens after [CLS], up to the padding, for the report; an
+    adversarial sample's ``changes`` name the substituted tokens instead of their ids."""
     from detectors.inputs.text import TokenIds
 
     pad_id = TokenIds.of(tokenizer).pad_id
     for sample in samples:
         ids = [int(i) for i in sample.x[1:]]
         sample.tokens = tokenizer.tokens(ids[:ids.index(pad_id)] if pad_id in ids else ids)
+        sample.changes = [(position, *tokenizer.tokens([before, after])) for position, before, after in sample.changes]

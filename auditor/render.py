@@ -32,8 +32,9 @@ def md(text: str) -> str:
     return re.sub(r"([|\\`*_<>\[\]])", r"\\\1", text)
 
 
-def fmt(value: float) -> str:
-    return f"{value:.3g}"
+def fmt(value: float | str) -> str:
+    """A number to 3 significant digits; a string (a substituted token) as it is."""
+    return value if isinstance(value, str) else f"{value:.3g}"
 
 
 def svg(figure: Figure) -> Markup:
