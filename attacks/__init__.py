@@ -11,7 +11,8 @@ from attacks.text import TEXT_ATTACKS, TEXT_ATTENTION_ATTACKS, TokenDomain
 
 ATTACKS: dict[str, type[Attack]] = {**{cls.name: cls for cls in STANDARD_ATTACKS}, **ATTENTION_ATTACKS}
 
-__all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "Domain", "ImageView", "TokenDomain",
+__all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "Domain",
+           "ImageView", "TokenDomain",
            "attack_class", "is_minimum_norm", "make_attack", "make_text_attack"]
 
 

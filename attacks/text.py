@@ -79,7 +79,8 @@ from detectors.errors import BadInputError
 from detectors.maths import attention_distribution_of, descending_order, jensen_shannon, token_positions_from
 from detectors.seeding import per_sample_uniform
 
-__all__ = ["EMBEDDING_NORMS", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "TOKEN_NORM", "EmbeddingPGD", "EmbeddingPGDL2", "ExhaustiveSubstitution",
+__all__ = ["EMBEDDING_NORMS", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "TOKEN_NORM", "EmbeddingPGD", "EmbeddingPGDL2",
+           "ExhaustiveSubstitution",
            "HotFlip", "TokenAttentionGuided", "TokenAttentionShift", "TokenDomain",
            "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale", "load_substitutions"]
 
@@ -518,7 +519,8 @@ def embedding_scale(model: nn.Module, special_ids: Sequence[int]) -> float:
 def embedding_logits(model: nn.Module, ids: torch.Tensor, embeddings: torch.Tensor, batch_size: int = 1024
                      ) -> torch.Tensor:
     """Logits of perturbed embeddings (an embedding-space attack's output) under ``ids``' attention mask."""
-    return torch.cat([model.forward_embeddings(embeddings[i:i + batch_size], model.attention_mask(ids[i:i + batch_size]))
+    return torch.cat([model.forward_embeddings(embeddings[i:i + batch_size],
+                                               model.attention_mask(ids[i:i + batch_size]))
                       for i in range(0, max(len(ids), 1), batch_size)])
 
 

@@ -34,7 +34,8 @@ def token_budget_list(ctx, param, value: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected whole numbers of tokens separated by commas, e.g. 1,2,4; got {value!r}") from None
+        raise click.BadParameter(f"expected whole numbers of tokens separated by commas, e.g. 1,2,4; "
+                                 f"got {value!r}") from None
     if not values or any(v < 1 for v in values):
         raise click.BadParameter(f"each token budget must be a whole number >= 1; got {value!r}")
     return tuple(sorted(set(values)))

@@ -170,7 +170,8 @@ class AuditConfig:
         settings.update({key: value for attack, key, value in self.attack_params if attack == name})
         if name == "attention-hijack" and self.hijack_positions:
             settings["target_positions"] = list(self.hijack_positions)
-        if self.randomised_model and name == "autoattack" and "version" in inspect.signature(attack_class(name)).parameters:
+        if self.randomised_model and name == "autoattack" and \
+                "version" in inspect.signature(attack_class(name)).parameters:
             settings.setdefault("version", "rand")
         return settings
 

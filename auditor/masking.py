@@ -120,8 +120,9 @@ def text_masking_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[str
     if "hotflip" not in attacks:
         return {}
     base = attacks["hotflip"]
-    wider = make_text_attack("hotflip", candidates=None if base.candidates is None else WIDER["candidates"] * base.candidates,
-                             beam=WIDER["beam"] * base.beam, batch_size=base.batch_size)
+    candidates = None if base.candidates is None else WIDER["candidates"] * base.candidates
+    wider = make_text_attack("hotflip", candidates=candidates, beam=WIDER["beam"] * base.beam,
+                             batch_size=base.batch_size)
     rows = {}
     for budget in budgets:
         adv = craft(model, wider, x, y, eps=budget, domain=domain, seed=seed, batch_size=batch_size, index=index)
