@@ -364,19 +364,26 @@ def report_command(folder: Path) -> None:
 @cli.command("attacks")
 def list_attacks() -> None:
     """List the registered attacks with their norm, parameters and reference, and the profiles."""
-    from attacks import ATTACKS, make_attack
-    from auditor.config import PROFILES
+    from attacks import ATTACKS, TEXT_ATTACKS, make_attack, make_text_attack
+    from auditor.config import PROFILES, TEXT_PROFILES
 
-    for name in sorted(ATTACKS):
-        attack = make_attack(name)
+    def show(name, attack) -> None:
         params = ", ".join(f"{k}={v}" for k, v in attack.params().items()) or "single step of size eps"
         targeted = "; targeted mode (--target-class)" if attack.targetable else ""
         click.echo(f"{name:<18} {attack.norm:<5} {attack.reference}\n{'':<24}{params}{targeted}")
+
+    def settings(chosen: dict) -> str:
+        return ", ".join(f"{n}({', '.join(f'{k}={v}' for k, v in p.items())})" if p else n for n, p in chosen.items())
+
+    for name in sorted(ATTACKS):
+        show(name, make_attack(name))
+    click.echo("\ntext (token ids; budgets: --token-budget tokens changed, embedding-pgd on --eps):")
+    for name in sorted(TEXT_ATTACKS):
+        show(name, make_text_attack(name))
     click.echo("")
     for profile, (chosen, checks) in PROFILES.items():
-        settings = ", ".join(f"{n}({', '.join(f'{k}={v}' for k, v in p.items())})" if p else n
-                             for n, p in chosen.items())
-        click.echo(f"profile {profile}: {settings}; masking checks {'on' if checks else 'off'}")
+        click.echo(f"profile {profile}: {settings(chosen)}; masking checks {'on' if checks else 'off'}; "
+                   f"on text: {settings(TEXT_PROFILES[profile])}")
 
 
 def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
