@@ -216,15 +216,16 @@ def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_checkpoint, tm
     path, _ = text_checkpoint
     out = tmp_path / "audit"
     result = CliRunner().invoke(cli, ["run", "--model", str(path), "--max-samples", "12", "--device", "cpu",
-                                      "--quiet", "--faithfulness-metrics", "deletion,comprehensiveness,infidelity",
+                                      "--quiet", "--faithfulness-metrics", "deletion,comprehensiveness,infidelity", "--token-budget", "2,1",
                                       "--save-explanations", "--out", str(out)])
     assert result.exit_code in (0, 1), result.output
     document = json.loads((out / "results.json").read_text())
     assert document["data"]["input_kind"] == "text" and document["config"]["removal_baseline"] == "mask"
     assert document["data"]["name"] == "phishing:200" and document["data"]["n_samples"] == 12
-    for name in ("robust.accuracy.worst-tokens@4", "robust.accuracy.hotflip@1", "stability.jsd.attention-shift-sub@4"):
+    for name in ("robust.accuracy.worst-tokens@2", "robust.accuracy.hotflip@1", "stability.jsd.attention-shift-sub@2"):
         assert name in document["metrics"], name  # the quick profile on text: hotflip and attention-shift-sub
-    assert any(gate["metric"] == "robust.accuracy.worst-tokens@4" for gate in document["gates"])
+    assert document["config"]["token_budget"] == [1, 2] and "robust.accuracy.hotflip@4" not in document["metrics"]
+    assert any(gate["metric"] == "robust.accuracy.worst-tokens@2" for gate in document["gates"])
     assert "not defined on text" in document["skipped"]["faithfulness.infidelity.attention"]
     for name in ("clean.accuracy", "faithfulness.deletion_auc.attention", "faithfulness.comprehensiveness.random",
                  "localisation.plausibility.integrated-gradients", "agreement.kendall_tau.attention~feature-ablation"):
