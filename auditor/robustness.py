@@ -402,7 +402,9 @@ def attack_text(stage: RobustnessStage, block: Block) -> None:
     """The robustness stage on token ids (text): every planned name skipped with :data:`TEXT_NOT_ATTACKED`, no
     example kept. The one place a token attack plugs in: it receives the block (``block.x`` the (n, T) int64
     ids, ``block.detector`` a :class:`detectors.inputs.text.TokenModel`, ``block.baseline`` the ids with every
-    explained token masked) and fills what :meth:`RobustnessStage.run` fills for the other kinds."""
+    explained token masked, ``block.explained`` the positions an attack may change, ``block.tokens`` the
+    tokeniser's special ids and vocabulary size) and fills what :meth:`RobustnessStage.run` fills for the
+    other kinds."""
     block.notes.update({name: TEXT_NOT_ATTACKED
                         for name in stage.planned(block.config, binary=block.detector.n_classes == 2)})
     block.table["attention_examples"] = {"example": objects([])}
