@@ -245,6 +245,12 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     result.memory = plan.to_dict()
     if subject.tokenizer is not None:
         spell_tokens([*result.gallery, *result.adversarial_gallery], subject.tokenizer)
+        pad_id = TokenIds.of(subject.tokenizer).pad_id
+        for entry in result.hidden_importance:  # the word beside its position's name; 1/L of the message's L tokens
+            ids = data.x[entry["index"]]
+            word = subject.tokenizer.tokens([ids[data.feature_names.index(entry["token"])]])[0]
+            entry["token"] = f"{word} ({entry['token']})"
+            entry["uniform"] = 1.0 / max(1, int((ids != pad_id).sum()) - 1)
     return result
 
 
