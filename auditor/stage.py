@@ -26,7 +26,7 @@ from detectors.inputs.text import explained_positions_of, is_token_ids
 class Block:
     """One streamed block of audited rows and everything the stages add to it.
 
-    ``index``: the rows' global indices; ``baseline``: the removal baseline, (*shape) or the block's rows;
+    ``index``: the rows' global indices; ``tokens`` (text) the tokeniser's special ids and vocabulary size; ``baseline``: the removal baseline, (*shape) or the block's rows;
     ``relevant``: the block's rows of the localisation ground truth; ``n_rows``: the rows of the whole audit.
     Stages fill ``pred`` (clean), ``attributions`` and ``explainers`` (explain), ``per_sample`` (metric name ->
     values, aggregated over all rows later), ``notes`` (metric name -> why it was not computed) and ``table``
@@ -53,6 +53,8 @@ class Block:
     notes: dict[str, str] = field(default_factory=dict)
     table: dict = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    # text: the tokeniser's special ids (detectors.inputs.text.TokenIds); None for other kinds
+    tokens: object | None = None
 
     @property
     def index_np(self) -> np.ndarray:

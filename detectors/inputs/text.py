@@ -47,11 +47,14 @@ class TokenModel(Protocol):
 @dataclass(frozen=True)
 class TokenIds:
     """The special ids the audit needs of a tokeniser: ``pad_id``, ``replacement_id`` (what a removed token
-    becomes: ``[MASK]``, else ``[UNK]``) and its name ``replacement``."""
+    becomes: ``[MASK]``, else ``[UNK]``), its name ``replacement``, and ``special_ids`` (every special token:
+    never a substitution's replacement) with the ``vocab_size``."""
 
     pad_id: int
     replacement_id: int
     replacement: str
+    special_ids: tuple[int, ...] = ()
+    vocab_size: int = 0
 
     @classmethod
     def of(cls, tokenizer) -> "TokenIds":
@@ -59,7 +62,8 @@ class TokenIds:
         for name in ("[MASK]", "[UNK]"):
             found = tokenizer.token_id(name)
             if found is not None:
-                return cls(int(tokenizer.pad_id), int(found), name)
+                return cls(int(tokenizer.pad_id), int(found), name, tuple(int(i) for i in tokenizer.special_ids),
+                           int(tokenizer.vocab_size))
         raise BadInputError("the tokeniser has neither a [MASK] nor an [UNK] token to replace a removed token by")
 
     def as_baseline(self) -> torch.Tensor:
