@@ -220,7 +220,7 @@ def trained():
     from detectors.text import TextTransformer
 
     torch.manual_seed(0)
-    x, y = messages(640, length=8, seed=1)
+    x, y = messages(512, length=8, seed=1)
     model = TextTransformer(VOCAB, 8, 2, pad_id=PAD, dim=16, depth=1, heads=2, mlp_dim=32, dropout=0.0)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(8):
