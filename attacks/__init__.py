@@ -1,4 +1,5 @@
-"""Attacks by name. A new attack is one class and one entry in ATTACKS; the contract suite covers it."""
+"""Attacks by name. A new attack is one class and one entry in ATTACKS (TEXT_ATTACKS for token ids); the contract
+suites cover them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from attacks.attention import ATTENTION_ATTACKS
 from attacks.base import Attack, ImageView
 from attacks.domain import Domain
 from attacks.standard import CHUNK, STANDARD_ATTACKS
+from attacks.text import TEXT_ATTACKS, TEXT_ATTENTION_ATTACKS, TokenDomain
 
 ATTACKS: dict[str, type[Attack]] = {**{cls.name: cls for cls in STANDARD_ATTACKS}, **ATTENTION_ATTACKS}
 
-__all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "Attack", "Domain", "ImageView", "is_minimum_norm", "make_attack"]
+__all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "Domain",
+           "ImageView", "TokenDomain",
+           "attack_class", "is_minimum_norm", "make_attack", "make_text_attack"]
 
 
 def make_attack(name: str, **params) -> Attack:
@@ -18,6 +22,21 @@ def make_attack(name: str, **params) -> Attack:
     except KeyError:
         raise ValueError(f"unknown attack {name!r}; registered: {', '.join(sorted(ATTACKS))}") from None
     return family(**params)
+
+
+def make_text_attack(name: str, **params) -> Attack:
+    """An attack on token ids by name (:data:`TEXT_ATTACKS`: substitutions within a token budget, embedding-space
+    pgd)."""
+    try:
+        family = TEXT_ATTACKS[name]
+    except KeyError:
+        raise ValueError(f"unknown text attack {name!r}; registered: {', '.join(sorted(TEXT_ATTACKS))}") from None
+    return family(**params)
+
+
+def attack_class(name: str) -> type[Attack]:
+    """The class of a registered attack of either registry (their names never collide)."""
+    return ATTACKS[name] if name in ATTACKS else TEXT_ATTACKS[name]
 
 
 def is_minimum_norm(attack: Attack) -> bool:

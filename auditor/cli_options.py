@@ -30,6 +30,17 @@ def eps_l2_list(ctx, param, value: str | None) -> tuple[float, ...] | None:
     return tuple(sorted(set(values)))
 
 
+def token_budget_list(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected whole numbers of tokens separated by commas, e.g. 1,2,4; "
+                                 f"got {value!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise click.BadParameter(f"each token budget must be a whole number >= 1; got {value!r}")
+    return tuple(sorted(set(values)))
+
+
 def attack_params_list(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
     """ATTACK.PARAMETER=VALUE, the value as written: the audit's configuration reads it as the type of the
     attack's default (a number, true/false, or a word such as pgd.schedule=constant)."""
@@ -64,6 +75,12 @@ def audit_options(function):
                      help="L2 budgets of the L2 attacks (pgd-l2, cw, deepfool), L2 norms in [0, 1] units "
                           "[default: each --eps times sqrt(number of inputs the attacker may change), "
                           "two significant digits]"),
+        click.option("--token-budget", callback=token_budget_list, default="1,2,4", show_default=True,
+                     help="text only: how many tokens the substitution attacks (hotflip, ...-sub) may change; "
+                          "--eps then applies to embedding-pgd only (fractions of the mean embedding norm)"),
+        click.option("--substitutions", type=click.Path(dir_okay=False), default=None,
+                     help="text only: a JSON file {token: [allowed replacements]}; the substitution attacks "
+                          "change a token only into one listed for it [default: any non-special token]"),
         click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default="quick",
                      show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
         click.option("--attacks", callback=name_list, default="",
@@ -93,10 +110,10 @@ def audit_options(function):
                      help="override the profile's faithfulness metrics, comma-separated: deletion, insertion, "
                           "deletion_gain, comprehensiveness, sufficiency, correlation, infidelity, max_sensitivity "
                           "[default: quick: deletion,insertion; standard and full: all]"),
-        click.option("--removal-baseline", type=click.Choice(REMOVAL_BASELINES), default="mean",
-                     show_default=True,
-                     help="what a removed feature becomes: the training-split mean, zero, or (images only) a "
-                          "Gaussian blur of the input, sigma 1 pixel"),
+        click.option("--removal-baseline", type=click.Choice(REMOVAL_BASELINES), default=None,
+                     help="what a removed feature becomes: the training-split mean, zero, (images only) a "
+                          "Gaussian blur of the input, sigma 1 pixel, or (text only) the [MASK] token "
+                          "[default: mean; text: mask]"),
         click.option("--max-samples", type=click.IntRange(min=0), default=None,
                      help="audit a seeded, stratified subset of this many rows, 0 = all "
                           "[default: 1000; full profile 5000]"),

@@ -19,7 +19,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from markupsafe import Markup
 
-from attacks import ATTACKS
+from attacks import ATTACKS, TEXT_ATTACKS
 from auditor.explain import EXPLAINERS
 from auditor.gates import Policy, evaluate, known_spec
 from auditor.metrics import MetricValue
@@ -171,7 +171,7 @@ def compare_audits(audits: list[Audited], *, allow_mismatch: bool = False, polic
 
 
 def _higher_is_better(metric: str) -> bool | None:
-    spec = spec_for(metric, sorted(ATTACKS), sorted(EXPLAINERS))
+    spec = spec_for(metric, sorted({**ATTACKS, **TEXT_ATTACKS}), sorted(EXPLAINERS))
     return None if spec is None else spec.higher_is_better
 
 

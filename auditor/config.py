@@ -7,7 +7,7 @@ import inspect
 import math
 from dataclasses import asdict, dataclass, replace
 
-from attacks import ATTACKS, make_attack
+from attacks import ATTACKS, TEXT_ATTACKS, attack_class, make_attack, make_text_attack
 from auditor.explain import EXPLAINERS
 from auditor.faithfulness import FAITHFULNESS_METRICS, check_metric_names
 from detectors.errors import BadInputError
@@ -44,6 +44,16 @@ PROFILES = {
 # faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS)
 PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFULNESS_METRICS,
                         "full": FAITHFULNESS_METRICS}
+# text (token ids): the attacks substitute tokens within --token-budget; embedding-pgd runs on the --eps grid in
+# embedding units (attacks.text). quick: hotflip and attention-shift by substitution
+TEXT_PROFILES = {
+    "quick": {"hotflip": {}, "attention-shift-sub": {}},
+    "standard": {"hotflip": {}, "attention-shift-sub": {}, "attention-guided-sub": {}, "stealth-sub": {},
+                 "embedding-pgd": {}},
+    "full": {"hotflip": {"beam": 4}, "attention-shift-sub": {"beam": 4}, "attention-guided-sub": {},
+             "stealth-sub": {}, "embedding-pgd": {}, "embedding-pgd-l2": {}},
+}
+DEFAULT_TOKEN_BUDGET = (1, 2, 4)
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}
 DEFAULT_ATTACKS = tuple(PROFILES["quick"][0])
 L2_SIGNIFICANT_DIGITS = 2
@@ -60,9 +70,7 @@ def default_l2_grid(eps: tuple[float, ...], n_mutable: int) -> tuple[float, ...]
 def coerce_attack_param(attack: str, key: str, value) -> object:
     """``--attack-param ATTACK.KEY=VALUE`` as the type of the constructor's default: bool (true/false), int,
     float or a string (e.g. ``pgd.schedule=constant``); bad input names what was expected."""
-    from attacks import ATTACKS
-
-    signature = inspect.signature(ATTACKS[attack].__init__).parameters
+    signature = inspect.signature(attack_class(attack).__init__).parameters
     settable = [name for name, p in signature.items() if p.kind == p.KEYWORD_ONLY and name != "target_class"]
     if key not in settable:
         raise BadInputError(f"--attack-param {attack}.{key}: {attack} has no parameter {key!r}; "
@@ -129,7 +137,15 @@ class AuditConfig:
     hijack_positions: tuple[int, ...] = ()
 
     faithfulness_metrics: tuple[str, ...] = PROFILE_FAITHFULNESS["quick"]
-    removal_baseline: str = "mean"
+    # what a removed position becomes (``--removal-baseline``); None until bound: the input kind's first
+    # (mean, or mask for text: a token id has no mean)
+    removal_baseline: str | None = None
+    # text only: the token budgets of the substitution attacks (``--token-budget``) and the substitution table
+    # (``--substitutions``, a JSON file: token -> allowed replacements); ``input_kind`` is set by binding to the
+    # model ("text" picks the text attacks, TEXT_PROFILES)
+    token_budget: tuple[int, ...] = DEFAULT_TOKEN_BUDGET
+    substitutions: str | None = None
+    input_kind: str | None = None
 
     @classmethod
     def from_profile(cls, profile: str, *, attacks: tuple[str, ...] | None = None,
@@ -150,18 +166,45 @@ class AuditConfig:
 
     def attack_settings(self, name: str) -> dict:
         """The untargeted attack's settings: the profile's, then ``--attack-param``."""
-        settings = dict(PROFILES[self.profile][0].get(name, {}))
+        settings = dict(self.profile_attacks().get(name, {}))
         settings.update({key: value for attack, key, value in self.attack_params if attack == name})
         if name == "attention-hijack" and self.hijack_positions:
             settings["target_positions"] = list(self.hijack_positions)
-        if self.randomised_model and name == "autoattack" and "version" in inspect.signature(ATTACKS[name]).parameters:
+        if self.randomised_model and name == "autoattack" and \
+                "version" in inspect.signature(attack_class(name)).parameters:
             settings.setdefault("version", "rand")
         return settings
 
+    @property
+    def text(self) -> bool:
+        return self.input_kind == "text"
+
+    def profile_attacks(self) -> dict:
+        """The profile's attacks and settings for this input kind (TEXT_PROFILES for text)."""
+        return (TEXT_PROFILES if self.text else {name: chosen for name, (chosen, _) in PROFILES.items()})[self.profile]
+
+    def for_kind(self, input_kind: str) -> "AuditConfig":
+        """Bound to the model's input kind: on text the profile's text attacks unless ``--attacks`` named others,
+        and attack names checked against the kind's registry."""
+        attacks = self.attacks
+        if input_kind == "text" and attacks == tuple(PROFILES[self.profile][0]):
+            attacks = tuple(TEXT_PROFILES[self.profile])
+        elif input_kind != "text" and (self.substitutions is not None or self.token_budget != DEFAULT_TOKEN_BUDGET):
+            raise BadInputError("--token-budget and --substitutions apply to text models; this model's inputs are "
+                                f"{input_kind}")
+        return replace(self, input_kind=input_kind, attacks=attacks)
+
+    def grids(self) -> dict[str, list]:
+        """Every norm's budgets (:meth:`grid`), for the curves and checks that look a norm up."""
+        return {norm: list(self.grid(norm)) for norm in ("linf", "l2", "tokens", "embedding-linf", "embedding-l2")}
+
     def grid(self, norm: str) -> tuple[float, ...]:
-        """The eps grid of a norm: ``eps`` for L-inf, ``eps_l2`` for L2 (resolved by :meth:`bind`)."""
-        if norm == "linf":
+        """The budgets of a norm: ``eps`` for L-inf and the embedding norms, ``eps_l2`` for L2 (resolved by
+        :meth:`bind`), ``token_budget`` for token substitutions."""
+        if norm in ("linf", "embedding-linf", "embedding-l2"):
             return self.eps
+        if norm == "tokens":
+            return self.token_budget
         if self.eps_l2 is None:
             raise ValueError("the L2 grid is not resolved yet: bind the configuration to the model "
                              "(AuditConfig.bind or with_l2_grid) or pass eps_l2")
@@ -194,14 +237,16 @@ class AuditConfig:
 
     def build_attacks(self) -> dict:
         """Every attack, untargeted: ``robust.accuracy.ATTACK@EPS`` means the same with or without --target-class."""
-        return {name: make_attack(name, **self.attack_settings(name)) for name in self.attacks}
+        make = make_text_attack if self.text else make_attack
+        return {name: make(name, **self.attack_settings(name)) for name in self.attacks}
 
     def build_targeted_attacks(self) -> dict:
         """With --target-class, the targetable attacks aiming at it (reported as ``ATTACK-targeted``)."""
         if self.target_index is None:
             return {}
-        return {name: make_attack(name, **self.attack_settings(name), target_class=self.target_index)
-                for name in self.attacks if ATTACKS[name].targetable}
+        make = make_text_attack if self.text else make_attack
+        return {name: make(name, **self.attack_settings(name), target_class=self.target_index)
+                for name in self.attacks if attack_class(name).targetable}
 
     def __post_init__(self) -> None:
         bad = [e for e in self.eps if not (0 < e <= 1)]
@@ -212,9 +257,16 @@ class AuditConfig:
             if not self.eps_l2 or bad:
                 raise BadInputError(f"--eps-l2 values must be positive and finite (L2 norms in [0, 1] units), "
                                     f"got {bad or 'none'}")
-        unknown = [a for a in self.attacks if a not in ATTACKS]
+        registry = TEXT_ATTACKS if self.text else ATTACKS if self.input_kind else {**ATTACKS, **TEXT_ATTACKS}
+        unknown = [a for a in self.attacks if a not in registry]
         if unknown or not self.attacks:
-            raise BadInputError(f"unknown attack {unknown[0] if unknown else '(none)'}; registered: {', '.join(sorted(ATTACKS))}")
+            kind = "text" if self.text else "this model's inputs" if self.input_kind else "any model"
+            raise BadInputError(f"unknown attack {unknown[0] if unknown else '(none)'} for {kind}; registered: "
+                                f"{', '.join(sorted(registry))}")
+        if not self.token_budget or any(int(b) != b or b < 1 for b in self.token_budget):
+            raise BadInputError(f"--token-budget values must be whole numbers of tokens >= 1, got "
+                                f"{list(self.token_budget)}")
+        object.__setattr__(self, "token_budget", tuple(sorted({int(b) for b in self.token_budget})))
         unknown = [e for e in self.explainers if e not in EXPLAINERS]
         if unknown:
             raise BadInputError(f"unknown explainer {unknown[0]}; registered: {', '.join(sorted(EXPLAINERS))}")
@@ -227,13 +279,13 @@ class AuditConfig:
         object.__setattr__(self, "attack_params", tuple(coerced))  # frozen: the typed values, set once here
         for attack in {attack for attack, _, _ in self.attack_params}:
             try:
-                make_attack(attack, **self.attack_settings(attack))
+                (make_text_attack if attack in TEXT_ATTACKS else make_attack)(attack, **self.attack_settings(attack))
             except (ValueError, TypeError) as error:
                 raise BadInputError(f"--attack-param {attack}: {error}") from None
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
             raise BadInputError(f"--max-memory-gb must be positive, got {self.max_memory_gb}")
         check_metric_names(self.faithfulness_metrics)
-        if self.removal_baseline not in REMOVAL_BASELINES:
+        if self.removal_baseline is not None and self.removal_baseline not in REMOVAL_BASELINES:
             raise BadInputError(f"unknown removal baseline {self.removal_baseline!r}; "
                                 f"choose one of {', '.join(REMOVAL_BASELINES)}")
         if self.max_samples < 0 or self.batch_size < 1:
@@ -241,7 +293,7 @@ class AuditConfig:
         if self.hijack_features and "attention-hijack" not in self.attacks:
             raise BadInputError("--hijack-features applies to attention-hijack; add it to --attacks "
                                 "(or use --profile standard)")
-        if self.target_class is not None and not any(ATTACKS[a].targetable for a in self.attacks):
+        if self.target_class is not None and not any(attack_class(a).targetable for a in self.attacks):
             raise BadInputError("--target-class applies to the targetable attacks (fgsm, pgd, pgd-l2, cw, square, "
                                 "attention-guided); add one to --attacks")
 

@@ -32,7 +32,7 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from attacks import ATTACKS
+from attacks import ATTACKS, TEXT_ATTACKS
 from auditor.explain import EXPLAINERS
 from auditor.metrics import MetricValue, format_eps
 from auditor.stages import CATALOGUE, spec_for
@@ -168,7 +168,7 @@ def policy_metrics(policy: Policy) -> list[str]:
 
 def known_spec(metric: str, source: str):
     """The catalogue entry of ``metric``; bad input naming the valid patterns when there is none."""
-    attack_names, explainer_names = sorted(ATTACKS), sorted(EXPLAINERS)
+    attack_names, explainer_names = sorted({**ATTACKS, **TEXT_ATTACKS}), sorted(EXPLAINERS)
     spec = spec_for(metric, attack_names, explainer_names)
     if spec is None:
         patterns = ", ".join(s.pattern for s in CATALOGUE)
@@ -181,7 +181,7 @@ def known_spec(metric: str, source: str):
 
 def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], attacks: tuple[str, ...],
                     eps_l2: tuple[float, ...] = ()) -> str:
-    match = CATALOGUE[[s.pattern for s in CATALOGUE].index(pattern)].regex(sorted(ATTACKS), sorted(EXPLAINERS)).match(metric)
+    match = CATALOGUE[[s.pattern for s in CATALOGUE].index(pattern)].regex(sorted({**ATTACKS, **TEXT_ATTACKS}), sorted(EXPLAINERS)).match(metric)
     hints = []
     groups = match.groupdict() if match else {}
     if groups.get("attack") and groups["attack"] not in attacks:
@@ -189,18 +189,20 @@ def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], atta
     if groups.get("eps"):
         attack = groups.get("attack") or ("worst-l2" if "worst-l2" in metric else "")
         l2 = attack == "worst-l2" or (attack in ATTACKS and ATTACKS[attack].norm == "l2")
+        tokens = attack in TEXT_ATTACKS and TEXT_ATTACKS[attack].norm == "tokens"
         if float(groups["eps"]) not in (eps_l2 if l2 else eps_grid):
-            hints.append(f"add {groups['eps']} to {'--eps-l2' if l2 else '--eps'}")
+            hints.append(f"add {groups['eps']} to {'--eps-l2' if l2 else '--token-budget' if tokens else '--eps'}")
     return " and ".join(hints) if hints else "check the options that select attacks and explainers"
 
 
 def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: tuple[str, ...],
-                   eps_l2: tuple[float, ...] = ()) -> Policy:
+                   eps_l2: tuple[float, ...] = (), token_budget: tuple[int, ...] = ()) -> Policy:
     """The built-in policy, from what the run computes:
 
     - ``clean.accuracy >= 0.90``;
     - ``robust.accuracy.worst@<largest eps> >= 0.50``: the per-sample worst case over every L-inf evasion attack
-      at the largest L-inf eps (``worst-l2`` at the largest ``--eps-l2`` when only L2 attacks run);
+      at the largest L-inf eps (``worst-l2`` at the largest ``--eps-l2`` when only L2 attacks run; on text
+      ``worst-tokens`` at the largest ``--token-budget``);
     - ``robust.masking_suspected <= 0`` and ``robust.not_converged <= 0`` whenever the checks compute them;
     - :func:`trust_gates`.
     """
@@ -208,6 +210,8 @@ def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: 
     headline = [f"robust.accuracy.worst@{format_eps(max(eps_grid))}"]
     if eps_l2:
         headline.append(f"robust.accuracy.worst-l2@{format_eps(max(eps_l2))}")
+    if token_budget:
+        headline.insert(0, f"robust.accuracy.worst-tokens@{format_eps(max(token_budget))}")
     chosen = next((name for name in headline if name in planned), None)
     if chosen is not None:
         gates.append(Gate(chosen, ">=", DEFAULT_MIN_ROBUST_ACCURACY))

@@ -34,6 +34,14 @@ Signs that the attacks have not converged (``robust.not_converged`` = 1 when one
 5. ``monotone-in-eps``: each attack's robust accuracy does not increase with eps
    by more than t (on its own norm's grid): the larger budget's search found less.
 
+On text (token ids) the checks are those that make sense for a discrete search:
+
+6. ``wider-search-finds-no-less`` (a sign of masking): hotflip with 4x the candidates and twice the beam
+   (:data:`WIDER`) leaves robust accuracy <= the audited hotflip's + t at every token budget: more search
+   finding less means the first-order estimate misleads the search;
+7. ``wider-search-same-answer`` (convergence): that wider search lowers robust accuracy by at most t;
+8. ``monotone-in-eps`` as above, over the token budgets: a larger budget never helps less.
+
 Every check uses the untargeted attacks. A check whose attacks did not run is
 reported as not run, never as passed; neither metric counts a check that did not
 run or was inconclusive.
@@ -50,10 +58,11 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from attacks import ATTACKS, Attack, Domain, make_attack
+from attacks import Attack, Domain, attack_class, make_attack
 from auditor.metrics import MetricSpec, format_eps
 from auditor.robustness import aligned_batch, craft, is_evasion_attack, predict
 from auditor.stage import Block, Stage
+from detectors.inputs.text import is_token_ids
 from detectors.blocks import SPARSE_ATTENTION
 
 MEANING = {
@@ -66,10 +75,15 @@ MEANING = {
                                "converged and the reported numbers overstate robustness",
     "monotone-in-eps": "a larger budget contains every smaller one; accuracy rising with eps means the attack "
                        "fails to optimise",
+    "wider-search-finds-no-less": "a search over more substitutions that breaks fewer messages means the "
+                                  "gradient's first-order estimate misleads the search",
+    "wider-search-same-answer": "if a wider search keeps breaking more messages, the substitution search has not "
+                                "converged and the reported numbers overstate robustness",
 }
 # which metric each check counts toward
 KIND = {"iterative-beats-single-step": "masking", "unbounded-succeeds": "masking", "black-box-not-stronger": "masking",
-        "more-effort-same-answer": "convergence", "monotone-in-eps": "convergence"}
+        "more-effort-same-answer": "convergence", "monotone-in-eps": "convergence",
+        "wider-search-finds-no-less": "masking", "wider-search-same-answer": "convergence"}
 CHECK_METRICS = {"masking": "robust.masking_suspected", "convergence": "robust.not_converged"}
 METRIC_MEANING = {
     "robust.masking_suspected": "1: a sign of gradient masking (an iterative attack weaker than one step, the "
@@ -82,6 +96,65 @@ METRIC_MEANING = {
 
 #: the unbounded check's own pgd (module docstring, check 2): from the clean sample, steps fine enough to settle
 UNBOUNDED = {"schedule": "constant", "steps": 50, "step_size": 0.1, "restarts": 1, "random_start": False}
+
+
+#: the text checks' wider hotflip: this many times the audited hotflip's candidates and beam
+WIDER = {"candidates": 4, "beam": 2}
+
+
+def planned_text_check_metrics(evasion_grids: dict[str, tuple[float, ...]]) -> list[str]:
+    """The check metrics of a text audit: masking needs hotflip (the wider search); convergence needs hotflip or
+    an evasion attack with two token budgets."""
+    names = [CHECK_METRICS["masking"]] if "hotflip" in evasion_grids else []
+    if "hotflip" in evasion_grids or any(len(grid) > 1 for grid in evasion_grids.values()):
+        names.append(CHECK_METRICS["convergence"])
+    return names
+
+
+def text_masking_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], budgets: list[int], *,
+                      domain, seed: int, batch_size: int, index: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """The text checks' own attack, per sample (1.0 where still correct): ``wider@BUDGET``, hotflip with
+    :data:`WIDER` times the audited hotflip's candidates and beam, at each token budget."""
+    from attacks import make_text_attack
+
+    if "hotflip" not in attacks:
+        return {}
+    base = attacks["hotflip"]
+    candidates = None if base.candidates is None else WIDER["candidates"] * base.candidates
+    wider = make_text_attack("hotflip", candidates=candidates, beam=WIDER["beam"] * base.beam,
+                             batch_size=base.batch_size)
+    rows = {}
+    for budget in budgets:
+        adv = craft(model, wider, x, y, eps=budget, domain=domain, seed=seed, batch_size=batch_size, index=index)
+        rows[f"wider@{format_eps(budget)}"] = (predict(model, adv, batch_size) == y).cpu().numpy().astype(np.float64)
+    return rows
+
+
+def evaluate_text_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[str, Attack],
+                         grids: dict[str, list[float]], *, n: int) -> list[Check]:
+    """The text checks (module docstring, 6-8) from the aggregate robust accuracies and the wider search's rows."""
+    tolerance = max(0.02, 3 / n) + 1e-6
+    checks = []
+
+    def add(name: str, status: str, detail: str) -> None:
+        checks.append(Check(name, status, detail, MEANING[name], CHECK_METRICS[KIND[name]]))
+
+    if "hotflip" in attacks:
+        pairs = [(b, _robust(metrics, "hotflip", b), float(np.mean(rows[f"wider@{format_eps(b)}"])))
+                 for b in grids["tokens"]]
+        wider = f"hotflip with {WIDER['candidates']}x the candidates and {WIDER['beam']}x the beam"
+        less = [(b, r, w) for b, r, w in pairs if w > r + tolerance]
+        more = [(b, r, w) for b, r, w in pairs if r - w > tolerance]
+        show = lambda chosen: "; ".join(f"{b:g} tokens: {r:.3f} -> {w:.3f}" for b, r, w in chosen)  # noqa: E731
+        add("wider-search-finds-no-less", "failed" if less else "passed",
+            f"{wider}: {show(less or pairs)} (tolerance {tolerance:.3f})")
+        add("wider-search-same-answer", "failed" if more else "passed",
+            f"{wider}: {show(more or pairs)} (tolerance {tolerance:.3f})")
+    else:
+        add("wider-search-finds-no-less", "not run", "needs hotflip in --attacks")
+        add("wider-search-same-answer", "not run", "needs hotflip in --attacks")
+    _monotone(add, metrics, attacks, grids, tolerance)
+    return checks
 
 
 def planned_check_metrics(evasion_grids: dict[str, tuple[float, ...]]) -> list[str]:
@@ -206,6 +279,12 @@ def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[st
     else:
         add("more-effort-same-answer", "not run", "needs pgd in --attacks")
 
+    _monotone(add, metrics, attacks, grids, tolerance)
+    return checks
+
+
+def _monotone(add, metrics: dict, attacks: dict[str, Attack], grids: dict[str, list[float]], tolerance: float) -> None:
+    """Check 5 (and 8 on text): each attack's robust accuracy non-increasing in its budget, within tolerance."""
     curves = {name: [_robust(metrics, name, eps) for eps in sorted(grids[attack.norm])]
               for name, attack in attacks.items() if len(grids[attack.norm]) > 1}
     curves = {name: values for name, values in curves.items() if all(v is not None for v in values)}
@@ -217,7 +296,6 @@ def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[st
             detail or f"{len(curves)} attack(s) non-increasing within {tolerance:.3f}")
     else:
         add("monotone-in-eps", "not run", "needs at least two eps values")
-    return checks
 
 
 def sparse_attention_note(attention: str | None) -> str | None:
@@ -265,10 +343,16 @@ class MaskingStage(Stage):
     def planned(self, config, *, binary: bool) -> list[str]:
         if not config.masking_checks:
             return []
-        return planned_check_metrics({a: config.grid(ATTACKS[a].norm) for a in config.attacks if is_evasion_attack(a)})
+        grids = {a: config.grid(attack_class(a).norm) for a in config.attacks if is_evasion_attack(a)}
+        return planned_text_check_metrics(grids) if config.text else planned_check_metrics(grids)
 
     def run(self, block: Block) -> None:
-        if block.config.masking_checks:
+        if block.config.masking_checks and is_token_ids(block.x):
+            block.table["masking"] = text_masking_rows(block.detector, block.x, block.y, block.attacks,
+                                                       list(block.config.token_budget), domain=block.domain,
+                                                       seed=block.config.seed, batch_size=block.plan.attack_batch,
+                                                       index=block.index)
+        elif block.config.masking_checks:
             block.table["masking"] = masking_attack_rows(block.detector, block.x, block.y, block.attacks,
                                                          list(block.config.eps), domain=block.domain,
                                                          seed=block.config.seed, batch_size=block.plan.attack_batch,

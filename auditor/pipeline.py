@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks import ATTACKS, Domain
+from attacks import Domain, attack_class
 from auditor.clean import clean_metrics, detection_data
 from auditor.config import AuditConfig
 from auditor.faithfulness import REMOVAL_KINDS
 from auditor.localisation import relevant_mask_of
-from auditor.masking import CHECK_METRICS, evaluate_checks, verdict
+from auditor.masking import CHECK_METRICS, evaluate_checks, evaluate_text_checks, verdict
 from auditor.memory import MemoryPlan, plan_memory
 from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.persample import aggregate
@@ -34,6 +34,7 @@ from detectors.base import Detector
 from detectors.table import Dataset
 from detectors.errors import BadInputError
 from detectors.inputs import removal_baseline
+from detectors.inputs.text import TokenIds
 
 def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, shard: Shard | None = None,
               save_to: dict[str, Path] | None = None) -> AuditFindings | None:
@@ -54,10 +55,13 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
         raise BadInputError(
             f"expected x of shape (N, {', '.join(map(str, detector.input_shape))}), got {tuple(x.shape)}"
         )
-    baseline = removal_baseline(config.removal_baseline, x, subject.baseline)
+    baseline = removal_baseline(config.removal_baseline or subject.kind.removal_baselines[0], x, subject.baseline)
     relevant = relevant_mask_of(data, len(x))
-    domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
-    config = config.with_l2_grid(int(domain.mutable.sum()))
+    if subject.token_domain is not None:  # text: token substitutions within the tokeniser's rules
+        domain = subject.token_domain
+    else:
+        domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
+        config = config.with_l2_grid(int(domain.mutable.sum()))
     attacks = config.build_attacks()
     plan = plan_memory(detector, x[:2], budget_gb=config.max_memory_gb, batch_size=config.batch_size,
                        per_row_bytes=_row_bytes(x, config))
@@ -65,6 +69,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
         raise ValueError(f"the configuration saves {sorted(saved_layouts(config, data))}, but files were given for "
                          f"{sorted(save_to or {})}")
     timing: dict[str, float] = {}
+    tokens = TokenIds.of(subject.tokenizer) if subject.tokenizer is not None else None
     writers: dict[str, RowWriter] = {}
     try:
         writers.update({group: _open_saved(path, shard) for group, path in (save_to or {}).items()})
@@ -77,7 +82,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
             block_relevant = relevant[index.cpu().numpy()] if relevant is not None else None
             table = audit_rows(detector, x[index], y[index], index, config, attacks, domain=domain,
                                baseline=block_baseline, relevant=block_relevant, positive=data.positive_class,
-                               plan=plan, timing=timing, progress=progress, n_rows=len(x))
+                               plan=plan, timing=timing, progress=progress, n_rows=len(x), tokens=tokens)
             for group, writer in writers.items():  # a block's rows are consecutive: written at the first one's place
                 writer.write(int(index[0]), table.pop(group))
             parts.append(table)
@@ -107,14 +112,16 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
     if config.save_adversarial:
         from auditor.robustness import TARGETED_SUFFIX
 
-        targeted = [attack for attack in config.attacks if config.target_class is not None and ATTACKS[attack].targetable]
+        targeted = [attack for attack in config.attacks if config.target_class is not None and attack_class(attack).targetable]
         layouts["adversarial"] = {"x": x, "y": y, **{f"adv/{attack}@{format_eps(eps)}": x for attack in config.attacks
-                                                     for eps in config.grid(ATTACKS[attack].norm)},
+                                                     for eps in config.grid(attack_class(attack).norm)},
                                   **{f"adv/{attack}{TARGETED_SUFFIX}@{format_eps(eps)}": x for attack in targeted
-                                     for eps in config.grid(ATTACKS[attack].norm)}}
+                                     for eps in config.grid(attack_class(attack).norm)}}
     if config.save_explanations:
+        # attributions are float32 (token ids are int64, an attribution of them is not)
+        attribution = (np.dtype(np.float32), (n, *shape))
         layouts["explanations"] = {"x": x, "y": y, "pred": (np.dtype(np.int64), (n,)),
-                                   **{f"attr/{name}": x for name in config.explainers}}
+                                   **{f"attr/{name}": attribution for name in config.explainers}}
     return layouts
 
 
@@ -143,11 +150,12 @@ PER_BLOCK_GROUPS = ("gallery", "fractions", "sanity_labels", "notes", "attention
 def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, config: AuditConfig,
                attacks: dict, *, domain: Domain, baseline: torch.Tensor, relevant: np.ndarray | None,
                positive: int | None, plan: MemoryPlan, timing: dict[str, float], progress: bool,
-               n_rows: int | None = None) -> RowTable:
+               n_rows: int | None = None, tokens: TokenIds | None = None) -> RowTable:
     """Every stage of :data:`auditor.stages.STAGES`, in order, on a block of rows with global indices ``index``
     (a multiple of the attack chunk from its start). ``baseline`` is the removal baseline, (*shape) or the
     block's rows (n, *shape); ``relevant`` the block's rows of the localisation ground truth; ``n_rows`` how many
-    rows the whole audit has (default: this block is all of them). Returns the block's row table:
+    rows the whole audit has (default: this block is all of them); ``tokens`` a text tokeniser's special ids.
+    Returns the block's row table:
     ``index``, ``proba`` (clean probabilities), ``per_sample`` (metric name -> values, aggregated later),
     ``curves`` (name -> (rows, points)), ``sanity_curves`` (explainer -> (rows, cascade steps)), ``masking``
     (the masking checks' own attacks), ``trust`` (the erasure rows) and, when asked, ``adversarial`` /
@@ -158,7 +166,7 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
     ``notes`` the stages' reasons for skipped metrics."""
     block = Block(detector=detector, x=x, y=y, index=index, config=config, attacks=attacks, domain=domain,
                   baseline=baseline, relevant=relevant, positive=positive, plan=plan, progress=progress,
-                  n_rows=len(x) if n_rows is None else n_rows, timing=timing)
+                  n_rows=len(x) if n_rows is None else n_rows, timing=timing, tokens=tokens)
     block.table["rows"] = {"index": block.index_np}
     for stage in STAGES:
         stage.timed_run(block)
@@ -199,10 +207,9 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     skipped.update(sample_skipped)
     skipped.update({name: str(values[0]) for name, values in tables.get("notes", {}).items()})
     checks = []
-    if config.masking_checks:
-        checks = evaluate_checks(metrics, rows["masking"], attacks, {"linf": list(config.eps),
-                                                                     "l2": list(config.grid("l2"))},
-                                 n=len(data))
+    if config.masking_checks and "masking" in rows:
+        evaluate = evaluate_text_checks if config.text else evaluate_checks
+        checks = evaluate(metrics, rows["masking"], attacks, config.grids(), n=len(data))
         for kind, name in CHECK_METRICS.items():
             value = verdict(checks, kind)
             if value is not None:
@@ -228,7 +235,7 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
         metrics=metrics, skipped=skipped, timing={k: round(v, 3) for k, v in timing.items()}, n_samples=len(data),
         robustness_curves=robustness_curves(
             metrics, curve_names(list(attacks), config.build_targeted_attacks()),
-            {"linf": list(config.eps), "l2": list(config.grid("l2"))}), removal_curves=removal,
+            config.grids()), removal_curves=removal,
         confusion=confusion.tolist(), gallery=gallery(data, proba_np, tables["gallery"]),
         masking=[c.to_dict() for c in checks],
         sanity_curves=sanity_curves, hidden_importance=hidden,
@@ -238,4 +245,22 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
         adversarial_gallery=adversarial_gallery(data, proba_np, flipped, metrics, config),
     )
     result.memory = plan.to_dict()
+    if subject.tokenizer is not None:
+        spell_tokens([*result.gallery, *result.adversarial_gallery], subject.tokenizer)
+        pad_id = TokenIds.of(subject.tokenizer).pad_id
+        for entry in result.hidden_importance:  # the word beside its position's name; 1/L of the message's L tokens
+            ids = data.x[entry["index"]]
+            word = subject.tokenizer.tokens([ids[data.feature_names.index(entry["token"])]])[0]
+            entry["token"] = f"{word} ({entry['token']})"
+            entry["uniform"] = 1.0 / max(1, int((ids != pad_id).sum()) - 1)
     return result
+
+
+def spell_tokens(samples: list, tokenizer) -> None:
+    """Each text sample's ``tokens``: its message's tokens after [CLS], up to the padding, for the report; an
+    adversarial sample's ``changes`` name the substituted tokens instead of their ids."""
+    pad_id = TokenIds.of(tokenizer).pad_id
+    for sample in samples:
+        ids = [int(i) for i in sample.x[1:]]
+        sample.tokens = tokenizer.tokens(ids[:ids.index(pad_id)] if pad_id in ids else ids)
+        sample.changes = [(position, *tokenizer.tokens([before, after])) for position, before, after in sample.changes]

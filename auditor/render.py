@@ -32,8 +32,9 @@ def md(text: str) -> str:
     return re.sub(r"([|\\`*_<>\[\]])", r"\\\1", text)
 
 
-def fmt(value: float) -> str:
-    return f"{value:.3g}"
+def fmt(value: float | str) -> str:
+    """A number to 3 significant digits; a string (a substituted token) as it is."""
+    return value if isinstance(value, str) else f"{value:.3g}"
 
 
 def svg(figure: Figure) -> Markup:
@@ -46,15 +47,20 @@ def svg(figure: Figure) -> Markup:
     return Markup(text)
 
 
+# the budget axis of each norm's panel
+LABELS = {"linf": "eps (fraction of each feature's range, L-inf)", "l2": "eps (L2 norm, [0, 1] units)",
+          "tokens": "tokens changed (--token-budget)", "embedding-linf": "eps (x mean embedding norm / sqrt(dim), L-inf)",
+          "embedding-l2": "eps (x mean embedding norm per token, L2)"}
+
+
 def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy: float,
                     norms: dict[str, str] | None = None) -> Markup:
     """Robust accuracy against eps, one panel per norm (``norms``: curve name -> "linf" or "l2"; L2 budgets are
     other units, so they get their own axes); the worst case drawn first, thick and black."""
     norms = norms or {name: "linf" for name in curves}
-    panels = [norm for norm in ("linf", "l2") if any(norms.get(name) == norm for name in curves)]
+    panels = [norm for norm in LABELS if any(norms.get(name) == norm for name in curves)]
     figure = Figure(figsize=(5.2 * len(panels), 3.0))
     axes_list = np.atleast_1d(figure.subplots(1, len(panels), sharey=True))
-    labels = {"linf": "eps (fraction of each feature's range, L-inf)", "l2": "eps (L2 norm, [0, 1] units)"}
     for axes, norm in zip(axes_list, panels):
         for attack, points in curves.items():
             if norms.get(attack) != norm:
@@ -64,7 +70,7 @@ def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy
             worst = attack.startswith("worst")
             axes.plot(eps, acc, marker="o", label=attack, **({"color": "black", "linewidth": 2.4, "zorder": 3}
                                                              if worst else {}))
-        axes.set_xlabel(labels[norm])
+        axes.set_xlabel(LABELS[norm])
         axes.set_ylabel("accuracy")
         axes.set_ylim(-0.02, 1.02)
         axes.grid(alpha=0.3)
@@ -144,6 +150,10 @@ def metric_groups(metrics: dict[str, MetricValue], attacks: list[str], explainer
 _PER_ATTACK = re.compile(r"^(?P<family>[a-z_]+\.[a-z_]+)\.(?P<attack>[a-z0-9-]+)@(?P<eps>[0-9.e-]+)$")
 
 
+NORM_TITLES = {"l2": "L2 budgets", "tokens": "tokens changed", "embedding-linf": "embedding space, L-inf",
+               "embedding-l2": "embedding space, L2"}
+
+
 def metric_matrices(metrics: dict[str, MetricValue], attacks: list[str], explainers: list[str]) -> list[MetricMatrix]:
     """Metrics named FAMILY.ATTACK@EPS, arranged as one attack x eps table per family and norm (L-inf and L2
     budgets are other units): the worst case first, then each attack, then the targeted runs."""
@@ -163,7 +173,7 @@ def metric_matrices(metrics: dict[str, MetricValue], attacks: list[str], explain
                        next(iter(by_attack)))  # the family's definition, not the worst case's
         spec = spec_for(f"{family}.{typical}@{eps[0]}", attacks, explainers)
         rows = [(attack, [_cell(by_attack[attack].get(e)) for e in eps]) for attack in order if attack in by_attack]
-        title = family if norm == "linf" else f"{family} (L2 budgets)"
+        title = family if norm == "linf" else f"{family} ({NORM_TITLES.get(norm, norm)})"
         matrices.append(MetricMatrix(title, spec.arrow if spec else "", spec.definition if spec else "", eps, rows))
     return matrices
 

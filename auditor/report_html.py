@@ -19,7 +19,7 @@ import numpy as np
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from attacks import ATTACKS
+from attacks import attack_class
 from auditor.gates import Policy
 from auditor.metrics import MPRT_PASS_BELOW, MetricValue
 from auditor.render import SHORT_NAMES, environment, fmt, metric_groups, png, removal_plot, robustness_plot, svg
@@ -31,7 +31,7 @@ from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
 from auditor.stages import CATALOGUE, spec_for
 from auditor.verdict import TITLE as TRUST_TITLE, TrustLine, mprt_verdict, trust_panel
 from detectors.errors import BadInputError
-from detectors.inputs import InputKind, kind_of_rank
+from detectors.inputs import InputKind, kind_named, kind_of_rank
 
 EXPLAINER_FAMILIES = ("faithfulness", "stability.max_sensitivity", "sanity.mprt", "localisation.precision_at_k",
                       "trust.hidden_importance")
@@ -220,7 +220,10 @@ class MethodRow:
 def attack_rows(config: dict) -> list[MethodRow]:
     rows = []
     for name, params in config.get("attack_params", {}).items():
-        family = ATTACKS.get(name.removesuffix(TARGETED_SUFFIX))
+        try:
+            family = attack_class(name.removesuffix(TARGETED_SUFFIX))
+        except KeyError:
+            family = None
         text = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in params.items())
         norm = getattr(family, "norm", "")
         rows.append(MethodRow(name, (f"norm {norm}; " if norm else "") + (text or "single step of size eps"),
@@ -244,12 +247,24 @@ def metric_rows(metrics: dict[str, MetricValue], attacks: list[str], explainers:
 
 # ----------------------------------------------------------------------------- the page
 
-def input_kind(result: AuditFindings) -> InputKind:
-    """The input kind of the audited samples, from the rank of a stored one (rows when none is stored)."""
+def input_kind(result: AuditFindings, document: dict | None = None) -> InputKind:
+    """The input kind of the audited samples: the one results.json names (``data.input_kind``), else (written
+    before it did) from the rank of a stored sample (rows when none is stored)."""
+    named = (document or {}).get("data", {}).get("input_kind")
+    if named:
+        return kind_named(named)
     sample = next((s.x for s in [*result.gallery, *result.adversarial_gallery] if s.x), None)
     if sample is None and result.attention_examples:
         sample = result.attention_examples[0].x
     return kind_of_rank(np.asarray(sample).ndim if sample is not None else 1)
+
+
+def token_shade(value) -> str:
+    """A text token's background: red for a positive attribution, blue for a negative one, its opacity the
+    magnitude (the sample's attributions are scaled to [-1, 1])."""
+    value = 0.0 if value is None else float(value)
+    red, green, blue = (214, 39, 40) if value >= 0 else (31, 119, 180)
+    return f"rgba({red}, {green}, {blue}, {min(abs(value), 1.0) * 0.85:.2f})"
 
 
 def render_document(document: dict) -> bytes:
@@ -284,7 +299,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
                   attacks: list[str], explainers: list[str], class_names: list[str], feature_names: list[str],
                   row_index: list[int], skipped: dict[str, str]) -> bytes:
     clean_accuracy = metrics["clean.accuracy"].value if "clean.accuracy" in metrics else float("nan")
-    kind = input_kind(result)
+    kind = input_kind(result, document)
     attention_attacks = [a for a in attacks if any(n.startswith(f"stability.topk_intersection.{a}@") for n in metrics)]
     context = dict(
         doc=document,
@@ -298,7 +313,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
         if result.robustness_curves else None,
         check_metrics=document.get("check_metrics", {}),
         evasion_svg=eps_plot(metrics, [("robust.evasion_rate", "evasion rate (lower is better)")],
-                             [a for a in attacks if ATTACKS[a].norm == "linf"]),
+                             [a for a in attacks if attack_class(a).norm == "linf"]),
         headline=worst_rows(metrics),
         attention_svg=eps_plot(metrics, [("stability.topk_intersection", "top-5 intersection (higher: stable)"),
                                          ("stability.prediction_kept", "prediction kept")], attention_attacks,
@@ -317,6 +332,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
         method_metrics=metric_rows(metrics, attacks, explainers),
         skipped=skipped,
         bar=lambda v: f"{min(abs(float(v)), 1.0) * 100:.1f}",
+        token_shade=token_shade,
         shade=lambda count, peak: f"{0.08 + 0.6 * count / peak:.2f}" if count else "0",
     )
     html = environment().get_template("report.html.j2").render(**context)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from attacks import ATTACKS
+from attacks import attack_class
 from auditor.config import AuditConfig
 from auditor.metrics import MetricValue, format_eps
 from auditor.robustness import KEPT_EXAMPLES, AttentionExample
@@ -28,7 +28,9 @@ class SampleView:
     ``features``, ``values`` and ``attributions`` hold the top features by the lead explainer (tabular bars);
     ``x`` and ``maps`` hold the whole input and each explainer's attribution in the input's shape (image
     overlays and time x feature strips). An adversarial sample names its ``attack`` and the prediction before
-    it (``clean_predicted``); ``changes`` lists the features the attack moved most as (name, clean, adversarial).
+    it (``clean_predicted``); ``changes`` lists the features the attack moved most as (name, clean, adversarial) (text: the tokens).
+    ``tokens``: for text, the message's tokens at positions 1, 2, ... ([CLS] and padding left out), so token i is
+    shaded by ``maps[name][i + 1]``.
     """
 
     row: int
@@ -44,7 +46,8 @@ class SampleView:
     attack: str | None = None
     eps: float | None = None
     clean_predicted: str | None = None
-    changes: list[tuple[str, float, float]] = field(default_factory=list)
+    changes: list[tuple[str, float | str, float | str]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -151,11 +154,13 @@ def sample_view(data: Dataset, row: int, x: np.ndarray, proba: np.ndarray,
 def adversarial_gallery(data: Dataset, proba: np.ndarray, flipped: dict, metrics: dict[str, MetricValue],
                         config: AuditConfig) -> list[SampleView]:
     """A few samples the strongest L-inf attack (lowest robust accuracy at the largest L-inf eps; L2 budgets are
-    other units) flips, with each explainer's attribution of the adversarial input for its new prediction (as
-    the explain stage computed them, ``FlippedExample.attributions``)."""
-    largest = format_eps(max(config.eps))
+    other units; on text the strongest substitution attack at the largest token budget) flips, with each
+    explainer's attribution of the adversarial input for its new prediction (as the explain stage computed them,
+    ``FlippedExample.attributions``)."""
+    norm = "tokens" if config.text else "linf"
+    largest = format_eps(max(config.grid(norm)))
     ranked = sorted((metrics[f"robust.accuracy.{name}@{largest}"].value, name) for name, examples in flipped.items()
-                    if examples and ATTACKS[name].norm == "linf" and f"robust.accuracy.{name}@{largest}" in metrics)
+                    if examples and attack_class(name).norm == norm and f"robust.accuracy.{name}@{largest}" in metrics)
     if not ranked:
         return []
     views = []

@@ -20,13 +20,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from attacks import ATTACKS, CHUNK, Attack, Domain, is_minimum_norm
+from attacks import CHUNK, TEXT_ATTENTION_ATTACKS, Attack, Domain, attack_class, is_minimum_norm
 from auditor.metrics import MetricSpec, MetricValue, format_eps
 from auditor.persample import only_where
 from auditor.stage import Block, Stage
+from detectors.inputs.text import is_token_ids
 
-FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth")
-WORST = {"linf": "worst", "l2": "worst-l2"}  # the per-sample worst case over each norm's evasion attacks
+FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth", "attention-guided-sub", "stealth-sub")
+# the per-sample worst case over each norm's evasion attacks; text's over the substitution attacks at each token
+# budget (embedding-pgd, a relaxation no real text reaches, is in none)
+WORST = {"linf": "worst", "l2": "worst-l2", "tokens": "worst-tokens"}
 TARGETED_SUFFIX = "-targeted"
 TOPK = 5
 KEPT_EXAMPLES = 3  # per attack at the largest eps: the report's heat maps and adversarial gallery
@@ -47,6 +50,16 @@ ATTACK_DEFINITIONS = {
     "attention-hijack": "moves attention mass onto tokens the attacker chooses while keeping the prediction",
     "attention-guided": "gradient ascent on the cross-entropy restricted to the most-attended tokens' inputs",
     "stealth": "flips the prediction while keeping the attention close to the clean one",
+    "hotflip": "text: greedy substitution of one more token per step, ranked by the first-order estimate of the "
+               "loss and verified by forward passes, within the token budget",
+    "exhaustive-substitution": "text: every allowed single substitution verified per step (exact at one token)",
+    "attention-shift-sub": "text: token substitutions that move the attention most (JSD), prediction kept",
+    "attention-guided-sub": "text: hotflip on the most-attended positions only",
+    "stealth-sub": "text: token substitutions that flip the prediction with the attention closest to the clean one",
+    "embedding-pgd": "text: pgd on the token embeddings, L-inf per coordinate (eps x r / sqrt(dim)); a continuous "
+                     "relaxation no real text reaches",
+    "embedding-pgd-l2": "text: pgd on the token embeddings, L2 per token (eps x r); a continuous relaxation no real "
+                        "text reaches",
 }
 
 
@@ -93,7 +106,7 @@ class RobustnessOutcome:
 
 def is_attention_attack(name: str) -> bool:
     from attacks import ATTENTION_ATTACKS
-    return name in ATTENTION_ATTACKS
+    return name in ATTENTION_ATTACKS or name in TEXT_ATTENTION_ATTACKS
 
 
 def is_evasion_attack(name: str) -> bool:
@@ -129,7 +142,12 @@ def craft(model, attack: Attack, x, y, *, eps: float, domain: Domain, seed: int,
 
 
 @torch.inference_mode()
-def predict(model, x, batch_size: int) -> torch.Tensor:
+def predict(model, x, batch_size: int, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted classes; ``x`` may be the embeddings (N, T, dim) an embedding-space attack returns for ``ids``."""
+    if ids is not None and x.is_floating_point() and not ids.is_floating_point():
+        from attacks.text import embedding_logits
+
+        return embedding_logits(model, ids, x, batch_size).argmax(1)
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
@@ -137,13 +155,15 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, keep_examples: bool,
                 progress: bool | None, positive: int | None, n_classes: int, target: int | None = None,
                 topk: int = TOPK, index: torch.Tensor | None = None, eps_l2: list[float] | None = None,
-                targeted: dict[str, Attack] | None = None) -> RobustnessOutcome:
+                targeted: dict[str, Attack] | None = None, grids: dict[str, list] | None = None) -> RobustnessOutcome:
     """Every attack (untargeted) on its norm's grid (``eps_grid`` L-inf, ``eps_l2`` L2; default: the same),
     then each of ``targeted`` (the targetable attacks aiming at class ``target``) under ``NAME-targeted``,
-    then the per-sample worst case per norm and eps."""
+    then the per-sample worst case per norm and eps. ``grids`` (norm -> budgets) replaces both grids where given
+    (text: ``tokens`` and the embedding norms); an attack returning embeddings for token ids (embedding-pgd) is
+    judged by :func:`attacks.text.embedding_logits`."""
     outcome = RobustnessOutcome()
     eps_l2 = list(eps_grid) if eps_l2 is None else list(eps_l2)
-    grids = {"linf": list(eps_grid), "l2": eps_l2}
+    grids = {"linf": list(eps_grid), "l2": eps_l2} if grids is None else grids
     runs = [(name, attack, False) for name, attack in attacks.items()]
     runs += [(name, attack, True) for name, attack in (targeted or {}).items()]
     broken_by_any: dict[tuple[str, float], np.ndarray] = {}
@@ -168,7 +188,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 else:
                     x_adv = craft(model, attack, x, y, eps=eps, domain=domain, seed=seed, batch_size=batch_size,
                                   bar=bar, index=index)
-                adv_pred = predict(model, x_adv, batch_size)
+                adv_pred = predict(model, x_adv, batch_size, ids=x)
                 correct = (adv_pred == y).cpu().numpy()
                 largest = eps == max(grid)
                 if aimed:
@@ -192,8 +212,9 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                             model, name, eps, x, clean_attention, attacked_attention,
                             outcome.per_sample[f"stability.jsd.{tag}"], clean_pred, adv_pred)
                 if is_evasion_attack(name):
-                    _record_broken(broken_by_any, attack.norm, eps, correct)
-                    if largest:
+                    if attack.norm in WORST:
+                        _record_broken(broken_by_any, attack.norm, eps, correct)
+                    if largest and x_adv.shape == x.shape:  # not an embedding-space attack's embeddings
                         flipped = np.flatnonzero(clean_correct & ~correct)[:KEPT_EXAMPLES]
                         outcome.flipped[name] = [FlippedExample(name, eps, int(i), int(adv_pred[i]),
                                                                 x_adv[i].detach().cpu().clone()) for i in flipped]
@@ -285,11 +306,9 @@ def curve_names(attacks: list[str], targeted: dict | list) -> list[str]:
 
 def curve_norm(name: str) -> str:
     """The norm of a robust-accuracy curve's name: the attack's, ``worst-l2`` L2, ``worst`` L-inf."""
-    from attacks import ATTACKS
-
     if name in WORST.values():
         return next(norm for norm, worst in WORST.items() if worst == name)
-    return ATTACKS[name.removesuffix(TARGETED_SUFFIX)].norm
+    return attack_class(name.removesuffix(TARGETED_SUFFIX)).norm
 
 
 SPECS = (
@@ -302,9 +321,16 @@ SPECS = (
     MetricSpec("robust.accuracy.worst-l2@{eps}", True, "[0, 1]",
                "the same worst case over the L2 attacks (pgd-l2, cw, deepfool) at L2 budget eps (--eps-l2)",
                reference="Croce & Hein 2020 (AutoAttack); Croce et al. 2021 (RobustBench): worst case per sample"),
+    MetricSpec("robust.accuracy.worst-tokens@{eps}", True, "[0, 1]",
+               "text: the same worst case over the token-substitution evasion attacks (hotflip, "
+               "exhaustive-substitution, attention-guided-sub, stealth-sub) changing at most eps tokens "
+               "(--token-budget); embedding-pgd is not in it",
+               reference="Croce & Hein 2020 (AutoAttack): worst case per sample; Ebrahimi et al. 2018 (HotFlip)"),
     MetricSpec("robust.accuracy.{attack}@{eps}", True, "[0, 1]",
                "accuracy on the untargeted attack's adversarial examples at budget eps (all audited samples; "
-               "L-inf attacks on the --eps grid, L2 attacks on --eps-l2)",
+               "L-inf attacks on the --eps grid, L2 attacks on --eps-l2; on text the substitution attacks at eps "
+               "tokens changed (--token-budget) and embedding-pgd at eps times the mean embedding norm (--eps), "
+               "a continuous relaxation no real text reaches)",
                reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
     MetricSpec("robust.accuracy.{attack}-targeted@{eps}", True, "[0, 1]",
                "with --target-class: accuracy on the adversarial examples of the attack aimed at the target "
@@ -353,10 +379,10 @@ class RobustnessStage(Stage):
     def planned(self, config, *, binary: bool) -> list[str]:
         names = []
         for norm, worst in WORST.items():
-            if any(ATTACKS[a].norm == norm and is_evasion_attack(a) for a in config.attacks):
+            if any(attack_class(a).norm == norm and is_evasion_attack(a) for a in config.attacks):
                 names += [f"robust.accuracy.{worst}@{format_eps(eps)}" for eps in config.grid(norm)]
         for attack in config.attacks:
-            for eps in config.grid(ATTACKS[attack].norm):
+            for eps in config.grid(attack_class(attack).norm):
                 tag = f"{attack}@{format_eps(eps)}"
                 if is_attention_attack(attack):
                     names += [f"stability.{key}.{tag}" for key in
@@ -368,18 +394,23 @@ class RobustnessStage(Stage):
                 names += [f"robust.accuracy.{tag}", f"robust.attack_success_rate.{tag}"]
                 if binary:
                     names.append(f"robust.evasion_rate.{tag}")
-                if config.target_class is not None and ATTACKS[attack].targetable:
+                if config.target_class is not None and attack_class(attack).targetable:
                     names += [f"robust.accuracy.{attack}{TARGETED_SUFFIX}@{format_eps(eps)}",
                               f"robust.targeted_success_rate.{tag}"]
         return names
 
     def run(self, block: Block) -> None:
         config, index_np = block.config, block.index_np
+        if is_token_ids(block.x):  # text: the substitution attacks on --token-budget, embedding-pgd on --eps
+            grids = {attack.norm: list(config.grid(attack.norm)) for attack in block.attacks.values()}
+            eps_l2 = []
+        else:
+            grids, eps_l2 = None, list(config.grid("l2"))
         robust = run_attacks(block.detector, block.x, block.y, block.pred, block.attacks, list(config.eps),
                              domain=block.domain, seed=config.seed, batch_size=block.plan.attack_batch,
                              keep_examples=config.save_adversarial, progress=block.progress, positive=block.positive,
                              n_classes=block.detector.n_classes, target=config.target_index, index=block.index,
-                             eps_l2=list(config.grid("l2")), targeted=config.build_targeted_attacks())
+                             eps_l2=eps_l2, targeted=config.build_targeted_attacks(), grids=grids)
         block.per_sample.update(robust.per_sample)
         block.table["attention_examples"] = {"example": objects(
             [replace(e, index=int(index_np[e.index])) for e in robust.attention_examples])}

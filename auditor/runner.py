@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from auditor.pipeline import SAVED_FILES, run_audit, saved_layouts
-from auditor.config import AuditConfig
+from auditor.config import DEFAULT_TOKEN_BUDGET, AuditConfig
 from auditor.determinism import settle
 from auditor.foreign_subject import ForeignOptions, is_foreign, load_foreign_subject
 from auditor.gates import (GateResult, Policy, check_baseline, default_policy, evaluate, evaluate_regression,
@@ -54,8 +54,10 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     max_memory_gb: float | None = None, attack_params: tuple = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
                     explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
-                    removal_baseline: str = "mean", baseline_path: Path | None = None,
-                    relevant_features: tuple[str, ...] = (), shard: Shard | None = None) -> Outcome | None:
+                    removal_baseline: str | None = None, baseline_path: Path | None = None,
+                    relevant_features: tuple[str, ...] = (), shard: Shard | None = None,
+                    text_column: str = "text", token_budget: tuple[int, ...] = DEFAULT_TOKEN_BUDGET,
+                    substitutions: str | None = None) -> Outcome | None:
     """Validate, audit, write. Under torchrun (``shard``, default from the environment) every rank audits
     its rows; rank 0 writes the outputs and returns the outcome, the other ranks return None. A failure
     on any rank before the audit is raised on every rank, so none waits for the others."""
@@ -77,7 +79,8 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             on_out_of_range=on_out_of_range,
             max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
             hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
-            removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features)
+            removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features,
+            text_column=text_column, token_budget=token_budget, substitutions=substitutions)
     except Exception as error:  # raised again on this rank by agree(), and as a failure on the others
         problem = error
     shard.agree(problem)
@@ -112,7 +115,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
              on_out_of_range,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
-             removal_baseline, baseline_path, relevant_features=()):
+             removal_baseline, baseline_path, relevant_features=(), text_column="text",
+             token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None):
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
@@ -124,7 +128,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
                                       max_memory_gb=max_memory_gb, attack_params=tuple(attack_params),
                                       target_class=target_class, hijack_features=tuple(hijack_features),
                                       faithfulness_metrics=tuple(faithfulness_metrics) or None,
-                                      removal_baseline=removal_baseline)
+                                      removal_baseline=removal_baseline, token_budget=tuple(token_budget),
+                                      substitutions=None if substitutions is None else str(substitutions))
     loaded_policy = load_policy(policy_path) if policy_path is not None else None
     if is_foreign(model_path):
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
@@ -136,7 +141,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
                                 "--logits-key, --bounds and --bounds-file apply to python: models only")
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
-                               frozen_features=config.frozen_features, on_out_of_range=on_out_of_range)
+                               frozen_features=config.frozen_features, on_out_of_range=on_out_of_range,
+                               text_column=text_column)
     return bind(subject, config, loaded_policy, baseline_path=baseline_path, relevant_features=relevant_features)
 
 
@@ -145,7 +151,14 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
     """The configuration bound to the loaded subject (frozen features, target class, L2 grid, determinism), the
     names it plans, the policy that judges them (``loaded_policy`` or the default one, validated against the
     plan) and the baseline to regress against: what ``audit run`` and :func:`auditor.api.audit` both do."""
-    config = replace(config, frozen_features=subject.frozen_features)
+    if subject.kind.name == "text" and config.save_adversarial:
+        raise BadInputError("--save-adversarial keeps adversarial inputs in [0, 1]; this version does not save "
+                            "adversarial messages")
+    config = config.for_kind(subject.kind.name)
+    if subject.kind.name == "text":
+        subject.token_domain = token_domain_of(subject.tokenizer, config.substitutions)
+    config = replace(config, frozen_features=subject.frozen_features,
+                     removal_baseline=config.removal_baseline or subject.kind.removal_baselines[0])
     if relevant_features:
         subject.data = declare_relevant(subject.data, tuple(relevant_features))
     # bound to the model first: the default L2 grid scales with the number of inputs the attacker may change
@@ -153,7 +166,8 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
                          n_mutable=int(subject.domain.mutable.sum()) if subject.domain is not None else None)
     subject, config = settle(subject, config)
     planned = planned_metrics(config, binary=True)
-    fallback = default_policy(planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"))
+    fallback = default_policy(planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"),
+                              token_budget=config.token_budget if config.text else ())
     policy = loaded_policy or fallback
     validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"))
     baseline = tolerances = None
@@ -162,6 +176,17 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
         tolerances = regression_tolerances(policy, fallback)
         check_baseline(baseline, tolerances)
     return config, policy, planned, subject, baseline, tolerances
+
+
+def token_domain_of(tokenizer, substitutions: str | None):
+    """A text model's :class:`attacks.TokenDomain`: its special tokens frozen, restricted to the ``--substitutions``
+    table where one is given (a bad file is a BadInputError naming it)."""
+    from attacks import TokenDomain
+    from attacks.text import load_substitutions
+
+    if substitutions is not None:
+        return load_substitutions(substitutions, tokenizer.vocab(), tokenizer.special_ids)
+    return TokenDomain(vocab_size=tokenizer.vocab_size, special_ids=tuple(sorted(tokenizer.special_ids)))
 
 
 def _write(result, subject, config: AuditConfig, policy, *, out_dir: Path,
@@ -195,7 +220,7 @@ def outputs(result: AuditFindings, subject: Subject, config: AuditConfig, policy
     document = results_document(
         model=model_doc,
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples),
-              "out_of_range": subject.data.out_of_range()},
+              "out_of_range": subject.data.out_of_range(), "input_kind": subject.kind.name},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
         masking=result.masking, check_metrics=check_metrics(metrics),
         curves={"robustness": {attack: [list(point) for point in points]

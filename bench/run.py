@@ -8,7 +8,7 @@ records absolute samples per second.
 
 Sections: (1) attack overhead, (2) attention attacks, (3) faithfulness, (4) our pgd
 against Adversarial Robustness Toolbox, (5) end to end, (6) scaling, (7) memory on
-large data. Add a faithfulness metric by adding one entry to ``FAITHFULNESS``. ``--standard`` adds the
+large data, (9) text attacks. Add a faithfulness metric by adding one entry to ``FAITHFULNESS``. ``--standard`` adds the
 standard profile's wall time to section 5 (minutes: not part of ``make bench``).
 """
 
@@ -125,6 +125,44 @@ def attention_attacks(device, steps: int = 10) -> None:
             record("2 attention attacks", f"{kind}: {name} per step / forward_with_attention+backward",
                    per_step / t_pass, target="<= 1.5",
                    note=f"fixed cost per attack {(t_short - steps * per_step) / t_pass:.1f} passes")
+
+
+def text_attacks(device, steps: int = 2, candidates: int = 16) -> None:
+    """HotFlip's marginal cost per step ((time at budget 3k - time at budget k) / 2k) against its floor, the model
+    passes a step needs: one forward and backward through the embeddings of the batch (the first-order
+    estimate) and one forward of the batch's ``candidates`` proposals per row (the verification). The model is
+    a phishing-sized TextTransformer (300 tokens, T = 48, dim 32, 2 layers) whose head always answers class 0,
+    so no row stops early and every step does the same work."""
+    from attacks import TokenDomain, make_text_attack
+    from detectors.text import TextTransformer
+
+    torch.manual_seed(0)
+    model = TextTransformer(300, 48, 2, dim=32, depth=2, heads=4, mlp_dim=64, dropout=0.0).to(device).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([5.0, -5.0]))
+    x = torch.randint(4, 300, (256, 48), device=device)
+    x[:, 0] = 2
+    x[:, 40:] = 0
+    y = torch.zeros(len(x), dtype=torch.long, device=device)
+    domain, index = TokenDomain(300, (0, 1, 2, 3)), torch.arange(len(x))
+    hotflip = make_text_attack("hotflip", candidates=candidates)
+    proposals = x.repeat_interleave(candidates, 0)
+
+    def floor() -> None:
+        embeddings = model.embed(x).detach().requires_grad_(True)
+        loss = F.cross_entropy(model.forward_embeddings(embeddings, model.attention_mask(x)), y, reduction="sum")
+        torch.autograd.grad(loss, embeddings)
+        with torch.no_grad():
+            for i in range(0, len(proposals), hotflip.batch_size):
+                model(proposals[i:i + hotflip.batch_size])
+
+    t_short, t_long, t_floor = interleaved(
+        lambda: hotflip(model, x, y, eps=steps, domain=domain, seed=0, index=index),
+        lambda: hotflip(model, x, y, eps=3 * steps, domain=domain, seed=0, index=index), floor, repeats=5)
+    per_step = (t_long - t_short) / (2 * steps)
+    record("9 text attacks", f"hotflip per step / (forward+backward + {candidates} candidate forwards), batch 256",
+           per_step / t_floor, target="<= 1.5", note=f"fixed cost per attack {(t_short - steps * per_step) / t_floor:.1f} floors")
 
 
 class FlatView(torch.nn.Module):
@@ -460,7 +498,8 @@ def main() -> None:
         sections = [("1", lambda: attack_overhead(device)), ("2", lambda: attention_attacks(device)),
                     ("3", lambda: faithfulness(device)), ("4", lambda: versus_art(device)),
                     ("5", lambda: end_to_end(folder, device, standard=args.standard)), ("6", lambda: scaling(folder, device)),
-                    ("7", lambda: memory(folder, device)), ("8", lambda: training_overhead(folder, device))]
+                    ("7", lambda: memory(folder, device)), ("8", lambda: training_overhead(folder, device)),
+                    ("9", lambda: text_attacks(device))]
         for number, section in sections:
             if not only or number in only:
                 section()

@@ -216,12 +216,14 @@ def test_contract(name, kind, check, models):
 
 
 def unregistered(modules) -> set[str]:
-    """Names of the Attack classes defined in ``modules`` that the registry lacks."""
+    """Names of the Attack classes defined in ``modules`` that neither registry (ATTACKS, TEXT_ATTACKS for token
+    ids) holds."""
+    from attacks import TEXT_ATTACKS
     from attacks.base import Attack
-    defined = {cls.name for module in modules for cls in vars(module).values()
-               if isinstance(cls, type) and issubclass(cls, Attack) and cls.__module__ == module.__name__
-               and getattr(cls, "name", None)}
-    return defined - set(ATTACKS)
+    registered = set(ATTACKS.values()) | set(TEXT_ATTACKS.values())
+    return {cls.name for module in modules for cls in vars(module).values()
+            if isinstance(cls, type) and issubclass(cls, Attack) and cls.__module__ == module.__name__
+            and getattr(cls, "name", None) and cls not in registered}
 
 
 def attack_modules():
@@ -235,8 +237,10 @@ def attack_modules():
 def test_registry_is_complete():
     """An attack defined in any attacks module (attention attacks included) but missing from the registry fails."""
     modules = attack_modules()
-    assert {"attacks.standard", "attacks.attention"} <= {m.__name__ for m in modules}
+    assert {"attacks.standard", "attacks.attention", "attacks.text"} <= {m.__name__ for m in modules}
     assert set(ATTACKS) == EXPECTED_REGISTRY
+    from attacks import TEXT_ATTACKS
+    assert not set(ATTACKS) & set(TEXT_ATTACKS)  # a name says which threat model its numbers are under
     assert unregistered(modules) == set()
 
 

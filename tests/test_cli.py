@@ -213,7 +213,8 @@ def test_attacks_command_lists_the_registry():
     result = invoke("attacks")
     assert result.exit_code == 0
     for name in ("fgsm", "pgd", "pgd-l2", "cw", "deepfool", "square", "autoattack", "attention-shift",
-                 "attention-hijack", "attention-guided", "stealth", "profile standard"):
+                 "attention-hijack", "attention-guided", "stealth", "profile standard", "hotflip", "attention-shift-sub",
+                 "embedding-pgd", "on text: hotflip"):
         assert name in result.output
 
 

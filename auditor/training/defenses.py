@@ -8,6 +8,12 @@
 ``trades``
     Zhang et al. 2019: CE(f(x), y) + beta * KL(f(x') || f(x)), x' maximising
     that KL within eps (torchattacks' TPGD, the TRADES inner maximisation).
+``pgd-at`` on text (token ids)
+    Miyato et al. 2017's adversarial training in embedding space: cross-entropy on the token embeddings moved
+    by ``embedding-pgd-l2`` (:mod:`attacks.text`; each non-special token's embedding within L2 ``eps`` x r, r
+    the mean norm of the vocabulary's non-special embedding rows, ``steps`` steps of ``step_size`` x the
+    radius, random start). The perturbation is added to the embeddings the loss differentiates, so the table
+    learns too. Embeddings are not normalised first (Miyato et al. normalise them).
 ``attention-consistency``
     adversarial training as ``pgd-at`` plus lambda * JSD between the clean and
     the perturbed attention distribution: the one the audit measures,
@@ -24,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attacks import Domain, make_attack
+from attacks import Domain, TokenDomain, make_attack, make_text_attack
 from auditor.training.config import DefenseConfig
 from detectors.base import Detector
 from detectors.maths import attention_distribution_of, jensen_shannon
@@ -43,6 +49,18 @@ class DefenseLoss:
         self.config, self.seed = config, seed
         self.domain = Domain.unit(input_shape, frozen=frozen)
         self.pgd = make_attack("pgd", steps=config.steps, step_size=config.step_size, restarts=1, schedule="constant")
+        self.embedding_pgd = make_text_attack("embedding-pgd-l2", steps=config.steps, step_size=config.step_size)
+
+    def embedding_adversarial(self, module: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                              epoch: int) -> torch.Tensor:
+        """Text: the embedding-space perturbation (N, T, dim), detached, zero on the special tokens."""
+        from detectors.text_data import SPECIAL_TOKENS
+
+        # the word-level tokeniser numbers its special tokens first (detectors.text_data)
+        domain = TokenDomain(module.embedding.num_embeddings, tuple(range(len(SPECIAL_TOKENS))))
+        adv = self.embedding_pgd(module, x, y, eps=self.config.eps, domain=domain, seed=self.seed * 100003 + epoch,
+                                 index=index)
+        return (adv - module.embed(x)).detach()
 
     def adversarial(self, module: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                     epoch: int) -> torch.Tensor:
@@ -67,6 +85,10 @@ class DefenseLoss:
         if name == "none":
             with autocast():
                 return F.cross_entropy(model(x)[0], y)
+        if name == "pgd-at" and not x.is_floating_point():  # token ids: adversarial training in embedding space
+            delta = self.embedding_adversarial(module, x, y, index, epoch)
+            with autocast():
+                return F.cross_entropy(module.forward_embeddings(module.embed(x) + delta, module.attention_mask(x)), y)
         if name == "pgd-at":
             x_adv = self.adversarial(module, x, y, index, epoch)
             with autocast():

@@ -4,8 +4,10 @@ the training split, a :class:`detectors.text.TextTransformer` trained by
 :func:`auditor.training.loop.train_detector`, and the checkpoint written with the tokeniser's JSON (metadata
 ``text``) in place of a scaler.
 
-Text trains with ``--defense none`` (cross-entropy) in one process: the defenses of the other detectors
-perturb inputs in [0, 1], which token ids are not; other defenses and ``--nproc`` are refused (exit 2).
+Text trains in one process with ``--defense none`` (cross-entropy) or ``pgd-at``, which on token ids is
+embedding-space adversarial training (Miyato et al. 2017; :mod:`auditor.training.defenses`, ``--eps`` a
+fraction of the mean embedding norm); the other defenses perturb inputs in [0, 1], which token ids are not,
+and are refused (exit 2), as is ``--nproc``.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def train_text_and_save(*, detector: str, data_spec: str, text_column: str = "te
     defense = DefenseConfig(name=defense) if isinstance(defense, str) else defense
     if detector != "text":
         raise BadInputError(f"{data_spec} holds messages; train it with --detector text")
-    if defense.name != "none":
+    if defense.name not in ("none", "pgd-at"):
         raise BadInputError(f"--defense {defense.name} perturbs inputs in [0, 1], which token ids are not; text "
-                            "detectors train with --defense none")
+                            "detectors train with --defense none or pgd-at (adversarial training in embedding space)")
     if Parallel.from_environment().world > 1:
         raise BadInputError("text detectors train in one process; leave out --nproc")
     if frozen_features:

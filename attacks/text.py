@@ -1,0 +1,615 @@
+"""Attacks on text detectors: token substitutions within a token budget, and embedding-space PGD.
+
+A text detector (:class:`detectors.text.TextTransformer`, or any module with its ``embedding``, ``embed``,
+``attention_mask``, ``forward_embeddings`` and ``forward_with_attention`` entry points) reads token ids (N, T).
+A substitution attack's budget ``eps`` is the number of token positions it may change (``--token-budget``, a
+whole number). The :class:`TokenDomain` says which positions may change (never a special token: ``[PAD] [UNK]
+[CLS] [MASK]``, so padding is never attacked) and into what (never a special token; with a substitution table
+only the replacements it lists), and its :meth:`TokenDomain.project` enforces it at the end of every attack.
+
+The substitution attacks share one search (:class:`TokenSearch`): each step proposes, for every beam, the
+``candidates`` single substitutions (a position not changed yet, a token the domain allows there) with the
+best first-order estimate of the attack's objective, Ebrahimi et al. 2018's estimate
+``(E[v] - E[x_t]) . dJ/de_t`` from one forward and backward pass, verifies every proposal with a real forward
+pass, and keeps the ``beam`` best verified sequences (``beam`` 1: greedy). A row stops at the first step where
+a proposal reaches the attack's goal (so it uses the fewest substitutions the search found); every choice is
+made per row, so nothing depends on the batch. No randomness is involved.
+
+``hotflip`` (:class:`HotFlip`)
+    Ebrahimi et al. 2018, "HotFlip: white-box adversarial examples for text classification", at the word
+    level: the objective is the cross-entropy on the true label (or, with ``target_class``, minus the
+    cross-entropy on the target), the goal a misclassification (the target class). ``candidates`` (16) per
+    beam and step, ``beam`` (1).
+``exhaustive-substitution`` (:class:`ExhaustiveSubstitution`)
+    The same search verifying every allowed substitution instead of the estimate's best few: at a budget of 1
+    it is exact (a sample is broken if and only if some single substitution breaks it); at k > 1 it repeats
+    that per step with ``beam`` (1) sequences, exhaustive per step, not over all k-subsets. It costs T x V
+    forward passes per sample and step: for small vocabularies and for checking HotFlip.
+``attention-shift-sub`` (:class:`TokenAttentionShift`)
+    Ghorbani et al. 2019 by substitution: maximises JSD(a(x'), a(x)) (the attention distribution of
+    :mod:`attacks.attention`) over sequences whose prediction is the clean one; every step's beams and the
+    sequence returned keep it (the clean input when nothing else does). The JSD's gradient vanishes at x' = x,
+    so proposals are ranked by the absolute first-order change of the cross-entropy of a(x') against a(x)
+    (a linear function of a(x') whose gradient does not vanish there), then verified by the JSD itself.
+    ``candidates`` (32), ``beam`` (1).
+``attention-guided-sub`` (:class:`TokenAttentionGuided`)
+    HotFlip restricted to the ``k`` (5) most-attended positions of the clean input (after Patch-Fool, Fu et
+    al. 2022).
+``stealth-sub`` (:class:`TokenStealth`)
+    After Zhang et al. 2020 (ADV^2): ranks by CE(f(x'), y) - ``lam`` (1.0) x JSD(a(x'), a(x)); among the
+    proposals of the first step that misclassify, keeps the one with the lowest JSD.
+``embedding-pgd`` / ``embedding-pgd-l2`` (:class:`EmbeddingPGD`, :class:`EmbeddingPGDL2`)
+    Projected gradient ascent on the cross-entropy in the space of token embeddings (Madry et al. 2018's PGD;
+    Miyato et al. 2017 train against this perturbation): a continuous relaxation that every non-special token
+    moves at once, to points no token sequence occupies, reported under its own name. It is an upper bound on
+    the harm of substitutions only where eps r reaches the distance between embedding rows; at small eps it
+    measures the smoothness of the model around real text. Units: ``eps`` is a fraction of r, the mean L2 norm
+    of the vocabulary's non-special embedding rows: L2, each token's perturbation has ``||delta_t||_2 <= eps r``;
+    L-inf, each coordinate ``|delta| <= eps r / sqrt(dim)`` (the per-coordinate size of a delta_t of norm
+    eps r spread evenly). ``steps`` (20), ``step_size`` (0.25 x the radius), a random start in the ball drawn
+    from each sample's own stream (:func:`detectors.seeding.per_sample_uniform`, purpose
+    ``"<name>/start/<eps>"``), the first misclassifying iterate kept, else the last. It returns perturbed
+    embeddings (N, T, dim), not token ids: evaluate them with :func:`embedding_logits`.
+
+TextAttack (Morris et al. 2020) was considered: its recipes import ``transformers`` (model wrappers, and
+constraints that download GloVe / counter-fitted vectors and the Universal Sentence Encoder on first use), which
+cannot be imported beside the CPU torch wheel here and needs the network; the search is implemented on this
+tool's own model contract instead.
+
+The attention attacks by substitution carry their own names (``-sub``): their threat model (a number of
+tokens changed) is not that of their continuous forms (an L-inf ball in [0, 1]), so their numbers never share
+a name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from attacks.base import Attack
+from detectors.errors import BadInputError
+from detectors.maths import attention_distribution_of, descending_order, jensen_shannon, token_positions_from
+from detectors.seeding import per_sample_uniform
+
+__all__ = ["EMBEDDING_NORMS", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "TOKEN_NORM", "EmbeddingPGD", "EmbeddingPGDL2",
+           "ExhaustiveSubstitution",
+           "HotFlip", "TokenAttentionGuided", "TokenAttentionShift", "TokenDomain",
+           "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale", "load_substitutions"]
+
+TOKEN_NORM = "tokens"  # a substitution attack's budget: the number of token positions changed
+EMBEDDING_NORMS = ("embedding-linf", "embedding-l2")
+SCORE_CELLS = 1 << 22  # (beams x positions x vocabulary) first-order scores held at once
+
+
+@dataclass(frozen=True)
+class TokenDomain:
+    """Which token positions an attacker may change and into what.
+
+    ``special_ids``: tokens never replaced and never written (padding, [CLS], [UNK], [MASK]).
+    ``allowed``: optional (vocab, vocab) bool, ``allowed[a, b]`` True when token a may become token b (a
+    substitution table); without it every non-special token may become any other non-special token.
+    """
+
+    vocab_size: int
+    special_ids: tuple[int, ...]
+    allowed: torch.Tensor | None = None
+
+    @classmethod
+    def from_substitutions(cls, vocab: Mapping[str, int], special_ids: Sequence[int],
+                           table: Mapping[str, Sequence[str]], *, source: str = "substitutions") -> "TokenDomain":
+        """A domain restricted to ``table`` (token -> allowed replacements, the JSON of ``--substitutions``).
+        A token outside the vocabulary, a special token or a malformed entry is refused (BadInputError)."""
+        if not isinstance(table, Mapping):
+            raise BadInputError(f"{source}: expected a JSON object mapping a token to a list of replacements, "
+                                f"got {type(table).__name__}")
+        special = {int(i) for i in special_ids}
+        allowed = torch.zeros(len(vocab), len(vocab), dtype=torch.bool)
+        for token, replacements in table.items():
+            if not isinstance(replacements, list) or not all(isinstance(r, str) for r in replacements):
+                raise BadInputError(f"{source}: {token!r} must map to a list of tokens (strings), got "
+                                    f"{json.dumps(replacements)[:60]}")
+            for word in (token, *replacements):
+                if word not in vocab:
+                    raise BadInputError(f"{source}: {word!r} is not in the model's vocabulary ({len(vocab)} tokens, "
+                                        "lower-cased by the tokeniser); list only tokens the model knows")
+                if vocab[word] in special:
+                    raise BadInputError(f"{source}: {word!r} is a special token; special tokens are never "
+                                        "substituted")
+            for replacement in replacements:
+                allowed[vocab[token], vocab[replacement]] = True
+        allowed.fill_diagonal_(False)
+        return cls(vocab_size=len(vocab), special_ids=tuple(sorted(special)), allowed=allowed)
+
+    def mutable(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N, T) bool: positions an attacker may change (not special, and with a replacement left)."""
+        free = ~torch.isin(ids, torch.as_tensor(self.special_ids, device=ids.device))
+        if self.allowed is not None:
+            free &= self.allowed.to(ids.device).any(dim=1)[ids]
+        return free
+
+    def targets(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N, T, vocab) bool: the tokens each position may become (none on frozen positions)."""
+        if self.allowed is not None:
+            allowed = self.allowed.to(ids.device)[ids]
+        else:
+            allowed = torch.ones(*ids.shape, self.vocab_size, dtype=torch.bool, device=ids.device)
+            allowed[..., list(self.special_ids)] = False
+            allowed.scatter_(-1, ids.unsqueeze(-1), False)
+        return allowed & self.mutable(ids).unsqueeze(-1)
+
+    def project(self, ids_adv: torch.Tensor, ids: torch.Tensor, *, eps: float, norm: str = TOKEN_NORM
+                ) -> torch.Tensor:
+        """``ids_adv`` with every change this domain forbids undone, then at most ``eps`` changed positions
+        kept (the first in position order)."""
+        if norm != TOKEN_NORM:
+            raise ValueError(f"a token domain measures budgets in {TOKEN_NORM!r}, got norm {norm!r}")
+        inside = (ids_adv >= 0) & (ids_adv < self.vocab_size)
+        legal = self.targets(ids).gather(-1, ids_adv.clamp(0, self.vocab_size - 1).unsqueeze(-1)).squeeze(-1)
+        keep = (ids_adv != ids) & legal & inside
+        keep &= torch.cumsum(keep.long(), dim=1) <= int(eps)
+        return torch.where(keep, ids_adv, ids).detach()
+
+    def contains(self, ids_adv: torch.Tensor, ids: torch.Tensor, *, eps: float, norm: str = TOKEN_NORM) -> bool:
+        """Whether ``ids_adv`` changes at most ``eps`` positions of ``ids``, each as this domain allows."""
+        return bool(torch.equal(self.project(ids_adv, ids, eps=eps, norm=norm), ids_adv))
+
+
+def load_substitutions(path: str | Path, vocab: Mapping[str, int], special_ids: Sequence[int]) -> TokenDomain:
+    """The :class:`TokenDomain` of a ``--substitutions`` JSON file (``{"password": ["passcode", "pin"]}``):
+    an unreadable file, invalid JSON or UTF-8, or an entry :meth:`TokenDomain.from_substitutions` refuses is a
+    BadInputError naming the file."""
+    path = Path(path)
+    try:
+        table = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"--substitutions {str(path)!r}: no such file") from None
+    except IsADirectoryError:
+        raise BadInputError(f"--substitutions {str(path)!r} is a folder; name a JSON file") from None
+    except UnicodeDecodeError as error:
+        raise BadInputError(f"--substitutions {str(path)!r}: not UTF-8 (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"--substitutions {str(path)!r}: invalid JSON at line {error.lineno} column "
+                            f"{error.colno} ({error.msg})") from None
+    return TokenDomain.from_substitutions(vocab, special_ids, table, source=f"--substitutions {str(path)!r}")
+
+
+def _token_domain(name: str, domain) -> TokenDomain:
+    if not isinstance(domain, TokenDomain):
+        raise ValueError(f"{name} attacks text detectors (token ids) and needs a TokenDomain, got "
+                         f"{type(domain).__name__}")
+    return domain
+
+
+def _check_text_model(name: str, model: nn.Module) -> None:
+    missing = [m for m in ("embed", "forward_embeddings", "attention_mask") if not callable(getattr(model, m, None))]
+    if missing or not isinstance(getattr(model, "embedding", None), nn.Embedding):
+        raise ValueError(f"{name} needs a text detector (embedding, embed, forward_embeddings, attention_mask); "
+                         f"{type(model).__name__} lacks {', '.join(missing) or 'embedding'}")
+
+
+def _check_budget(name: str, eps: float) -> int:
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0 and int(eps) == eps):
+        raise ValueError(f"{name}: the budget is a whole number of tokens >= 0, got {eps!r}")
+    return int(eps)
+
+
+# --------------------------------------------------------------------------- the substitution search
+
+@dataclass
+class Judged:
+    """What the search needs about a batch of sequences (all (n,)): ``rank`` orders the beams (higher first),
+    ``feasible`` may become a beam or be returned, ``success`` ends the row's search, ``keep`` picks the
+    sequence returned among successes (else among feasible sequences)."""
+
+    rank: torch.Tensor
+    feasible: torch.Tensor
+    success: torch.Tensor
+    keep: torch.Tensor
+
+
+class TokenSearch(Attack):
+    """Beam search over single-token substitutions guided by a first-order estimate (see the module).
+
+    A subclass says what it wants: :meth:`_context` (per-row facts about the clean input), :meth:`_estimate`
+    (the differentiable value whose first-order change ranks proposals), :meth:`_judge` (verification) and,
+    optionally, :meth:`_positions` (where it may substitute).
+    """
+
+    norm: ClassVar[str] = TOKEN_NORM
+    needs_attention: ClassVar[bool] = False
+    #: rank proposals by the absolute first-order change (objectives whose gradient vanishes at the clean input)
+    absolute_estimate: ClassVar[bool] = False
+
+    def __init__(self, *, candidates: int | None = 16, beam: int = 1, batch_size: int = 1024) -> None:
+        if (candidates is not None and (int(candidates) != candidates or candidates < 1)) or int(beam) != beam \
+                or beam < 1 or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"{self.name} needs integer candidates >= 1, beam >= 1 and batch_size >= 1; got "
+                             f"candidates={candidates}, beam={beam}, batch_size={batch_size}")
+        self.candidates = None if candidates is None else int(candidates)
+        self.beam, self.batch_size = int(beam), int(batch_size)
+
+    def params(self) -> dict:
+        return {"candidates": self.candidates, "beam": self.beam}
+
+    # ---- what a subclass says
+    def _context(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
+                 dist: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return {"y": y}
+
+    def _estimate(self, logits: torch.Tensor, dist: torch.Tensor | None, ctx: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _judge(self, logits: torch.Tensor, dist: torch.Tensor | None, ctx: dict) -> Judged:
+        raise NotImplementedError
+
+    def _positions(self, model: nn.Module, x: torch.Tensor, dist: torch.Tensor | None) -> torch.Tensor | None:
+        """(N, T) bool where substitutions may happen, or None for every mutable position."""
+        return None
+
+    # ---- the search
+    def _forward(self, model, ids: torch.Tensor, embeddings: torch.Tensor | None = None):
+        if embeddings is None:
+            embeddings = model.embed(ids)
+        if self.needs_attention:
+            logits, attentions = model.forward_embeddings(embeddings, model.attention_mask(ids), with_attention=True)
+            return logits, attention_distribution_of(attentions, model.token_map)
+        return model.forward_embeddings(embeddings, model.attention_mask(ids)), None
+
+    @torch.no_grad()
+    def _verify(self, model, ids: torch.Tensor, ctx: dict) -> Judged:
+        """Judge sequences (n, T) with real forward passes, in batches of ``batch_size``."""
+        parts = []
+        for start in range(0, len(ids), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            logits, dist = self._forward(model, ids[rows])
+            parts.append(self._judge(logits, dist, {k: v[rows] for k, v in ctx.items()}))
+        return Judged(*(torch.cat([getattr(p, f) for p in parts]) if parts else torch.empty(0)
+                        for f in ("rank", "feasible", "success", "keep")))
+
+    def _scores(self, model, ids: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """(n, T, V) first-order estimate of the objective's change for every (position, token)."""
+        embeddings = model.embed(ids).detach().requires_grad_(True)
+        logits, dist = self._forward(model, ids, embeddings)
+        gradient, = torch.autograd.grad(self._estimate(logits, dist, ctx).sum(), embeddings)
+        table = model.embedding.weight.detach()
+        scores = gradient @ table.T - (gradient * embeddings.detach()).sum(-1, keepdim=True)
+        return scores.abs() if self.absolute_estimate else scores
+
+    def _propose(self, model, beams: torch.Tensor, original: torch.Tensor, open_beams: torch.Tensor, ctx: dict,
+                 domain: TokenDomain, where: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, C, T) proposals and (n, C) validity: per beam the C best allowed single substitutions at positions
+        not yet changed (ties: the lower position, then the lower token id)."""
+        n, length = beams.shape
+        vocab = domain.vocab_size
+        allowed = domain.targets(beams) & (beams == original).unsqueeze(-1) & open_beams[:, None, None]
+        if where is not None:
+            allowed &= where.unsqueeze(-1)
+        take = length * vocab if self.candidates is None else min(self.candidates, length * vocab)
+        values, picks = [], []
+        chunk = max(1, SCORE_CELLS // (length * vocab))
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            if self.candidates is None:
+                scores = torch.zeros(allowed[rows].shape, device=beams.device)
+            else:
+                scores = self._scores(model, beams[rows], {k: v[rows] for k, v in ctx.items()})
+            flat = scores.masked_fill(~allowed[rows], -math.inf).flatten(1)
+            top = torch.sort(flat, dim=1, descending=True, stable=True)
+            values.append(top.values[:, :take])
+            picks.append(top.indices[:, :take])
+        values, picks = torch.cat(values), torch.cat(picks)
+        proposals = beams.unsqueeze(1).repeat(1, take, 1)
+        proposals.scatter_(2, (picks // vocab).unsqueeze(-1), (picks % vocab).unsqueeze(-1))
+        return proposals, torch.isfinite(values)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain, seed: int,
+                index: torch.Tensor) -> torch.Tensor:
+        domain = _token_domain(self.name, domain)
+        _check_text_model(self.name, model)
+        budget = _check_budget(self.name, eps)
+        if x.ndim != 2 or x.dtype not in (torch.int64, torch.int32) or y.shape != (len(x),):
+            raise ValueError(f"{self.name}: expected token ids (N, T) and labels (N,), got {tuple(x.shape)} "
+                             f"{x.dtype} and {tuple(y.shape)}")
+        n, length = x.shape
+        if n == 0:
+            return x.clone()
+        x = x.long()
+        with torch.no_grad():
+            logits, dist = self._forward(model, x)
+        ctx = self._context(model, x, y, logits, dist)
+        where = self._positions(model, x, dist)
+        clean = self._judge(logits, dist, ctx)
+        best, best_keep = x.clone(), torch.where(clean.feasible, clean.keep, -math.inf)
+        done = clean.success.clone()  # already where the attack wants it: nothing to do
+        beams = x.unsqueeze(1)  # (n, B, T)
+        open_beams = ~done.unsqueeze(1)
+        for _ in range(budget):
+            if not open_beams.any():
+                break
+            width = beams.shape[1]
+            rows_ctx = {k: v.repeat_interleave(width, 0) for k, v in ctx.items()}
+            flat, valid = self._propose(model, beams.reshape(n * width, length), x.repeat_interleave(width, 0),
+                                        open_beams.reshape(-1), rows_ctx, domain,
+                                        None if where is None else where.repeat_interleave(width, 0))
+            take = flat.shape[1]
+            proposals = flat.reshape(n, width * take, length)
+            valid = valid.reshape(n, width * take)
+            judged = self._judge_valid(model, proposals, valid, ctx)
+            success = judged.success & valid
+            feasible = judged.feasible & valid
+            keep = torch.where(success | feasible, judged.keep, -math.inf)
+            hit = success.any(1)
+            choice = torch.where(success, keep, -math.inf)
+            pick = torch.argmax(torch.where(hit.unsqueeze(1), choice, keep), dim=1)
+            better = hit | (keep.gather(1, pick[:, None]).squeeze(1) > best_keep)
+            better &= ~done
+            best[better] = proposals[better, pick[better]]
+            best_keep[better] = keep[better, pick[better]]
+            done |= hit
+            rank = torch.where(feasible, judged.rank, -math.inf)
+            order = torch.sort(rank, dim=1, descending=True, stable=True).indices[:, :self.beam]
+            beams = proposals.gather(1, order.unsqueeze(-1).expand(-1, -1, length))
+            open_beams = torch.isfinite(rank.gather(1, order)) & ~done.unsqueeze(1)
+        return best
+
+    def _judge_valid(self, model, proposals: torch.Tensor, valid: torch.Tensor, ctx: dict) -> Judged:
+        """Verify only the valid proposals; the rest are judged infeasible."""
+        n, width, length = proposals.shape
+        rows, cols = valid.nonzero(as_tuple=True)
+        judged = self._verify(model, proposals[rows, cols], {k: v[rows] for k, v in ctx.items()})
+        full = Judged(rank=torch.full((n, width), -math.inf, device=proposals.device),
+                      feasible=torch.zeros(n, width, dtype=torch.bool, device=proposals.device),
+                      success=torch.zeros(n, width, dtype=torch.bool, device=proposals.device),
+                      keep=torch.full((n, width), -math.inf, device=proposals.device))
+        if len(rows):
+            full.rank[rows, cols] = judged.rank.float()
+            full.feasible[rows, cols] = judged.feasible
+            full.success[rows, cols] = judged.success
+            full.keep[rows, cols] = judged.keep.float()
+        return full
+
+
+class HotFlip(TokenSearch):
+    """Gradient-guided word substitution: the first-order estimate of the cross-entropy's rise, verified."""
+
+    name = "hotflip"
+    reference = "Ebrahimi et al. 2018 (HotFlip: White-Box Adversarial Examples for Text Classification)"
+    targetable = True
+
+    def __init__(self, *, candidates: int | None = 16, beam: int = 1, batch_size: int = 1024,
+                 target_class: int | None = None) -> None:
+        super().__init__(candidates=candidates, beam=beam, batch_size=batch_size)
+        self._set_target(target_class)
+
+    def params(self) -> dict:
+        return {**super().params(), **self._target_params()}
+
+    def _context(self, model, x, y, logits, dist):
+        if self.target_class is not None:
+            return {"y": y, "aim": torch.full_like(y, self.target_class)}
+        return {"y": y}
+
+    def _estimate(self, logits, dist, ctx):
+        if "aim" in ctx:
+            return -F.cross_entropy(logits.float(), ctx["aim"], reduction="none")
+        return F.cross_entropy(logits.float(), ctx["y"], reduction="none")
+
+    def _judge(self, logits, dist, ctx):
+        value = self._estimate(logits, dist, ctx)
+        pred = logits.argmax(1)
+        success = pred == ctx["aim"] if "aim" in ctx else pred != ctx["y"]
+        return Judged(rank=value, feasible=torch.ones_like(success), success=success, keep=value)
+
+
+class ExhaustiveSubstitution(HotFlip):
+    """Every allowed single substitution verified per step: exact at a budget of 1."""
+
+    name = "exhaustive-substitution"
+    reference = "exhaustive search over single substitutions (optimal at a budget of 1 token)"
+
+    def __init__(self, *, beam: int = 1, batch_size: int = 1024, target_class: int | None = None) -> None:
+        super().__init__(candidates=None, beam=beam, batch_size=batch_size, target_class=target_class)
+
+    def params(self) -> dict:
+        return {"beam": self.beam, **self._target_params()}
+
+
+class TokenAttentionGuided(HotFlip):
+    """HotFlip on the k most-attended positions of the clean input only."""
+
+    name = "attention-guided-sub"
+    reference = "Fu et al. 2022 (Patch-Fool), by token substitution; Ebrahimi et al. 2018"
+    needs_attention = True
+
+    def __init__(self, *, k: int = 5, candidates: int | None = 16, beam: int = 1, batch_size: int = 1024,
+                 target_class: int | None = None) -> None:
+        super().__init__(candidates=candidates, beam=beam, batch_size=batch_size, target_class=target_class)
+        if int(k) != k or k < 1:
+            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
+        self.k = int(k)
+
+    def params(self) -> dict:
+        return {**super().params(), "k": self.k}
+
+    def _positions(self, model, x, dist):
+        top = descending_order(dist)[:, :min(self.k, dist.shape[1])]
+        positions = token_positions_from(model.token_map).to(x.device)[top]
+        return torch.zeros_like(x, dtype=torch.bool).scatter_(1, positions, True)
+
+
+class _PredictionKept(TokenSearch):
+    """Attention objectives searched among sequences that keep the clean prediction."""
+
+    needs_attention = True
+
+    def __init__(self, *, candidates: int | None = 32, beam: int = 1, batch_size: int = 1024) -> None:
+        super().__init__(candidates=candidates, beam=beam, batch_size=batch_size)
+
+    def _context(self, model, x, y, logits, dist):
+        return {"pred": logits.argmax(1), "clean": dist}
+
+
+class TokenAttentionShift(_PredictionKept):
+    """The attention moved as far as possible (JSD) from the clean one by substitution, prediction kept."""
+
+    name = "attention-shift-sub"
+    reference = "Ghorbani et al. 2019 (Interpretation of neural networks is fragile), by token substitution"
+    absolute_estimate = True
+
+    def _estimate(self, logits, dist, ctx):
+        return -(dist * ctx["clean"].clamp_min(1e-12).log()).sum(1)
+
+    def _judge(self, logits, dist, ctx):
+        divergence = jensen_shannon(dist, ctx["clean"])
+        kept = logits.argmax(1) == ctx["pred"]
+        return Judged(rank=divergence, feasible=kept, success=torch.zeros_like(kept), keep=divergence)
+
+
+class TokenStealth(TokenSearch):
+    """A misclassification by substitution whose attention stays closest to the clean one."""
+
+    name = "stealth-sub"
+    reference = "Zhang et al. 2020 (Interpretable Deep Learning under Fire, ADV^2), by token substitution"
+    needs_attention = True
+
+    def __init__(self, *, lam: float = 1.0, candidates: int | None = 16, beam: int = 1,
+                 batch_size: int = 1024) -> None:
+        super().__init__(candidates=candidates, beam=beam, batch_size=batch_size)
+        if not lam >= 0:
+            raise ValueError(f"{self.name} needs lam >= 0, got {lam}")
+        self.lam = float(lam)
+
+    def params(self) -> dict:
+        return {**super().params(), "lam": self.lam}
+
+    def _context(self, model, x, y, logits, dist):
+        return {"y": y, "clean": dist}
+
+    def _estimate(self, logits, dist, ctx):
+        return F.cross_entropy(logits.float(), ctx["y"], reduction="none") - self.lam * jensen_shannon(
+            dist, ctx["clean"])
+
+    def _judge(self, logits, dist, ctx):
+        divergence = jensen_shannon(dist, ctx["clean"])
+        value = F.cross_entropy(logits.float(), ctx["y"], reduction="none") - self.lam * divergence
+        success = logits.argmax(1) != ctx["y"]
+        return Judged(rank=value, feasible=torch.ones_like(success), success=success,
+                      keep=torch.where(success, -divergence, value))
+
+
+# --------------------------------------------------------------------------- embedding space
+
+def embedding_scale(model: nn.Module, special_ids: Sequence[int]) -> float:
+    """r: the mean L2 norm of the embedding rows of the non-special tokens (the unit of embedding-space eps)."""
+    table = model.embedding.weight.detach()
+    keep = torch.ones(len(table), dtype=torch.bool, device=table.device)
+    keep[list(special_ids)] = False
+    return float(table[keep].norm(dim=1).mean())
+
+
+@torch.no_grad()
+def embedding_logits(model: nn.Module, ids: torch.Tensor, embeddings: torch.Tensor, batch_size: int = 1024
+                     ) -> torch.Tensor:
+    """Logits of perturbed embeddings (an embedding-space attack's output) under ``ids``' attention mask."""
+    return torch.cat([model.forward_embeddings(embeddings[i:i + batch_size],
+                                               model.attention_mask(ids[i:i + batch_size]))
+                      for i in range(0, max(len(ids), 1), batch_size)])
+
+
+class EmbeddingPGD(Attack):
+    """PGD on the cross-entropy in the space of token embeddings (L-inf per coordinate, in units of r)."""
+
+    name = "embedding-pgd"
+    norm: ClassVar[str] = "embedding-linf"
+    reference = "Madry et al. 2018 (PGD); Miyato et al. 2017 (adversarial training in embedding space)"
+    step_norm: ClassVar[str] = "linf"
+
+    def __init__(self, *, steps: int = 20, step_size: float = 0.25, random_start: bool = True) -> None:
+        if int(steps) != steps or steps < 1 or not step_size > 0:
+            raise ValueError(f"{self.name} needs integer steps >= 1 and step_size > 0, got steps={steps}, "
+                             f"step_size={step_size}")
+        self.steps, self.step_size, self.random_start = int(steps), float(step_size), bool(random_start)
+
+    def params(self) -> dict:
+        return {"steps": self.steps, "step_size": f"{self.step_size:g}*radius", "random_start": self.random_start}
+
+    def radius(self, model: nn.Module, domain: TokenDomain, eps: float) -> float:
+        """The projection radius: eps r (L2, per token) or eps r / sqrt(dim) (L-inf, per coordinate)."""
+        scale = embedding_scale(model, domain.special_ids) * eps
+        return scale / math.sqrt(model.embedding.embedding_dim) if self.step_norm == "linf" else scale
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain, seed: int,
+                 index: torch.Tensor) -> torch.Tensor:
+        """Adversarial token embeddings (N, T, dim) for token ids ``x``; the model's mode is restored."""
+        domain = _token_domain(self.name, domain)
+        _check_text_model(self.name, model)
+        if not 0 <= eps < math.inf:
+            raise ValueError(f"{self.name}: expected a finite eps >= 0 (a fraction of r), got {eps}")
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                return self._perturb(model, x, y, eps=eps, domain=domain, seed=seed, index=index)
+        finally:
+            model.train(was_training)
+
+    def _project(self, delta: torch.Tensor, radius: float, movable: torch.Tensor) -> torch.Tensor:
+        if self.step_norm == "linf":
+            delta = delta.clamp(-radius, radius)
+        else:
+            delta = delta * (radius / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        return delta * movable
+
+    def _perturb(self, model, x, y, *, eps, domain, seed, index) -> torch.Tensor:
+        radius = self.radius(model, domain, eps)
+        mask = model.attention_mask(x)
+        movable = domain.mutable(x).unsqueeze(-1).to(model.embedding.weight.dtype)
+        clean = model.embed(x).detach()
+        if self.random_start:
+            draws = per_sample_uniform(clean.shape[1:], index, seed=seed, purpose=f"{self.name}/start/{eps:g}",
+                                       device=x.device)
+            delta = self._project((2 * draws - 1) * radius, radius, movable)
+        else:
+            delta = torch.zeros_like(clean)
+        best = delta.clone()
+        done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for step in range(self.steps + 1):
+            delta.requires_grad_(step < self.steps)
+            logits = model.forward_embeddings(clean + delta, mask)
+            with torch.no_grad():
+                newly = (logits.argmax(1) != y) & ~done
+                best[newly] = delta.detach()[newly]
+                done |= newly
+            if step == self.steps:
+                break
+            gradient, = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), delta)
+            with torch.no_grad():
+                if self.step_norm == "linf":
+                    move = gradient.sign()
+                else:
+                    move = gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                delta = self._project(delta.detach() + self.step_size * radius * move, radius, movable)
+        best[~done] = delta.detach()[~done]
+        return (clean + best).detach()
+
+
+class EmbeddingPGDL2(EmbeddingPGD):
+    """PGD in embedding space with per-token L2 balls of radius eps r."""
+
+    name = "embedding-pgd-l2"
+    norm: ClassVar[str] = "embedding-l2"
+    step_norm: ClassVar[str] = "l2"
+
+
+TEXT_ATTENTION_ATTACKS = ("attention-shift-sub", "attention-guided-sub", "stealth-sub")
+TEXT_ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
+    HotFlip, ExhaustiveSubstitution, TokenAttentionShift, TokenAttentionGuided, TokenStealth,
+    EmbeddingPGD, EmbeddingPGDL2)}
