@@ -179,7 +179,8 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
 
 @cli.command()
 @click.option("--model", "model_path", required=True,
-              help="a .safetensors checkpoint written by audit train, or python:PATH_OR_MODULE:FACTORY")
+              help="a .safetensors checkpoint written by audit train, python:PATH_OR_MODULE:FACTORY, or hf:DIR "
+                   "(a Hugging Face classifier saved with save_pretrained)")
 @click.option("--data", "data_spec", default=None, help="rows to audit (default: the checkpoint's test split)")
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
