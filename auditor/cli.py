@@ -198,7 +198,7 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
 @click.option("--bounds", callback=bounds_pair, default=None,
               help="python: models: LO,HI of every input (default: each feature's min and max over the data)")
 @click.option("--bounds-file", default=None, help="python: models: JSON {\"lo\": [...], \"hi\": [...]}")
-@click.option("--positive-class", default=None, help="python: models: the class to catch")
+@click.option("--positive-class", default=None, help="python: and hf: models: the class to catch")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="shard the audit over this many processes, launched with torchrun (gloo on CPU, NCCL on GPU)")
 @click.option("--baseline", "baseline_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
