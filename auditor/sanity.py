@@ -43,8 +43,8 @@ explain little.
 Both interventions need attention that can be edited inside the forward: the built-in blocks
 (``detectors.blocks.edited_attention``) or, for a ``python:`` model whose attention is captured from
 ``nn.MultiheadAttention`` modules, those modules with their output recomputed from their own value and output
-projections (``detectors.foreign_editing.edited_multihead_attention``); for an ``hf:`` model its eager
-self-attention modules, their output recomputed through their own value projection
+projections (``detectors.foreign_editing.edited_multihead_attention``); for an ``hf:`` model the modules that
+compute its eager attention, through an attention function registered with transformers
 (``detectors.huggingface.edited_attention``). Other models are skipped with the reason.
 """
 
@@ -65,7 +65,6 @@ from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
 from detectors.foreign import ForeignDetector, captured_attention_modules
 from detectors.foreign_editing import edited_multihead_attention, multihead_edit_unsupported
 from detectors.huggingface import HuggingFaceDetector, edited_attention as edited_pretrained_attention
-from detectors.huggingface import is_attention_module as is_pretrained_attention
 from detectors.maths import spearman
 from detectors.seeding import per_sample_uniform, stream_seed
 
@@ -228,13 +227,12 @@ def edited_layers(layers: list[nn.Module], edit: AttentionEdit):
         for layer in layers:
             if isinstance(layer, SelfAttention):
                 stack.enter_context(edited_attention(layer, edit))
-        pretrained = [layer for layer in layers if is_pretrained_attention(layer)]
-        if pretrained:
-            stack.enter_context(edited_pretrained_attention(pretrained, edit))
-        multihead = [layer for layer in layers if not isinstance(layer, SelfAttention)
-                     and not is_pretrained_attention(layer)]
+        multihead = [layer for layer in layers if isinstance(layer, nn.MultiheadAttention)]
         if multihead:
             stack.enter_context(edited_multihead_attention(multihead, edit))
+        pretrained = [layer for layer in layers if not isinstance(layer, (SelfAttention, nn.MultiheadAttention))]
+        if pretrained:
+            stack.enter_context(edited_pretrained_attention(pretrained, edit))
         yield
 
 

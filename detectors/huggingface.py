@@ -20,9 +20,10 @@ Supported model types (:data:`FAMILIES`): encoders whose classifier reads the fi
 Attention is the model's own: it is loaded with ``attn_implementation="eager"`` and called with
 ``output_attentions=True``, which returns every layer's softmax weights (batch, heads, tokens, tokens) inside
 the autograd graph. Token 0 is CLS (DeiT's distillation token is token 1 and covers no input). The sanity
-checks edit those weights inside the forward (:func:`edited_attention`): the self-attention module's output is
-recomputed from the edited weights through its own value projection, as
-:mod:`detectors.foreign_editing` does for ``nn.MultiheadAttention``.
+checks edit those weights inside the forward (:func:`edited_attention`): for the duration the model's attention
+modules call a function registered with transformers' ``AttentionInterface`` (eager's mask registered with it)
+that runs the model's own eager attention, edits its weights and recomputes the output as the edited weights
+times the values, as :mod:`detectors.foreign_editing` does for ``nn.MultiheadAttention``.
 
 ``transformers`` is imported only when a directory is loaded.
 """
@@ -30,6 +31,7 @@ recomputed from the edited weights through its own value projection, as
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,22 +56,15 @@ TEXT_MAX_LENGTH = 128
 
 @dataclass(frozen=True)
 class Family:
-    """A supported ``model_type``: its input, its self-attention module (class name, value projection) and
-    the tokens it puts before the input's (CLS, and DeiT's distillation token)."""
+    """A supported ``model_type``: its input and the tokens it puts before the input's (CLS, and DeiT's
+    distillation token)."""
 
     input: str
-    attention_class: str
-    value: str
     leading_tokens: int = 1
 
 
-FAMILIES = {
-    "bert": Family("text", "BertSelfAttention", "value"),
-    "distilbert": Family("text", "DistilBertSelfAttention", "v_lin"),
-    "roberta": Family("text", "RobertaSelfAttention", "value"),
-    "vit": Family("image", "ViTSelfAttention", "value"),
-    "deit": Family("image", "DeiTSelfAttention", "value", leading_tokens=2),
-}
+FAMILIES = {"bert": Family("text"), "distilbert": Family("text"), "roberta": Family("text"), "vit": Family("image"),
+            "deit": Family("image", leading_tokens=2)}
 HEAD_SUFFIX = {"text": "ForSequenceClassification", "image": "ForImageClassification"}
 
 
@@ -172,12 +167,24 @@ class HuggingFaceDetector(Detector):
         self.model = model
         self.family = family
         self.n_classes = int(model.config.num_labels)
+        self._attention_names: list[str] | None = None
 
     def attention_modules(self) -> list[tuple[str, nn.Module]]:
-        """(name, module) of one self-attention module per layer, first layer first (the order of
-        ``output_attentions``)."""
-        return [(name, module) for name, module in self.model.named_modules()
-                if type(module).__name__ == self.family.attention_class]
+        """(name, module) of the modules that compute the attention ``output_attentions`` reports, one per layer
+        in call order: those that call the attention function on one forward pass (found once)."""
+        if self._attention_names is None:
+            calls: list[str] = []
+            recorders = {module: (lambda w, allowed, name=name: calls.append(name) or w)
+                         for name, module in self.model.named_modules() if hasattr(module, "config")
+                         and hasattr(sys.modules[type(module).__module__], "eager_attention_forward")}
+            with torch.no_grad(), _module_edits(recorders):
+                self(self._probe())
+            self._attention_names = list(dict.fromkeys(calls))
+        modules = dict(self.model.named_modules())
+        return [(name, modules[name]) for name in self._attention_names]
+
+    def _probe(self) -> torch.Tensor:
+        raise NotImplementedError
 
     def _outputs(self, **inputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
         output = self.model(**inputs, output_attentions=True, return_dict=True)
@@ -275,6 +282,11 @@ class HuggingFaceTextDetector(HuggingFaceDetector):
         self.input_shape = (tokenizer.max_length,)
         self.token_map = TokenMap(token_of_input=torch.arange(tokenizer.max_length), n_tokens=tokenizer.max_length,
                                   cls_index=0)
+
+    def _probe(self) -> torch.Tensor:
+        """Token ids that are not all padding."""
+        ids = torch.arange(self.input_shape[0], device=self.embedding.weight.device) % self.tokenizer.vocab_size
+        return ids.unsqueeze(0)
 
     @property
     def embedding(self) -> nn.Embedding:
@@ -410,6 +422,9 @@ class HuggingFaceImageDetector(HuggingFaceDetector):
         patch = int(model.config.patch_size)
         self.token_map = image_token_map(self.input_shape, preprocess, patch, family.leading_tokens)
 
+    def _probe(self) -> torch.Tensor:
+        return torch.zeros(1, *self.input_shape, device=self.preprocess.mean.device)
+
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self._outputs(pixel_values=self.preprocess(x))
 
@@ -419,10 +434,29 @@ class HuggingFaceImageDetector(HuggingFaceDetector):
 
 # -- editing the attention inside the forward (the sanity checks) -------------------------------------------------
 
+# The attention function registered with transformers (AttentionInterface, and eager's mask under the same name)
+# that the self-attention modules call while an edit is active; and the attribute holding a module's edit.
+EDIT_IMPLEMENTATION = "attention-audit-edit"
+EDIT_ATTRIBUTE = "_attention_audit_edit"
+
+
+def _eager_with_edit(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                     **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's own eager attention; where the module carries an edit, its weights edited and its output
+    recomputed from them, ``edited @ value`` per head (what eager computes after its dropout, none in eval)."""
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    output, weights = eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    edit = getattr(module, EDIT_ATTRIBUTE, None)
+    if edit is None:
+        return output, weights
+    edited = edit(weights, _allowed_keys(attention_mask, weights))
+    return torch.matmul(edited.to(value.dtype), value).transpose(1, 2).contiguous(), edited
+
 
 def _allowed_keys(attention_mask: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
     """(batch or 1, 1, queries or 1, keys) booleans, True where a query may attend a key: the additive mask's
-    zero entries (a boolean mask's True ones); every key without a mask."""
+    entries that leave a key a weight (a boolean mask's True ones); every key without a mask."""
     if attention_mask is None:
         return torch.ones(1, 1, 1, weights.shape[-1], dtype=torch.bool, device=weights.device)
     if attention_mask.dtype == torch.bool:
@@ -430,36 +464,38 @@ def _allowed_keys(attention_mask: torch.Tensor | None, weights: torch.Tensor) ->
     return torch.softmax(attention_mask.float(), dim=-1) > 0
 
 
-VALUE_PROJECTION = {family.attention_class: family.value for family in FAMILIES.values()}
+def _register_edit_implementation() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-
-def is_attention_module(module: nn.Module) -> bool:
-    """Whether ``module`` is the self-attention module of a supported family (:data:`FAMILIES`)."""
-    return type(module).__name__ in VALUE_PROJECTION
+    AttentionInterface.register(EDIT_IMPLEMENTATION, _eager_with_edit)
+    AttentionMaskInterface.register(EDIT_IMPLEMENTATION, eager_mask)
 
 
 @contextmanager
 def edited_attention(modules: list[nn.Module],
                      edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Run with ``edit(weights, allowed) -> weights`` applied inside each of ``modules`` (self-attention modules of
-    :data:`FAMILIES`): each one's output becomes ``edited @ value`` per head, the value from its own projection
-    of the same hidden states (no dropout: the checks run in eval mode). Hooks are removed in ``finally``."""
-    handles = []
+    """Run with ``edit(weights, allowed) -> weights`` applied inside each of ``modules`` (the self-attention
+    modules :meth:`HuggingFaceDetector.attention_modules` names): their models call :func:`_eager_with_edit`
+    instead of eager attention for the duration, and eager is back in ``finally``, also when the model raises."""
+    with _module_edits({module: edit for module in modules}):
+        yield
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-        weights = output[1]
-        edited = edit(weights, _allowed_keys(mask, weights))
-        batch, heads, tokens, _ = weights.shape
-        value = getattr(module, VALUE_PROJECTION[type(module).__name__])(hidden).view(batch, tokens, heads, -1).transpose(1, 2)
-        mixed = (edited.to(value.dtype) @ value).transpose(1, 2).reshape(batch, tokens, -1)
-        return (mixed, edited) + tuple(output[2:])
 
+@contextmanager
+def _module_edits(edits: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    _register_edit_implementation()
+    configs = list({id(module.config): module.config for module in edits}.values())
+    previous = [config._attn_implementation for config in configs]
     try:
-        for module in modules:
-            handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        for module, edit in edits.items():
+            setattr(module, EDIT_ATTRIBUTE, edit)
+        for config in configs:
+            config._attn_implementation = EDIT_IMPLEMENTATION
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for config, implementation in zip(configs, previous):
+            config._attn_implementation = implementation
+        for module in edits:
+            if hasattr(module, EDIT_ATTRIBUTE):
+                delattr(module, EDIT_ATTRIBUTE)
