@@ -135,12 +135,17 @@ def load_pretrained(spec: str) -> tuple[nn.Module, Family, Path]:
     transformers = _import_transformers()
     auto = (transformers.AutoModelForSequenceClassification if family.input == "text"
             else transformers.AutoModelForImageClassification)
+    progress = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # the audit prints its own progress, or nothing
     try:
         model, info = auto.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False,
                                            local_files_only=True, attn_implementation="eager",
                                            output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise BadInputError(f"{path}: transformers cannot load it ({_first_line(error)})") from None
+    finally:
+        if progress:
+            transformers.utils.logging.enable_progress_bar()
     missing = list(info.get("missing_keys") or [])
     if missing:
         raise BadInputError(f"{path}: the weights lack {short_listing(sorted(missing), 3)}; transformers would "

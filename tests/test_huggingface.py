@@ -239,7 +239,8 @@ def test_text_model_keeps_the_text_detector_contract(hf_models, model_type):
     with torch.no_grad(), edited_attention(modules, lambda w, allowed: allowed.expand_as(w) / allowed.expand_as(w)
                                            .sum(-1, keepdim=True)):
         assert not torch.allclose(detector(ids), logits, atol=1e-4)
-    assert all(not module._forward_hooks for module in modules)
+    assert detector.model.config._attn_implementation == "eager"
+    assert not any(hasattr(module, "_attention_audit_edit") for module in detector.model.modules())
     # the tokenizer carried with the model, with the text tokeniser's surface
     tokenizer = detector.tokenizer
     encoded, _, truncated = tokenizer.encode(["the report is ready " + SIGNAL])
