@@ -127,7 +127,18 @@ def hf_models(tmp_path_factory):
         "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 16, "width": 16},
         "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}), encoding="utf-8")
-    assert set(FAMILIES) >= set(TEXT_FAMILIES) | {"vit"}
+    # DeiT, untrained: resize 10x10 -> 20x20, centre crop 16x16, CLS and distillation tokens before 16 patches
+    deit = transformers.DeiTForImageClassification(transformers.DeiTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=2, attn_implementation="eager"))
+    deit.eval().save_pretrained(root / "deit")
+    (root / "deit" / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "DeiTImageProcessor", "do_resize": True, "size": {"height": 20, "width": 20},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": 16, "width": 16}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5]}), encoding="utf-8")
+    np.savez(root / "rgb.npz", x=rng.integers(0, 256, size=(8, 3, 10, 10)).astype(np.float32), y=np.arange(8) % 2)
+    assert set(FAMILIES) >= set(TEXT_FAMILIES) | {"vit", "deit"}
     return root
 
 
@@ -285,6 +296,21 @@ def test_image_preprocessing_and_token_map_inside_the_model(hf_models):
     _, attentions = detector.forward_with_attention(pixels)
     attentions[-1][:, :, 0, 1:].sum().backward()
     assert pixels.grad.abs().sum() > 0
+
+
+def test_deit_reads_cls_with_a_distillation_token_and_0_255_pixels(hf_models):
+    from detectors.huggingface import edited_attention
+
+    subject = _subject(hf_models, "deit", "rgb.npz")
+    detector, x = subject.detector, torch.as_tensor(subject.data.x)
+    assert float(x.max()) <= 1 and float(x.max()) > 0.9  # stored 0-255, brought to [0, 1] by rescale_factor
+    logits, attentions = detector.forward_with_attention(x)
+    assert attentions[-1].shape == (8, 2, 18, 18) and detector.token_map.n_tokens == 18
+    assert int(detector.token_map.token_of_input.min()) == 2  # no pixel belongs to CLS or the distillation token
+    modules = [module for _, module in detector.attention_modules()]
+    assert len(modules) == 2
+    with torch.no_grad(), edited_attention(modules, lambda w, allowed: w):
+        assert torch.allclose(detector(x), logits, atol=1e-5)
 
 
 def test_vit_is_audited_through_hf_end_to_end(hf_models, tmp_path):
