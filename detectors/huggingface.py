@@ -203,9 +203,16 @@ class HuggingFaceDetector(Detector):
                     attn_implementation="eager")
 
 
+# the text tokeniser's names of special tokens (detectors.text_data) -> a Hugging Face tokenizer's attribute
+SPECIAL_NAMES = {"[PAD]": "pad_token", "[UNK]": "unk_token", "[CLS]": "cls_token", "[MASK]": "mask_token",
+                 "[SEP]": "sep_token"}
+
+
 class PretrainedTokenizer:
     """A Hugging Face fast tokenizer with the surface of :class:`detectors.text_data.TextTokenizer`: ``encode``
-    pads to :attr:`max_length` (special tokens included) and truncates there."""
+    pads to :attr:`max_length` (special tokens included) and truncates there; :meth:`token_id` also answers the
+    text tokeniser's names of special tokens (``[PAD]``, ``[UNK]``, ``[CLS]``, ``[MASK]``, ``[SEP]``) with the
+    model's own (RoBERTa's ``<mask>`` for ``[MASK]``)."""
 
     def __init__(self, tokenizer, max_length: int) -> None:
         self._tokenizer = tokenizer
@@ -227,7 +234,8 @@ class PretrainedTokenizer:
         return dict(self._tokenizer.get_vocab())
 
     def token_id(self, token: str) -> int | None:
-        return self.vocab().get(token)
+        own = getattr(self._tokenizer, SPECIAL_NAMES[token]) if token in SPECIAL_NAMES else token
+        return None if own is None else self.vocab().get(str(own))
 
     def tokens(self, ids) -> list[str]:
         return self._tokenizer.convert_ids_to_tokens([int(i) for i in ids])

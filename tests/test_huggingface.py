@@ -258,6 +258,9 @@ def test_text_model_keeps_the_text_detector_contract(hf_models, model_type):
     assert encoded.shape == (1, tokenizer.max_length) and not truncated.any()
     assert tokenizer.tokens(encoded[0][:1]) == [TEXT_FAMILIES[model_type]["cls"]]
     assert tokenizer.pad_id == detector.pad_id and tokenizer.pad_id in tokenizer.special_ids
+    own = TEXT_FAMILIES[model_type]
+    assert tokenizer.token_id("[MASK]") == tokenizer.vocab()[own["mask"]] != tokenizer.token_id("[UNK]")
+    assert tokenizer.token_id("[PAD]") == tokenizer.pad_id and tokenizer.token_id(SIGNAL) is not None
 
 
 def test_unmatched_text_label_is_refused_with_exit_2(hf_models, tmp_path):
