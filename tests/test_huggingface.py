@@ -333,3 +333,5 @@ def test_vit_is_audited_through_hf_end_to_end(hf_models, tmp_path):
                  "faithfulness.deletion_auc.rollout", "robust.accuracy.pgd@0.05"):
         assert name in metrics, sorted(document["skipped"].items())
     assert not any(name.startswith("sanity.") for name in document["skipped"])
+    # the edit reaches the model: with uniform attention the blob's side is lost (a no-op edit would keep 1.0)
+    assert metrics["sanity.uniform_attention.prediction_kept"]["value"] < 0.8
