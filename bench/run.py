@@ -7,7 +7,7 @@ records absolute samples per second.
 
 Sections: (1) attack overhead, (2) attention attacks, (3) faithfulness, (4) our pgd
 against Adversarial Robustness Toolbox, (5) end to end, (6) scaling, (7) memory on
-large data, (8) training overhead, (9) a Hugging Face BERT through ``hf:`` against the tool's own text
+large data, (8) training overhead, (10) a Hugging Face BERT through ``hf:`` against the tool's own text
 detector of the same size. Add a faithfulness metric by adding one entry to ``FAITHFULNESS``. ``--standard`` adds the
 standard profile's wall time to section 5 (minutes: not part of ``make bench``).
 """
@@ -485,9 +485,9 @@ def huggingface_text(folder: Path, device) -> None:
     for name, model in (("own", str(own)), ("hf", f"hf:{folder / 'bert'}")):
         walls[name], peak, rc = _peak([PY, "-m", "auditor", "run", "--model", model, *audit,
                                        "--out", str(folder / f"audit-{name}")])
-        record("9 hugging face", f"audit run --profile quick, 200 phishing messages, {name}: wall time", walls[name],
+        record("10 hugging face", f"audit run --profile quick, 200 phishing messages, {name}: wall time", walls[name],
                unit="s", note=f"exit {rc}; peak RSS {peak:.0f} MiB")
-    record("9 hugging face", "tiny BERT through hf: / the text detector of the same size (audit wall time)",
+    record("10 hugging face", "tiny BERT through hf: / the text detector of the same size (audit wall time)",
            walls["hf"] / walls["own"], target="<= 2")
 
 
@@ -509,7 +509,7 @@ def main() -> None:
                     ("3", lambda: faithfulness(device)), ("4", lambda: versus_art(device)),
                     ("5", lambda: end_to_end(folder, device, standard=args.standard)), ("6", lambda: scaling(folder, device)),
                     ("7", lambda: memory(folder, device)), ("8", lambda: training_overhead(folder, device)),
-                    ("9", lambda: huggingface_text(folder, device))]
+                    ("10", lambda: huggingface_text(folder, device))]
         for number, section in sections:
             if not only or number in only:
                 section()
