@@ -468,7 +468,7 @@ def huggingface_text(folder: Path, device) -> None:
     bert = transformers.BertForSequenceClassification(transformers.BertConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=128, num_labels=len(splits.train.class_names), pad_token_id=tokenizer.pad_token_id,
-        attn_implementation="eager"))
+        id2label=dict(enumerate(splits.train.class_names)), attn_implementation="eager"))
     x, y = torch.as_tensor(splits.train.x), torch.as_tensor(splits.train.y)
     optimiser = torch.optim.AdamW(bert.parameters(), lr=2e-3)
     for _ in range(8):
@@ -479,16 +479,17 @@ def huggingface_text(folder: Path, device) -> None:
             optimiser.step()
     bert.eval().save_pretrained(folder / "bert")
     tokenizer.save_pretrained(folder / "bert")
-    audit = ["--data", "phishing:1000", "--profile", "quick", "--max-samples", "200", "--device", device.type,
+    audit = ["--data", "phishing:1000", "--profile", "quick", "--max-samples", "50", "--device", device.type,
              "--quiet"]
-    walls = {}
+    walls, audited = {}, True
     for name, model in (("own", str(own)), ("hf", f"hf:{folder / 'bert'}")):
         walls[name], peak, rc = _peak([PY, "-m", "auditor", "run", "--model", model, *audit,
                                        "--out", str(folder / f"audit-{name}")])
-        record("10 hugging face", f"audit run --profile quick, 200 phishing messages, {name}: wall time", walls[name],
+        audited = audited and rc in (0, 1)  # 1: a gate failed; 2 or 3: no audit to time
+        record("10 hugging face", f"audit run --profile quick, 50 phishing messages, {name}: wall time", walls[name],
                unit="s", note=f"exit {rc}; peak RSS {peak:.0f} MiB")
     record("10 hugging face", "tiny BERT through hf: / the text detector of the same size (audit wall time)",
-           walls["hf"] / walls["own"], target="<= 2")
+           walls["hf"] / walls["own"] if audited else None, target="<= 2")
 
 
 def main() -> None:
