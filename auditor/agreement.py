@@ -52,11 +52,15 @@ def token_scores(attribution: torch.Tensor, token_map: TokenMap) -> np.ndarray:
     return scores[:, covered].numpy()
 
 
-def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Kendall's τ-b of each row of ``a`` (n, t) with the same row of ``b``; NaN where a row is constant."""
+def kendall_tau_b(a: np.ndarray, b: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Kendall's τ-b of each row of ``a`` (n, t) with the same row of ``b``; NaN where a row is constant.
+    ``keep`` (n, t): only pairs of kept tokens count (text: the message's tokens, not [CLS] or padding)."""
     upper = np.triu_indices(a.shape[1], k=1)
     sign_a = np.sign(a[:, :, None] - a[:, None, :])[:, upper[0], upper[1]]
     sign_b = np.sign(b[:, :, None] - b[:, None, :])[:, upper[0], upper[1]]
+    if keep is not None:
+        pairs = (keep[:, :, None] & keep[:, None, :])[:, upper[0], upper[1]]
+        sign_a, sign_b = sign_a * pairs, sign_b * pairs
     denominator = np.sqrt((sign_a ** 2).sum(1) * (sign_b ** 2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, (sign_a * sign_b).sum(1) / denominator, np.nan)
@@ -70,9 +74,18 @@ def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
-def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
-    """Share of ``a``'s top-k tokens that are also in ``b``'s top-k, per row."""
-    return (top_k_mask(a, k) & top_k_mask(b, k)).sum(1).astype(np.float64) / k
+def topk_overlap(a: np.ndarray, b: np.ndarray, k: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """Share of ``a``'s top-k tokens that are also in ``b``'s top-k, per row; with ``keep`` (n, t) among the kept
+    tokens only, k = min(k, kept tokens) per row (NaN where none is kept)."""
+    if keep is None:
+        return (top_k_mask(a, k) & top_k_mask(b, k)).sum(1).astype(np.float64) / k
+    ks = np.minimum(k, keep.sum(1))
+    a, b = np.where(keep, a, -np.inf), np.where(keep, b, -np.inf)
+    ranks_a = np.argsort(np.argsort(-a, axis=1, kind="stable"), axis=1, kind="stable")
+    ranks_b = np.argsort(np.argsort(-b, axis=1, kind="stable"), axis=1, kind="stable")
+    shared = ((ranks_a < ks[:, None]) & (ranks_b < ks[:, None])).sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ks > 0, shared / np.maximum(ks, 1), np.nan)
 
 
 @dataclass
@@ -82,11 +95,13 @@ class AgreementOutcome:
 
 def agreement_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
                     attributions: dict[str, torch.Tensor], *, baseline: torch.Tensor, seed: int,
-                    index: torch.Tensor) -> AgreementOutcome:
+                    index: torch.Tensor, explained: torch.Tensor | None = None) -> AgreementOutcome:
     """Kendall τ-b and top-k overlap of every attention explainer with every reference that ran.
-    Deterministic and per sample (``baseline``, ``seed`` and ``index`` are not needed by it)."""
+    Deterministic and per sample (``baseline``, ``seed`` and ``index`` are not needed by it). ``explained``
+    (text: each message's tokens, one token per position) restricts both to those tokens."""
     outcome = AgreementOutcome()
     token_map = model.token_map
+    keep = None if explained is None else explained.flatten(1).cpu().numpy()
     scores = {name: token_scores(attributions[name], token_map)
               for name in (*ATTENTION_EXPLAINERS, *REFERENCE_EXPLAINERS) if name in attributions}
     for attention in ATTENTION_EXPLAINERS:
@@ -95,10 +110,10 @@ def agreement_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
                 continue
             a, b = scores[attention], scores[reference]
             k = min(TOP_K, a.shape[1])
-            outcome.per_sample[f"agreement.kendall_tau.{attention}~{reference}"] = kendall_tau_b(a, b)
-            outcome.per_sample[f"agreement.topk_overlap.{attention}~{reference}"] = topk_overlap(a, b, k)
+            outcome.per_sample[f"agreement.kendall_tau.{attention}~{reference}"] = kendall_tau_b(a, b, keep)
+            outcome.per_sample[f"agreement.topk_overlap.{attention}~{reference}"] = topk_overlap(a, b, k, keep)
     if all(reference in scores for reference in REFERENCE_EXPLAINERS):
-        floor = kendall_tau_b(*(scores[reference] for reference in REFERENCE_EXPLAINERS))
+        floor = kendall_tau_b(*(scores[reference] for reference in REFERENCE_EXPLAINERS), keep)
         outcome.per_sample[NOISE_FLOOR] = floor
         for attention in ATTENTION_EXPLAINERS:
             if attention in scores:
@@ -153,5 +168,5 @@ class AgreementStage(Stage):
 
     def run(self, block: Block) -> None:
         agreed = agreement_stage(block.detector, block.x, block.pred, block.attributions, baseline=block.baseline,
-                                 seed=block.config.seed, index=block.index)
+                                 seed=block.config.seed, index=block.index, explained=block.explained)
         block.per_sample.update(agreed.per_sample)

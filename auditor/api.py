@@ -18,6 +18,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from auditor.pipeline import run_audit
@@ -119,6 +120,9 @@ def _in_memory_subject(detector: torch.nn.Module, data, config: AuditConfig) -> 
                             "and a token map); audit other models with `audit run --model python:FILE:FACTORY`")
     if not isinstance(data, Dataset):
         raise BadInputError("a detector in memory needs its data as a detectors.data.Dataset scaled to [0, 1]")
+    if not np.issubdtype(np.asarray(data.x).dtype, np.floating):
+        raise BadInputError("token ids need their tokeniser, which a detector in memory does not bring: audit a text "
+                            "model from its checkpoint (audit(\"text.safetensors\") or audit run --model)")
     if tuple(data.input_shape) != tuple(detector.input_shape):
         raise BadInputError(f"expected rows of shape {tuple(detector.input_shape)} for this detector, got "
                             f"{tuple(data.input_shape)}")

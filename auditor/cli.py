@@ -183,6 +183,8 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
                    "(a Hugging Face classifier saved with save_pretrained)")
 @click.option("--data", "data_spec", default=None, help="rows to audit (default: the checkpoint's test split)")
 @click.option("--label-column", default="label", show_default=True)
+@click.option("--text-column", default="text", show_default=True,
+              help="text models: the column (CSV) or key (JSON Lines) holding each message")
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="TOML policy file with a [gates] table (default: the built-in policy)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
@@ -210,7 +212,7 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
                    "so localisation.precision_at_k runs on your data")
 @audit_options
 @click.pass_context
-def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
+def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
         attention_modules, logits_key, bounds, bounds_file, positive_class, nproc, baseline_path, as_json,
         relevant_features, **options) -> None:
     """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails.
@@ -240,14 +242,16 @@ def run(ctx, model_path, data_spec, label_column, policy_path, out_dir, weights,
     if not shard.distributed:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
                                   policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
-                                  baseline_path=baseline_path, relevant_features=relevant_features, **options)
+                                  baseline_path=baseline_path, relevant_features=relevant_features,
+                                  text_column=text_column, **options)
         report(outcome)
         sys.exit(outcome.exit_code)
     code, problem = EXIT_INTERNAL, None
     try:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
                                   policy_path=policy_path, out_dir=out_dir, foreign=foreign, shard=shard,
-                                  baseline_path=baseline_path, relevant_features=relevant_features, **options)
+                                  baseline_path=baseline_path, relevant_features=relevant_features,
+                                  text_column=text_column, **options)
         if outcome is not None:
             report(outcome)
             code = outcome.exit_code
@@ -295,6 +299,7 @@ def demo(out_dir, epochs, **options) -> None:
               help="a checkpoint to audit first (repeatable), each into OUT/runs/NAME with one shared configuration")
 @click.option("--data", "data_spec", default=None, help="--model: rows to audit (default: each checkpoint's test split)")
 @click.option("--label-column", default="label")
+@click.option("--text-column", default="text", help="--model text checkpoints: the column or key holding each message")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--policy", "policy_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="evaluate this policy on every checkpoint [default: each audit's own gates]")
@@ -304,7 +309,7 @@ def demo(out_dir, epochs, **options) -> None:
               help="the y axis of the clean-versus-robust scatter [default: pgd at the largest common eps]")
 @click.option("--explainer", default="attention", help="whose deletion and insertion curves are overlaid")
 @audit_options
-def compare(folders, models, data_spec, label_column, out_dir, policy_path, allow_mismatch, robust_metric,
+def compare(folders, models, data_spec, label_column, text_column, out_dir, policy_path, allow_mismatch, robust_metric,
             explainer, **options) -> None:
     """Compare audits side by side: audit output folders, or checkpoints audited first with --model.
 
@@ -329,7 +334,7 @@ def compare(folders, models, data_spec, label_column, out_dir, policy_path, allo
     for name, model in zip(run_names, models):
         run_dir = out_dir / "runs" / name
         outcome = audit_to_folder(model_path=model, data_spec=data_spec, label_column=label_column,
-                                  policy_path=policy_path, out_dir=run_dir, **options)
+                                  policy_path=policy_path, out_dir=run_dir, text_column=text_column, **options)
         if not options["quiet"]:
             click.echo(f"audited {model} into {run_dir}: {'PASSED' if outcome.exit_code == 0 else 'FAILED'}",
                        err=True)

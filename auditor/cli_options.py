@@ -93,10 +93,10 @@ def audit_options(function):
                      help="override the profile's faithfulness metrics, comma-separated: deletion, insertion, "
                           "deletion_gain, comprehensiveness, sufficiency, correlation, infidelity, max_sensitivity "
                           "[default: quick: deletion,insertion; standard and full: all]"),
-        click.option("--removal-baseline", type=click.Choice(REMOVAL_BASELINES), default="mean",
-                     show_default=True,
-                     help="what a removed feature becomes: the training-split mean, zero, or (images only) a "
-                          "Gaussian blur of the input, sigma 1 pixel"),
+        click.option("--removal-baseline", type=click.Choice(REMOVAL_BASELINES), default=None,
+                     help="what a removed feature becomes: the training-split mean, zero, (images only) a "
+                          "Gaussian blur of the input, sigma 1 pixel, or (text only) the [MASK] token "
+                          "[default: mean; text: mask]"),
         click.option("--max-samples", type=click.IntRange(min=0), default=None,
                      help="audit a seeded, stratified subset of this many rows, 0 = all "
                           "[default: 1000; full profile 5000]"),

@@ -129,7 +129,9 @@ class AuditConfig:
     hijack_positions: tuple[int, ...] = ()
 
     faithfulness_metrics: tuple[str, ...] = PROFILE_FAITHFULNESS["quick"]
-    removal_baseline: str = "mean"
+    # what a removed position becomes (``--removal-baseline``); None until bound: the input kind's first
+    # (mean, or mask for text: a token id has no mean)
+    removal_baseline: str | None = None
 
     @classmethod
     def from_profile(cls, profile: str, *, attacks: tuple[str, ...] | None = None,
@@ -233,7 +235,7 @@ class AuditConfig:
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
             raise BadInputError(f"--max-memory-gb must be positive, got {self.max_memory_gb}")
         check_metric_names(self.faithfulness_metrics)
-        if self.removal_baseline not in REMOVAL_BASELINES:
+        if self.removal_baseline is not None and self.removal_baseline not in REMOVAL_BASELINES:
             raise BadInputError(f"unknown removal baseline {self.removal_baseline!r}; "
                                 f"choose one of {', '.join(REMOVAL_BASELINES)}")
         if self.max_samples < 0 or self.batch_size < 1:

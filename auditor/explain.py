@@ -51,6 +51,21 @@ sample's attribution does not depend on the batch it was computed in.
     baseline (leave-one-out), attribution = target logit drop.
 ``random``
     uniform draws from each sample's own stream: the floor every explainer must beat.
+
+On text (token ids, :mod:`detectors.inputs.text`) every explainer attributes tokens, and [CLS] and padding
+get exactly 0 (the attribution is zeroed outside :func:`detectors.inputs.text.explained_positions_of`).
+The removal baseline is the message with every explained token replaced by [MASK] ([UNK] without one).
+The attention explainers read the CLS row as above. The gradient explainers work through the embedding
+layer and reduce each token's embedding dimensions to one number:
+integrated-gradients is captum's LayerIntegratedGradients on ``model.embedding`` from the [MASK] embedding
+(the baseline message's embeddings), summed over the embedding dimension (so the token scores sum to
+f(x) - f(baseline) up to the integral's error); saliency is the L2 norm over the embedding dimension of the
+gradient with respect to the token's embedding; input-x-gradient the sum over it of gradient x embedding
+(captum's LayerGradientXActivation); deeplift captum's LayerDeepLift on the embedding layer from the [MASK]
+embeddings, summed; gradient-shap the estimator above in embedding space, its baseline the [MASK]
+embeddings (one baseline, not a distribution: embeddings have no box to draw from) with noise
+N(0, 0.05^2) on each explained token's embedding, the products summed over the embedding dimension;
+feature-ablation replaces one token at a time by [MASK] (captum's FeatureAblation on the ids).
 """
 
 from __future__ import annotations
@@ -60,12 +75,14 @@ from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
-from captum.attr import DeepLift, FeatureAblation, InputXGradient, IntegratedGradients, Saliency
+from captum.attr import (DeepLift, FeatureAblation, InputXGradient, IntegratedGradients, LayerDeepLift,
+                         LayerGradientXActivation, LayerIntegratedGradients, Saliency)
 from tqdm.auto import tqdm
 
 from auditor.stage import Block, Stage
 from detectors.base import Detector
 from detectors.errors import BadInputError
+from detectors.inputs.text import explained_positions_of, is_token_ids
 from detectors.seeding import per_sample_normal, per_sample_uniform
 
 FAMILIES = ("attention", "gradient", "perturbation", "baseline")
@@ -105,8 +122,13 @@ class Explainer:
         if len(x) != len(target) or len(x) != len(index):
             raise ValueError(f"expected x, target and index of one length, got {len(x)}, {len(target)}, {len(index)}")
         with evaluating(detector):
-            attribution = self._attribute(detector, x, target, baseline=baseline, seed=seed, index=index,
-                                          attentions=attentions)
+            if is_token_ids(x):
+                attribution = self._attribute_tokens(detector, x, target, baseline=baseline, seed=seed, index=index,
+                                                     attentions=attentions).detach()
+                attribution = torch.where(explained_positions_of(detector, x), attribution.float(), 0.0)
+            else:
+                attribution = self._attribute(detector, x, target, baseline=baseline, seed=seed, index=index,
+                                              attentions=attentions)
         attribution = attribution.detach()
         if attribution.shape != x.shape:
             raise RuntimeError(f"{self.name} returned shape {tuple(attribution.shape)} for x of {tuple(x.shape)}")
@@ -114,6 +136,24 @@ class Explainer:
 
     def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
         raise NotImplementedError
+
+    def _attribute_tokens(self, detector, x, target, *, baseline, seed, index, attentions):
+        """Token ids (N, T) -> (N, T): by default what :meth:`_attribute` gives (explainers that never
+        differentiate with respect to the input); the module docstring says what each gradient explainer does."""
+        return self._attribute(detector, x, target, baseline=baseline, seed=seed, index=index, attentions=attentions)
+
+
+def _token_baseline(baseline: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The baseline ids of each row of ``x`` (text's removal baseline is per sample, (n, T))."""
+    return baseline.expand_as(x).contiguous()
+
+
+def _embedding_gradient(detector, embeddings: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """d logit_target / d embeddings, (n, T, dim)."""
+    with torch.enable_grad():
+        point = embeddings.detach().requires_grad_(True)
+        picked = detector.forward_embeddings(point, mask).gather(1, target.view(-1, 1)).sum()
+        return torch.autograd.grad(picked, point)[0]
 
 
 def _token_scores_from_row(attention: torch.Tensor, cls_index: int | None) -> torch.Tensor:
@@ -201,9 +241,15 @@ class GradientAttention(Explainer):
 
     def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
         with torch.enable_grad():
-            # x joins the graph so the attention weights do even when every parameter is frozen
-            inputs = x.detach().clone().requires_grad_(True)
-            logits, attentions = detector.forward_with_attention(inputs)
+            # x (token ids: their embeddings) joins the graph so the attention weights do even when every
+            # parameter is frozen
+            if is_token_ids(x):
+                embeddings = detector.embed(x).detach().requires_grad_(True)
+                logits, attentions = detector.forward_embeddings(embeddings, detector.attention_mask(x),
+                                                                 with_attention=True)
+            else:
+                inputs = x.detach().clone().requires_grad_(True)
+                logits, attentions = detector.forward_with_attention(inputs)
             if not all(a.requires_grad for a in attentions):
                 raise BadInputError(
                     "grad-attention needs attention weights that are part of the autograd graph, but the model "
@@ -246,6 +292,14 @@ class IntegratedGradientsExplainer(Explainer):
                 x[part], baselines=baselines[part], target=target[part], n_steps=self.steps,
                 internal_batch_size=_internal_batch(len(x[part]), self.steps, self.max_inputs)))
 
+    def _attribute_tokens(self, detector, x, target, *, baseline, seed, index, attentions):
+        rows = max(1, self.max_inputs // self.steps)
+        baselines, integrated = _token_baseline(baseline, x), LayerIntegratedGradients(detector, detector.embedding)
+        with torch.enable_grad():
+            return _by_rows(x, rows, lambda part: integrated.attribute(
+                x[part], baselines=baselines[part], target=target[part], n_steps=self.steps,
+                internal_batch_size=_internal_batch(len(x[part]), self.steps, self.max_inputs)).sum(-1))
+
 
 class SaliencyExplainer(Explainer):
     name = "saliency"
@@ -257,6 +311,9 @@ class SaliencyExplainer(Explainer):
             return Saliency(detector).attribute(x.detach().clone().requires_grad_(True), target=target,
                                                 abs=True)
 
+    def _attribute_tokens(self, detector, x, target, *, baseline, seed, index, attentions):
+        return _embedding_gradient(detector, detector.embed(x), detector.attention_mask(x), target).norm(dim=-1)
+
 
 class InputXGradientExplainer(Explainer):
     name = "input-x-gradient"
@@ -266,6 +323,10 @@ class InputXGradientExplainer(Explainer):
     def _attribute(self, detector, x, target, *, baseline, seed, index, attentions):
         with torch.enable_grad():
             return InputXGradient(detector).attribute(x.detach().clone().requires_grad_(True), target=target)
+
+    def _attribute_tokens(self, detector, x, target, *, baseline, seed, index, attentions):
+        with torch.enable_grad():
+            return LayerGradientXActivation(detector, detector.embedding).attribute(x, target=target).sum(-1)
 
 
 class DeepLiftExplainer(Explainer):
@@ -279,6 +340,12 @@ class DeepLiftExplainer(Explainer):
             warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
             return DeepLift(detector).attribute(x.detach().clone(), baselines=baseline.expand_as(x).contiguous(),
                                                 target=target)
+
+    def _attribute_tokens(self, detector, x, target, *, baseline, seed, index, attentions):
+        with warnings.catch_warnings(), torch.enable_grad():
+            warnings.filterwarnings("ignore", message="Setting forward, backward hooks and attributes on non-linear")
+            return LayerDeepLift(detector, detector.embedding).attribute(
+                x, baselines=_token_baseline(baseline, x), target=target).sum(-1)
 
 
 class GradientShapExplainer(Explainer):
@@ -310,6 +377,27 @@ class GradientShapExplainer(Explainer):
                 picked = detector(point).gather(1, targets[rows].view(-1, 1)).sum()
                 gradients[rows] = torch.autograd.grad(picked, point)[0]
         return ((noisy - baselines) * gradients).reshape(len(x), draws, *shape).mean(dim=1)
+
+    def _attribute_tokens(self, detector, x, target, *, baseline, seed, index, attentions):
+        draws, (n, tokens) = self.n_samples, x.shape
+        with torch.no_grad():
+            embeddings, references = detector.embed(x), detector.embed(_token_baseline(baseline, x))
+        dim = embeddings.shape[-1]
+        keep = explained_positions_of(detector, x)[:, None, :, None]
+        noise = self.stdev * per_sample_normal((draws, tokens, dim), index, seed=seed,
+                                               purpose="explainer/gradient-shap/noise", device=x.device) * keep
+        alpha = per_sample_uniform((draws,), index, seed=seed, purpose="explainer/gradient-shap/alpha",
+                                   device=x.device).reshape(n, draws, 1, 1)
+        noisy = embeddings[:, None] + noise
+        reference = references[:, None].expand_as(noisy)
+        points = (reference + alpha * (noisy - reference)).flatten(0, 1)
+        mask = detector.attention_mask(x).repeat_interleave(draws, dim=0)
+        targets = target.repeat_interleave(draws)
+        gradients = torch.empty_like(points)
+        for start in range(0, len(points), self.max_inputs):
+            rows = slice(start, start + self.max_inputs)
+            gradients[rows] = _embedding_gradient(detector, points[rows], mask[rows], targets[rows])
+        return ((noisy - reference) * gradients.reshape(noisy.shape)).sum(-1).mean(dim=1)
 
 
 class FeatureAblationExplainer(Explainer):

@@ -51,6 +51,15 @@ the sample's own stream (:mod:`detectors.seeding`), so no value depends on batch
     ran (random and integrated-gradients among them): above 0, attention's top features hurt the
     prediction sooner. Its mean's interval is the run's paired bootstrap over the same resamples as
     every metric, so "attention is more faithful than OTHER" is said only when the interval lies above 0.
+
+On text (``explained``: the positions each sample's attribution explains, its real tokens after [CLS]) a
+"feature" is a token of the message: rankings, counts and subsets run over each message's own L tokens,
+[CLS] and padding are never removed, and a removed token is *masked* (replaced by [MASK], the position
+kept), not deleted from the message, in ERASER's terms (DeYoung et al. 2020). Deletion and insertion step
+through the fractions 0, 1/S, ..., 1 of the message (S = min(32, T)), removing round(fraction * L) tokens;
+comprehensiveness and sufficiency take k = ceil(q L) tokens; correlation's subsets hold max(1, round(0.2 L))
+of the message's tokens. infidelity and max_sensitivity perturb inputs continuously, which token ids cannot
+be: on text they are skipped with that reason.
 """
 
 from __future__ import annotations
@@ -83,6 +92,8 @@ FAITHFULNESS_METRICS = ("deletion", "insertion", "deletion_gain", "comprehensive
                         "correlation", "infidelity", "max_sensitivity")
 NOT_FOR_RANDOM = ("random's draws depend on the sample's index only, not on the input, so its max-sensitivity is 0 "
                   "by construction: a perfect score that says nothing")
+NOT_ON_TOKENS = ("{metric} moves inputs continuously (a fraction of the way to the baseline, or within an L-inf "
+                 "ball), which token ids cannot be moved: not defined on text")
 DIFF_LEAD = "attention"  # the explainer every deletion_auc_diff compares with the others
 METRIC_NAMES = {"deletion": "faithfulness.deletion_auc", "insertion": "faithfulness.insertion_auc",
                 "deletion_gain": "faithfulness.deletion_gain",
@@ -166,35 +177,60 @@ def aopc_counts(n_features: int) -> np.ndarray:
     return np.array([min(n_features, max(1, math.ceil(share * n_features - 1e-9))) for share in AOPC_SHARES])
 
 
-def feature_ranks(attribution: torch.Tensor) -> torch.Tensor:
+def feature_ranks(attribution: torch.Tensor, explained: torch.Tensor | None = None) -> torch.Tensor:
     """rank[i, f] = position of feature f when sample i's attributions are sorted descending, ties by index
-    (:func:`detectors.maths.descending_ranks` of the flattened float64 attributions, on the CPU)."""
-    return descending_ranks(attribution.flatten(1).double().cpu())
+    (:func:`detectors.maths.descending_ranks` of the flattened float64 attributions, on the CPU); with
+    ``explained`` (n, F) booleans, the positions it leaves out rank after every explained one."""
+    scores = attribution.flatten(1).double().cpu()
+    if explained is not None:
+        scores = scores.masked_fill(~explained.flatten(1).cpu(), -math.inf)
+    return descending_ranks(scores)
+
+
+def _lengths(x: torch.Tensor, explained: torch.Tensor | None) -> torch.Tensor:
+    """(n,) how many positions of each sample are explained (every position without ``explained``)."""
+    if explained is None:
+        return torch.full((len(x),), x[0].numel(), dtype=torch.int64, device=x.device)
+    return explained.flatten(1).sum(1).to(x.device)
+
+
+def step_counts(x: torch.Tensor, explained: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor]:
+    """(fractions (steps,), counts (n, steps)): how many positions each deletion/insertion step changes.
+    Without ``explained``: :func:`removal_counts` of F for every sample; with it: round(fraction * L) of each
+    sample's L explained positions, fractions 0, 1/S, ..., 1 with S = min(COARSE_STEPS, F)."""
+    n_features = x[0].numel()
+    if explained is None:
+        counts = torch.as_tensor(removal_counts(n_features), device=x.device)
+        return counts.cpu().numpy() / n_features, counts[None, :].expand(len(x), -1)
+    fractions = np.linspace(0.0, 1.0, min(COARSE_STEPS, n_features) + 1)
+    lengths = _lengths(x, explained).double()
+    counts = torch.round(lengths[:, None] * torch.as_tensor(fractions, device=x.device)[None, :]).long()
+    return fractions, counts
 
 
 def removal_curves(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
                    baseline: torch.Tensor, *, max_batch: int = 16384,
-                   kinds: tuple[str, ...] = REMOVAL_KINDS) -> RemovalCurves:
+                   kinds: tuple[str, ...] = REMOVAL_KINDS, explained: torch.Tensor | None = None) -> RemovalCurves:
     """Deletion and insertion curves of every sample, ``max_batch`` model inputs per forward pass.
-    ``kinds``: the curves to compute (the others are None); one curve costs half the passes of both."""
+    ``kinds``: the curves to compute (the others are None); one curve costs half the passes of both.
+    ``explained``: (n, F) the positions that count (text: each message's tokens), else every position."""
     unknown = [kind for kind in kinds if kind not in REMOVAL_KINDS]
     if unknown or not kinds:
         raise ValueError(f"expected kinds from {REMOVAL_KINDS}, got {kinds!r}")
     wanted = [kind for kind in REMOVAL_KINDS if kind in kinds]
-    n_features = x[0].numel()
-    counts = torch.as_tensor(removal_counts(n_features), device=x.device)
-    ranks = feature_ranks(attribution).to(x.device)
-    steps = len(counts)
+    fractions, counts = step_counts(x, explained)
+    ranks = feature_ranks(attribution, explained).to(x.device)
+    steps = counts.shape[1]
 
     def masks(rows):
-        changed = ranks[rows, None, :] < counts[None, :, None]
+        changed = ranks[rows, None, :] < counts[rows, :, None]
         # deletion replaces the top-ranked features by the baseline; insertion keeps only them
         return torch.cat([changed if kind == "deletion" else ~changed for kind in wanted], dim=1)
 
     proba = masked_probabilities(model, x, target, baseline, masks, len(wanted) * steps,
                                  max_batch=max_batch).numpy()
     curves = {kind: proba[:, i * steps:(i + 1) * steps] for i, kind in enumerate(wanted)}
-    return RemovalCurves(fractions=counts.cpu().numpy() / n_features, deletion=curves.get("deletion"),
+    return RemovalCurves(fractions=fractions, deletion=curves.get("deletion"),
                          insertion=curves.get("insertion"))
 
 
@@ -206,20 +242,22 @@ def random_ranking_scores(shape: tuple[int, ...], index: torch.Tensor, *, seed: 
 
 
 def random_deletion_auc(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, baseline: torch.Tensor, *,
-                        seed: int, index: torch.Tensor, max_batch: int = 16384) -> np.ndarray:
+                        seed: int, index: torch.Tensor, max_batch: int = 16384,
+                        explained: torch.Tensor | None = None) -> np.ndarray:
     """(n,) mean deletion AUC of RANDOM_RANKINGS random rankings per sample; one pass shared by every explainer."""
     n_features = x[0].numel()
-    counts = torch.as_tensor(removal_counts(n_features), device=x.device)
-    steps = len(counts)
-    ranks = feature_ranks(random_ranking_scores(x.shape[1:], index, seed=seed).reshape(-1, n_features))
+    fractions, counts = step_counts(x, explained)
+    steps = counts.shape[1]
+    every = None if explained is None else explained.flatten(1).repeat_interleave(RANDOM_RANKINGS, dim=0)
+    ranks = feature_ranks(random_ranking_scores(x.shape[1:], index, seed=seed).reshape(-1, n_features), every)
     ranks = ranks.reshape(len(x), RANDOM_RANKINGS, n_features).to(x.device)
 
     def masks(rows):
-        return (ranks[rows, :, None, :] < counts[None, None, :, None]).flatten(1, 2)
+        return (ranks[rows, :, None, :] < counts[rows, None, :, None]).flatten(1, 2)
 
     proba = masked_probabilities(model, x, target, baseline, masks, RANDOM_RANKINGS * steps, max_batch=max_batch)
     curves = proba.numpy().reshape(len(x), RANDOM_RANKINGS, steps)
-    return np.trapezoid(curves, counts.cpu().numpy() / n_features, axis=2).mean(axis=1)
+    return np.trapezoid(curves, fractions, axis=2).mean(axis=1)
 
 
 def deletion_gain(deletion_auc: np.ndarray, random_auc: np.ndarray) -> np.ndarray:
@@ -229,41 +267,57 @@ def deletion_gain(deletion_auc: np.ndarray, random_auc: np.ndarray) -> np.ndarra
 
 
 def aopc(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: torch.Tensor,
-         baseline: torch.Tensor, *, max_batch: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """(comprehensiveness, sufficiency), each (n,): ERASER's AOPC over the AOPC_SHARES of features."""
-    counts = torch.as_tensor(aopc_counts(x[0].numel()), device=x.device)
-    ranks = feature_ranks(attribution).to(x.device)
-    k = len(counts)
+         baseline: torch.Tensor, *, max_batch: int = 16384,
+         explained: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(comprehensiveness, sufficiency), each (n,): ERASER's AOPC over the AOPC_SHARES of features (with
+    ``explained``: of each sample's explained positions, the others never removed)."""
+    lengths = _lengths(x, explained).cpu().numpy()
+    counts = torch.as_tensor(np.stack([aopc_counts(int(length)) if length else np.zeros(len(AOPC_SHARES), np.int64)
+                                       for length in np.unique(lengths)]), device=x.device)
+    counts = counts[torch.as_tensor(np.searchsorted(np.unique(lengths), lengths), device=x.device)]
+    ranks = feature_ranks(attribution, explained).to(x.device)
+    outside = None if explained is None else ~explained.flatten(1).to(x.device)
+    k = counts.shape[1]
 
     def masks(rows):
-        top = ranks[rows, None, :] < counts[None, :, None]
+        top = ranks[rows, None, :] < counts[rows, :, None]
         nothing = torch.zeros_like(top[:, :1])
-        return torch.cat([nothing, top, ~top], dim=1)
+        rest = ~top if outside is None else ~top & ~outside[rows, None, :]
+        return torch.cat([nothing, top, rest], dim=1)
 
     proba = masked_probabilities(model, x, target, baseline, masks, 1 + 2 * k, max_batch=max_batch).numpy()
     full = proba[:, :1]
     return (full - proba[:, 1:1 + k]).mean(axis=1), (full - proba[:, 1 + k:]).mean(axis=1)
 
 
-def correlation_subsets(n_features: int, index: torch.Tensor, *, seed: int) -> torch.Tensor:
-    """(n, CORRELATION_SUBSETS, F) booleans: each sample's random subsets of max(1, round(0.2 F)) features."""
+def correlation_subsets(n_features: int, index: torch.Tensor, *, seed: int,
+                        explained: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, CORRELATION_SUBSETS, F) booleans: each sample's random subsets of max(1, round(0.2 F)) features
+    (with ``explained`` (n, F): max(1, round(0.2 L)) of its L explained positions)."""
     size = max(1, round(CORRELATION_SUBSET_SHARE * n_features))
     scores = per_sample_uniform((CORRELATION_SUBSETS, n_features), index, seed=seed,
                                 purpose="faithfulness/correlation/subsets")
-    order = torch.argsort(scores, dim=2, stable=True)
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(2, order[..., :size], True)
+    if explained is None:
+        order = torch.argsort(scores, dim=2, stable=True)
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(2, order[..., :size], True)
+    explained = explained.flatten(1).cpu()
+    sizes = (explained.sum(1).double() * CORRELATION_SUBSET_SHARE).round().long().clamp_min(1)
+    scores = scores.masked_fill(~explained[:, None, :], math.inf)
+    ranks = torch.argsort(torch.argsort(scores, dim=2, stable=True), dim=2)
+    return (ranks < sizes[:, None, None]) & explained[:, None, :]
 
 
 def faithfulness_correlation(model: torch.nn.Module, x: torch.Tensor, attribution: torch.Tensor,
                              target: torch.Tensor, baseline: torch.Tensor, *, seed: int, index: torch.Tensor,
-                             subsets: torch.Tensor | None = None, max_batch: int = 16384) -> np.ndarray:
+                             subsets: torch.Tensor | None = None, max_batch: int = 16384,
+                             explained: torch.Tensor | None = None) -> np.ndarray:
     """(n,) Pearson correlation between attribution sums and probability drops over random subsets.
 
     ``subsets`` (n, S, F) booleans replace the seeded draw (a comparison with another implementation
     feeds the same subsets to both)."""
     n_features = x[0].numel()
     if subsets is None:
-        subsets = correlation_subsets(n_features, index, seed=seed)
+        subsets = correlation_subsets(n_features, index, seed=seed, explained=explained)
     subsets = subsets.to(x.device)
     n_subsets = subsets.shape[1]
 
@@ -385,21 +439,26 @@ def diff_name(other: str) -> str:
 def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
                        attributions: dict[str, torch.Tensor], *, baseline: torch.Tensor, seed: int,
                        index: torch.Tensor, metrics: tuple[str, ...] = ("deletion", "insertion"),
-                       explainers: dict | None = None, max_batch: int = 16384) -> FaithfulnessOutcome:
+                       explainers: dict | None = None, max_batch: int = 16384,
+                       explained: torch.Tensor | None = None) -> FaithfulnessOutcome:
     """The chosen faithfulness metrics of every explainer, per sample. ``index`` holds the samples'
     global indices: every random draw is keyed by them, so a shard computes exactly its rows of the whole.
     ``baseline`` is (*shape) or per sample (n, *shape). ``max_sensitivity`` re-runs the explainers, so
-    it needs ``explainers`` (name -> explainer object, as from auditor.explain.make_explainer)."""
+    it needs ``explainers`` (name -> explainer object, as from auditor.explain.make_explainer). ``explained``:
+    (n, *shape) the positions that count (text: each message's tokens; the module docstring says how), where
+    infidelity and max_sensitivity are skipped."""
     metrics = check_metric_names(metrics)
     outcome = FaithfulnessOutcome()
     deletion_aucs = {}
-    random_auc = (random_deletion_auc(model, x, target, baseline, seed=seed, index=index, max_batch=max_batch)
+    random_auc = (random_deletion_auc(model, x, target, baseline, seed=seed, index=index, max_batch=max_batch,
+                                      explained=explained)
                   if "deletion_gain" in metrics else None)
     for name, attribution in attributions.items():
         if {"deletion", "insertion", "deletion_gain"} & set(metrics):
             kinds = tuple(kind for kind in REMOVAL_KINDS
                           if kind in metrics or (kind == "deletion" and "deletion_gain" in metrics))
-            curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch, kinds=kinds)
+            curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch, kinds=kinds,
+                                    explained=explained)
             deletion_aucs[name] = curves.deletion_auc
             if "deletion" in metrics:
                 outcome.per_sample[f"faithfulness.deletion_auc.{name}"] = curves.deletion_auc
@@ -412,18 +471,24 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
                 outcome.curves[f"{kind}.{name}"] = getattr(curves, kind)
                 outcome.fractions[f"{kind}.{name}"] = curves.fractions.tolist()
         if {"comprehensiveness", "sufficiency"} & set(metrics):
-            comprehensiveness, sufficiency = aopc(model, x, attribution, target, baseline, max_batch=max_batch)
+            comprehensiveness, sufficiency = aopc(model, x, attribution, target, baseline, max_batch=max_batch,
+                                                  explained=explained)
             if "comprehensiveness" in metrics:
                 outcome.per_sample[f"faithfulness.comprehensiveness.{name}"] = comprehensiveness
             if "sufficiency" in metrics:
                 outcome.per_sample[f"faithfulness.sufficiency.{name}"] = sufficiency
         if "correlation" in metrics:
             outcome.per_sample[f"faithfulness.correlation.{name}"] = faithfulness_correlation(
-                model, x, attribution, target, baseline, seed=seed, index=index, max_batch=max_batch)
-        if "infidelity" in metrics:
+                model, x, attribution, target, baseline, seed=seed, index=index, max_batch=max_batch,
+                explained=explained)
+        if "infidelity" in metrics and explained is not None:
+            outcome.skipped[f"faithfulness.infidelity.{name}"] = NOT_ON_TOKENS.format(metric="infidelity")
+        elif "infidelity" in metrics:
             outcome.per_sample[f"faithfulness.infidelity.{name}"] = infidelity_per_sample(
                 model, x, attribution, target, baseline, seed=seed, index=index, max_batch=max_batch)
-        if "max_sensitivity" in metrics and name == "random":
+        if "max_sensitivity" in metrics and explained is not None and name != "random":
+            outcome.skipped[f"stability.max_sensitivity.{name}"] = NOT_ON_TOKENS.format(metric="max_sensitivity")
+        elif "max_sensitivity" in metrics and name == "random":
             outcome.skipped["stability.max_sensitivity.random"] = NOT_FOR_RANDOM
         elif "max_sensitivity" in metrics:
             if explainers is None or name not in explainers:

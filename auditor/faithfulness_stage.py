@@ -71,7 +71,7 @@ class FaithfulnessStage(Stage):
         faithful = faithfulness.faithfulness_stage(block.detector, block.x, block.pred, block.attributions,
                                       baseline=block.baseline, seed=block.config.seed, index=block.index,
                                       metrics=block.config.faithfulness_metrics, explainers=block.explainers,
-                                      max_batch=block.plan.forward_batch)
+                                      max_batch=block.plan.forward_batch, explained=block.explained)
         block.per_sample.update(faithful.per_sample)
         block.notes.update(faithful.skipped)
         block.table["curves"] = {name: curve.astype(np.float32) for name, curve in faithful.curves.items()}

@@ -59,6 +59,9 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
         raise BadInputError("a python: model brings no data of its own; pass --data with the rows to audit")
     if options.input_kind is None:
         raise BadInputError(f"a python: model needs --input-kind {'|'.join(INPUT_KINDS)} to map tokens to inputs")
+    if options.input_kind == "text":
+        raise BadInputError("--input-kind text: a python: model's tokeniser cannot be read from it; audit text "
+                            "models trained by audit train --detector text")
     device = resolve_device(device_name)
     table = load_table(data_spec, label_column=label_column, positive_class=options.positive_class)
     kind = kind_named(options.input_kind)

@@ -54,6 +54,7 @@ from attacks import ATTACKS, Attack, Domain, make_attack
 from auditor.metrics import MetricSpec, format_eps
 from auditor.robustness import aligned_batch, craft, is_evasion_attack, predict
 from auditor.stage import Block, Stage
+from detectors.inputs.text import is_token_ids
 from detectors.blocks import SPARSE_ATTENTION
 
 MEANING = {
@@ -253,6 +254,10 @@ SPECS = (
 )
 
 
+TEXT_NOT_CHECKED = ("the gradient-masking checks re-run the attacks on inputs in [0, 1], which token ids are not; "
+                    "text is not attacked by this version")
+
+
 class MaskingStage(Stage):
     """With ``masking_checks``: the checks' own attacks on every row (``masking`` row-table group); the
     verdicts (:func:`evaluate_checks`) need every row's robust accuracy, so they are computed once all rows
@@ -268,7 +273,10 @@ class MaskingStage(Stage):
         return planned_check_metrics({a: config.grid(ATTACKS[a].norm) for a in config.attacks if is_evasion_attack(a)})
 
     def run(self, block: Block) -> None:
-        if block.config.masking_checks:
+        if block.config.masking_checks and is_token_ids(block.x):
+            block.notes.update({name: TEXT_NOT_CHECKED
+                                for name in self.planned(block.config, binary=block.detector.n_classes == 2)})
+        elif block.config.masking_checks:
             block.table["masking"] = masking_attack_rows(block.detector, block.x, block.y, block.attacks,
                                                          list(block.config.eps), domain=block.domain,
                                                          seed=block.config.seed, batch_size=block.plan.attack_batch,

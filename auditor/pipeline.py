@@ -34,6 +34,7 @@ from detectors.base import Detector
 from detectors.table import Dataset
 from detectors.errors import BadInputError
 from detectors.inputs import removal_baseline
+from detectors.inputs.text import TokenIds
 
 def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, shard: Shard | None = None,
               save_to: dict[str, Path] | None = None) -> AuditFindings | None:
@@ -54,7 +55,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
         raise BadInputError(
             f"expected x of shape (N, {', '.join(map(str, detector.input_shape))}), got {tuple(x.shape)}"
         )
-    baseline = removal_baseline(config.removal_baseline, x, subject.baseline)
+    baseline = removal_baseline(config.removal_baseline or subject.kind.removal_baselines[0], x, subject.baseline)
     relevant = relevant_mask_of(data, len(x))
     domain = subject.domain if subject.domain is not None else Domain.unit(detector.input_shape)
     config = config.with_l2_grid(int(domain.mutable.sum()))
@@ -65,6 +66,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
         raise ValueError(f"the configuration saves {sorted(saved_layouts(config, data))}, but files were given for "
                          f"{sorted(save_to or {})}")
     timing: dict[str, float] = {}
+    tokens = TokenIds.of(subject.tokenizer) if subject.tokenizer is not None else None
     writers: dict[str, RowWriter] = {}
     try:
         writers.update({group: _open_saved(path, shard) for group, path in (save_to or {}).items()})
@@ -77,7 +79,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
             block_relevant = relevant[index.cpu().numpy()] if relevant is not None else None
             table = audit_rows(detector, x[index], y[index], index, config, attacks, domain=domain,
                                baseline=block_baseline, relevant=block_relevant, positive=data.positive_class,
-                               plan=plan, timing=timing, progress=progress, n_rows=len(x))
+                               plan=plan, timing=timing, progress=progress, n_rows=len(x), tokens=tokens)
             for group, writer in writers.items():  # a block's rows are consecutive: written at the first one's place
                 writer.write(int(index[0]), table.pop(group))
             parts.append(table)
@@ -113,8 +115,10 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
                                   **{f"adv/{attack}{TARGETED_SUFFIX}@{format_eps(eps)}": x for attack in targeted
                                      for eps in config.grid(ATTACKS[attack].norm)}}
     if config.save_explanations:
+        # attributions are float32 (token ids are int64, an attribution of them is not)
+        attribution = (np.dtype(np.float32), (n, *shape))
         layouts["explanations"] = {"x": x, "y": y, "pred": (np.dtype(np.int64), (n,)),
-                                   **{f"attr/{name}": x for name in config.explainers}}
+                                   **{f"attr/{name}": attribution for name in config.explainers}}
     return layouts
 
 
@@ -143,11 +147,12 @@ PER_BLOCK_GROUPS = ("gallery", "fractions", "sanity_labels", "notes", "attention
 def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, config: AuditConfig,
                attacks: dict, *, domain: Domain, baseline: torch.Tensor, relevant: np.ndarray | None,
                positive: int | None, plan: MemoryPlan, timing: dict[str, float], progress: bool,
-               n_rows: int | None = None) -> RowTable:
+               n_rows: int | None = None, tokens: TokenIds | None = None) -> RowTable:
     """Every stage of :data:`auditor.stages.STAGES`, in order, on a block of rows with global indices ``index``
     (a multiple of the attack chunk from its start). ``baseline`` is the removal baseline, (*shape) or the
     block's rows (n, *shape); ``relevant`` the block's rows of the localisation ground truth; ``n_rows`` how many
-    rows the whole audit has (default: this block is all of them). Returns the block's row table:
+    rows the whole audit has (default: this block is all of them); ``tokens`` a text tokeniser's special ids.
+    Returns the block's row table:
     ``index``, ``proba`` (clean probabilities), ``per_sample`` (metric name -> values, aggregated later),
     ``curves`` (name -> (rows, points)), ``sanity_curves`` (explainer -> (rows, cascade steps)), ``masking``
     (the masking checks' own attacks), ``trust`` (the erasure rows) and, when asked, ``adversarial`` /
@@ -158,7 +163,7 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
     ``notes`` the stages' reasons for skipped metrics."""
     block = Block(detector=detector, x=x, y=y, index=index, config=config, attacks=attacks, domain=domain,
                   baseline=baseline, relevant=relevant, positive=positive, plan=plan, progress=progress,
-                  n_rows=len(x) if n_rows is None else n_rows, timing=timing)
+                  n_rows=len(x) if n_rows is None else n_rows, timing=timing, tokens=tokens)
     block.table["rows"] = {"index": block.index_np}
     for stage in STAGES:
         stage.timed_run(block)
@@ -199,7 +204,7 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     skipped.update(sample_skipped)
     skipped.update({name: str(values[0]) for name, values in tables.get("notes", {}).items()})
     checks = []
-    if config.masking_checks:
+    if config.masking_checks and "masking" in rows:
         checks = evaluate_checks(metrics, rows["masking"], attacks, {"linf": list(config.eps),
                                                                      "l2": list(config.grid("l2"))},
                                  n=len(data))
@@ -238,4 +243,20 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
         adversarial_gallery=adversarial_gallery(data, proba_np, flipped, metrics, config),
     )
     result.memory = plan.to_dict()
+    if subject.tokenizer is not None:
+        spell_tokens([*result.gallery, *result.adversarial_gallery], subject.tokenizer)
+        pad_id = TokenIds.of(subject.tokenizer).pad_id
+        for entry in result.hidden_importance:  # the word beside its position's name; 1/L of the message's L tokens
+            ids = data.x[entry["index"]]
+            word = subject.tokenizer.tokens([ids[data.feature_names.index(entry["token"])]])[0]
+            entry["token"] = f"{word} ({entry['token']})"
+            entry["uniform"] = 1.0 / max(1, int((ids != pad_id).sum()) - 1)
     return result
+
+
+def spell_tokens(samples: list, tokenizer) -> None:
+    """Each text sample's ``tokens``: its message's tokens after [CLS], up to the padding, for the report."""
+    pad_id = TokenIds.of(tokenizer).pad_id
+    for sample in samples:
+        ids = [int(i) for i in sample.x[1:]]
+        sample.tokens = tokenizer.tokens(ids[:ids.index(pad_id)] if pad_id in ids else ids)

@@ -31,7 +31,7 @@ from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
 from auditor.stages import CATALOGUE, spec_for
 from auditor.verdict import TITLE as TRUST_TITLE, TrustLine, mprt_verdict, trust_panel
 from detectors.errors import BadInputError
-from detectors.inputs import InputKind, kind_of_rank
+from detectors.inputs import InputKind, kind_named, kind_of_rank
 
 EXPLAINER_FAMILIES = ("faithfulness", "stability.max_sensitivity", "sanity.mprt", "localisation.precision_at_k",
                       "trust.hidden_importance")
@@ -244,12 +244,24 @@ def metric_rows(metrics: dict[str, MetricValue], attacks: list[str], explainers:
 
 # ----------------------------------------------------------------------------- the page
 
-def input_kind(result: AuditFindings) -> InputKind:
-    """The input kind of the audited samples, from the rank of a stored one (rows when none is stored)."""
+def input_kind(result: AuditFindings, document: dict | None = None) -> InputKind:
+    """The input kind of the audited samples: the one results.json names (``data.input_kind``), else (written
+    before it did) from the rank of a stored sample (rows when none is stored)."""
+    named = (document or {}).get("data", {}).get("input_kind")
+    if named:
+        return kind_named(named)
     sample = next((s.x for s in [*result.gallery, *result.adversarial_gallery] if s.x), None)
     if sample is None and result.attention_examples:
         sample = result.attention_examples[0].x
     return kind_of_rank(np.asarray(sample).ndim if sample is not None else 1)
+
+
+def token_shade(value) -> str:
+    """A text token's background: red for a positive attribution, blue for a negative one, its opacity the
+    magnitude (the sample's attributions are scaled to [-1, 1])."""
+    value = 0.0 if value is None else float(value)
+    red, green, blue = (214, 39, 40) if value >= 0 else (31, 119, 180)
+    return f"rgba({red}, {green}, {blue}, {min(abs(value), 1.0) * 0.85:.2f})"
 
 
 def render_document(document: dict) -> bytes:
@@ -284,7 +296,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
                   attacks: list[str], explainers: list[str], class_names: list[str], feature_names: list[str],
                   row_index: list[int], skipped: dict[str, str]) -> bytes:
     clean_accuracy = metrics["clean.accuracy"].value if "clean.accuracy" in metrics else float("nan")
-    kind = input_kind(result)
+    kind = input_kind(result, document)
     attention_attacks = [a for a in attacks if any(n.startswith(f"stability.topk_intersection.{a}@") for n in metrics)]
     context = dict(
         doc=document,
@@ -317,6 +329,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
         method_metrics=metric_rows(metrics, attacks, explainers),
         skipped=skipped,
         bar=lambda v: f"{min(abs(float(v)), 1.0) * 100:.1f}",
+        token_shade=token_shade,
         shade=lambda count, peak: f"{0.08 + 0.6 * count / peak:.2f}" if count else "0",
     )
     html = environment().get_template("report.html.j2").render(**context)

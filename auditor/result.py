@@ -29,6 +29,8 @@ class SampleView:
     ``x`` and ``maps`` hold the whole input and each explainer's attribution in the input's shape (image
     overlays and time x feature strips). An adversarial sample names its ``attack`` and the prediction before
     it (``clean_predicted``); ``changes`` lists the features the attack moved most as (name, clean, adversarial).
+    ``tokens``: for text, the message's tokens at positions 1, 2, ... ([CLS] and padding left out), so token i is
+    shaded by ``maps[name][i + 1]``.
     """
 
     row: int
@@ -45,6 +47,7 @@ class SampleView:
     eps: float | None = None
     clean_predicted: str | None = None
     changes: list[tuple[str, float, float]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
 
 
 @dataclass

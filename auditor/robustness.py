@@ -24,6 +24,7 @@ from attacks import ATTACKS, CHUNK, Attack, Domain, is_minimum_norm
 from auditor.metrics import MetricSpec, MetricValue, format_eps
 from auditor.persample import only_where
 from auditor.stage import Block, Stage
+from detectors.inputs.text import is_token_ids
 
 FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth")
 WORST = {"linf": "worst", "l2": "worst-l2"}  # the per-sample worst case over each norm's evasion attacks
@@ -374,6 +375,9 @@ class RobustnessStage(Stage):
         return names
 
     def run(self, block: Block) -> None:
+        if is_token_ids(block.x):
+            attack_text(self, block)
+            return
         config, index_np = block.config, block.index_np
         robust = run_attacks(block.detector, block.x, block.y, block.pred, block.attacks, list(config.eps),
                              domain=block.domain, seed=config.seed, batch_size=block.plan.attack_batch,
@@ -388,6 +392,23 @@ class RobustnessStage(Stage):
         if config.save_adversarial:
             block.table["adversarial"] = {"x": block.x.cpu().numpy(), "y": block.y.cpu().numpy(),
                                           **{k: v.numpy() for k, v in robust.adversarial.items()}}
+
+
+TEXT_NOT_ATTACKED = ("the attacks perturb inputs in [0, 1] and token ids are discrete: text needs token-substitution "
+                     "attacks, which this version does not run on text")
+
+
+def attack_text(stage: RobustnessStage, block: Block) -> None:
+    """The robustness stage on token ids (text): every planned name skipped with :data:`TEXT_NOT_ATTACKED`, no
+    example kept. The one place a token attack plugs in: it receives the block (``block.x`` the (n, T) int64
+    ids, ``block.detector`` a :class:`detectors.inputs.text.TokenModel`, ``block.baseline`` the ids with every
+    explained token masked, ``block.explained`` the positions an attack may change, ``block.tokens`` the
+    tokeniser's special ids and vocabulary size) and fills what :meth:`RobustnessStage.run` fills for the
+    other kinds."""
+    block.notes.update({name: TEXT_NOT_ATTACKED
+                        for name in stage.planned(block.config, binary=block.detector.n_classes == 2)})
+    block.table["attention_examples"] = {"example": objects([])}
+    block.table["flipped"] = {"example": objects([])}
 
 
 def objects(items: list) -> np.ndarray:

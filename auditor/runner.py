@@ -54,8 +54,9 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     max_memory_gb: float | None = None, attack_params: tuple = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
                     explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
-                    removal_baseline: str = "mean", baseline_path: Path | None = None,
-                    relevant_features: tuple[str, ...] = (), shard: Shard | None = None) -> Outcome | None:
+                    removal_baseline: str | None = None, baseline_path: Path | None = None,
+                    relevant_features: tuple[str, ...] = (), shard: Shard | None = None,
+                    text_column: str = "text") -> Outcome | None:
     """Validate, audit, write. Under torchrun (``shard``, default from the environment) every rank audits
     its rows; rank 0 writes the outputs and returns the outcome, the other ranks return None. A failure
     on any rank before the audit is raised on every rank, so none waits for the others."""
@@ -77,7 +78,8 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             on_out_of_range=on_out_of_range,
             max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
             hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
-            removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features)
+            removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features,
+            text_column=text_column)
     except Exception as error:  # raised again on this rank by agree(), and as a failure on the others
         problem = error
     shard.agree(problem)
@@ -112,7 +114,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
              on_out_of_range,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
-             removal_baseline, baseline_path, relevant_features=()):
+             removal_baseline, baseline_path, relevant_features=(), text_column="text"):
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
@@ -136,7 +138,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
                                 "--logits-key, --bounds and --bounds-file apply to python: models only")
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
-                               frozen_features=config.frozen_features, on_out_of_range=on_out_of_range)
+                               frozen_features=config.frozen_features, on_out_of_range=on_out_of_range,
+                               text_column=text_column)
     return bind(subject, config, loaded_policy, baseline_path=baseline_path, relevant_features=relevant_features)
 
 
@@ -145,7 +148,10 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
     """The configuration bound to the loaded subject (frozen features, target class, L2 grid, determinism), the
     names it plans, the policy that judges them (``loaded_policy`` or the default one, validated against the
     plan) and the baseline to regress against: what ``audit run`` and :func:`auditor.api.audit` both do."""
-    config = replace(config, frozen_features=subject.frozen_features)
+    if subject.kind.name == "text" and config.save_adversarial:
+        raise BadInputError("--save-adversarial keeps adversarial inputs, and text is not attacked by this version")
+    config = replace(config, frozen_features=subject.frozen_features,
+                     removal_baseline=config.removal_baseline or subject.kind.removal_baselines[0])
     if relevant_features:
         subject.data = declare_relevant(subject.data, tuple(relevant_features))
     # bound to the model first: the default L2 grid scales with the number of inputs the attacker may change
@@ -195,7 +201,7 @@ def outputs(result: AuditFindings, subject: Subject, config: AuditConfig, policy
     document = results_document(
         model=model_doc,
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples),
-              "out_of_range": subject.data.out_of_range()},
+              "out_of_range": subject.data.out_of_range(), "input_kind": subject.kind.name},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
         masking=result.masking, check_metrics=check_metrics(metrics),
         curves={"robustness": {attack: [list(point) for point in points]

@@ -14,6 +14,9 @@ rows, averaged over heads: 0 when a head puts all its weight on one token, ln(to
 A model without a CLS token (``token_map.cls_index`` None) uses every query row of the last layer
 instead of the CLS row. Both are informational: neither is better in itself (Meister et al. 2021:
 sparsity does not make attention more faithful); the report shows them beside faithfulness.
+
+On text the keys are the message's real tokens: padding, masked out of every attention (a weight of 0 by
+construction, not by sparsity), is left out of the zero share.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from auditor.explain import evaluating
 from auditor.metrics import MetricSpec
 from auditor.stage import Block, Stage
 from detectors.base import Detector
+from detectors.inputs.text import is_token_ids
 
 SPECS = (
     MetricSpec("attention.zero_share", None, "[0, 1)",
@@ -46,11 +50,17 @@ class SparsityOutcome:
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def row_sparsity(weights: torch.Tensor, cls_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, heads, tokens, tokens) attention of one layer -> per sample (zero share, entropy in nats)."""
+def row_sparsity(weights: torch.Tensor, cls_index: int | None,
+                 keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, heads, tokens, tokens) attention of one layer -> per sample (zero share, entropy in nats);
+    ``keys`` (batch, tokens): the key tokens the zero share counts (text: not the padding), default all."""
     rows = weights[:, :, cls_index, :] if cls_index is not None else weights
     rows = rows.double().reshape(len(weights), -1, weights.shape[-1])  # (batch, rows, tokens)
-    zero_share = (rows == 0).double().mean(dim=-1).mean(dim=-1)
+    if keys is None:
+        zero_share = (rows == 0).double().mean(dim=-1).mean(dim=-1)
+    else:
+        kept = keys[:, None, :].to(rows.device)
+        zero_share = ((rows == 0) & kept).double().sum(dim=-1).mean(dim=-1) / kept.sum(dim=-1)[:, 0].double()
     plogp = torch.where(rows > 0, rows * rows.clamp_min(torch.finfo(torch.float64).tiny).log(), 0.0)
     entropy = (-plogp.sum(dim=-1)).mean(dim=-1)
     return zero_share, entropy
@@ -62,8 +72,10 @@ def sparsity_stage(detector: Detector, x: torch.Tensor, *, max_batch: int = 4096
     zero_parts, entropy_parts = [], []
     with evaluating(detector):
         for start in range(0, len(x), max_batch):
-            _, attentions = detector.forward_with_attention(x[start:start + max_batch])
-            zero_share, entropy = row_sparsity(attentions[-1], detector.token_map.cls_index)
+            rows = x[start:start + max_batch]
+            _, attentions = detector.forward_with_attention(rows)
+            keys = detector.attention_mask(rows) if is_token_ids(rows) else None
+            zero_share, entropy = row_sparsity(attentions[-1], detector.token_map.cls_index, keys)
             zero_parts.append(zero_share.cpu().numpy())
             entropy_parts.append(entropy.cpu().numpy())
     if not zero_parts:

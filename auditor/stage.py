@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from auditor.metrics import MetricSpec
+from detectors.inputs.text import explained_positions_of, is_token_ids
 
 
 @dataclass
 class Block:
     """One streamed block of audited rows and everything the stages add to it.
 
-    ``index``: the rows' global indices; ``baseline``: the removal baseline, (*shape) or the block's rows;
+    ``index``: the rows' global indices; ``tokens`` (text) the tokeniser's special ids and vocabulary size; ``baseline``: the removal baseline, (*shape) or the block's rows;
     ``relevant``: the block's rows of the localisation ground truth; ``n_rows``: the rows of the whole audit.
     Stages fill ``pred`` (clean), ``attributions`` and ``explainers`` (explain), ``per_sample`` (metric name ->
     values, aggregated over all rows later), ``notes`` (metric name -> why it was not computed) and ``table``
@@ -52,10 +53,18 @@ class Block:
     notes: dict[str, str] = field(default_factory=dict)
     table: dict = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    # text: the tokeniser's special ids (detectors.inputs.text.TokenIds); None for other kinds
+    tokens: object | None = None
 
     @property
     def index_np(self) -> np.ndarray:
         return self.index.cpu().numpy()
+
+    @property
+    def explained(self) -> torch.Tensor | None:
+        """(n, *shape) booleans: the positions an attribution explains and a removal may remove, where not every
+        position is (text: each message's tokens after [CLS], :mod:`detectors.inputs.text`); None: all are."""
+        return explained_positions_of(self.detector, self.x) if is_token_ids(self.x) else None
 
 
 class Stage:

@@ -18,10 +18,19 @@ from detectors.data import align_table, is_builtin, load_table, split_table, str
 from detectors.table import Dataset
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
+from detectors.inputs import InputKind, kind_named, kind_of_rank
+
 
 @dataclass
 class Subject:
-    """What is audited: a detector, its data, its removal baseline and who it is."""
+    """What is audited: a detector, its data, its removal baseline and who it is.
+
+    ``input_kind``: the kind's name where the rank does not say it (``text``; None: the kind of the data's
+    rank). A text subject also holds its ``tokenizer`` (:class:`detectors.text_data.TextTokenizer`, which
+    turns ids back into tokens for the report, and whose special ids a token attack must not touch:
+    :class:`detectors.inputs.text.TokenIds`), its ``data.x`` the (N, T) int64 ids, its ``baseline``
+    :meth:`TokenIds.as_baseline`, and its detector the :class:`detectors.inputs.text.TokenModel` surface
+    (``attention_mask(ids)``, ``embed``, ``forward_embeddings``, ``embedding``)."""
 
     detector: Detector
     data: Dataset
@@ -33,6 +42,12 @@ class Subject:
     # None until auditor.determinism.settle checks it (a caller that knows may set it), then its findings
     deterministic: bool | None = None
     determinism: Determinism | None = None
+    input_kind: str | None = None
+    tokenizer: object | None = None
+
+    @property
+    def kind(self) -> InputKind:
+        return kind_named(self.input_kind) if self.input_kind else kind_of_rank(self.data.x.ndim - 1)
 
 
 def sha256_of(path: Path) -> str:
@@ -76,13 +91,18 @@ def check_out_of_range(data: Dataset, policy: str) -> None:
 
 def load_subject(model_path: str, *, data_spec: str | None, label_column: str, max_samples: int, seed: int,
                  device_name: str, frozen_features: tuple[str, ...] | None = None,
-                 on_out_of_range: str = "clip") -> Subject:
+                 on_out_of_range: str = "clip", text_column: str = "text") -> Subject:
     """The checkpoint's detector with the data to audit, validated against each other. ``frozen_features``:
     None for the checkpoint's own (recorded by ``audit train --frozen-features``), else these (``()``: none).
-    Audited values outside the training range are clipped to it and counted, or refused (``on_out_of_range``)."""
+    Audited values outside the training range are clipped to it and counted, or refused (``on_out_of_range``).
+    A text checkpoint reads messages instead (:func:`load_text_subject`)."""
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(model_path, device=device)
     meta = checkpoint.metadata
+    if meta["detector"]["kind"] == "text":
+        return load_text_subject(model_path, checkpoint, data_spec=data_spec, label_column=label_column,
+                                 text_column=text_column, max_samples=max_samples, seed=seed, device=device,
+                                 frozen_features=frozen_features)
     trained_on = meta["data"]
     if data_spec is None or _same_data(data_spec, trained_on["name"]):
         spec = trained_on["name"]
@@ -112,21 +132,73 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
         baseline = checkpoint.train_mean.float()
     else:
         baseline = torch.as_tensor(data.x.mean(axis=0))
-    path = Path(model_path)
-    model_info = {
-        "path": str(path), "sha256": sha256_of(path), "detector": meta["detector"]["kind"],
-        "defense": meta["defense"].get("name", "none"), "data set": trained_on["name"],
-        "hparams": meta["detector"]["hparams"], "training": meta.get("training", {}),
-        "defense_settings": dict(meta["defense"]),
-        # checkpoints written before the variants existed all used softmax
-        "attention": meta["detector"]["hparams"].get("attention", "softmax"),
-    }
+    model_info = _model_info(model_path, meta)
     scaler = checkpoint.scaler
     frozen = tuple(meta.get("frozen_features") or ()) if frozen_features is None else tuple(frozen_features)
     domain = build_domain(tuple(checkpoint.detector.input_shape), checkpoint.feature_names, frozen=frozen,
                           integer=meta.get("integer_features"), lo=scaler.lo, hi=scaler.hi)
     return Subject(detector=checkpoint.detector, data=data, baseline=baseline.to(device), model_info=model_info,
                    device=device, domain=domain, frozen_features=frozen)
+
+
+def _model_info(model_path: str, meta: dict) -> dict:
+    path = Path(model_path)
+    return {
+        "path": str(path), "sha256": sha256_of(path), "detector": meta["detector"]["kind"],
+        "defense": meta["defense"].get("name", "none"), "data set": meta["data"]["name"],
+        "hparams": meta["detector"]["hparams"], "training": meta.get("training", {}),
+        "defense_settings": dict(meta["defense"]),
+        # checkpoints written before the variants existed all used softmax
+        "attention": meta["detector"]["hparams"].get("attention", "softmax"),
+    }
+
+
+def load_text_subject(model_path: str, checkpoint, *, data_spec: str | None, label_column: str, text_column: str,
+                      max_samples: int, seed: int, device: torch.device,
+                      frozen_features: tuple[str, ...] | None = None) -> Subject:
+    """A text checkpoint with the messages to audit: the test split of the corpus it was trained on
+    (``data_spec`` None or the same), else ``phishing[:N]``, a ``.csv`` (text in ``text_column``) or a
+    ``.jsonl`` file, encoded by the checkpoint's own tokeniser and labelled with its classes (a label it does
+    not know, or a bad row, is bad input naming it)."""
+    from detectors.inputs.text import TokenIds
+    from detectors.text_data import align_text_table, load_text_table, split_text_table, text_dataset
+
+    if frozen_features:
+        raise BadInputError("--frozen-features names tabular features; a text model has none")
+    meta = checkpoint.metadata
+    trained_on = meta["data"]
+    tokenizer = checkpoint.tokenizer
+    if data_spec is None or _same_data(data_spec, trained_on["name"]):
+        spec = trained_on["name"]
+        if not is_builtin_text(spec) and not Path(spec).is_file():
+            raise BadInputError(
+                f"the checkpoint's training data {spec!r} is not readable here; pass --data with the messages to audit")
+        table = load_text_table(spec, text_column=trained_on.get("text_column", text_column),
+                                label_column=trained_on.get("label_column", label_column),
+                                seed=trained_on.get("generator_seed", 0))
+        rows = split_text_table(table, seed=trained_on["split_seed"]).test.row_index
+        data = text_dataset(table, rows, tokenizer, "test")
+        data.class_names = checkpoint.class_names
+    else:
+        spec = data_spec
+        if Path(spec).suffix.lower() not in (".csv", ".jsonl") and not is_builtin_text(spec):
+            raise BadInputError(f"a text model audits messages: pass --data phishing[:N], a .csv with a "
+                                f"--text-column, or a .jsonl file, got {spec!r}")
+        table = load_text_table(spec, text_column=text_column, label_column=label_column)
+        data = align_text_table(table, tokenizer=tokenizer, class_names=checkpoint.class_names)
+    data.positive_class = meta.get("positive_class")
+    data = stratified_subset(data, max_samples, seed=seed)
+    if len(data) == 0:
+        raise BadInputError(f"no messages to audit in {spec}")
+    return Subject(detector=checkpoint.detector, data=data, baseline=TokenIds.of(tokenizer).as_baseline().to(device),
+                   model_info=_model_info(model_path, meta), device=device, domain=None, frozen_features=(),
+                   input_kind="text", tokenizer=tokenizer)
+
+
+def is_builtin_text(spec: str) -> bool:
+    from detectors.text_data import TEXT_BUILTIN
+
+    return spec.partition(":")[0] in TEXT_BUILTIN
 
 
 def _same_data(spec: str, trained_on: str) -> bool:

@@ -91,20 +91,22 @@ def most_important(drops: np.ndarray) -> np.ndarray:
     return np.where(drops[np.arange(len(drops)), top] > 0, top, -1) if len(drops) else top
 
 
-def hidden_importance(top: np.ndarray, shares: np.ndarray) -> np.ndarray:
+def hidden_importance(top: np.ndarray, shares: np.ndarray, n_tokens: np.ndarray | None = None) -> np.ndarray:
     """(n,) 1.0 where the top token's share is below a uniform share 1/T, 0.0 where not; NaN where there is
-    no top token or no share."""
-    n, n_tokens = shares.shape
+    no top token or no share. ``n_tokens`` (n,): each sample's own T (text: its message's tokens)."""
+    n = len(shares)
+    uniform = 1.0 / (shares.shape[1] if n_tokens is None else np.maximum(n_tokens, 1))
     share = np.where(top >= 0, shares[np.arange(n), np.maximum(top, 0)], np.nan)
-    return np.where(np.isfinite(share), (share < 1.0 / n_tokens).astype(np.float64), np.nan)
+    return np.where(np.isfinite(share), (share < uniform).astype(np.float64), np.nan)
 
 
 def trust_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
                 attributions: dict[str, torch.Tensor], *, baseline: torch.Tensor,
-                max_batch: int = 16384) -> TrustOutcome:
+                max_batch: int = 16384, explained: torch.Tensor | None = None) -> TrustOutcome:
     """``trust.hidden_importance`` of every explainer that ran, per sample. ``target`` is the predicted class;
     ``baseline`` the run's removal baseline, (*shape) or per sample (n, *shape). Deterministic per sample, so
-    shards gather to the whole."""
+    shards gather to the whole. ``explained`` (text, one token per position): T is each message's own number
+    of tokens ([CLS] and padding, never erased, get no share of the attribution)."""
     outcome = TrustOutcome()
     if not attributions:
         return outcome
@@ -116,7 +118,8 @@ def trust_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
     outcome.rows["drop"] = np.where(top >= 0, drops[np.arange(len(drops)), np.maximum(top, 0)], np.nan)
     for name, attribution in attributions.items():
         shares = attribution_shares(attribution, token_map)
-        outcome.per_sample[f"{METRIC}.{name}"] = hidden_importance(top, shares)
+        outcome.per_sample[f"{METRIC}.{name}"] = hidden_importance(
+            top, shares, None if explained is None else explained.flatten(1).sum(1).cpu().numpy())
         outcome.rows[f"share/{name}"] = np.where(top >= 0, shares[np.arange(len(top)), np.maximum(top, 0)],
                                                  np.nan)
     return outcome
@@ -170,7 +173,7 @@ class TrustStage(Stage):
 
     def run(self, block: Block) -> None:
         trusted = trust_stage(block.detector, block.x, block.pred, block.attributions, baseline=block.baseline,
-                              max_batch=block.plan.forward_batch)
+                              max_batch=block.plan.forward_batch, explained=block.explained)
         block.per_sample.update(trusted.per_sample)
         if trusted.rows:
             block.table["trust"] = trusted.rows

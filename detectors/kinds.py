@@ -5,5 +5,5 @@ test checks)."""
 
 DETECTOR_KINDS = ("tabular", "vit", "sequence", "text")
 ATTENTION_VARIANTS = ("softmax", "sparsemax", "entmax15", "additive")
-INPUT_KIND_NAMES = ("tabular", "sequence", "image")
-REMOVAL_BASELINES = ("mean", "zero", "blur")
+INPUT_KIND_NAMES = ("tabular", "sequence", "image", "text")
+REMOVAL_BASELINES = ("mean", "zero", "blur", "mask")

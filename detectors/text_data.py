@@ -38,6 +38,7 @@ from sklearn.model_selection import train_test_split
 from detectors.data import TEST_SHARE, VALIDATION_SHARE, _label_order
 from detectors.table import Dataset, Splits
 from detectors.errors import BadInputError
+from detectors.inputs.text import position_names
 
 TEXT_BUILTIN = ("phishing",)
 PHISHING_DEFAULT_ROWS = 6_000
@@ -366,11 +367,6 @@ class TextSplits(Splits):
     the training texts; ``Dataset.relevant_mask`` holds the rationale tokens where the corpus has them."""
 
     tokenizer: TextTokenizer | None = None
-
-
-def position_names(max_length: int) -> list[str]:
-    """One name per token position: ``[CLS]`` then ``t1`` ... (the checkpoint's ``features``)."""
-    return [CLS] + [f"t{i}" for i in range(1, max_length)]
 
 
 def split_text_table(table: TextTable, *, seed: int) -> TextSplits:

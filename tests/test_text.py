@@ -201,3 +201,71 @@ def test_the_tokeniser_knows_only_training_words_and_truncates():
     assert (local.tokenizer.token_id("rareword") is not None) == in_train
     encoded, _, truncated = TextTokenizer.train(["a b c"], max_length=3).encode(["a b c d", "a"])
     assert encoded.shape == (2, 3) and truncated.tolist() == [True, False] and encoded[1, 2] == 0
+
+
+# --------------------------------------------------------------------------- audit run on text
+
+
+def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_checkpoint, tmp_path):
+    """The clean stage, the explanations and the report run on token ids; the kind is named in results.json,
+    attacks that do not apply are skipped with their stage's reason, and `audit report` draws the tokens again,
+    escaped."""
+    from auditor.cli import cli
+    from auditor.report_html import render_document
+    from auditor.robustness import TEXT_NOT_ATTACKED
+
+    path, _ = text_checkpoint
+    out = tmp_path / "audit"
+    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--max-samples", "12", "--device", "cpu",
+                                      "--quiet", "--faithfulness-metrics", "deletion,comprehensiveness,infidelity",
+                                      "--save-explanations", "--out", str(out)])
+    assert result.exit_code in (0, 1), result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["data"]["input_kind"] == "text" and document["config"]["removal_baseline"] == "mask"
+    assert document["data"]["name"] == "phishing:200" and document["data"]["n_samples"] == 12
+    assert document["skipped"]["robust.accuracy.pgd@0.1"] == TEXT_NOT_ATTACKED
+    assert "not defined on text" in document["skipped"]["faithfulness.infidelity.attention"]
+    for name in ("clean.accuracy", "faithfulness.deletion_auc.attention", "faithfulness.comprehensiveness.random",
+                 "localisation.plausibility.integrated-gradients", "agreement.kendall_tau.attention~feature-ablation"):
+        assert name in document["metrics"], name
+    sample = document["report"]["gallery"][0]
+    assert sample["tokens"] and "[PAD]" not in sample["tokens"] and "[CLS]" not in sample["tokens"]
+    assert all(v == 0 for name in sample["maps"] for v in sample["maps"][name][len(sample["tokens"]) + 1:])
+    html = (out / "report.html").read_text()
+    assert f'class="token"' in html and f">{sample['tokens'][0]}</span>" in html
+    sample["tokens"][0] = "<script>alert(1)</script>"  # a message holding markup shows as text
+    escaped = render_document(document).decode()
+    assert "<script>alert(1)</script>" not in escaped and "&lt;script&gt;alert(1)&lt;/script&gt;" in escaped
+    assert CliRunner().invoke(cli, ["report", str(out)]).exit_code == 0
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(out / "explanations.safetensors"))
+    assert saved["x"].dtype == np.int64 and saved["attr/integrated-gradients"].dtype == np.float32
+    assert (saved["attr/random"][saved["x"] == 0] == 0).all()  # padding: exactly 0
+
+
+def test_audit_run_on_text_reads_message_files_and_refuses_bad_ones(text_checkpoint, tmp_path):
+    from auditor.cli import cli
+
+    path, _ = text_checkpoint
+    lines = [{"body": "please verify your password now", "label": "phishing"},
+             {"body": "the meeting moved to friday", "label": "benign"}] * 3
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(line) for line in lines), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--data", str(tmp_path / "m.jsonl"),
+                                      "--text-column", "body", "--explainers", "attention,random", "--device", "cpu",
+                                      "--quiet", "--out", str(tmp_path / "a")])
+    assert result.exit_code in (0, 1), result.output
+    document = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert document["data"]["n_samples"] == 6 and "localisation.precision_at_k.attention" in document["skipped"]
+    (tmp_path / "bad.csv").write_text("text,label\nhello,benign\nhi,spam\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--data", str(tmp_path / "bad.csv"),
+                                      "--device", "cpu", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "labels 'spam' in" in result.output and "not classes of the checkpoint" in result.output
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok", "label": "benign"}\n{"text": "", "label": "benign"}\n',
+                                        encoding="utf-8")
+    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--data", str(tmp_path / "bad.jsonl"),
+                                      "--device", "cpu", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "line 2: empty text" in result.output
+    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--data", "breast-cancer", "--device", "cpu",
+                                      "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "a text model audits messages" in result.output

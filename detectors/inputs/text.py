@@ -1,0 +1,153 @@
+"""Text inputs: a sample is T token ids (int64), ``[CLS]`` at position 0 and ``[PAD]`` after the message, one
+token per position (:class:`detectors.text.TextTransformer`, tokenised by :mod:`detectors.text_data`).
+
+Text is the one kind whose samples are integers: token ids have rank 1 like a tabular row, so the kind is
+never guessed from the rank. A checkpoint names it (its detector is ``text``), results.json records it
+(``data.input_kind``) and a batch of integer ids is text (:func:`is_token_ids`).
+
+What is explained, removed and attacked is a message's *words*: the explained positions
+(:func:`explained_positions`) are every real token except ``[CLS]``; padding is never explained (every
+explainer's attribution there is exactly 0) and never removed. Removing a token (the ``mask`` removal baseline,
+the only one text has: a token id has no mean) replaces it by the tokeniser's ``[MASK]`` id, or by ``[UNK]``
+where a tokeniser has no ``[MASK]`` (the checkpoints of ``audit train --detector text`` always have both, ids
+3 and 1): the position stays, as ERASER's "masked" erasure (DeYoung et al. 2020), not removed from the message.
+
+A model this tool did not train enters through the same surface, which :class:`TokenModel` names: the
+embedding layer, ``embed`` / ``forward_embeddings`` for gradients through embeddings, and ``attention_mask``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectors.base import Detector, TokenMap
+from detectors.errors import BadInputError
+from detectors.inputs.base import CLS_TOKENS, Bars, InputKind
+from detectors.inputs.tabular import BAR_FEATURES
+
+
+class TokenModel(Protocol):
+    """What the audit needs of a text detector besides the Detector contract."""
+
+    embedding: nn.Embedding
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor: ...  # (N, T) -> (N, T, dim)
+
+    def forward_embeddings(self, embeddings: torch.Tensor, attention_mask: torch.Tensor, *,
+                           with_attention: bool = False): ...
+
+    def attention_mask(self, ids: torch.Tensor) -> torch.Tensor: ...  # (N, T) bool, False on padding
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """The special ids the audit needs of a tokeniser: ``pad_id``, ``replacement_id`` (what a removed token
+    becomes: ``[MASK]``, else ``[UNK]``), its name ``replacement``, and ``special_ids`` (every special token:
+    never a substitution's replacement) with the ``vocab_size``."""
+
+    pad_id: int
+    replacement_id: int
+    replacement: str
+    special_ids: tuple[int, ...] = ()
+    vocab_size: int = 0
+
+    @classmethod
+    def of(cls, tokenizer) -> "TokenIds":
+        """From a :class:`detectors.text_data.TextTokenizer` (or anything with ``pad_id`` and ``token_id``)."""
+        for name in ("[MASK]", "[UNK]"):
+            found = tokenizer.token_id(name)
+            if found is not None:
+                return cls(int(tokenizer.pad_id), int(found), name, tuple(int(i) for i in tokenizer.special_ids),
+                           int(tokenizer.vocab_size))
+        raise BadInputError("the tokeniser has neither a [MASK] nor an [UNK] token to replace a removed token by")
+
+    def as_baseline(self) -> torch.Tensor:
+        """What a text Subject stores as its removal baseline: the int64 pair (pad id, replacement id)."""
+        return torch.tensor([self.pad_id, self.replacement_id], dtype=torch.int64)
+
+
+def position_names(max_length: int) -> list[str]:
+    """One name per token position: ``[CLS]`` then ``t1`` ... (a text checkpoint's ``features``)."""
+    return ["[CLS]"] + [f"t{i}" for i in range(1, max_length)]
+
+
+def is_token_ids(x: torch.Tensor) -> bool:
+    """Whether a batch is token ids: text is the only kind with integer samples."""
+    return not x.is_floating_point()
+
+
+def explained_positions(x: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(N, T) bool: the positions an explainer explains and a removal may remove: real tokens after [CLS]."""
+    keep = x != pad_id
+    keep[:, 0] = False
+    return keep
+
+
+def explained_positions_of(detector, x: torch.Tensor) -> torch.Tensor:
+    """:func:`explained_positions` for a token model, whose ``attention_mask`` says which positions are real."""
+    keep = detector.attention_mask(x).clone()
+    keep[:, 0] = False
+    return keep
+
+
+class Text(InputKind):
+    name = "text"
+    rank = 1
+    sample_shape = "(T,)"
+    axes = "(token positions,)"
+    description = "(N, T) token ids"
+    detector = "text"
+    builtin_data = "phishing"
+    data_file = ".jsonl"
+    scale_mode = "none"
+    removal_baselines = ("mask",)
+    token_hint = "a text model's attention covers its T token positions, [CLS] first"
+    samples_caption = ("Each sample's message as tokens, shaded by each explainer's attribution scaled to the "
+                       "message's largest magnitude (red positive, blue negative); [CLS] and padding are not "
+                       "explained.")
+
+    def token_map(self, input_shape: tuple[int, ...], *, cls_token: str = "first",
+                  patch_size: int | None = None) -> TokenMap:
+        """Position p is token p: [CLS] is the input's own position 0 (``first``), not an extra token."""
+        if cls_token not in CLS_TOKENS:
+            raise BadInputError(f"cls token {cls_token!r} is unknown; expected one of {', '.join(CLS_TOKENS)}")
+        self._check_patch_size(patch_size)
+        shape = tuple(int(size) for size in input_shape)
+        if len(shape) != self.rank or shape[0] < 1:
+            raise BadInputError(f"{self.name} input needs shape {self.axes}, got {shape}")
+        return TokenMap(torch.arange(shape[0]), shape[0], 0 if cls_token == "first" else None)
+
+    def token_grid(self, input_shape: tuple[int, ...], patch_size: int | None) -> str:
+        return f"{input_shape[0]} token positions"
+
+    def build_detector(self, input_shape: tuple[int, ...], n_classes: int, *, attention: str) -> Detector:
+        raise BadInputError("a text detector is sized by its tokeniser: train it with audit train --detector text")
+
+    def feature_names(self, input_shape: tuple[int, ...]) -> list[str]:
+        return position_names(input_shape[0])
+
+    def removal_baseline(self, name: str, x: torch.Tensor, train_mean: torch.Tensor) -> torch.Tensor:
+        """``mask``: (n, T) ids, every explained position replaced by the replacement id, [CLS] and padding kept.
+        ``train_mean`` is what a text Subject stores in its place, :meth:`TokenIds.as_baseline`."""
+        if name != "mask":
+            raise BadInputError(f"--removal-baseline {name} does not apply to text inputs; use mask")
+        pad_id, replacement_id = (int(v) for v in train_mean.reshape(-1)[:2])
+        return torch.where(explained_positions(x, pad_id), torch.full_like(x, replacement_id), x)
+
+    def attention_view(self, x: np.ndarray, clean: np.ndarray, attacked: np.ndarray) -> Bars:
+        """The ten positions with the most attention, clean or attacked, as bars scaled to the larger peak."""
+        c, a = clean.flatten(), attacked.flatten()
+        peak = max(c.max(), a.max()) or 1.0
+        return Bars(np.argsort(-np.maximum(c, a), kind="stable")[:BAR_FEATURES], c, a, peak)
+
+    def attribution_figure(self, x: np.ndarray, maps: dict[str, np.ndarray]) -> None:
+        """None: the report writes the message's tokens shaded by attribution (HTML, escaped)."""
+        return None
+
+
+TEXT = Text()
