@@ -41,7 +41,7 @@ def is_foreign(model: str) -> bool:
 
 def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec: str | None, label_column: str,
                          max_samples: int, seed: int, device_name: str,
-                         frozen_features: tuple[str, ...] | None = None) -> Subject:
+                         frozen_features: tuple[str, ...] | None = None, text_column: str = "text") -> Subject:
     """A user's own model with its data: the data reaches the model exactly as read, never rescaled.
 
     The attacks and explainers work in [0, 1] units of each input position's range (the data's minimum
@@ -54,14 +54,14 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
     if is_huggingface(model_spec):
         return load_huggingface_subject(model_spec, options, data_spec=data_spec, label_column=label_column,
                                         max_samples=max_samples, seed=seed, device_name=device_name,
-                                        frozen_features=frozen_features)
+                                        frozen_features=frozen_features, text_column=text_column)
     if data_spec is None:
         raise BadInputError("a python: model brings no data of its own; pass --data with the rows to audit")
     if options.input_kind is None:
         raise BadInputError(f"a python: model needs --input-kind {'|'.join(INPUT_KINDS)} to map tokens to inputs")
     if options.input_kind == "text":
         raise BadInputError("--input-kind text: a python: model's tokeniser cannot be read from it; audit text "
-                            "models trained by audit train --detector text")
+                            "models trained by audit train --detector text, or Hugging Face ones as hf:DIR")
     device = resolve_device(device_name)
     table = load_table(data_spec, label_column=label_column, positive_class=options.positive_class)
     kind = kind_named(options.input_kind)
@@ -206,6 +206,7 @@ def load_huggingface_subject(model_spec: str, options: ForeignOptions, *, data_s
     device = resolve_device(device_name)
     model, family, path = load_pretrained(model_spec)
     if family.input == "text":
+        from detectors.inputs.text import TokenIds
         from detectors.text_data import load_text_table, text_dataset
 
         table = load_text_table(data_spec, text_column=text_column, label_column=label_column,
@@ -214,7 +215,7 @@ def load_huggingface_subject(model_spec: str, options: ForeignOptions, *, data_s
         detector = HuggingFaceTextDetector(model, family, load_tokenizer(path, model, table.texts))
         data = text_dataset(table, np.arange(len(table)), detector.tokenizer, "all")
         data.y, data.class_names, data.positive_class = y, class_names, positive
-        baseline = torch.full(detector.input_shape, detector.pad_id, dtype=torch.int64, device=device)
+        baseline = TokenIds.of(detector.tokenizer).as_baseline().to(device)
         domain = None
         if frozen_features:
             raise BadInputError("--frozen-features names tabular features; text has none")
@@ -248,8 +249,10 @@ def load_huggingface_subject(model_spec: str, options: ForeignOptions, *, data_s
         "attention_modules": [name for name, _ in detector.attention_modules()], "ignored_attention_modules": [],
         "attention_path_max_abs_logit_diff": difference,
     }
+    text = family.input == "text"
     return Subject(detector=detector, data=data, baseline=baseline, model_info=model_info, device=device,
-                   domain=domain, frozen_features=tuple(frozen_features or ()) if domain is not None else ())
+                   domain=domain, frozen_features=() if text else tuple(frozen_features or ()),
+                   input_kind="text" if text else None, tokenizer=detector.tokenizer if text else None)
 
 
 def _unit_pixels(raw: np.ndarray, factor: float | None, name: str) -> np.ndarray:

@@ -335,3 +335,20 @@ def test_vit_is_audited_through_hf_end_to_end(hf_models, tmp_path):
     assert not any(name.startswith("sanity.") for name in document["skipped"])
     # the edit reaches the model: with uniform attention the blob's side is lost (a no-op edit would keep 1.0)
     assert metrics["sanity.uniform_attention.prediction_kept"]["value"] < 0.8
+
+
+@pytest.mark.parametrize("model_type", list(TEXT_FAMILIES))
+def test_text_model_is_audited_through_hf_end_to_end(hf_models, tmp_path, model_type):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, [
+        "run", "--model", f"hf:{hf_models / model_type}", "--data", str(hf_models / "messages.csv"),
+        "--max-samples", "24", "--explainers", "attention,rollout,grad-attention,random", "--out", str(out),
+        "--quiet"])
+    assert result.exit_code == gate_exit_code(out), result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["data"]["input_kind"] == "text" and document["model"]["detector"] == "huggingface"
+    metrics = document["metrics"]
+    assert metrics["clean.accuracy"]["value"] > 0.8
+    for name in ("sanity.uniform_attention.prediction_kept", "sanity.flip_rate.attention",
+                 "faithfulness.deletion_auc.attention", "faithfulness.deletion_auc.grad-attention"):
+        assert name in metrics, sorted(document["skipped"].items())
