@@ -4,6 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+# torchattacks declares torchvision but never imports it, and the torchvision pip finds fails beside the
+# CPU torch wheel (operator torchvision::nms does not exist); transformers imports torchvision whenever it
+# is installed, so every install step ends by removing it (pyproject keeps torchattacks' own requirements).
+NO_TORCHVISION := $(PIP) uninstall --disable-pip-version-check -q -y torchvision
 
 .PHONY: install install-bench install-browser demo test bench study-variants clean
 
@@ -11,11 +15,13 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test,hf]'
+	$(NO_TORCHVISION)
 	touch $(STAMP)
 
 install-bench: install
-	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test,bench]'
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test,hf,bench]'
+	$(NO_TORCHVISION)
 
 # Debian's chromium for the browser test (tests/test_browser.py, marker `browser`): it opens the reports
 # headless and offline over the DevTools pipe, so no Python driver and no browser download are needed.
@@ -31,6 +37,7 @@ test: install
 
 bench: install
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'
+	$(NO_TORCHVISION)
 	OMP_NUM_THREADS=2 $(PY) -m bench.run
 
 # the attention-variants study (docs/detectors.md, "Attention variants"): resumable, one torch thread per run, a run per core

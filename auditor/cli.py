@@ -179,7 +179,8 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
 
 @cli.command()
 @click.option("--model", "model_path", required=True,
-              help="a .safetensors checkpoint written by audit train, or python:PATH_OR_MODULE:FACTORY")
+              help="a .safetensors checkpoint written by audit train, python:PATH_OR_MODULE:FACTORY, or hf:DIR "
+                   "(a Hugging Face classifier saved with save_pretrained)")
 @click.option("--data", "data_spec", default=None, help="rows to audit (default: the checkpoint's test split)")
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--text-column", default="text", show_default=True,
@@ -199,7 +200,7 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
 @click.option("--bounds", callback=bounds_pair, default=None,
               help="python: models: LO,HI of every input (default: each feature's min and max over the data)")
 @click.option("--bounds-file", default=None, help="python: models: JSON {\"lo\": [...], \"hi\": [...]}")
-@click.option("--positive-class", default=None, help="python: models: the class to catch")
+@click.option("--positive-class", default=None, help="python: and hf: models: the class to catch")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="shard the audit over this many processes, launched with torchrun (gloo on CPU, NCCL on GPU)")
 @click.option("--baseline", "baseline_path", default=None, type=click.Path(dir_okay=False, path_type=Path),

@@ -1,5 +1,7 @@
-"""A ``python:`` model this tool did not train, with its data: bounds, class probing and label mapping,
-the checks that its attention can be captured, and the :class:`~auditor.subject.Subject` it becomes."""
+"""A model this tool did not train, with its data: a ``python:`` model (bounds, class probing and label
+mapping, the checks that its attention can be captured) or an ``hf:`` directory (a Hugging Face classifier
+saved with ``save_pretrained``, :mod:`detectors.huggingface`), and the :class:`~auditor.subject.Subject` it
+becomes."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from detectors.data import load_table, stratified_subset
 from detectors.table import Dataset
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
+from detectors.huggingface import is_huggingface
 from detectors.inputs import INPUT_KINDS, kind_named
 
 @dataclass(frozen=True)
@@ -33,12 +36,12 @@ class ForeignOptions:
 
 
 def is_foreign(model: str) -> bool:
-    return model.startswith("python:")
+    return model.startswith("python:") or is_huggingface(model)
 
 
 def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec: str | None, label_column: str,
                          max_samples: int, seed: int, device_name: str,
-                         frozen_features: tuple[str, ...] | None = None) -> Subject:
+                         frozen_features: tuple[str, ...] | None = None, text_column: str = "text") -> Subject:
     """A user's own model with its data: the data reaches the model exactly as read, never rescaled.
 
     The attacks and explainers work in [0, 1] units of each input position's range (the data's minimum
@@ -48,13 +51,17 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
     from detectors.foreign import PATH_TOLERANCE, ForeignDetector, check_input_fits, logit_path_difference
     from detectors.foreign_loading import build_foreign_model
 
+    if is_huggingface(model_spec):
+        return load_huggingface_subject(model_spec, options, data_spec=data_spec, label_column=label_column,
+                                        max_samples=max_samples, seed=seed, device_name=device_name,
+                                        frozen_features=frozen_features, text_column=text_column)
     if data_spec is None:
         raise BadInputError("a python: model brings no data of its own; pass --data with the rows to audit")
     if options.input_kind is None:
         raise BadInputError(f"a python: model needs --input-kind {'|'.join(INPUT_KINDS)} to map tokens to inputs")
     if options.input_kind == "text":
         raise BadInputError("--input-kind text: a python: model's tokeniser cannot be read from it; audit text "
-                            "models trained by audit train --detector text")
+                            "models trained by audit train --detector text, or Hugging Face ones as hf:DIR")
     device = resolve_device(device_name)
     table = load_table(data_spec, label_column=label_column, positive_class=options.positive_class)
     kind = kind_named(options.input_kind)
@@ -170,3 +177,119 @@ def _foreign_labels(table, n_classes: int) -> tuple[list[str], np.ndarray]:
     if len(names) > n_classes:
         raise BadInputError(f"the data has {len(names)} classes but the model outputs {n_classes} logits")
     return names + [f"class {i}" for i in range(len(names), n_classes)], table.y.astype(np.int64)
+
+
+# the options of python: models that an hf: directory answers itself (its config, processor and tokenizer)
+PYTHON_ONLY = {"weights": "--weights", "input_kind": "--input-kind", "patch_size": "--patch-size",
+               "attention_modules": "--attention-module", "logits_key": "--logits-key", "bounds": "--bounds",
+               "bounds_file": "--bounds-file"}
+
+
+def load_huggingface_subject(model_spec: str, options: ForeignOptions, *, data_spec: str | None, label_column: str,
+                             max_samples: int, seed: int, device_name: str,
+                             frozen_features: tuple[str, ...] | None = None, text_column: str = "text") -> Subject:
+    """A Hugging Face classifier (``hf:DIR``) with its data: messages for a text model (encoded with the
+    directory's tokenizer), images for an image model (pixels in [0, 1], or stored 0-255 and brought there by
+    the processor's ``rescale_factor``). Labels go through :func:`huggingface_labels`."""
+    from detectors.foreign import PATH_TOLERANCE, logit_path_difference
+    from detectors.huggingface import (HuggingFaceImageDetector, HuggingFaceTextDetector, load_preprocess,
+                                       load_pretrained, load_tokenizer)
+
+    given = [flag for name, flag in PYTHON_ONLY.items() if getattr(options, name) not in (None, ())]
+    if options.cls_token != "first":
+        given.append("--cls-token")
+    if given:
+        raise BadInputError(f"{', '.join(given)} apply to python: models only; an hf: model's folder says how its "
+                            "tokens map to inputs")
+    if data_spec is None:
+        raise BadInputError("an hf: model brings no data of its own; pass --data with the rows to audit")
+    device = resolve_device(device_name)
+    model, family, path = load_pretrained(model_spec)
+    if family.input == "text":
+        from detectors.inputs.text import TokenIds
+        from detectors.text_data import load_text_table, text_dataset
+
+        table = load_text_table(data_spec, text_column=text_column, label_column=label_column,
+                                positive_class=options.positive_class)
+        class_names, y, positive = huggingface_labels(table.class_names, table.y, table.positive_class, model.config)
+        detector = HuggingFaceTextDetector(model, family, load_tokenizer(path, model, table.texts))
+        data = text_dataset(table, np.arange(len(table)), detector.tokenizer, "all")
+        data.y, data.class_names, data.positive_class = y, class_names, positive
+        baseline = TokenIds.of(detector.tokenizer).as_baseline().to(device)
+        domain = None
+        if frozen_features:
+            raise BadInputError("--frozen-features names tabular features; text has none")
+    else:
+        table = load_table(data_spec, label_column=label_column, positive_class=options.positive_class)
+        if len(table.input_shape) != 3:
+            raise BadInputError(f"an hf: image model audits (N, C, H, W) images (.npz or digits); {table.name} holds "
+                                f"samples of shape {table.input_shape}")
+        preprocess, factor = load_preprocess(path, model.config, table.input_shape)
+        pixels = _unit_pixels(table.x, factor, table.name)
+        class_names, y, positive = huggingface_labels(table.class_names, table.y, table.positive_class, model.config)
+        detector = HuggingFaceImageDetector(model, family, preprocess, table.input_shape)
+        data = Dataset(name=table.name, split="all", x=pixels, y=y, feature_names=list(table.feature_names),
+                       class_names=class_names, positive_class=positive,
+                       relevant_features=table.relevant_features, relevant_mask=table.relevant_mask)
+        baseline = torch.as_tensor(pixels.mean(axis=0), device=device)
+        frozen = tuple(frozen_features or ())
+        domain = build_domain(table.input_shape, list(table.feature_names), frozen=frozen)
+    detector = detector.to(device).eval()
+    data = stratified_subset(data, max_samples, seed=seed)
+    audited = torch.as_tensor(data.x, device=device)
+    difference = logit_path_difference(detector, audited)
+    if difference > PATH_TOLERANCE:
+        raise BadInputError(f"the model's logits with output_attentions differ from its plain logits by up to "
+                            f"{difference:.3g} (tolerance {PATH_TOLERANCE:g}); the attention read is not the one "
+                            "that decides")
+    weights = path / "model.safetensors"
+    model_info = {
+        "path": model_spec, "sha256": sha256_of(weights) if weights.is_file() else "n/a", "detector": "huggingface",
+        "defense": "unknown", "data set": table.name, "hparams": detector.hparams(), "training": {},
+        "attention_modules": [name for name, _ in detector.attention_modules()], "ignored_attention_modules": [],
+        "attention_path_max_abs_logit_diff": difference,
+    }
+    text = family.input == "text"
+    return Subject(detector=detector, data=data, baseline=baseline, model_info=model_info, device=device,
+                   domain=domain, frozen_features=() if text else tuple(frozen_features or ()),
+                   input_kind="text" if text else None, tokenizer=detector.tokenizer if text else None)
+
+
+def _unit_pixels(raw: np.ndarray, factor: float | None, name: str) -> np.ndarray:
+    """Pixels in [0, 1]: as stored, or stored in the processor's units (0-255) and multiplied by its
+    ``rescale_factor``; anything else refused."""
+    if raw.size and raw.min() < 0:
+        raise BadInputError(f"{name} holds negative pixels; an hf: image model audits pixels in [0, 1] (or 0-255)")
+    if raw.size and raw.max() > 1:
+        if factor is None or raw.max() * factor > 1 + 1e-6:
+            raise BadInputError(f"{name} holds pixels up to {raw.max():g}; an hf: image model audits pixels in [0, 1], "
+                                "or 0-255 with a processor that rescales them (do_rescale)")
+        raw = raw * factor
+    return np.clip(raw, 0.0, 1.0).astype(np.float32)
+
+
+def huggingface_labels(names: list[str], y: np.ndarray, positive: int | None, config
+                       ) -> tuple[list[str], np.ndarray, int | None]:
+    """(class names, labels, positive class) in the model's logit order: integer labels index the logits, any
+    other label must be one of ``config.id2label``'s names; a label that is neither is refused, named."""
+    n_classes = int(config.num_labels)
+    model_names = [str(config.id2label.get(i, i)) for i in range(n_classes)]
+    try:
+        integral = all(float(name) == int(float(name)) for name in names)
+    except ValueError:
+        integral = False
+    if integral:
+        index = [int(float(name)) for name in names]
+        outside = [name for name, i in zip(names, index) if not 0 <= i < n_classes]
+        if outside:
+            raise BadInputError(f"label {outside[0]!r} does not index the model's {n_classes} logits")
+    else:
+        unknown = [name for name in names if name not in model_names]
+        if unknown:
+            raise BadInputError(f"label {unknown[0]!r} is none of the model's labels (config.id2label: "
+                                f"{', '.join(map(repr, model_names))}); relabel the data with those names or their "
+                                "indices")
+        index = [model_names.index(name) for name in names]
+    remap = np.asarray(index, dtype=np.int64)
+    kept = remap[positive] if positive is not None and n_classes == 2 else None
+    return model_names, remap[np.asarray(y, dtype=np.int64)], None if kept is None else int(kept)

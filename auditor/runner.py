@@ -134,7 +134,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
     if is_foreign(model_path):
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
                                        label_column=label_column, max_samples=config.max_samples, seed=seed,
-                                       device_name=device, frozen_features=config.frozen_features)
+                                       device_name=device, frozen_features=config.frozen_features,
+                                       text_column=text_column)
     else:
         if foreign is not None and foreign != ForeignOptions():
             raise BadInputError("--weights, --input-kind, --patch-size, --cls-token, --attention-module, "

@@ -43,7 +43,9 @@ explain little.
 Both interventions need attention that can be edited inside the forward: the built-in blocks
 (``detectors.blocks.edited_attention``) or, for a ``python:`` model whose attention is captured from
 ``nn.MultiheadAttention`` modules, those modules with their output recomputed from their own value and output
-projections (``detectors.foreign_editing.edited_multihead_attention``). Other models are skipped with the reason.
+projections (``detectors.foreign_editing.edited_multihead_attention``); for an ``hf:`` model the modules that
+compute its eager attention, through an attention function registered with transformers
+(``detectors.huggingface.edited_attention``). Other models are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from auditor.stage import Block, Stage
 from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
 from detectors.foreign import ForeignDetector, captured_attention_modules
 from detectors.foreign_editing import edited_multihead_attention, multihead_edit_unsupported
+from detectors.huggingface import HuggingFaceDetector, edited_attention as edited_pretrained_attention
 from detectors.maths import spearman
 from detectors.seeding import per_sample_uniform, stream_seed
 
@@ -191,12 +194,15 @@ def attention_layers(detector: nn.Module, x: torch.Tensor) -> tuple[list[nn.Modu
     """The attention layers whose weights can be replaced inside the forward, in call order (the last one
     computes the attention the ``attention`` explainer reads), or no layers and the reason.
 
-    Built-in blocks: every ``SelfAttention``. A ``python:`` model: the modules whose attention the wrapper
-    captures (one capture on ``x[:1]``), each of which must be an editable ``nn.MultiheadAttention``.
+    Built-in blocks: every ``SelfAttention``. An ``hf:`` model: its self-attention modules (eager attention).
+    A ``python:`` model: the modules whose attention the wrapper captures (one capture on ``x[:1]``), each of
+    which must be an editable ``nn.MultiheadAttention``.
     """
     built_in = [module for module in detector.modules() if isinstance(module, SelfAttention)]
     if built_in:
         return built_in, None
+    if isinstance(detector, HuggingFaceDetector):
+        return [module for _, module in detector.attention_modules()], None
     if not isinstance(detector, ForeignDetector):
         return [], ("the attention cannot be edited inside this model's forward (only the built-in attention "
                     "blocks and captured nn.MultiheadAttention modules support it)")
@@ -215,14 +221,18 @@ def attention_layers(detector: nn.Module, x: torch.Tensor) -> tuple[list[nn.Modu
 
 @contextmanager
 def edited_layers(layers: list[nn.Module], edit: AttentionEdit):
-    """Run with ``edit`` applied inside every one of ``layers`` (built-in blocks or nn.MultiheadAttention)."""
+    """Run with ``edit`` applied inside every one of ``layers`` (built-in blocks, Hugging Face self-attention
+    modules or nn.MultiheadAttention)."""
     with ExitStack() as stack:
         for layer in layers:
             if isinstance(layer, SelfAttention):
                 stack.enter_context(edited_attention(layer, edit))
-        multihead = [layer for layer in layers if not isinstance(layer, SelfAttention)]
+        multihead = [layer for layer in layers if isinstance(layer, nn.MultiheadAttention)]
         if multihead:
             stack.enter_context(edited_multihead_attention(multihead, edit))
+        pretrained = [layer for layer in layers if not isinstance(layer, (SelfAttention, nn.MultiheadAttention))]
+        if pretrained:
+            stack.enter_context(edited_pretrained_attention(pretrained, edit))
         yield
 
 
