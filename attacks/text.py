@@ -32,6 +32,13 @@ made per row, so nothing depends on the batch. No randomness is involved.
     so proposals are ranked by the absolute first-order change of the cross-entropy of a(x') against a(x)
     (a linear function of a(x') whose gradient does not vanish there), then verified by the JSD itself.
     ``candidates`` (32), ``beam`` (1).
+``attention-hijack-sub`` (:class:`TokenAttentionHijack`)
+    Attention hijacking (after Dombrowski et al. 2019's targeted manipulation) by substitution: pulls the
+    attention onto each message's ``k`` (2; at most its words - 1) least-attended words of the clean input by
+    substituting other words (the targets themselves are never changed), prediction kept at every step.
+    Proposals are ranked by the first-order change of the log attention mass on the targets and verified by it;
+    a row succeeds when its targets are exactly its top-|targets| attention entries. ``candidates`` (32),
+    ``beam`` (1).
 ``attention-guided-sub`` (:class:`TokenAttentionGuided`)
     HotFlip restricted to the ``k`` (5) most-attended positions of the clean input (after Patch-Fool, Fu et
     al. 2022).
@@ -76,12 +83,13 @@ from torch.nn import functional as F
 
 from attacks.base import Attack
 from detectors.errors import BadInputError
-from detectors.maths import attention_distribution_of, descending_order, jensen_shannon, token_positions_from
+from detectors.maths import (attention_distribution_of, descending_order, descending_ranks, jensen_shannon,
+                             token_positions_from)
 from detectors.seeding import per_sample_uniform
 
 __all__ = ["EMBEDDING_NORMS", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "TOKEN_NORM", "EmbeddingPGD", "EmbeddingPGDL2",
            "ExhaustiveSubstitution",
-           "HotFlip", "TokenAttentionGuided", "TokenAttentionShift", "TokenDomain",
+           "HotFlip", "TokenAttentionGuided", "TokenAttentionHijack", "TokenAttentionShift", "TokenDomain",
            "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale", "load_substitutions"]
 
 TOKEN_NORM = "tokens"  # a substitution attack's budget: the number of token positions changed
@@ -473,6 +481,63 @@ class TokenAttentionShift(_PredictionKept):
         return Judged(rank=divergence, feasible=kept, success=torch.zeros_like(kept), keep=divergence)
 
 
+class TokenAttentionHijack(_PredictionKept):
+    """The attention pulled onto the clean input's least-attended words by substituting other words, prediction
+    kept."""
+
+    name = "attention-hijack-sub"
+    reference = "Dombrowski et al. 2019 (targeted explanation manipulation); Ghorbani et al. 2019, by token " \
+                "substitution"
+
+    def __init__(self, *, k: int = 2, candidates: int | None = 32, beam: int = 1, batch_size: int = 1024) -> None:
+        super().__init__(candidates=candidates, beam=beam, batch_size=batch_size)
+        if int(k) != k or k < 1:
+            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
+        self.k = int(k)
+
+    def params(self) -> dict:
+        return {**super().params(), "k": self.k}
+
+    def targets(self, model: nn.Module, x: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        """(N, entries) bool: per message its min(k, words - 1) least-attended real tokens under the clean
+        attention ``dist`` (padding never; ties: the later position counts as less attended)."""
+        positions = token_positions_from(model.token_map).to(x.device)
+        attended = model.attention_mask(x)[:, positions].bool()
+        k = (attended.sum(1) - 1).clamp(0, self.k)
+        ranks = descending_ranks(dist.masked_fill(~attended, math.inf))
+        return attended & (ranks >= dist.shape[1] - k.unsqueeze(1))
+
+    @staticmethod
+    def hijacked(dist: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the row has targets and they are exactly its top-|targets| attention entries."""
+        k = targets.sum(1)
+        inside = descending_ranks(dist) < k.unsqueeze(1)
+        return (inside | ~targets).all(1) & (k > 0)
+
+    @torch.no_grad()
+    def hijack_success(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the targets the attack aimed at (recomputed from ``x``) all entered a(x_adv)'s top-|targets|."""
+        clean, adv = (self._forward(model, ids.long())[1] for ids in (x, x_adv))
+        return self.hijacked(adv, self.targets(model, x.long(), clean))
+
+    def _context(self, model, x, y, logits, dist):
+        return {**super()._context(model, x, y, logits, dist), "targets": self.targets(model, x, dist)}
+
+    def _positions(self, model, x, dist):
+        where = torch.ones_like(x, dtype=torch.bool)
+        positions = token_positions_from(model.token_map).to(x.device)
+        where[:, positions] = ~self.targets(model, x, dist)  # the target words themselves stay as they are
+        return where
+
+    def _estimate(self, logits, dist, ctx):
+        return (dist * ctx["targets"]).sum(1).clamp_min(1e-12).log()
+
+    def _judge(self, logits, dist, ctx):
+        mass = (dist * ctx["targets"]).sum(1)
+        kept = logits.argmax(1) == ctx["pred"]
+        return Judged(rank=mass, feasible=kept, success=kept & self.hijacked(dist, ctx["targets"]), keep=mass)
+
+
 class TokenStealth(TokenSearch):
     """A misclassification by substitution whose attention stays closest to the clean one."""
 
@@ -609,7 +674,7 @@ class EmbeddingPGDL2(EmbeddingPGD):
     step_norm: ClassVar[str] = "l2"
 
 
-TEXT_ATTENTION_ATTACKS = ("attention-shift-sub", "attention-guided-sub", "stealth-sub")
+TEXT_ATTENTION_ATTACKS = ("attention-shift-sub", "attention-hijack-sub", "attention-guided-sub", "stealth-sub")
 TEXT_ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    HotFlip, ExhaustiveSubstitution, TokenAttentionShift, TokenAttentionGuided, TokenStealth,
+    HotFlip, ExhaustiveSubstitution, TokenAttentionShift, TokenAttentionHijack, TokenAttentionGuided, TokenStealth,
     EmbeddingPGD, EmbeddingPGDL2)}

@@ -48,10 +48,10 @@ PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFUL
 # embedding units (attacks.text). quick: hotflip and attention-shift by substitution
 TEXT_PROFILES = {
     "quick": {"hotflip": {}, "attention-shift-sub": {}},
-    "standard": {"hotflip": {}, "attention-shift-sub": {}, "attention-guided-sub": {}, "stealth-sub": {},
-                 "embedding-pgd": {}},
-    "full": {"hotflip": {"beam": 4}, "attention-shift-sub": {"beam": 4}, "attention-guided-sub": {},
-             "stealth-sub": {}, "embedding-pgd": {}, "embedding-pgd-l2": {}},
+    "standard": {"hotflip": {}, "attention-shift-sub": {}, "attention-hijack-sub": {}, "attention-guided-sub": {},
+                 "stealth-sub": {}, "embedding-pgd": {}},
+    "full": {"hotflip": {"beam": 4}, "attention-shift-sub": {"beam": 4}, "attention-hijack-sub": {},
+             "attention-guided-sub": {}, "stealth-sub": {}, "embedding-pgd": {}, "embedding-pgd-l2": {}},
 }
 DEFAULT_TOKEN_BUDGET = (1, 2, 4)
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}

@@ -54,6 +54,8 @@ ATTACK_DEFINITIONS = {
                "loss and verified by forward passes, within the token budget",
     "exhaustive-substitution": "text: every allowed single substitution verified per step (exact at one token)",
     "attention-shift-sub": "text: token substitutions that move the attention most (JSD), prediction kept",
+    "attention-hijack-sub": "text: substitutions that pull the attention onto each message's least-attended words, "
+                            "prediction kept",
     "attention-guided-sub": "text: hotflip on the most-attended positions only",
     "stealth-sub": "text: token substitutions that flip the prediction with the attention closest to the clean one",
     "embedding-pgd": "text: pgd on the token embeddings, L-inf per coordinate (eps x r / sqrt(dim)); a continuous "
@@ -282,6 +284,10 @@ def _stability(model, attack: Attack, tag: str, x, x_adv, p, q, clean_pred, adv_
                 hijack_success(model, x[i:i + batch_size], x_adv[i:i + batch_size], k=attack.k,
                                target_positions=attack.target_positions)
                 for i in range(0, len(x), batch_size)]).float()
+    elif attack.name == "attention-hijack-sub":  # its targets: each message's least-attended words
+        values["hijack_success"] = torch.cat([attack.hijack_success(model, x[i:i + batch_size],
+                                                                    x_adv[i:i + batch_size])
+                                              for i in range(0, len(x), batch_size)]).float()
     return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
 
 
@@ -363,7 +369,8 @@ STABILITY_SPECS = (
                "share of samples whose predicted class the attention attack left unchanged",
                reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
     MetricSpec("stability.hijack_success.{attack}@{eps}", False, "[0, 1]",
-               "attention-hijack: share of samples whose target tokens all entered the attacked top-k",
+               "attention-hijack (-sub on text): share of samples whose target tokens all entered the attacked "
+               "top-k",
                reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
 )
 
@@ -387,7 +394,7 @@ class RobustnessStage(Stage):
                 if is_attention_attack(attack):
                     names += [f"stability.{key}.{tag}" for key in
                               ("topk_intersection", "spearman", "jsd", "prediction_kept")]
-                    if attack == "attention-hijack":
+                    if attack in ("attention-hijack", "attention-hijack-sub"):
                         names.append(f"stability.hijack_success.{tag}")
                     if attack not in FLIPPING_ATTENTION_ATTACKS:
                         continue

@@ -189,6 +189,25 @@ def test_attention_shift_by_substitution_moves_attention_and_keeps_every_predict
     assert (divergence > 0.01).float().mean() > 0.9 and ((x_adv != x).sum(1) <= 2).all()
 
 
+def test_attention_hijack_by_substitution_known_answer_and_a_case_it_must_fail():
+    """Hinge's attention grows with the word's id. [CLS] w8 w8 w5: the 2 least-attended words are w5 and the
+    second w8 (ties: the later position is the less attended); one substitution, w8 -> w4 at position 1, puts
+    them on top and keeps the prediction (nothing else does: w5..w7 tie or exceed a target, ``bad`` flips it).
+    [CLS] bad w4 cannot be hijacked: position 1 would have to fall below w4 and stop being ``bad``."""
+    from attacks.text import TokenAttentionHijack
+
+    model = Hinge()
+    x = torch.tensor([[CLS, 8, 8, 5, PAD, PAD], [CLS, BAD, 4, PAD, PAD, PAD]])
+    y = torch.tensor([0, 1])
+    attack = TokenAttentionHijack()
+    assert torch.equal(run("attention-hijack-sub", model, x, y, 0), x)
+    for budget in (1, 2):
+        x_adv = run("attention-hijack-sub", model, x, y, budget)
+        assert torch.equal(x_adv, torch.tensor([[CLS, 4, 8, 5, PAD, PAD], [CLS, BAD, 4, PAD, PAD, PAD]])), budget
+        assert attack.hijack_success(model, x, x_adv).tolist() == [True, False]
+    assert attack.hijack_success(model, x, x).tolist() == [False, False]
+
+
 def test_stealth_and_attention_guided_flip_within_their_budget():
     model, (x, y) = Hinge(), messages()
     for name in ("stealth-sub", "attention-guided-sub"):
