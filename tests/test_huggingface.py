@@ -350,5 +350,9 @@ def test_text_model_is_audited_through_hf_end_to_end(hf_models, tmp_path, model_
     metrics = document["metrics"]
     assert metrics["clean.accuracy"]["value"] > 0.8
     for name in ("sanity.uniform_attention.prediction_kept", "sanity.flip_rate.attention",
-                 "faithfulness.deletion_auc.attention", "faithfulness.deletion_auc.grad-attention"):
+                 "faithfulness.deletion_auc.attention", "faithfulness.deletion_auc.grad-attention",
+                 # the text attacks of the quick profile, through the model's own embedding layer and attention
+                 "robust.accuracy.hotflip@1", "robust.accuracy.worst-tokens@4", "stability.jsd.attention-shift-sub@2"):
         assert name in metrics, sorted(document["skipped"].items())
+    assert [gate["metric"] for gate in document["gates"]] and all(gate["value"] is not None
+                                                                  for gate in document["gates"])
