@@ -5,6 +5,11 @@ call records (rows, whether autograd is on, attention asked). Each distinct call
 is then timed bare (a forward, plus a backward when autograd was on) and multiplied by
 how often it occurred. The ratio audit time / that sum is what loading, attacks'
 bookkeeping, the bootstrap and rendering cost on top of the model itself.
+
+A text detector is also entered through ``forward_embeddings`` (the substitution attacks' estimates and
+verifications, embedding-space pgd); every text call is timed bare as a forward from the token embeddings
+of random non-special ids of the model's length, with a backward to the embeddings when autograd was on
+(what captum's layer attributions and the first-order estimates take).
 """
 
 from __future__ import annotations
@@ -18,27 +23,57 @@ import torch
 import torch.nn.functional as F
 
 
-def _instrument(detector, calls: collections.Counter) -> None:
-    depth = [0]
+ENTRIES = ("forward", "forward_with_attention", "forward_embeddings")
 
-    def wrap(method, attention: bool):
-        def timed(x, *args, **kwargs):
+
+def _instrument(detector, calls: collections.Counter) -> dict:
+    """Count the outermost model calls of every instance of the detector's class (copies too: the model
+    randomisation check audits copies) by wrapping the class's entry points; returns what to restore."""
+    cls, depth, originals = type(detector), [0], {}
+
+    def wrap(method, attention):
+        def timed(self, x, *args, **kwargs):
             if depth[0] == 0:
-                calls[(len(x), torch.is_grad_enabled() and not torch.is_inference_mode_enabled(), attention)] += 1
+                calls[(len(x), torch.is_grad_enabled() and not torch.is_inference_mode_enabled(),
+                       attention if isinstance(attention, bool) else bool(kwargs.get("with_attention")))] += 1
             depth[0] += 1
             try:
-                return method(x, *args, **kwargs)
+                return method(self, x, *args, **kwargs)
             finally:
                 depth[0] -= 1
         return timed
 
-    detector.forward = wrap(detector.forward, False)
-    detector.forward_with_attention = wrap(detector.forward_with_attention, True)
+    for name, attention in zip(ENTRIES, (False, True, None)):
+        if hasattr(cls, name):
+            originals[name] = cls.__dict__.get(name)  # None: inherited, removed again afterwards
+            setattr(cls, name, wrap(getattr(cls, name), attention))
+    return originals
+
+
+def _text_once(detector, rows: int, grad: bool, attention: bool, device: str):
+    length, vocab = detector.input_shape[0], detector.embedding.num_embeddings
+    ids = torch.randint(4, vocab, (rows, length), device=device)  # the tokeniser numbers its 4 specials first
+    y = torch.zeros(rows, dtype=torch.long, device=device)
+    mask = detector.attention_mask(ids)
+
+    def once():
+        with torch.inference_mode(not grad):
+            embeddings = detector.embed(ids)
+            if grad:
+                embeddings = embeddings.detach().requires_grad_(True)
+            out = detector.forward_embeddings(embeddings, mask, with_attention=attention)
+            if grad:
+                logits = out[0] if attention else out
+                torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), embeddings)
+    return once
 
 
 def _bare_seconds(detector, shape, calls: collections.Counter, device: str) -> float:
     total = 0.0
     for (rows, grad, attention), count in calls.items():
+        if getattr(detector, "kind", None) == "text":
+            total += _median_of_three(_text_once(detector, rows, grad, attention, device)) * count
+            continue
         x = torch.rand(rows, *shape, device=device)
         y = torch.zeros(rows, dtype=torch.long, device=device)
 
@@ -51,17 +86,21 @@ def _bare_seconds(detector, shape, calls: collections.Counter, device: str) -> f
                 with torch.inference_mode():
                     detector.forward_with_attention(x) if attention else detector(x)
 
-        once()
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            once()
-            times.append(time.perf_counter() - started)
-        total += sorted(times)[1] * count
+        total += _median_of_three(once) * count
     return total
 
 
-def model_pass_seconds(model_path: str, data: str, max_samples: int, device: str) -> tuple[float, float]:
+def _median_of_three(once) -> float:
+    once()
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[1]
+
+
+def model_pass_seconds(model_path: str, data: str | None, max_samples: int, device: str) -> tuple[float, float]:
     """(seconds of the whole in-process audit, seconds of its model passes timed bare)."""
     import auditor.runner as runner
 
@@ -71,7 +110,7 @@ def model_pass_seconds(model_path: str, data: str, max_samples: int, device: str
 
     def load_and_instrument(*args, **kwargs):
         subject = original(*args, **kwargs)
-        _instrument(subject.detector, calls)
+        seen["originals"] = _instrument(subject.detector, calls)
         seen["subject"] = subject
         return subject
 
@@ -86,7 +125,10 @@ def model_pass_seconds(model_path: str, data: str, max_samples: int, device: str
             audit = time.perf_counter() - started
     finally:
         runner.load_subject = original
-    detector = seen["subject"].detector
-    for name in ("forward", "forward_with_attention"):
-        del detector.__dict__[name]
+        detector = seen["subject"].detector if "subject" in seen else None
+        for name, method in seen.get("originals", {}).items():
+            if method is None:
+                delattr(type(detector), name)
+            else:
+                setattr(type(detector), name, method)
     return audit, _bare_seconds(detector, tuple(detector.input_shape), calls, device)
