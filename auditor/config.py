@@ -271,8 +271,11 @@ class AuditConfig:
         if unknown:
             raise BadInputError(f"unknown explainer {unknown[0]}; registered: {', '.join(sorted(EXPLAINERS))}")
         coerced = []
+        runs = self.attacks
+        if self.input_kind is None and self.attacks == tuple(PROFILES[self.profile][0]):
+            runs += tuple(TEXT_PROFILES[self.profile])  # the kind is not known yet: a text model runs these
         for attack, key, value in self.attack_params:
-            if attack not in self.attacks:
+            if attack not in runs:
                 raise BadInputError(f"--attack-param {attack}.{key}: {attack} is not among the attacks run "
                                     f"({', '.join(self.attacks)})")
             coerced.append((attack, key, coerce_attack_param(attack, key, value)))

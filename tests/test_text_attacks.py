@@ -312,6 +312,11 @@ def test_text_options_are_checked_against_the_model_kind():
         AuditConfig(token_budget=(0,))
     bound = AuditConfig(token_budget=(4, 1)).for_kind("text")
     assert bound.token_budget == (1, 4) and bound.grid("tokens") == (1, 4) and bound.grid("embedding-l2") == bound.eps
+    # a parameter of the profile's text attack is accepted before the kind is known, and checked once it is
+    tuned = AuditConfig(attack_params=(("hotflip", "beam", "4"),)).for_kind("text")
+    assert tuned.build_attacks()["hotflip"].beam == 4
+    with pytest.raises(BadInputError, match="hotflip is not among the attacks run"):
+        AuditConfig(attack_params=(("hotflip", "beam", "4"),)).for_kind("tabular")
 
 
 def test_embedding_adversarial_training_perturbs_the_embeddings_and_trains_the_table():
