@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from auditor.shard import Parallel
 from auditor.training.config import DefenseConfig, TrainConfig, auto_batch_size, auto_epochs
-from auditor.training.loop import evaluate, resume_path, seed_everything, train_detector
+from auditor.training.loop import resume_path, seed_everything, train_and_test
 from detectors import __version__
 from detectors.checkpoint import save_checkpoint
 from detectors.data import load_table, split_table
@@ -77,12 +76,8 @@ def train_and_save(*, detector: str, data_spec: str, label_column: str = "label"
         resume_file = resume_path(out_path)
         if resume and not resume_file.is_file() and parallel.is_main:
             print(f"no {resume_file} to resume from; starting afresh", file=sys.stderr)
-        summary = train_detector(model, splits, config, device=target_device, progress=progress, parallel=parallel,
-                                 resume_from=resume_file if resume else None, resume_to=resume_file).to_dict()
-        _, test_accuracy = evaluate(model, torch.as_tensor(splits.test.x, device=target_device),
-                                     torch.as_tensor(splits.test.y, device=target_device), 1024)
-        summary["test_accuracy"] = round(test_accuracy, 6)
-        summary["config"] = config.to_dict()
+        summary = train_and_test(model, splits, config, device=target_device, progress=progress, parallel=parallel,
+                                 resume_from=resume_file if resume else None, resume_to=resume_file)
         metadata = {
             "features": splits.train.feature_names,
             "classes": splits.train.class_names,

@@ -140,6 +140,16 @@ def _save_resume(path: Path, model: nn.Module, optimiser, state: dict, config: T
     os.replace(temporary, path)
 
 
+def train_and_test(model: Detector, splits: Splits, config: TrainConfig, *, device: torch.device,
+                   **options) -> dict:
+    """:func:`train_detector` (``options`` passed on), then the accuracy on the test split: the training summary
+    every checkpoint records, with ``test_accuracy`` and the ``config``."""
+    summary = train_detector(model, splits, config, device=device, **options).to_dict()
+    _, test_accuracy = evaluate(model, torch.as_tensor(splits.test.x, device=device),
+                                torch.as_tensor(splits.test.y, device=device), 1024)
+    return {**summary, "test_accuracy": round(test_accuracy, 6), "config": config.to_dict()}
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on (x, y), ``batch_size`` rows per pass."""

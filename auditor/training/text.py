@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from auditor.training.config import DefenseConfig, TrainConfig, auto_batch_size
-from auditor.training.loop import evaluate, seed_everything, train_detector
+from auditor.training.loop import seed_everything, train_and_test
 from auditor.shard import Parallel
 from detectors import __version__
 from detectors.checkpoint import save_checkpoint
@@ -62,11 +60,7 @@ def train_text_and_save(*, detector: str, data_spec: str, text_column: str = "te
                          batch_size=batch_size or auto_batch_size(len(splits.train)), lr=lr, patience=patience,
                          seed=seed, defense=defense)
     target = resolve_device(device)
-    summary = train_detector(model, splits, config, device=target, progress=progress).to_dict()
-    _, test_accuracy = evaluate(model, torch.as_tensor(splits.test.x, device=target),
-                                torch.as_tensor(splits.test.y, device=target), 1024)
-    summary["test_accuracy"] = round(test_accuracy, 6)
-    summary["config"] = config.to_dict()
+    summary = train_and_test(model, splits, config, device=target, progress=progress)
     metadata = {
         "features": splits.train.feature_names,
         "classes": splits.train.class_names,
