@@ -125,22 +125,23 @@ def _binary_auc(truth: np.ndarray, score: np.ndarray) -> np.ndarray:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+SKLEARN = "scikit-learn metrics on the clean samples"
 SPECS = (
     MetricSpec("clean.accuracy", True, "[0, 1]", "share of samples whose predicted class is the true class",
-               reference="scikit-learn metrics on the clean samples"),
+               reference=SKLEARN),
     MetricSpec("clean.precision", True, "[0, 1]",
                "of the samples flagged as the positive class, the share that are (macro average over classes "
                "when there are more than two)",
-               reference="scikit-learn metrics on the clean samples"),
+               reference=SKLEARN),
     MetricSpec("clean.recall", True, "[0, 1]",
                "of the positive-class samples, the share flagged (macro average when more than two classes)",
-               reference="scikit-learn metrics on the clean samples"),
+               reference=SKLEARN),
     MetricSpec("clean.f1", True, "[0, 1]", "harmonic mean of precision and recall",
-               reference="scikit-learn metrics on the clean samples"),
+               reference=SKLEARN),
     MetricSpec("clean.roc_auc", True, "[0, 1]",
                "area under the ROC curve of the positive class's probability (one-vs-rest macro average "
                "when more than two classes)",
-               reference="scikit-learn metrics on the clean samples"),
+               reference=SKLEARN),
     MetricSpec("clean.ece", False, "[0, 1]",
                "expected calibration error: the predicted-class probability against the accuracy over 10 "
                "equal-width confidence bins, the bins weighted by their share of samples (Guo et al. 2017)",

@@ -317,6 +317,8 @@ def curve_norm(name: str) -> str:
     return attack_class(name.removesuffix(TARGETED_SUFFIX)).norm
 
 
+MADRY_CARLINI = "Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"
+GHORBANI = "Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"
 SPECS = (
     MetricSpec("robust.accuracy.worst@{eps}", True, "[0, 1]",
                "the headline (Croce & Hein 2020, as RobustBench reports it): share of all audited samples still "
@@ -337,41 +339,41 @@ SPECS = (
                "L-inf attacks on the --eps grid, L2 attacks on --eps-l2; on text the substitution attacks at eps "
                "tokens changed (--token-budget) and embedding-pgd at eps times the mean embedding norm (--eps), "
                "a continuous relaxation no real text reaches)",
-               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+               reference=MADRY_CARLINI),
     MetricSpec("robust.accuracy.{attack}-targeted@{eps}", True, "[0, 1]",
                "with --target-class: accuracy on the adversarial examples of the attack aimed at the target "
                "class (all audited samples)",
-               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+               reference=MADRY_CARLINI),
     MetricSpec("robust.attack_success_rate.{attack}@{eps}", False, "[0, 1]",
                "among samples classified correctly when clean, the share the attack makes misclassified",
-               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+               reference=MADRY_CARLINI),
     MetricSpec("robust.evasion_rate.{attack}@{eps}", False, "[0, 1]",
                "binary detectors: among positive-class samples detected when clean, the share the attack turns "
                "into the negative class (the malicious sample passing as benign)",
-               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+               reference=MADRY_CARLINI),
     MetricSpec("robust.targeted_success_rate.{attack}@{eps}", False, "[0, 1]",
                "with --target-class: among samples outside the target class classified correctly when clean, the "
                "share the targeted attack moves into the target class",
-               reference="Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
+               reference=MADRY_CARLINI),
 )
 # the attention attacks' stability metrics (functions in auditor.stability), computed by this stage
 STABILITY_SPECS = (
     MetricSpec("stability.topk_intersection.{attack}@{eps}", True, "[0, 1]",
                "share of the clean top-k attended tokens (k = 5) still in the top-k under the attention attack",
-               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+               reference=GHORBANI),
     MetricSpec("stability.spearman.{attack}@{eps}", True, "[-1, 1]",
                "Spearman rank correlation between clean and attacked attention over tokens",
-               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+               reference=GHORBANI),
     MetricSpec("stability.jsd.{attack}@{eps}", False, "[0, ln 2]",
                "Jensen-Shannon divergence between clean and attacked attention, in nats",
-               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+               reference=GHORBANI),
     MetricSpec("stability.prediction_kept.{attack}@{eps}", True, "[0, 1]",
                "share of samples whose predicted class the attention attack left unchanged",
-               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+               reference=GHORBANI),
     MetricSpec("stability.hijack_success.{attack}@{eps}", False, "[0, 1]",
                "attention-hijack (-sub on text): share of samples whose target tokens all entered the attacked "
                "top-k",
-               reference="Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"),
+               reference=GHORBANI),
 )
 
 
