@@ -246,7 +246,7 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     )
     result.memory = plan.to_dict()
     if subject.tokenizer is not None:
-        spell_tokens([*result.gallery, *result.adversarial_gallery], subject.tokenizer)
+        spell_tokens([*result.gallery, *result.adversarial_gallery], result.attention_examples, subject.tokenizer)
         pad_id = TokenIds.of(subject.tokenizer).pad_id
         for entry in result.hidden_importance:  # the word beside its position's name; 1/L of the message's L tokens
             ids = data.x[entry["index"]]
@@ -256,11 +256,21 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     return result
 
 
-def spell_tokens(samples: list, tokenizer) -> None:
-    """Each text sample's ``tokens``: its message's tokens after [CLS], up to the padding, for the report; an
-    adversarial sample's ``changes`` name the substituted tokens instead of their ids."""
+def spell_tokens(samples: list, attention_examples: list, tokenizer) -> None:
+    """The report's words of each text sample and attention example: its message's tokens after [CLS], up to the
+    padding (``tokens``), the clean message's beside an adversarial sample's (``clean_tokens``) and the attacked
+    message's beside an attention example's (``adv_tokens``); an adversarial sample's ``changes`` name the
+    substituted tokens instead of their ids."""
     pad_id = TokenIds.of(tokenizer).pad_id
+
+    def words(x: list) -> list[str]:
+        ids = [int(i) for i in x[1:]]
+        return tokenizer.tokens(ids[:ids.index(pad_id)] if pad_id in ids else ids)
+
     for sample in samples:
-        ids = [int(i) for i in sample.x[1:]]
-        sample.tokens = tokenizer.tokens(ids[:ids.index(pad_id)] if pad_id in ids else ids)
+        sample.tokens = words(sample.x)
+        sample.clean_tokens = words(sample.clean_x) if sample.clean_x else []
         sample.changes = [(position, *tokenizer.tokens([before, after])) for position, before, after in sample.changes]
+    for example in attention_examples:
+        example.tokens = words(example.x)
+        example.adv_tokens = words(example.x_adv) if example.x_adv else []

@@ -78,10 +78,11 @@ def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy
     return svg(figure)
 
 
-def removal_plot(curves: dict[str, dict[str, list[float]]], *, subject: str = "",
-                 random_dashed: bool = True) -> Markup:
+def removal_plot(curves: dict[str, dict[str, list[float]]], *, subject: str = "", random_dashed: bool = True,
+                 xlabel: str = "fraction of features changed") -> Markup:
     """Deletion and insertion curves side by side, one line per key of ``curves`` (explainers in a report,
-    checkpoints in a comparison, where ``subject`` names the explainer they share)."""
+    checkpoints in a comparison, where ``subject`` names the explainer they share); ``xlabel`` the input kind's
+    (:attr:`detectors.inputs.InputKind.removal_axis`)."""
     # a panel per curve the audit computed (an audit asking only for deletion has no insertion curve)
     kinds = [kind for kind in ("deletion", "insertion") if any(kind in curve for curve in curves.values())]
     figure = Figure(figsize=(4.0 * len(kinds), 3.0))
@@ -94,7 +95,7 @@ def removal_plot(curves: dict[str, dict[str, list[float]]], *, subject: str = ""
                 axes.plot(curve["fractions"], curve[kind], label=name, **style)
         direction = "lower" if kind == "deletion" else "higher"
         axes.set_title(f"{kind}{prefix} ({direction} is more faithful)")
-        axes.set_xlabel("fraction of features changed")
+        axes.set_xlabel(xlabel)
         axes.grid(alpha=0.3)
     panels[0].set_ylabel("predicted-class probability")
     panels[-1].legend(frameon=False, fontsize=8)

@@ -34,7 +34,7 @@ from detectors.errors import BadInputError
 from detectors.inputs import InputKind, kind_named, kind_of_rank
 
 EXPLAINER_FAMILIES = ("faithfulness", "stability.max_sensitivity", "sanity.mprt", "localisation.precision_at_k",
-                      "trust.hidden_importance")
+                      "localisation.plausibility", "trust.hidden_importance")
 _AGREEMENT = re.compile(r"^agreement\.(?P<kind>[a-z_]+)\.(?P<explainer>[a-z0-9-]+)~(?P<reference>[a-z0-9-]+)$")
 
 
@@ -319,7 +319,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
                                          ("stability.prediction_kept", "prediction kept")], attention_attacks,
                                figsize=(4.2, 2.8)),
         attention_pairs=attention_pairs(result, kind, feature_names, class_names, row_index),
-        removal_svg=removal_plot(result.removal_curves) if result.removal_curves else None,
+        removal_svg=removal_plot(result.removal_curves, xlabel=kind.removal_axis) if result.removal_curves else None,
         faithfulness=faithfulness_view(result, metrics, attacks, explainers, skipped),
         trust_title=TRUST_TITLE,
         gallery=gallery_items(result.gallery, kind, explainers),

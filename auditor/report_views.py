@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from auditor.clean import ECE_BINS
 from auditor.metrics import MetricValue, format_eps
 from auditor.render import fmt, png, svg
-from auditor.robustness import WORST
+from auditor.robustness import WORST, curve_norm
 from auditor.result import AuditFindings
 from detectors.inputs import Bars, InputKind
 
@@ -150,20 +150,27 @@ def eps_plot(metrics: dict[str, MetricValue], families: list[tuple[str, str]], a
             points = sorted(lines[attack])
             axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=attack)
         axes.set_title(title, fontsize=9)
-        axes.set_xlabel("eps (fraction of each feature's range)" if len(panels) == 1 else "eps")
+        if {curve_norm(attack) for attack in lines} == {"tokens"}:
+            axes.set_xlabel("tokens changed")
+        else:
+            axes.set_xlabel("eps (fraction of each feature's range)" if len(panels) == 1 else "eps")
         axes.set_ylim(-0.02, 1.02)
         axes.grid(alpha=0.3)
         axes.legend(frameon=False, fontsize=7)
     return svg(figure)
 
 
-def worst_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, str, str, str]]:
-    """The robustness headline, shown first: (norm, eps, value, half interval) of each worst case."""
+# the headline's column per norm of a worst case, from its budget
+_BUDGET_LABELS = {"linf": "L-inf eps {}", "l2": "L2 eps {}", "tokens": "{} tokens changed"}
+
+
+def worst_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, str, str]]:
+    """The robustness headline, shown first: (budget, value, half interval) of each worst case."""
     rows = []
     for norm, worst in WORST.items():
         found = sorted((float(name.split("@", 1)[1]), value) for name, value in metrics.items()
                        if name.startswith(f"robust.accuracy.{worst}@"))
-        rows += [("L-inf" if norm == "linf" else "L2", format_eps(eps), fmt(value.value),
+        rows += [(_BUDGET_LABELS[norm].format(format_eps(eps)), fmt(value.value),
                   fmt((value.ci95[1] - value.ci95[0]) / 2) if value.ci95 else "") for eps, value in found]
     return rows
 
@@ -173,7 +180,13 @@ def worst_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, str, str, str
 @dataclass
 class AttentionPair:
     """Clean against attacked attention for one sample: bars of its most attended positions or one picture,
-    as its input kind draws it."""
+    as its input kind draws it. Bars are (label, title, clean %, attacked %, clean value, attacked value); on
+    text a bar's label is its word ("clean → attacked" where the attack substituted it) and its title the
+    position's name.
+
+    Text also shows both messages (``tokens``, ``adv_tokens``: the words after [CLS], padding left out), each
+    shaded by its own attention scaled to the pair's peak (``clean_shade``, ``attacked_shade``: one value per
+    position, [CLS] first, as a gallery sample's maps)."""
 
     attack: str
     eps: str
@@ -181,8 +194,12 @@ class AttentionPair:
     jsd: str
     clean_pred: str
     adv_pred: str
-    bars: list[tuple[str, float, float, str, str]] = field(default_factory=list)
+    bars: list[tuple[str, str, float, float, str, str]] = field(default_factory=list)
     image: str = ""
+    tokens: list[str] = field(default_factory=list)
+    adv_tokens: list[str] = field(default_factory=list)
+    clean_shade: list[float] = field(default_factory=list)
+    attacked_shade: list[float] = field(default_factory=list)
 
 
 def attention_pairs(result: AuditFindings, kind: InputKind, feature_names: list[str], class_names: list[str],
@@ -197,9 +214,23 @@ def attention_pairs(result: AuditFindings, kind: InputKind, feature_names: list[
         view = kind.attention_view(np.asarray(example.x), clean, attacked)
         if isinstance(view, Bars):
             c, a, peak = view.clean, view.attacked, view.peak
-            pair.bars = [(feature_names[i], 100 * c[i] / peak, 100 * a[i] / peak, fmt(c[i]), fmt(a[i]))
+            pair.bars = [(_position_label(int(i), feature_names, example.tokens, example.adv_tokens),
+                          feature_names[i], 100 * c[i] / peak, 100 * a[i] / peak, fmt(c[i]), fmt(a[i]))
                          for i in view.positions]
+            if example.tokens:
+                pair.tokens, pair.adv_tokens = example.tokens, example.adv_tokens or example.tokens
+                pair.clean_shade, pair.attacked_shade = (c / peak).tolist(), (a / peak).tolist()
         else:
             pair.image = png(view)
         pairs.append(pair)
     return pairs
+
+
+def _position_label(position: int, feature_names: list[str], tokens: list[str], adv_tokens: list[str]) -> str:
+    """A bar's label: the position's word on text (position p holds token p - 1 after [CLS]), "clean → attacked"
+    where the attack substituted it; elsewhere the position's name."""
+    if not 1 <= position <= len(tokens):
+        return feature_names[position]
+    word = tokens[position - 1]
+    new = adv_tokens[position - 1] if adv_tokens else word
+    return word if new == word else f"{word} → {new}"

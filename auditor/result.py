@@ -30,7 +30,9 @@ class SampleView:
     overlays and time x feature strips). An adversarial sample names its ``attack`` and the prediction before
     it (``clean_predicted``); ``changes`` lists the features the attack moved most as (name, clean, adversarial) (text: the tokens).
     ``tokens``: for text, the message's tokens at positions 1, 2, ... ([CLS] and padding left out), so token i is
-    shaded by ``maps[name][i + 1]``.
+    shaded by ``maps[name][i + 1]``. An adversarial text sample also keeps its clean message: ``clean_x`` its ids
+    and ``clean_tokens`` its tokens, position for position with ``tokens`` (a substitution keeps the length), so
+    the report marks the tokens the attack substituted.
     """
 
     row: int
@@ -48,6 +50,8 @@ class SampleView:
     clean_predicted: str | None = None
     changes: list[tuple[str, float | str, float | str]] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
+    clean_x: list = field(default_factory=list)
+    clean_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -173,6 +177,8 @@ def adversarial_gallery(data: Dataset, proba: np.ndarray, flipped: dict, metrics
         view.clean_predicted = data.class_names[int(proba[example.index].argmax())]
         view.changes = [(data.feature_names[i], float(clean_x.flatten()[i]), float(adv_x.flatten()[i]))
                         for i in moved if adv_x.flatten()[i] != clean_x.flatten()[i]]
+        if config.text:
+            view.clean_x = clean_x.tolist()
         views.append(view)
     return views
 

@@ -68,7 +68,12 @@ ATTACK_DEFINITIONS = {
 @dataclass
 class AttentionExample:
     """One of the samples an attention attack moved most (largest JSD) at the largest eps, as plain lists
-    for the report: the clean and attacked attention spread over the input's shape."""
+    for the report: the clean and attacked attention spread over the input's shape.
+
+    Text only: ``x_adv`` holds the attacked message's token ids, and ``tokens`` and ``adv_tokens`` the clean and
+    attacked messages' tokens after [CLS], up to the padding (spelled by the tokeniser after the audit,
+    :func:`auditor.pipeline.spell_tokens`), so the report shows both messages with the substituted tokens marked.
+    """
 
     attack: str
     eps: float
@@ -79,6 +84,9 @@ class AttentionExample:
     x: list
     clean: list
     attacked: list
+    x_adv: list = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    adv_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -211,7 +219,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                                                          topk))
                     if largest:
                         outcome.attention_examples += _most_moved(
-                            model, name, eps, x, clean_attention, attacked_attention,
+                            model, name, eps, x, x_adv, clean_attention, attacked_attention,
                             outcome.per_sample[f"stability.jsd.{tag}"], clean_pred, adv_pred)
                 if is_evasion_attack(name):
                     if attack.norm in WORST:
@@ -250,8 +258,10 @@ def _attention(model, x, batch_size: int) -> torch.Tensor:
     return torch.cat([attention_distribution(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _most_moved(model, name: str, eps: float, x, p, q, jsd: np.ndarray, clean_pred, adv_pred) -> list[AttentionExample]:
-    """The samples whose attention the attack moved most, with both distributions spread over the input."""
+def _most_moved(model, name: str, eps: float, x, x_adv, p, q, jsd: np.ndarray, clean_pred,
+                adv_pred) -> list[AttentionExample]:
+    """The samples whose attention the attack moved most, with both distributions spread over the input (and,
+    on text, the attacked message's ids)."""
     from attacks.attention import token_positions
 
     order = np.argsort(-np.nan_to_num(jsd, nan=-1.0), kind="stable")[:KEPT_EXAMPLES]
@@ -263,8 +273,10 @@ def _most_moved(model, name: str, eps: float, x, p, q, jsd: np.ndarray, clean_pr
         tokens[0, positions.to(dist.device)] = dist
         return token_map.to_input(tokens)[0].cpu().double().tolist()
 
+    words = is_token_ids(x) and is_token_ids(x_adv)
     return [AttentionExample(name, float(eps), int(i), float(jsd[i]), int(clean_pred[i]), int(adv_pred[i]),
-                             x[i].detach().cpu().double().tolist(), spread(p[i]), spread(q[i])) for i in order]
+                             x[i].detach().cpu().double().tolist(), spread(p[i]), spread(q[i]),
+                             x_adv[i].detach().cpu().double().tolist() if words else []) for i in order]
 
 
 def _stability(model, attack: Attack, tag: str, x, x_adv, p, q, clean_pred, adv_pred, batch_size: int,

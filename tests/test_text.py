@@ -4,6 +4,7 @@ out of attention, and ``audit train --detector text``."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -206,19 +207,28 @@ def test_the_tokeniser_knows_only_training_words_and_truncates():
 # --------------------------------------------------------------------------- audit run on text
 
 
-def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def text_audit(text_checkpoint, tmp_path_factory):
+    """``audit run`` of the text checkpoint on 12 messages, the quick profile at token budgets 1 and 2: its folder."""
+    from auditor.cli import cli
+
+    path, _ = text_checkpoint
+    out = tmp_path_factory.mktemp("text-audit") / "audit"
+    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--max-samples", "12", "--device", "cpu",
+                                      "--quiet", "--faithfulness-metrics", "deletion,comprehensiveness,infidelity", "--token-budget", "2,1",
+                                      "--save-explanations", "--out", str(out)])
+    assert result.exit_code in (0, 1), result.output
+    return out
+
+
+def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_audit):
     """The clean stage, the explanations and the report run on token ids; the kind is named in results.json,
     the quick profile's text attacks run on the token budgets, and `audit report` draws the tokens again,
     escaped."""
     from auditor.cli import cli
     from auditor.report_html import render_document
 
-    path, _ = text_checkpoint
-    out = tmp_path / "audit"
-    result = CliRunner().invoke(cli, ["run", "--model", str(path), "--max-samples", "12", "--device", "cpu",
-                                      "--quiet", "--faithfulness-metrics", "deletion,comprehensiveness,infidelity", "--token-budget", "2,1",
-                                      "--save-explanations", "--out", str(out)])
-    assert result.exit_code in (0, 1), result.output
+    out = text_audit
     document = json.loads((out / "results.json").read_text())
     assert document["data"]["input_kind"] == "text" and document["config"]["removal_baseline"] == "mask"
     assert document["data"]["name"] == "phishing:200" and document["data"]["n_samples"] == 12
@@ -244,6 +254,33 @@ def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_checkpoint, tm
     saved = load_file(str(out / "explanations.safetensors"))
     assert saved["x"].dtype == np.int64 and saved["attr/integrated-gradients"].dtype == np.float32
     assert (saved["attr/random"][saved["x"] == 0] == 0).all()  # padding: exactly 0
+
+
+def test_the_report_marks_the_substituted_tokens_and_labels_attention_bars_by_word(text_audit):
+    """Clean against attacked messages (issue 16): both spelled position for position, padding left out, each
+    substituted token marked (<del> in the clean message, <ins> in the attacked one) and escaped (a substituted
+    `<script>` shows as text); the attention bars are labelled by the message's words, not positions."""
+    from auditor.report_html import render_document
+
+    document = json.loads((text_audit / "results.json").read_text())
+    html = (text_audit / "report.html").read_text()
+    examples = document["report"]["attention_examples"]
+    example = next(e for e in examples if e["tokens"] != e["adv_tokens"])
+    assert len(example["tokens"]) == len(example["adv_tokens"]) and "[PAD]" not in example["adv_tokens"]
+    changed = [i for i, (a, b) in enumerate(zip(example["tokens"], example["adv_tokens"])) if a != b]
+    assert len(changed) <= 2  # --token-budget 2,1
+    clean, attacked = example["tokens"][changed[0]], example["adv_tokens"][changed[0]]
+    assert f"<del>{clean}</del>" in html and f"<ins>{attacked}</ins>" in html
+    for sample in document["report"]["adversarial_gallery"]:  # the flipped messages beside their clean ones
+        assert len(sample["clean_tokens"]) == len(sample["tokens"]) and sample["clean_tokens"] != sample["tokens"]
+    words = {word for e in examples for word in e["tokens"]} | {
+        f"{a} → {b}" for e in examples for a, b in zip(e["tokens"], e["adv_tokens"]) if a != b}
+    labels = re.findall(r'<td class="fname" title="t\d+">([^<]*)</td>', html)
+    assert labels and set(labels) <= words, set(labels) - words
+    example["adv_tokens"][changed[0]] = "<script>alert(2)</script>"
+    escaped = render_document(document).decode()
+    assert "<script>alert(2)" not in escaped and "<ins>&lt;script&gt;alert(2)&lt;/script&gt;</ins>" in escaped
+    assert f"{clean} → &lt;script&gt;alert(2)&lt;/script&gt;</td>" in escaped
 
 
 def test_audit_run_on_text_reads_message_files_and_refuses_bad_ones(text_checkpoint, tmp_path):

@@ -49,6 +49,7 @@ class InputKind:
     columns are integer features that the attacks round. ``removal_baselines``: the values a removed position
     may take (:meth:`removal_baseline`). ``token_hint``: what to check when a model's attention covers
     another number of tokens than the token map. ``samples_caption``: the report's caption of its gallery.
+    ``removal_axis``: the x-axis of the report's deletion and insertion curves.
     """
 
     name: str
@@ -64,6 +65,7 @@ class InputKind:
     removal_baselines: tuple[str, ...] = ("mean", "zero")
     token_hint: str = "use --cls-token first if the model prepends a CLS token, none if it mean-pools"
     samples_caption: str
+    removal_axis: str = "fraction of features changed"
 
     def __repr__(self) -> str:
         return f"<input kind {self.name}>"

@@ -110,6 +110,7 @@ class Text(InputKind):
     samples_caption = ("Each sample's message as tokens, shaded by each explainer's attribution scaled to the "
                        "message's largest magnitude (red positive, blue negative); [CLS] and padding are not "
                        "explained.")
+    removal_axis = "fraction of the message's tokens masked"
 
     def token_map(self, input_shape: tuple[int, ...], *, cls_token: str = "first",
                   patch_size: int | None = None) -> TokenMap:
@@ -140,10 +141,13 @@ class Text(InputKind):
         return torch.where(explained_positions(x, pad_id), torch.full_like(x, replacement_id), x)
 
     def attention_view(self, x: np.ndarray, clean: np.ndarray, attacked: np.ndarray) -> Bars:
-        """The ten positions with the most attention, clean or attacked, as bars scaled to the larger peak."""
+        """The ten positions with the most attention, clean or attacked, as bars scaled to the larger peak;
+        positions with none in either ([CLS], padding) are left out."""
         c, a = clean.flatten(), attacked.flatten()
         peak = max(c.max(), a.max()) or 1.0
-        return Bars(np.argsort(-np.maximum(c, a), kind="stable")[:BAR_FEATURES], c, a, peak)
+        most = np.maximum(c, a)
+        order = np.argsort(-most, kind="stable")[:BAR_FEATURES]
+        return Bars(order[most[order] > 0], c, a, peak)
 
     def attribution_figure(self, x: np.ndarray, maps: dict[str, np.ndarray]) -> None:
         """None: the report writes the message's tokens shaded by attribution (HTML, escaped)."""
