@@ -187,12 +187,24 @@ def _cell(value: MetricValue | None) -> str:
     return f"{fmt(value.value)} ± {fmt((value.ci95[1] - value.ci95[0]) / 2)}"
 
 
+def budget(eps: float | str, attack: str) -> str:
+    """An attack's budget as the report words it: "eps 0.03", or "2 tokens" for a substitution attack on text."""
+    from attacks import TEXT_ATTACKS
+
+    family = TEXT_ATTACKS.get(attack.removesuffix("-targeted"))
+    if family is not None and family.norm == "tokens":
+        count = int(float(eps))
+        return f"{count} token{'' if count == 1 else 's'}"
+    return f"eps {eps if isinstance(eps, str) else fmt(eps)}"
+
+
 def environment() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.FunctionLoader(_template_source), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
     environment.filters["fmt"] = fmt
+    environment.filters["budget"] = budget
     return environment
 
 

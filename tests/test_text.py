@@ -271,6 +271,7 @@ def test_the_report_marks_the_substituted_tokens_and_labels_attention_bars_by_wo
     assert len(changed) <= 2  # --token-budget 2,1
     clean, attacked = example["tokens"][changed[0]], example["adv_tokens"][changed[0]]
     assert f"<del>{clean}</del>" in html and f"<ins>{attacked}</ins>" in html
+    assert f"</code> at {example['eps']:g} token" in html and "</code> at eps" not in html  # budgets in tokens
     for sample in document["report"]["adversarial_gallery"]:  # the flipped messages beside their clean ones
         assert len(sample["clean_tokens"]) == len(sample["tokens"]) and sample["clean_tokens"] != sample["tokens"]
     words = {word for e in examples for word in e["tokens"]} | {
