@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from attacks import Domain, attack_class
+from attacks.text import EMBEDDING_NORMS
 from auditor.clean import clean_metrics, detection_data
 from auditor.config import AuditConfig
 from auditor.faithfulness import REMOVAL_KINDS
@@ -112,8 +113,10 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
     if config.save_adversarial:
         from auditor.robustness import TARGETED_SUFFIX
 
-        targeted = [attack for attack in config.attacks if config.target_class is not None and attack_class(attack).targetable]
-        layouts["adversarial"] = {"x": x, "y": y, **{f"adv/{attack}@{format_eps(eps)}": x for attack in config.attacks
+        # text: the substitution attacks' messages (token ids); embedding-pgd's points are no message
+        kept = [attack for attack in config.attacks if attack_class(attack).norm not in EMBEDDING_NORMS]
+        targeted = [attack for attack in kept if config.target_class is not None and attack_class(attack).targetable]
+        layouts["adversarial"] = {"x": x, "y": y, **{f"adv/{attack}@{format_eps(eps)}": x for attack in kept
                                                      for eps in config.grid(attack_class(attack).norm)},
                                   **{f"adv/{attack}{TARGETED_SUFFIX}@{format_eps(eps)}": x for attack in targeted
                                      for eps in config.grid(attack_class(attack).norm)}}

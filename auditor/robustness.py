@@ -207,7 +207,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                     outcome.per_sample[f"robust.targeted_success_rate.{tag}"] = only_where(
                         adv_pred.cpu().numpy() == target, clean_correct & (y_np != target))
                     _record_broken(broken_by_any, attack.norm, eps, correct)
-                    if keep_examples:
+                    if keep_examples and x_adv.shape == x.shape:
                         outcome.adversarial[f"adv/{name}{TARGETED_SUFFIX}@{format_eps(eps)}"] = x_adv.detach().cpu()
                     continue
                 if is_attention_attack(name):
@@ -234,7 +234,7 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                         caught = clean_correct & (y_np == pos)
                         outcome.per_sample[f"robust.evasion_rate.{tag}"] = only_where(
                             adv_pred.cpu().numpy() != pos, caught)
-                if keep_examples:
+                if keep_examples and x_adv.shape == x.shape:  # embedding-space points are no input: not kept
                     outcome.adversarial[f"adv/{tag}"] = x_adv.detach().cpu()
     finally:
         bar.close()

@@ -152,9 +152,6 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
     """The configuration bound to the loaded subject (frozen features, target class, L2 grid, determinism), the
     names it plans, the policy that judges them (``loaded_policy`` or the default one, validated against the
     plan) and the baseline to regress against: what ``audit run`` and :func:`auditor.api.audit` both do."""
-    if subject.kind.name == "text" and config.save_adversarial:
-        raise BadInputError("--save-adversarial keeps adversarial inputs in [0, 1]; this version does not save "
-                            "adversarial messages")
     config = config.for_kind(subject.kind.name)
     if subject.kind.name == "text":
         subject.token_domain = token_domain_of(subject.tokenizer, config.substitutions)

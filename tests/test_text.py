@@ -209,16 +209,35 @@ def test_the_tokeniser_knows_only_training_words_and_truncates():
 
 @pytest.fixture(scope="module")
 def text_audit(text_checkpoint, tmp_path_factory):
-    """``audit run`` of the text checkpoint on 12 messages, the quick profile at token budgets 1 and 2: its folder."""
+    """``audit run`` of the text checkpoint on 12 messages, the quick profile's attacks (and embedding-pgd) at token
+    budgets 1 and 2, explanations and adversarial messages saved: its folder."""
     from auditor.cli import cli
 
     path, _ = text_checkpoint
     out = tmp_path_factory.mktemp("text-audit") / "audit"
     result = CliRunner().invoke(cli, ["run", "--model", str(path), "--max-samples", "12", "--device", "cpu",
                                       "--quiet", "--faithfulness-metrics", "deletion,comprehensiveness,infidelity", "--token-budget", "2,1",
-                                      "--save-explanations", "--out", str(out)])
+                                      "--attacks", "hotflip,attention-shift-sub,embedding-pgd", "--eps", "0.5",
+                                      "--save-explanations", "--save-adversarial", "--out", str(out)])
     assert result.exit_code in (0, 1), result.output
     return out
+
+
+def test_saved_adversarial_messages_are_token_ids_within_the_budget(text_audit):
+    """--save-adversarial on text keeps the substitution attacks' messages as token ids, each within its budget
+    and never touching [CLS] or padding; embedding-pgd's points are no message and are not kept."""
+    from safetensors.numpy import load_file
+
+    saved = load_file(text_audit / "adversarial.safetensors")
+    x = saved["x"]
+    assert x.dtype == np.int64 and not any("embedding-pgd" in key for key in saved)
+    for attack in ("hotflip", "attention-shift-sub"):
+        for budget in (1, 2):
+            adv = saved[f"adv/{attack}@{budget}"]
+            assert adv.dtype == np.int64 and adv.shape == x.shape
+            changed = adv != x
+            assert changed.sum(1).max() <= budget and not changed[(x == 0) | (np.arange(x.shape[1]) == 0)].any()
+    assert (saved["adv/hotflip@2"] != x).any()  # the attack did substitute somewhere
 
 
 def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_audit):
