@@ -343,15 +343,17 @@ def test_text_model_is_audited_through_hf_end_to_end(hf_models, tmp_path, model_
     result = CliRunner().invoke(cli, [
         "run", "--model", f"hf:{hf_models / model_type}", "--data", str(hf_models / "messages.csv"),
         "--max-samples", "24", "--explainers", "attention,rollout,grad-attention,random", "--out", str(out),
-        "--quiet"])
+        "--attacks", "hotflip,attention-shift-sub,attention-hijack-sub", "--quiet"])
     assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
+    assert "stability.hijack_success.attention-hijack-sub@4" in document["metrics"]
+    assert document["metrics"]["stability.prediction_kept.attention-hijack-sub@4"]["value"] == 1.0
     assert document["data"]["input_kind"] == "text" and document["model"]["detector"] == "huggingface"
     metrics = document["metrics"]
     assert metrics["clean.accuracy"]["value"] > 0.8
     for name in ("sanity.uniform_attention.prediction_kept", "sanity.flip_rate.attention",
                  "faithfulness.deletion_auc.attention", "faithfulness.deletion_auc.grad-attention",
-                 # the text attacks of the quick profile, through the model's own embedding layer and attention
+                 # the quick profile's text attacks, through the model's own embedding layer and attention
                  "robust.accuracy.hotflip@1", "robust.accuracy.worst-tokens@4", "stability.jsd.attention-shift-sub@2"):
         assert name in metrics, sorted(document["skipped"].items())
     assert [gate["metric"] for gate in document["gates"]] and all(gate["value"] is not None
