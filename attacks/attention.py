@@ -97,7 +97,7 @@ from detectors.maths import (attention_distribution_of, descending_order, descen
 from detectors.seeding import per_sample_uniform
 
 __all__ = ["ATTENTION_ATTACKS", "AttentionGuided", "AttentionHijack", "AttentionShift", "Stealth",
-           "attention_distribution", "hijack_success", "token_positions"]
+           "attention_distribution", "hijack_success", "hijacked", "token_positions"]
 
 START_SHRINKS = 3  # how many times a prediction-flipping random start is halved before falling back to x
 
@@ -196,6 +196,12 @@ def hijack_success(detector: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *,
     with torch.no_grad():
         clean = attention_distribution(detector, x)
         adv = attention_distribution(detector, x_adv)
+    return hijacked(token_map, clean, adv, k=k, target_positions=target_positions)
+
+
+def hijacked(token_map: TokenMap, clean: torch.Tensor, adv: torch.Tensor, *, k: int = 5,
+             target_positions: list[int] | None = None) -> torch.Tensor:
+    """:func:`hijack_success` from the attention distributions a(x) (``clean``) and a(x_adv) (``adv``)."""
     targets = _hijack_targets(token_map, clean, k, target_positions)
     return (descending_ranks(adv).gather(1, targets) < targets.shape[1]).all(dim=1)
 

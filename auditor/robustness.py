@@ -281,7 +281,7 @@ def _most_moved(model, name: str, eps: float, x, x_adv, p, q, jsd: np.ndarray, c
 
 def _stability(model, attack: Attack, tag: str, x, x_adv, p, q, clean_pred, adv_pred, batch_size: int,
                topk: int) -> dict[str, np.ndarray]:
-    from attacks.attention import hijack_success
+    from attacks.attention import hijacked
     from auditor import stability
 
     values = {
@@ -290,16 +290,13 @@ def _stability(model, attack: Attack, tag: str, x, x_adv, p, q, clean_pred, adv_
         "jsd": stability.jsd(p, q),
         "prediction_kept": stability.prediction_kept(clean_pred, adv_pred),
     }
+    # from the clean and attacked attention already at hand, the targets the attack aimed at: its k least attended
+    # (the chosen inputs with --hijack-features); on text each message's least-attended words
     if attack.name == "attention-hijack":
-        with torch.no_grad():  # the targets the attack aimed at: its k least attended, or the chosen inputs
-            values["hijack_success"] = torch.cat([
-                hijack_success(model, x[i:i + batch_size], x_adv[i:i + batch_size], k=attack.k,
-                               target_positions=attack.target_positions)
-                for i in range(0, len(x), batch_size)]).float()
-    elif attack.name == "attention-hijack-sub":  # its targets: each message's least-attended words
-        values["hijack_success"] = torch.cat([attack.hijack_success(model, x[i:i + batch_size],
-                                                                    x_adv[i:i + batch_size])
-                                              for i in range(0, len(x), batch_size)]).float()
+        values["hijack_success"] = hijacked(model.token_map, p, q, k=attack.k,
+                                            target_positions=attack.target_positions).float()
+    elif attack.name == "attention-hijack-sub":
+        values["hijack_success"] = attack.hijacked(q, attack.targets(model, x, p)).float()
     return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
 
 
