@@ -110,7 +110,7 @@ def model_pass_seconds(model_path: str, data: str | None, max_samples: int, devi
 
     def load_and_instrument(*args, **kwargs):
         subject = original(*args, **kwargs)
-        seen["originals"] = _instrument(subject.detector, calls)
+        seen["restore"] = type(subject.detector), _instrument(subject.detector, calls)
         seen["subject"] = subject
         return subject
 
@@ -125,10 +125,11 @@ def model_pass_seconds(model_path: str, data: str | None, max_samples: int, devi
             audit = time.perf_counter() - started
     finally:
         runner.load_subject = original
-        detector = seen["subject"].detector if "subject" in seen else None
-        for name, method in seen.get("originals", {}).items():
+        cls, originals = seen.get("restore", (None, {}))
+        for name, method in originals.items():
             if method is None:
-                delattr(type(detector), name)
+                delattr(cls, name)
             else:
-                setattr(type(detector), name, method)
+                setattr(cls, name, method)
+    detector = seen["subject"].detector
     return audit, _bare_seconds(detector, tuple(detector.input_shape), calls, device)
