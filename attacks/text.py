@@ -153,6 +153,15 @@ class TokenDomain:
             allowed.scatter_(-1, ids.unsqueeze(-1), False)
         return allowed & self.mutable(ids).unsqueeze(-1)
 
+    def allows(self, ids: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """(N, T) bool: whether each position of ``ids`` may become the token of ``new`` there (``targets``
+        read at ``new`` alone, without its (N, T, vocab) table); ``new`` must be in the vocabulary."""
+        if self.allowed is not None:
+            legal = self.allowed.to(ids.device)[ids, new]
+        else:
+            legal = ~torch.isin(new, torch.as_tensor(self.special_ids, device=ids.device)) & (new != ids)
+        return legal & self.mutable(ids)
+
     def project(self, ids_adv: torch.Tensor, ids: torch.Tensor, *, eps: float, norm: str = TOKEN_NORM
                 ) -> torch.Tensor:
         """``ids_adv`` with every change this domain forbids undone, then at most ``eps`` changed positions
@@ -160,7 +169,7 @@ class TokenDomain:
         if norm != TOKEN_NORM:
             raise ValueError(f"a token domain measures budgets in {TOKEN_NORM!r}, got norm {norm!r}")
         inside = (ids_adv >= 0) & (ids_adv < self.vocab_size)
-        legal = self.targets(ids).gather(-1, ids_adv.clamp(0, self.vocab_size - 1).unsqueeze(-1)).squeeze(-1)
+        legal = self.allows(ids, ids_adv.clamp(0, self.vocab_size - 1))
         keep = (ids_adv != ids) & legal & inside
         keep &= torch.cumsum(keep.long(), dim=1) <= int(eps)
         return torch.where(keep, ids_adv, ids).detach()
@@ -297,19 +306,20 @@ class TokenSearch(Attack):
         not yet changed (ties: the lower position, then the lower token id)."""
         n, length = beams.shape
         vocab = domain.vocab_size
-        allowed = domain.targets(beams) & (beams == original).unsqueeze(-1) & open_beams[:, None, None]
-        if where is not None:
-            allowed &= where.unsqueeze(-1)
         take = length * vocab if self.candidates is None else min(self.candidates, length * vocab)
         values, picks = [], []
         chunk = max(1, SCORE_CELLS // (length * vocab))
         for start in range(0, n, chunk):
             rows = slice(start, start + chunk)
+            allowed = domain.targets(beams[rows]) & (beams[rows] == original[rows]).unsqueeze(-1) \
+                & open_beams[rows, None, None]
+            if where is not None:
+                allowed &= where[rows].unsqueeze(-1)
             if self.candidates is None:
-                scores = torch.zeros(allowed[rows].shape, device=beams.device)
+                scores = torch.zeros(allowed.shape, device=beams.device)
             else:
                 scores = self._scores(model, beams[rows], {k: v[rows] for k, v in ctx.items()})
-            flat = scores.masked_fill(~allowed[rows], -math.inf).flatten(1)
+            flat = scores.masked_fill(~allowed, -math.inf).flatten(1)
             top = torch.sort(flat, dim=1, descending=True, stable=True)
             values.append(top.values[:, :take])
             picks.append(top.indices[:, :take])

@@ -214,9 +214,8 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                     if clean_attention is None:  # the same for every attention attack and eps
                         clean_attention = _attention(model, x, batch_size)
                     attacked_attention = _attention(model, x_adv, batch_size)
-                    outcome.per_sample.update(_stability(model, attack, tag, x, x_adv, clean_attention,
-                                                         attacked_attention, clean_pred, adv_pred, batch_size,
-                                                         topk))
+                    outcome.per_sample.update(_stability(model, attack, tag, x, clean_attention, attacked_attention,
+                                                         clean_pred, adv_pred, topk))
                     if largest:
                         outcome.attention_examples += _most_moved(
                             model, name, eps, x, x_adv, clean_attention, attacked_attention,
@@ -279,8 +278,7 @@ def _most_moved(model, name: str, eps: float, x, x_adv, p, q, jsd: np.ndarray, c
                              x_adv[i].detach().cpu().double().tolist() if words else []) for i in order]
 
 
-def _stability(model, attack: Attack, tag: str, x, x_adv, p, q, clean_pred, adv_pred, batch_size: int,
-               topk: int) -> dict[str, np.ndarray]:
+def _stability(model, attack: Attack, tag: str, x, p, q, clean_pred, adv_pred, topk: int) -> dict[str, np.ndarray]:
     from attacks.attention import hijacked
     from auditor import stability
 

@@ -60,7 +60,8 @@ class DefenseLoss:
         domain = TokenDomain(module.embedding.num_embeddings, tuple(range(len(SPECIAL_TOKENS))))
         adv = self.embedding_pgd(module, x, y, eps=self.config.eps, domain=domain, seed=self.seed * 100003 + epoch,
                                  index=index)
-        return (adv - module.embed(x)).detach()
+        with torch.no_grad():
+            return adv - module.embed(x)
 
     def adversarial(self, module: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                     epoch: int) -> torch.Tensor:
