@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from attacks import ATTACKS, TEXT_ATTACKS
+from attacks.text import TOKEN_NORM
 from auditor.explain import EXPLAINERS
 from auditor.metrics import MetricValue, format_eps
 from auditor.stages import CATALOGUE, spec_for
@@ -150,14 +151,15 @@ def _regression_table(document: dict, path: Path) -> dict[str, float] | None:
 
 
 def validate_policy(policy: Policy, planned: list[str], *, eps_grid: tuple[float, ...],
-                    attacks: tuple[str, ...], eps_l2: tuple[float, ...] = ()) -> None:
+                    attacks: tuple[str, ...], eps_l2: tuple[float, ...] = (),
+                    token_budget: tuple[int, ...] = ()) -> None:
     """Refuse gates on names the tool never produces, or that this run will not compute."""
     planned_set = set(planned)
     for metric in policy_metrics(policy):
         spec = known_spec(metric, policy.source)
         if metric not in planned_set:
             raise BadInputError(f"policy {policy.source}: {metric!r} is not computed by this run; "
-                                + _how_to_compute(metric, spec.pattern, eps_grid, attacks, eps_l2))
+                                + _how_to_compute(metric, spec.pattern, eps_grid, attacks, eps_l2, token_budget))
 
 
 def policy_metrics(policy: Policy) -> list[str]:
@@ -180,17 +182,17 @@ def known_spec(metric: str, source: str):
 
 
 def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], attacks: tuple[str, ...],
-                    eps_l2: tuple[float, ...] = ()) -> str:
+                    eps_l2: tuple[float, ...] = (), token_budget: tuple[int, ...] = ()) -> str:
     match = CATALOGUE[[s.pattern for s in CATALOGUE].index(pattern)].regex(sorted({**ATTACKS, **TEXT_ATTACKS}), sorted(EXPLAINERS)).match(metric)
     hints = []
     groups = match.groupdict() if match else {}
     if groups.get("attack") and groups["attack"] not in attacks:
         hints.append(f"add {groups['attack']} to --attacks")
     if groups.get("eps"):
-        attack = groups.get("attack") or ("worst-l2" if "worst-l2" in metric else "")
+        attack = groups.get("attack") or next((w for w in ("worst-l2", "worst-tokens") if w in metric), "")
         l2 = attack == "worst-l2" or (attack in ATTACKS and ATTACKS[attack].norm == "l2")
-        tokens = attack in TEXT_ATTACKS and TEXT_ATTACKS[attack].norm == "tokens"
-        if float(groups["eps"]) not in (eps_l2 if l2 else eps_grid):
+        tokens = attack == "worst-tokens" or (attack in TEXT_ATTACKS and TEXT_ATTACKS[attack].norm == TOKEN_NORM)
+        if float(groups["eps"]) not in (eps_l2 if l2 else token_budget if tokens else eps_grid):
             hints.append(f"add {groups['eps']} to {'--eps-l2' if l2 else '--token-budget' if tokens else '--eps'}")
     return " and ".join(hints) if hints else "check the options that select attacks and explainers"
 

@@ -167,7 +167,8 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
     fallback = default_policy(planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"),
                               token_budget=config.token_budget if config.text else ())
     policy = loaded_policy or fallback
-    validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"))
+    validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"),
+                    token_budget=config.grid("tokens"))
     baseline = tolerances = None
     if baseline_path is not None:
         baseline = load_baseline(baseline_path)

@@ -71,6 +71,15 @@ def test_valid_but_not_computed_names_the_option(tmp_path):
     policy = _policy(tmp_path, '[gates]\n"robust.accuracy.pgd@0.1" = ">= 0.5"\n')
     with pytest.raises(BadInputError, match=r"add pgd to --attacks"):
         validate_policy(policy, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
+    # text: a token budget is looked up in --token-budget, not in --eps
+    text = AuditConfig(token_budget=(1, 2, 4)).for_kind("text")
+    for name, hint in (("robust.accuracy.hotflip@3", "add 3 to --token-budget"),
+                       ("robust.accuracy.worst-tokens@8", "add 8 to --token-budget"),
+                       ("robust.accuracy.stealth-sub@4", "add stealth-sub to --attacks$")):
+        policy = _policy(tmp_path, f'[gates]\n"{name}" = ">= 0.5"\n')
+        with pytest.raises(BadInputError, match=hint):
+            validate_policy(policy, planned_metrics(text), eps_grid=text.eps, attacks=text.attacks,
+                            token_budget=text.token_budget)
 
 
 def test_default_policy_names_only_what_ran():
