@@ -189,10 +189,10 @@ def _cell(value: MetricValue | None) -> str:
 
 def budget(eps: float | str, attack: str) -> str:
     """An attack's budget as the report words it: "eps 0.03", or "2 tokens" for a substitution attack on text."""
-    from attacks import TEXT_ATTACKS
+    from attacks.text import TOKEN_NORM
+    from auditor.robustness import curve_norm
 
-    family = TEXT_ATTACKS.get(attack.removesuffix("-targeted"))
-    if family is not None and family.norm == "tokens":
+    if curve_norm(attack) == TOKEN_NORM:
         count = int(float(eps))
         return f"{count} token{'' if count == 1 else 's'}"
     return f"eps {eps if isinstance(eps, str) else fmt(eps)}"

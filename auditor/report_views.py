@@ -214,11 +214,12 @@ def attention_pairs(result: AuditFindings, kind: InputKind, feature_names: list[
         view = kind.attention_view(np.asarray(example.x), clean, attacked)
         if isinstance(view, Bars):
             c, a, peak = view.clean, view.attacked, view.peak
-            pair.bars = [(_position_label(int(i), feature_names, example.tokens, example.adv_tokens),
+            adv_tokens = example.adv_tokens or example.tokens
+            pair.bars = [(_position_label(int(i), feature_names, example.tokens, adv_tokens),
                           feature_names[i], 100 * c[i] / peak, 100 * a[i] / peak, fmt(c[i]), fmt(a[i]))
                          for i in view.positions]
             if example.tokens:
-                pair.tokens, pair.adv_tokens = example.tokens, example.adv_tokens or example.tokens
+                pair.tokens, pair.adv_tokens = example.tokens, adv_tokens
                 pair.clean_shade, pair.attacked_shade = (c / peak).tolist(), (a / peak).tolist()
         else:
             pair.image = png(view)
@@ -228,9 +229,8 @@ def attention_pairs(result: AuditFindings, kind: InputKind, feature_names: list[
 
 def _position_label(position: int, feature_names: list[str], tokens: list[str], adv_tokens: list[str]) -> str:
     """A bar's label: the position's word on text (position p holds token p - 1 after [CLS]), "clean → attacked"
-    where the attack substituted it; elsewhere the position's name."""
+    where the attack substituted it (``adv_tokens`` as long as ``tokens``); elsewhere the position's name."""
     if not 1 <= position <= len(tokens):
         return feature_names[position]
-    word = tokens[position - 1]
-    new = adv_tokens[position - 1] if adv_tokens else word
+    word, new = tokens[position - 1], adv_tokens[position - 1]
     return word if new == word else f"{word} → {new}"
