@@ -29,15 +29,24 @@ def clean_metrics(y: np.ndarray, proba: np.ndarray, *, positive: int | None, n_c
     metrics["clean.accuracy"] = MetricValue(float(accuracy_score(y, pred)), bootstrap.interval(_mean, correct))
     binary = n_classes == 2
     pos = positive if positive is not None else 1
+    # recall (and F1, which rests on it) divides by a class's samples: without them it is 0/0, which
+    # scikit-learn's zero_division would report as 0.0
+    absent = sorted(set([pos] if binary else range(n_classes)) - set(np.unique(y).tolist()))
+    undefined = (f"no audited sample is of class {absent[0]}, so recall is 0/0" if binary else
+                 f"the macro average needs every class among the audited samples; class {absent[0]} has none") \
+        if absent else None
     if binary:
         p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary", pos_label=pos, zero_division=0)
         stats = {"precision": _binary_precision, "recall": _binary_recall, "f1": _binary_f1}
-        for key, value in (("precision", p), ("recall", r), ("f1", f)):
-            metrics[f"clean.{key}"] = MetricValue(
-                float(value), bootstrap.interval(lambda yy, pp, s=stats[key]: s(yy == pos, pp == pos), y, pred))
     else:
         p, r, f, _ = precision_recall_fscore_support(y, pred, average="macro", labels=range(n_classes), zero_division=0)
-        for key, value in (("precision", p), ("recall", r), ("f1", f)):
+    for key, value in (("precision", p), ("recall", r), ("f1", f)):
+        if undefined and key != "precision":
+            skipped[f"clean.{key}"] = undefined
+        elif binary:
+            metrics[f"clean.{key}"] = MetricValue(
+                float(value), bootstrap.interval(lambda yy, pp, s=stats[key]: s(yy == pos, pp == pos), y, pred))
+        else:
             metrics[f"clean.{key}"] = MetricValue(float(value), None)
     confidence = proba.max(axis=1)
     metrics["clean.ece"] = MetricValue(float(expected_calibration_error(correct[None], confidence[None])[0]),

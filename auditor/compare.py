@@ -43,7 +43,7 @@ class Audited:
 
     @property
     def metrics(self) -> dict[str, MetricValue]:
-        return {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") else None)
+        return {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") else None, entry.get("n"))
                 for name, entry in self.document["metrics"].items()}
 
 
@@ -285,14 +285,15 @@ def verdicts(audits: list[Audited], policy: Policy | None) -> list[Verdict]:
     """Each audit's own gates, or one policy evaluated again on every audit's metrics."""
     results = []
     for audit in audits:
-        if policy is None:
+        if policy is None or not policy.gates:  # a regression-only policy: each audit's own (default) gates
             gates = audit.document.get("gates", [])
             failed = [g["name"] for g in gates if not g["passed"]]
             results.append(Verdict(audit.name, not failed, failed, len(gates)))
             continue
         for gate in policy.gates:
             known_spec(gate.metric, policy.source)
-        evaluated = evaluate(policy, audit.metrics, dict(audit.document.get("skipped", {})))
+        evaluated = evaluate(policy, audit.metrics, dict(audit.document.get("skipped", {})),
+                             n_rows=audit.document.get("data", {}).get("n_samples"))
         failed = [g.name for g in evaluated if not g.passed]
         results.append(Verdict(audit.name, not failed, failed, len(evaluated)))
     return results

@@ -15,7 +15,13 @@ may become, in the metric's own direction::
     "robust.accuracy.pgd@0.03" = 0.02
 
 A condition tests the metric's value, or with ``lower95`` / ``upper95`` before the operator the
-lower / upper end of its 95% bootstrap interval (a metric without an interval then fails the gate).
+lower / upper end of its 95% bootstrap interval (a metric without an interval then fails the gate, and so
+does one resting on fewer than :data:`MIN_INTERVAL_ROWS` samples: a bootstrap of a handful of rows gives an
+interval as narrow as the rows are alike, ``[1, 1]`` for one correct row).
+
+A file with no table at all, or an empty ``[gates]`` table, is bad input: it would pass every model. A
+file with a ``[regression]`` table and no ``[gates]`` keeps the default gates beside its own regression
+gates (:func:`auditor.runner.bind`).
 
 Without a policy, :func:`default_policy` builds one from what ran. Names are
 checked before the audit starts: a name no part of the tool can produce, or one
@@ -46,6 +52,9 @@ INTERVAL_ENDS = {"lower95": 0, "upper95": 1}
 DEFAULT_MIN_ACCURACY = 0.90
 DEFAULT_MIN_ROBUST_ACCURACY = 0.50
 DEFAULT_REGRESSION_TOLERANCE = 0.02
+# Fewer samples than this and a percentile bootstrap's 95% interval is not one: it cannot reach past the few
+# values seen (one row gives [v, v]); 30 is the usual rule of thumb for a normal approximation of a mean.
+MIN_INTERVAL_ROWS = 30
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,9 @@ def load_policy(path: str | Path) -> Policy:
         raise BadInputError(f"policy file {str(path)!r} cannot be read ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise BadInputError(f"policy file {path}: invalid TOML ({error})") from None
+    if not document:
+        raise BadInputError(f"policy file {path} holds no table; write a [gates] table (\"metric\" = \">= number\" "
+                            "entries) and/or a [regression] table, or leave --policy out for the default gates")
     unknown_tables = sorted(set(document) - {"gates", "regression"})
     if unknown_tables:
         raise BadInputError(f"policy file {path}: unknown table(s) {unknown_tables}; expected [gates] and/or "
@@ -118,6 +130,9 @@ def load_policy(path: str | Path) -> Policy:
     table = document.get("gates", {})
     if not isinstance(table, dict):
         raise BadInputError(f"policy file {path}: [gates] must be a table of \"metric\" = \">= number\" entries")
+    if "gates" in document and not table:
+        raise BadInputError(f"policy file {path}: [gates] is empty, so every model would pass; add a gate such as "
+                            "\"clean.accuracy\" = \">= 0.90\", or remove the table to keep the default gates")
     gates = []
     for metric, condition in table.items():
         if not isinstance(condition, str) or not (match := _CONDITION.match(condition)):
@@ -235,7 +250,10 @@ def trust_gates(planned: list[str]) -> list[Gate]:
     return [Gate(TRUST_GATE_METRIC, ">", 0.0, end="lower95")] if TRUST_GATE_METRIC in planned else []
 
 
-def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str, str]) -> list[GateResult]:
+def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str, str], *,
+             n_rows: int | None = None) -> list[GateResult]:
+    """Each gate's result. An interval gate also fails when its metric counted fewer than
+    :data:`MIN_INTERVAL_ROWS` samples: the metric's own ``n``, else ``n_rows`` (the audited rows)."""
     results = []
     for gate in policy.gates:
         measured = metrics.get(gate.metric)
@@ -249,6 +267,12 @@ def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str,
             results.append(GateResult(gate.name, gate.kind, gate.metric, gate.op, gate.threshold, measured.value,
                                       None, False, f"no 95% interval to test its {gate.end} end",
                                       group=gate_group(gate)))
+            continue
+        counted = measured.n if measured.n is not None else n_rows
+        if gate.end != "value" and counted is not None and counted < MIN_INTERVAL_ROWS:
+            results.append(GateResult(gate.name, gate.kind, gate.metric, gate.op, gate.threshold, measured.value,
+                                      ci95, False, f"too few samples (n={counted}) for its 95% interval; an interval "
+                                      f"gate needs at least {MIN_INTERVAL_ROWS}", group=gate_group(gate)))
             continue
         tested = measured.value if gate.end == "value" else ci95[INTERVAL_ENDS[gate.end]]
         passed = bool(OPERATORS[gate.op](tested, gate.threshold))

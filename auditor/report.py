@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from auditor.gates import GateResult, Policy, gate_group
+from auditor.gates import MIN_INTERVAL_ROWS, GateResult, Policy, gate_group
 from auditor.metrics import MetricValue
 from auditor.render import TOOL_NAME, md
 from auditor.verdict import panel_markdown, trust_panel
@@ -109,6 +109,10 @@ def render_summary(document: dict) -> bytes:
         "",
         *_worst_lines(document["metrics"]),
     ]
+    n_samples = document["data"]["n_samples"]
+    if n_samples < MIN_INTERVAL_ROWS:
+        lines += [f"**Too few samples (n={n_samples})**: a 95% interval needs at least {MIN_INTERVAL_ROWS} rows, so "
+                  "every interval gate fails and the intervals shown are not evidence.", ""]
     determinism = model.get("determinism", {})
     if model.get("deterministic") is False:
         lines += [f"**The model is not deterministic**: logits of the same rows differed by up to "

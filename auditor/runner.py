@@ -167,6 +167,8 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
     fallback = default_policy(planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"),
                               token_budget=config.token_budget if config.text else ())
     policy = loaded_policy or fallback
+    if not policy.gates:  # a regression-only file: its [regression] beside the default gates, never no gate
+        policy = replace(fallback, source=f"{policy.source} with the default gates", regression=policy.regression)
     validate_policy(policy, planned, eps_grid=config.eps, attacks=config.attacks, eps_l2=config.grid("l2"),
                     token_budget=config.grid("tokens"))
     baseline = tolerances = None
@@ -203,7 +205,7 @@ def outputs(result: AuditFindings, subject: Subject, config: AuditConfig, policy
     """The gates' verdict and every file ``audit run`` writes, rendered from the audit's findings."""
     skipped = dict(result.skipped)
     metrics = finite_metrics(result.metrics, skipped)
-    gates = evaluate(policy, metrics, skipped)
+    gates = evaluate(policy, metrics, skipped, n_rows=int(result.n_samples))
     if baseline is not None:
         gates += evaluate_regression(tolerances, baseline, metrics, skipped)
     config_doc = config.to_dict()
