@@ -9,6 +9,7 @@ failed, 2 bad usage or bad input (one line, no traceback), 3 an internal error.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -42,6 +43,26 @@ class InternalProblem(click.ClickException):
                    err=True)
 
 
+class Stopped(BaseException):
+    """Raised by the SIGTERM handler :func:`main` installs; a BaseException, as KeyboardInterrupt is, so that no
+    ``except Exception`` on the way turns a stop into a gate failure or an internal error."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StoppedProblem(click.ClickException):
+    """A run stopped by a signal: the shell's code for it (128 + the signal), never 1 (a gate failed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+    def show(self, file=None) -> None:
+        click.echo(f"stopped by {self.message}: no results written", err=True)
+
+
 class AuditGroup(click.Group):
     """Turns the library's exceptions into exit codes, once, for every command."""
 
@@ -53,7 +74,9 @@ class AuditGroup(click.Group):
         except BadInputError as error:
             raise InputProblem(str(error)) from None
         except KeyboardInterrupt:
-            raise click.Abort() from None
+            raise StoppedProblem(signal.SIGINT) from None
+        except Stopped as stop:
+            raise StoppedProblem(stop.signum) from None
         except Exception as error:  # the one place an unexpected failure becomes exit code 3
             if os.environ.get("AUDIT_DEBUG"):
                 traceback.print_exc()
@@ -318,13 +341,12 @@ def compare(folders, models, data_spec, label_column, text_column, out_dir, poli
     """
     from auditor.compare import compare_audits, compare_files, load_audit, unique_names
     from auditor.gates import load_policy
-    from auditor.outputs import append_step_summary, write_atomically
+    from auditor.outputs import append_step_summary, check_out_folder, write_atomically
     from auditor.runner import audit_to_folder
 
     if len(folders) + len(models) < 2:
         raise click.UsageError("give at least two audit folders, or two --model checkpoints")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
+    check_out_folder(out_dir)
     policy = load_policy(policy_path) if policy_path is not None else None
     for path in folders:
         if not (path / "results.json").is_file() and not path.is_file():
@@ -400,7 +422,12 @@ def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
     click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed", err=err)
 
 
+def _stop(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _stop)
     code_file = os.environ.get(EXIT_CODE_FILE)
     if not code_file or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         cli.main(args=argv, prog_name="audit")

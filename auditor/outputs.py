@@ -6,9 +6,16 @@ saved tensors are written row block by row block (auditor.tensorfile) into a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 from pathlib import Path
+
+from detectors.errors import BadInputError
+
+# how a user (Ctrl-C) and a CI system (cancelling a job) stop a run
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _file_mode() -> int:
@@ -28,6 +35,41 @@ def write_atomically(folder: Path, files: dict[str, bytes]) -> list[Path]:
         finally:
             discard(temporary)
     return written
+
+
+def check_out_folder(folder: Path) -> None:
+    """Bad input, before any work, when ``folder`` cannot be made into a folder this process writes in (a path
+    under a file, under /proc, without permission); the folders made to find out are removed again."""
+    made: list[Path] = []
+    try:
+        for path in reversed([folder, *folder.parents]):
+            if path.is_dir():
+                continue
+            if path.exists():
+                raise BadInputError(f"--out {str(folder)!r} cannot be a folder: {str(path)!r} is a file; pass a "
+                                    "folder path")
+            path.mkdir()
+            made.append(path)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".audit-probe.")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise BadInputError(f"--out {str(folder)!r} cannot be a folder to write in ({error.strerror}: "
+                            f"{error.filename}); pass a folder path you may write to") from None
+    finally:
+        for path in reversed(made):
+            path.rmdir()
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM wait until the block ends, so that a stop never leaves some outputs renamed into
+    place and others not; the renames take milliseconds."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def reserve(folder: Path, name: str) -> Path:

@@ -16,7 +16,7 @@ from auditor.gates import (GateResult, Policy, check_baseline, default_policy, e
 from auditor.localisation import declare_relevant
 from auditor.masking import sparse_attention_note
 from auditor.metrics import MetricValue
-from auditor.outputs import PendingFiles, append_step_summary, write_atomically
+from auditor.outputs import PendingFiles, append_step_summary, check_out_folder, signals_held, write_atomically
 from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
 from auditor.report_html import render_document
 from auditor.result import AuditFindings, report_section
@@ -117,8 +117,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
              removal_baseline, baseline_path, relevant_features=(), text_column="text",
              token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None):
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInputError(f"--out {str(out_dir)!r} exists and is not a folder")
+    check_out_folder(out_dir)
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
                                       masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, eps_l2=eps_l2, seed=seed, device=device,
@@ -193,8 +192,9 @@ def token_domain_of(tokenizer, substitutions: str | None):
 def _write(result, subject, config: AuditConfig, policy, *, out_dir: Path,
            saved: PendingFiles, baseline=None, tolerances=None) -> Outcome:
     outcome = outputs(result, subject, config, policy, baseline=baseline, tolerances=tolerances)
-    write_atomically(out_dir, outcome.files)
-    saved.commit()
+    with signals_held():  # every output of the run or none of them
+        write_atomically(out_dir, outcome.files)
+        saved.commit()
     append_step_summary(outcome.files["summary.md"])
     outcome.report_path = out_dir / "report.html"
     return outcome
