@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "attention_audit"
 MODEL_PREFIX = "model."
 TRAIN_MEAN_KEY = "audit.train_mean"
+_BLOCK_KEY = re.compile(r"encoder\.blocks\.(\d+)\.")  # detectors.blocks.Encoder's blocks in a state dict
 REQUIRED = ("format", "format_version", "detector", "features", "classes", "scaler", "data", "defense")
 
 
@@ -111,9 +113,13 @@ def load_checkpoint(path: str | os.PathLike, *, device: torch.device | str = "cp
     path = Path(path)
     metadata = read_metadata(path)
     try:
-        detector = build_detector(metadata["detector"]["kind"], metadata["detector"]["hparams"])
-    except (TypeError, ValueError) as error:
-        raise BadInputError(f"{path}: metadata describes a detector that cannot be built ({error})") from None
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key[len(MODEL_PREFIX):]: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()
+                      if key.startswith(MODEL_PREFIX)}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BadInputError(f"{path}: weights cannot be read ({_first_line(error)})") from None
+    _check_against_weights(path, metadata["detector"], shapes)
+    detector = build_detector(metadata["detector"]["kind"], metadata["detector"]["hparams"])
     try:
         with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())
@@ -121,26 +127,40 @@ def load_checkpoint(path: str | os.PathLike, *, device: torch.device | str = "cp
             train_mean = handle.get_tensor(TRAIN_MEAN_KEY) if TRAIN_MEAN_KEY in keys else None
     except (SafetensorError, OSError, ValueError) as error:
         raise BadInputError(f"{path}: weights cannot be read ({_first_line(error)})") from None
-    expected = detector.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise BadInputError(
-            f"{path}: weights do not match a {metadata['detector']['kind']} detector "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    wrong = [k for k in expected if expected[k].shape != state[k].shape]
-    if wrong:
-        raise BadInputError(
-            f"{path}: weight {wrong[0]!r} has shape {tuple(state[wrong[0]].shape)}, "
-            f"the metadata's detector expects {tuple(expected[wrong[0]].shape)}"
-        )
     detector.load_state_dict(state)
     detector.to(device).eval()
     n_features = len(metadata["features"])
     if train_mean is not None and train_mean.numel() != n_features:
         raise BadInputError(f"{path}: stored training mean has {train_mean.numel()} values for {n_features} features")
     return Checkpoint(detector=detector, metadata=metadata, train_mean=train_mean)
+
+
+def _check_against_weights(path: Path, described: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse metadata that does not describe the weights in the file, before anything is allocated: a
+    detector the metadata sizes absurdly (dim 1e9, depth 1e4) would otherwise be built first, and take
+    gigabytes and minutes to fail. The blocks are counted in the file (a build on the meta device costs time
+    per block); the rest is compared with a build on the meta device, which allocates nothing."""
+    kind, hparams = described["kind"], described.get("hparams")
+    blocks = {int(match.group(1)) for key in shapes if (match := _BLOCK_KEY.match(key))}
+    if not isinstance(hparams, dict) or hparams.get("depth") != len(blocks):
+        depth = hparams.get("depth") if isinstance(hparams, dict) else None
+        raise BadInputError(f"{path}: the metadata's {kind} detector has depth {depth!r}, the weights hold "
+                            f"{len(blocks)} blocks; the file is not a checkpoint audit train wrote, or was edited")
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(value.shape) for name, value in build_detector(kind, hparams).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise BadInputError(f"{path}: metadata describes a detector that cannot be built ({_first_line(error)})") \
+            from None
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise BadInputError(f"{path}: weights do not match a {kind} detector (missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]})")
+    wrong = next((name for name in expected if expected[name] != shapes[name]), None)
+    if wrong is not None:
+        raise BadInputError(f"{path}: weight {wrong!r} has shape {shapes[wrong]}, the metadata's detector expects "
+                            f"{expected[wrong]}")
 
 
 def _validate(path: Path, header: dict | None) -> dict:

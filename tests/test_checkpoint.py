@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 
 from detectors.checkpoint import FORMAT_VERSION, METADATA_KEY, load_checkpoint, read_metadata, save_checkpoint
 from detectors.errors import BadInputError
+from detectors.registry import build_detector
 
 META = {"features": [f"f{i}" for i in range(6)], "classes": ["no", "yes"], "positive_class": 1,
         "scaler": {"lo": [0.0] * 6, "hi": [1.0] * 6}, "data": {"name": "x.csv", "split_seed": 0},
@@ -84,6 +85,24 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path, tiny_detector):
     _rewrite_metadata(path, path, lambda m: m["detector"]["hparams"].update(dim=16, mlp_dim=32))
     with pytest.raises(BadInputError, match="has shape"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("sizes,match", [({"dim": 10**9}, "has shape|cannot be built"),
+                                         ({"depth": 10**4}, "depth 10000, the weights hold 2 blocks"),
+                                         ({"n_features": 10**9, "mlp_dim": 10**9}, "has shape|cannot be built")])
+def test_absurd_sizes_in_the_metadata_are_refused_before_anything_is_built(tmp_path, tiny_detector, monkeypatch,
+                                                                           sizes, match):
+    import detectors.checkpoint as checkpoint
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, tiny_detector, metadata=META)
+    _rewrite_metadata(path, path, lambda m: m["detector"]["hparams"].update(sizes))
+    built = []
+    monkeypatch.setattr(checkpoint, "build_detector",
+                        lambda kind, hparams: built.append(torch.get_default_device()) or build_detector(kind, hparams))
+    with pytest.raises(BadInputError, match=match):
+        load_checkpoint(path)
+    assert all(device.type == "meta" for device in built)  # nothing allocated
 
 
 class _Boom:
