@@ -63,12 +63,30 @@ class StoppedProblem(click.ClickException):
         click.echo(f"stopped by {self.message}: no results written", err=True)
 
 
+def _one_line(error: click.UsageError) -> InputProblem:
+    """click's usage error (usage, a hint and the error: three lines) as the one line every bad input gets."""
+    where = f"; see '{error.ctx.command_path} --help'" if error.ctx is not None else ""
+    return InputProblem(f"{error.format_message().rstrip('.')}{where}")
+
+
 class AuditGroup(click.Group):
     """Turns the library's exceptions into exit codes, once, for every command."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as error:
+            raise _one_line(error) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as error:
+            raise _one_line(error) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BadInputError as error:

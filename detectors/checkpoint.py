@@ -98,6 +98,9 @@ def save_checkpoint(path: str | os.PathLike, detector: Detector, *, metadata: di
 def read_metadata(path: str | os.PathLike) -> dict:
     """The validated metadata of a checkpoint, without building the model."""
     path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"checkpoint {str(path)!r} is a directory; give the .safetensors file audit train wrote, "
+                            "or hf:DIR for a folder written by Hugging Face's save_pretrained")
     if not path.is_file():
         raise BadInputError(f"checkpoint {str(path)!r} does not exist")
     try:

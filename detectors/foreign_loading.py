@@ -11,6 +11,7 @@ import importlib.util
 import pickle
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,10 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             raise BadInputError(f"cannot read safetensors weights {str(path)!r}: {_first_line(error)}") from error
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about a pickle protocol it was not written with before refusing the file: the refusal
+        # below is the one line the user gets
+        with warnings.catch_warnings(action="ignore"):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise BadInputError(
             f"refused to load weights {str(path)!r}: it is a pickle that would run code or build objects other than "

@@ -98,6 +98,7 @@ def check_directory(spec: str) -> tuple[Path, dict, Family]:
         if (path / name).is_file() and "auto_map" in _read_json(path / name):
             raise BadInputError(f"{path / name} asks for remote code (auto_map); hf: models never run code from the "
                                 "model's folder: use a model type transformers itself implements")
+    _check_contained(path)
     config = _read_json(path / "config.json")
     if not any((path / name).is_file() for name in SAFETENSORS_FILES):
         pickles = [name for name in PICKLE_FILES if (path / name).is_file()]
@@ -119,6 +120,24 @@ def check_directory(spec: str) -> tuple[Path, dict, Family]:
     return path, config, family
 
 
+def _check_contained(path: Path) -> None:
+    """One containment rule for everything ``from_pretrained`` may read: each file of the directory (a symlink
+    such as ``model.safetensors`` included) and each shard a sharded index names must resolve inside it, so
+    that ``hf:DIR`` audits what DIR holds and never reads a file elsewhere."""
+    root = path.resolve()
+    named = [entry for entry in path.iterdir() if not entry.is_dir()]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
+            raise BadInputError(f"{index}: expected a \"weight_map\" of parameter names to shard files")
+        named += [path / shard for shard in sorted(set(weight_map.values()))]
+    for file in named:
+        if not file.resolve().is_relative_to(root):
+            raise BadInputError(f"{file} resolves to {file.resolve()}, outside the model folder {root}; hf: reads "
+                                "only files inside the folder: copy the weights into it")
+
+
 def _import_transformers():
     try:
         import transformers
@@ -136,7 +155,10 @@ def load_pretrained(spec: str) -> tuple[nn.Module, Family, Path]:
     auto = (transformers.AutoModelForSequenceClassification if family.input == "text"
             else transformers.AutoModelForImageClassification)
     progress = transformers.utils.logging.is_progress_bar_enabled()
+    verbosity = transformers.utils.logging.get_verbosity()
     transformers.utils.logging.disable_progress_bar()  # the audit prints its own progress, or nothing
+    # its load report (missing weights) would come before the one line this tool's own refusal says below
+    transformers.utils.logging.set_verbosity_error()
     try:
         model, info = auto.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False,
                                            local_files_only=True, attn_implementation="eager",
@@ -144,6 +166,7 @@ def load_pretrained(spec: str) -> tuple[nn.Module, Family, Path]:
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise BadInputError(f"{path}: transformers cannot load it ({_first_line(error)})") from None
     finally:
+        transformers.utils.logging.set_verbosity(verbosity)
         if progress:
             transformers.utils.logging.enable_progress_bar()
     missing = list(info.get("missing_keys") or [])
