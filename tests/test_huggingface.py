@@ -187,6 +187,65 @@ def test_pickle_weights_and_remote_code_are_refused_and_nothing_runs(hf_models, 
     assert result.exit_code == 2 and "not a directory" in result.output
 
 
+def _bert_folder(folder):
+    """A tiny BERT classifier saved as save_pretrained does, built from a config (nothing downloaded)."""
+    config = transformers.BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=8, max_position_embeddings=8, num_labels=2)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def test_an_hf_folder_without_its_head_is_one_line_and_no_load_report(tmp_path):
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    from detectors.huggingface import load_pretrained
+
+    folder = _bert_folder(tmp_path / "bert")
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    reported = []
+    listener = logging.Handler()
+    listener.emit = reported.append
+    # transformers writes its load report through its own handler to the stderr it found first; listen beside it
+    logging.getLogger("transformers").addHandler(listener)
+    try:
+        with pytest.raises(BadInputError, match="the weights lack classifier"):
+            load_pretrained(f"hf:{folder}")
+    finally:
+        logging.getLogger("transformers").removeHandler(listener)
+    assert not [record.getMessage() for record in reported]
+
+
+def test_hf_weights_outside_the_folder_are_refused_alike_as_symlink_or_shard(tmp_path):
+    from detectors.huggingface import check_directory
+
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(b"weights")
+    config = json.dumps({"model_type": "bert", "architectures": ["BertForSequenceClassification"]})
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "config.json").write_text(config, encoding="utf-8")
+    (linked / "model.safetensors").symlink_to(outside)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text(config, encoding="utf-8")
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"classifier.weight": "../elsewhere.safetensors"}}), encoding="utf-8")
+    for folder in (linked, sharded):
+        with pytest.raises(BadInputError, match="outside the model folder"):
+            check_directory(f"hf:{folder}")
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    (inside / "config.json").write_text(config, encoding="utf-8")
+    (inside / "weights").mkdir()
+    (inside / "weights" / "real.safetensors").write_bytes(b"weights")
+    (inside / "model.safetensors").symlink_to(inside / "weights" / "real.safetensors")
+    assert check_directory(f"hf:{inside}")[0] == inside  # a link that stays inside is the folder's own file
+
+
 def test_help_does_not_import_transformers():
     code = ("import sys\nfrom click.testing import CliRunner\nfrom auditor.cli import cli\n"
             "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
