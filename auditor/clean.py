@@ -7,10 +7,12 @@ import torch
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
+from auditor.determinism import ExpectedDetector
 from auditor.metrics import Bootstrap, MetricSpec, MetricValue
 from auditor.stage import Block, Stage
 
 ECE_BINS = 10
+ENSEMBLE_ACCURACY = "clean.accuracy_ensemble"
 
 
 @torch.inference_mode()
@@ -136,8 +138,14 @@ def _binary_auc(truth: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 SKLEARN = "scikit-learn metrics on the clean samples"
 SPECS = (
-    MetricSpec("clean.accuracy", True, "[0, 1]", "share of samples whose predicted class is the true class",
+    MetricSpec("clean.accuracy", True, "[0, 1]", "share of samples whose predicted class is the true class; for a "
+               "model that is not deterministic, the mean over the draws of each draw's correctness (what one call "
+               "of the model gets right)",
                reference=SKLEARN),
+    MetricSpec(ENSEMBLE_ACCURACY, True, "[0, 1]",
+               "a model that is not deterministic: the accuracy of the argmax of its mean probability over the draws "
+               "(an ensemble of calls, which the deployed model is not; never gated by default)",
+               reference="Athalye et al. 2018, Obfuscated Gradients Give a False Sense of Security (EOT)"),
     MetricSpec("clean.precision", True, "[0, 1]",
                "of the samples flagged as the positive class, the share that are (macro average over classes "
                "when there are more than two)",
@@ -166,9 +174,22 @@ class CleanStage(Stage):
     specs = SPECS
 
     def planned(self, config, *, binary: bool) -> list[str]:
-        return [spec.pattern for spec in SPECS]
+        return [spec.pattern for spec in SPECS if spec.pattern != ENSEMBLE_ACCURACY or config.randomised_model]
 
     def run(self, block: Block) -> None:
         proba = predict_proba(block.detector, block.x, batch_size=block.plan.forward_batch)
         block.pred = proba.argmax(1)
         block.table["rows"]["proba"] = proba.cpu().numpy().astype(np.float64)
+        if isinstance(block.detector, ExpectedDetector):  # summarise keeps the ensemble's under its own name
+            block.per_sample["clean.accuracy"] = per_draw_correctness(block.detector, block.x, block.y,
+                                                                      batch_size=block.plan.forward_batch)
+
+
+@torch.inference_mode()
+def per_draw_correctness(detector: ExpectedDetector, x: torch.Tensor, y: torch.Tensor, *,
+                         batch_size: int) -> np.ndarray:
+    """Per sample, the share of the model's draws that classify it correctly."""
+    detector.eval()
+    correct = [(detector.draw_logits(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).double().mean(0)
+               for i in range(0, len(x), batch_size)]
+    return torch.cat(correct).cpu().numpy()

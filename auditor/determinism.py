@@ -13,7 +13,10 @@ random stream it does not restore, so for a deterministic model it changes no nu
 A model that fails the check is audited through :class:`ExpectedDetector`: every forward pass runs the
 model :data:`EOT_DRAWS` times and returns the log of the mean softmax over the draws, so every gradient
 attack follows the gradient of the expected probability (EOT) and every prediction, clean or adversarial,
-is the argmax of the expected probability over the draws (a soft majority vote of the draws).
+is the argmax of the expected probability over the draws (a soft majority vote of the draws). That vote
+is an ensemble the deployed model is not: ``clean.accuracy`` is then the mean over the draws of each draw's
+own correctness (what one call of the model gets right), and the ensemble's accuracy is reported beside it as
+``clean.accuracy_ensemble`` (:mod:`auditor.clean`).
 """
 
 from __future__ import annotations
@@ -97,6 +100,10 @@ class ExpectedDetector(Detector):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._expected(self.model(self._repeat(x)), len(x))
+
+    def draw_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Each draw's own logits, (draws, n, classes): what one call of the deployed model returns."""
+        return self.model(self._repeat(x)).view(self.draws, len(x), -1)
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         logits, attentions = self.model.forward_with_attention(self._repeat(x))

@@ -14,7 +14,7 @@ import torch
 
 from attacks import Domain, attack_class
 from attacks.text import EMBEDDING_NORMS
-from auditor.clean import clean_metrics, detection_data
+from auditor.clean import ENSEMBLE_ACCURACY, clean_metrics, detection_data
 from auditor.config import AuditConfig
 from auditor.faithfulness import REMOVAL_KINDS
 from auditor.localisation import relevant_mask_of
@@ -205,6 +205,8 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
                                      bootstrap=bootstrap)
     confusion = np.zeros((n_classes, n_classes), dtype=int)
     np.add.at(confusion, (data.y, proba_np.argmax(1)), 1)
+    if config.randomised_model:  # clean.accuracy is each draw's own, from the per-sample table (auditor.clean)
+        metrics[ENSEMBLE_ACCURACY] = metrics.pop("clean.accuracy")
     sample_metrics, sample_skipped = aggregate(rows.get("per_sample", {}), bootstrap)
     metrics.update(sample_metrics)
     skipped.update(sample_skipped)

@@ -116,8 +116,10 @@ def render_summary(document: dict) -> bytes:
     determinism = model.get("determinism", {})
     if model.get("deterministic") is False:
         lines += [f"**The model is not deterministic**: logits of the same rows differed by up to "
-                  f"{determinism.get('max_abs_logit_diff', float('nan')):.3g} between two calls; predictions are "
-                  f"the mean probability over {determinism.get('draws', '?')} draws and the attacks used EOT.", ""]
+                  f"{determinism.get('max_abs_logit_diff', float('nan')):.3g} between two calls; clean accuracy is "
+                  f"the mean over {determinism.get('draws', '?')} draws of each draw's correctness (the ensemble's: "
+                  "`clean.accuracy_ensemble`), other predictions the mean probability over the draws, and the "
+                  "attacks used EOT.", ""]
     outside = document["data"].get("out_of_range") or {}
     if outside.get("rows"):
         features = ", ".join(f"`{md(name)}` {rows}" for name, rows in list(outside["features"].items())[:8])

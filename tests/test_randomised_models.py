@@ -117,6 +117,8 @@ def test_dropout_at_inference_is_detected_and_reported(noisy, tmp_path):
     assert document["model"]["determinism"]["draws"] == 8 and document["model"]["determinism"]["rows"] == 48
     assert document["model"]["determinism"]["max_abs_logit_diff"] > 1e-3
     assert document["config"]["randomised_model"] is True
+    # clean accuracy is one call's (the mean over draws of each draw's correctness), the vote of 8 draws apart
+    assert document["metrics"]["clean.accuracy"]["n"] == 48 and "clean.accuracy_ensemble" in document["metrics"]
     # only the encoder's self-attention is a layer; the pooling query over the tokens is listed as left out
     assert document["model"]["attention_modules"] == ["encoder.layers.0.self_attn"]
     assert document["model"]["ignored_attention_modules"] == ["pool"]
@@ -233,3 +235,43 @@ def test_autoattack_runs_its_rand_version_on_a_randomised_model_when_it_has_one(
     monkeypatch.setitem(ATTACKS, "autoattack", WithVersions)
     assert config.attack_settings("autoattack")["version"] == "rand"
     assert config.build_attacks()["autoattack"].version == "rand"
+
+
+class RightSevenTimesInTen(torch.nn.Module):
+    """Each call answers the true class (``x[0] > 0.5``) with probability 0.7, the other class otherwise: one
+    call is right 70% of the time, while the majority of 8 draws is right about 87% of the time."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.kind, self.input_shape, self.n_classes, self.token_map = \
+            inner.kind, inner.input_shape, inner.n_classes, inner.token_map
+
+    def forward(self, x):
+        return self.forward_with_attention(x)[0]
+
+    def forward_with_attention(self, x):
+        logits, attentions = self.inner.forward_with_attention(x)
+        answer = (x[:, 0] > 0.5) ^ (torch.rand(len(x), device=x.device) < 0.3)
+        return 0 * logits + 10 * torch.nn.functional.one_hot(answer.long(), 2), attentions
+
+    def hparams(self):
+        return {}
+
+
+def test_clean_accuracy_of_a_randomised_model_is_one_call_s_not_the_ensemble_s(tiny_detector):
+    from auditor.clean import ENSEMBLE_ACCURACY, CleanStage, per_draw_correctness, predict_proba
+    from auditor.config import AuditConfig
+
+    x = torch.as_tensor(np.random.default_rng(1).random((400, N_FEATURES)), dtype=torch.float32)
+    y = (x[:, 0] > 0.5).long()
+    detector = ExpectedDetector(RightSevenTimesInTen(tiny_detector))
+    torch.manual_seed(0)
+    correct = per_draw_correctness(detector, x, y, batch_size=64)
+    # 400 rows x 8 draws of a coin right with probability 0.7: one call's accuracy within 4 sd of 0.7
+    assert correct.shape == (400,) and abs(correct.mean() - 0.7) < 4 * (0.7 * 0.3 / 3200) ** 0.5
+    ensemble = float((predict_proba(detector, x, batch_size=64).argmax(1) == y).double().mean())
+    assert ensemble > 0.8  # the soft vote of 8 draws: about 0.87
+    planned = CleanStage().planned
+    assert ENSEMBLE_ACCURACY in planned(AuditConfig(randomised_model=True), binary=True)
+    assert ENSEMBLE_ACCURACY not in planned(AuditConfig(), binary=True)
