@@ -71,9 +71,11 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
         shard.start(target)
     problem = None
     try:
+        if shard.is_main:  # the one process that writes there
+            check_out_folder(out_dir)
         config, policy, planned, subject, baseline, tolerances = _prepare(
             model_path=model_path, data_spec=data_spec, label_column=label_column, policy_path=policy_path,
-            out_dir=out_dir, eps=eps, eps_l2=eps_l2, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
+            eps=eps, eps_l2=eps_l2, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
             batch_size=batch_size, save_adversarial=save_adversarial, save_explanations=save_explanations,
             foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
             on_out_of_range=on_out_of_range,
@@ -111,13 +113,12 @@ def _lay_out_saved(saved: PendingFiles, subject: Subject, config: AuditConfig, s
     return shard.share(paths)
 
 
-def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, eps_l2, attacks, max_samples, seed, device,
+def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, attacks, max_samples, seed, device,
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
              on_out_of_range,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
              removal_baseline, baseline_path, relevant_features=(), text_column="text",
              token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None):
-    check_out_folder(out_dir)
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
                                       masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, eps_l2=eps_l2, seed=seed, device=device,
