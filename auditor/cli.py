@@ -3,7 +3,8 @@
 Loading it, and every ``--help``, imports no torch: each command imports what it runs inside its body.
 
 Exit codes, decided here and nowhere else: 0 every gate passed, 1 a gate
-failed, 2 bad usage or bad input (one line, no traceback), 3 an internal error.
+failed, 2 bad usage or bad input (one line, no traceback), 3 an internal error,
+130 / 143 stopped by SIGINT / SIGTERM (no outputs written).
 """
 
 from __future__ import annotations
