@@ -85,7 +85,8 @@ def _read_json(path: Path) -> dict:
 def check_directory(spec: str) -> tuple[Path, dict, Family]:
     """The directory of ``hf:DIR``, its config and its :class:`Family`, read as JSON only (nothing executed).
 
-    Refused (:class:`BadInputError`): a missing directory or config; ``auto_map`` in any of its configs
+    Refused (:class:`BadInputError`): a missing directory or config; a file or shard that resolves outside
+    the directory (:func:`_check_contained`); ``auto_map`` in any of its configs
     (remote code); weights that are not safetensors (a pickle can run code when unpickled); a model type
     outside :data:`FAMILIES`; an architecture without a classification head."""
     path = Path(spec[len(HF_PREFIX):] if is_huggingface(spec) else spec).expanduser()
@@ -94,11 +95,11 @@ def check_directory(spec: str) -> tuple[Path, dict, Family]:
                             "save_pretrained")
     if not (path / "config.json").is_file():
         raise BadInputError(f"{path} holds no config.json; give the folder written by save_pretrained")
+    _check_contained(path)
     for name in REMOTE_CODE_FILES:
         if (path / name).is_file() and "auto_map" in _read_json(path / name):
             raise BadInputError(f"{path / name} asks for remote code (auto_map); hf: models never run code from the "
                                 "model's folder: use a model type transformers itself implements")
-    _check_contained(path)
     config = _read_json(path / "config.json")
     if not any((path / name).is_file() for name in SAFETENSORS_FILES):
         pickles = [name for name in PICKLE_FILES if (path / name).is_file()]
