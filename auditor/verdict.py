@@ -55,7 +55,8 @@ HIDDEN_IMPORTANCE_LIMIT = 0.5
 STATUSES = ("pass", "fail", "unclear", "not run", "not established")
 ANSWERS = ("yes", "no", "not established")
 GAIN = "faithfulness.deletion_gain.{}"
-# what to run when a condition's metric did not run and no stage said why
+CONDITIONS = ("used", "beats-chance", "survives-randomisation", "hides-nothing")
+# what to run when a condition's metric did not run
 RUN_HINTS = {
     "used": "the uniform-attention test needs attention the tool can edit: a built-in detector, "
             "nn.MultiheadAttention or an hf: model",
@@ -63,7 +64,6 @@ RUN_HINTS = {
     "survives-randomisation": "add attention to --explainers",
     "hides-nothing": "add attention to --explainers",
 }
-CONDITIONS = tuple(RUN_HINTS)
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def _best_reference(metrics, skipped) -> TrustLine:
                   if f"faithfulness.deletion_auc_diff.attention~{reference}" in metrics]
     if not candidates:
         return _not_run(question, f"faithfulness.deletion_auc_diff.attention~{AGREEMENT_REFERENCES[0]}", skipped)
-    counted = [reference for reference in candidates if reference in counted_references(metrics)]
+    counted = [reference for reference in counted_references(metrics) if reference in candidates]
     if not counted:
         return _no_yardstick(question, f"faithfulness.deletion_auc_diff.attention~{candidates[0]}", candidates,
                              metrics)
