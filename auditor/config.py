@@ -41,8 +41,9 @@ PROFILES = {
               "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 20},
               "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
 }
-# faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS)
-PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFULNESS_METRICS,
+# faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS); every profile has
+# deletion_gain, which the trust verdict reads (attention beating chance, a reference counting as one)
+PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion", "deletion_gain"), "standard": FAITHFULNESS_METRICS,
                         "full": FAITHFULNESS_METRICS}
 # text (token ids): the attacks substitute tokens within --token-budget; embedding-pgd runs on the --eps grid in
 # embedding units (attacks.text). quick: hotflip and attention-shift by substitution

@@ -10,6 +10,7 @@ may become, in the metric's own direction::
     "robust.accuracy.pgd@0.03" = ">= 0.50"
 
     "faithfulness.deletion_auc_diff.attention~random" = "lower95 > 0"
+    "trust.verdict" = ["used", "hides-nothing"]
 
     [regression]
     "robust.accuracy.pgd@0.03" = 0.02
@@ -22,6 +23,9 @@ interval as narrow as the rows are alike, ``[1, 1]`` for one correct row).
 A file with no table at all, or an empty ``[gates]`` table, is bad input: it would pass every model. A
 file with a ``[regression]`` table and no ``[gates]`` keeps the default gates beside its own regression
 gates (:func:`auditor.runner.bind`).
+
+``"trust.verdict"`` names, instead of a condition, the necessary conditions of the trust verdict it gates
+(:func:`auditor.verdict.trust_verdict`; the default policy gates all four).
 
 Without a policy, :func:`default_policy` builds one from what ran. Names are
 checked before the audit starts: a name no part of the tool can produce, or one
@@ -43,6 +47,7 @@ from attacks.text import TOKEN_NORM
 from auditor.explain import EXPLAINERS
 from auditor.metrics import MetricValue, format_eps
 from auditor.stages import CATALOGUE, spec_for
+from auditor.verdict import CONDITIONS, trust_verdict
 from detectors.errors import BadInputError
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -55,6 +60,7 @@ DEFAULT_REGRESSION_TOLERANCE = 0.02
 # Fewer samples than this and a percentile bootstrap's 95% interval is not one: it cannot reach past the few
 # values seen (one row gives [v, v]); 30 is the usual rule of thumb for a normal approximation of a mean.
 MIN_INTERVAL_ROWS = 30
+VERDICT_GATE = "trust.verdict"
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,12 @@ class Gate:
     threshold: float
     kind: str = "threshold"
     end: str = "value"  # or "lower95" / "upper95": which end of the metric's 95% interval is tested
+    conditions: tuple[str, ...] = ()  # kind "verdict": the trust verdict's necessary conditions it gates
 
     @property
     def name(self) -> str:
+        if self.kind == "verdict":
+            return f"{self.metric}: {', '.join(self.conditions)}"
         tested = "" if self.end == "value" else f" {self.end}"
         return f"{self.metric}{tested} {self.op} {self.threshold:g}"
 
@@ -94,6 +103,7 @@ class GateResult:
     baseline_ci95: list[float] | None = None
     tolerance: float | None = None
     significance: str | None = None  # regression gates: "significant", "within the intervals", "no interval"
+    conditions: list[str] | None = None  # the trust verdict's gate: the conditions it judged
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +145,9 @@ def load_policy(path: str | Path) -> Policy:
                             "\"clean.accuracy\" = \">= 0.90\", or remove the table to keep the default gates")
     gates = []
     for metric, condition in table.items():
+        if metric == VERDICT_GATE:
+            gates.append(verdict_gate(_verdict_conditions(condition, path)))
+            continue
         if not isinstance(condition, str) or not (match := _CONDITION.match(condition)):
             raise BadInputError(
                 f"policy file {path}: gate {metric!r} = {condition!r} is not a condition; "
@@ -147,6 +160,20 @@ def load_policy(path: str | Path) -> Policy:
         gates.append(Gate(metric=canonical_name(metric), op=match.group(2), threshold=threshold,
                           end=match.group(1) or "value"))
     return Policy(gates=tuple(gates), source=str(path), regression=_regression_table(document, path))
+
+
+def _verdict_conditions(named, path: Path) -> tuple[str, ...]:
+    if not isinstance(named, list) or not named or any(name not in CONDITIONS for name in named) \
+            or len(set(named)) < len(named):
+        raise BadInputError(f"policy file {path}: gate {VERDICT_GATE!r} = {named!r} is not a list of the trust "
+                            f"verdict's conditions; write some of {list(CONDITIONS)}, each once, e.g. "
+                            f"{VERDICT_GATE!r} = [\"used\", \"hides-nothing\"]")
+    return tuple(named)
+
+
+def verdict_gate(conditions: tuple[str, ...] = CONDITIONS) -> Gate:
+    """The gate that passes only where :func:`auditor.verdict.trust_verdict` over ``conditions`` answers yes."""
+    return Gate(VERDICT_GATE, ">=", 1.0, kind="verdict", conditions=conditions)
 
 
 def _regression_table(document: dict, path: Path) -> dict[str, float] | None:
@@ -179,7 +206,7 @@ def validate_policy(policy: Policy, planned: list[str], *, eps_grid: tuple[float
 
 def policy_metrics(policy: Policy) -> list[str]:
     """Every metric a policy names, in its [gates] and its [regression] table, once each."""
-    names = [gate.metric for gate in policy.gates] + list(policy.regression or {})
+    names = [gate.metric for gate in policy.gates if gate.kind != "verdict"] + list(policy.regression or {})
     return list(dict.fromkeys(names))
 
 
@@ -221,7 +248,8 @@ def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: 
       at the largest L-inf eps (``worst-l2`` at the largest ``--eps-l2`` when only L2 attacks run; on text
       ``worst-tokens`` at the largest ``--token-budget``);
     - ``robust.masking_suspected <= 0`` and ``robust.not_converged <= 0`` whenever the checks compute them;
-    - :func:`trust_gates`.
+    - the trust verdict over all its conditions (:func:`verdict_gate`), whatever ran: a condition that did not
+      run leaves the verdict "not established", and the gate then fails naming what to run.
     """
     gates = [Gate("clean.accuracy", ">=", DEFAULT_MIN_ACCURACY)]
     headline = [f"robust.accuracy.worst@{format_eps(max(eps_grid))}"]
@@ -235,19 +263,8 @@ def default_policy(planned: list[str], *, eps_grid: tuple[float, ...], attacks: 
     for check in ("robust.masking_suspected", "robust.not_converged"):
         if check in planned:
             gates.append(Gate(check, "<=", 0.0))
-    gates += trust_gates(planned)
+    gates.append(verdict_gate())
     return Policy(gates=tuple(gates), source="default")
-
-
-TRUST_GATE_METRIC = "faithfulness.deletion_auc_diff.attention~random"
-
-
-def trust_gates(planned: list[str]) -> list[Gate]:
-    """The default policy's trust gate: attention must explain the detector better than chance, i.e. the
-    lower end of the 95% interval of ``faithfulness.deletion_auc_diff.attention~random`` above 0. It exists
-    only when the run computes that difference (attention and random both explain, with the deletion
-    curve); otherwise it is left out, not failed."""
-    return [Gate(TRUST_GATE_METRIC, ">", 0.0, end="lower95")] if TRUST_GATE_METRIC in planned else []
 
 
 def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str, str], *,
@@ -256,6 +273,9 @@ def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str,
     :data:`MIN_INTERVAL_ROWS` samples: the metric's own ``n``, else ``n_rows`` (the audited rows)."""
     results = []
     for gate in policy.gates:
+        if gate.kind == "verdict":
+            results.append(_verdict_result(gate, metrics, skipped))
+            continue
         measured = metrics.get(gate.metric)
         if measured is None:
             reason = skipped.get(gate.metric, "not computed")
@@ -282,6 +302,14 @@ def evaluate(policy: Policy, metrics: dict[str, MetricValue], skipped: dict[str,
             f"{gate.end} {tested:.4g} {relation} threshold {gate.threshold:g}", group=gate_group(gate),
         ))
     return results
+
+
+def _verdict_result(gate: Gate, metrics: dict[str, MetricValue], skipped: dict[str, str]) -> GateResult:
+    verdict = trust_verdict(metrics, skipped, gate.conditions)
+    value = {"yes": 1.0, "no": 0.0}.get(verdict.answer)
+    return GateResult(gate.name, gate.kind, gate.metric, gate.op, gate.threshold, value, None,
+                      verdict.answer == "yes", verdict.finding, group=gate_group(gate),
+                      conditions=list(gate.conditions))
 
 
 def gate_group(gate: Gate | GateResult) -> str:
@@ -333,7 +361,7 @@ def regression_tolerances(policy: Policy, fallback: Policy) -> dict[str, float]:
         return dict(policy.regression)
     gated = policy.gates or fallback.gates
     return {gate.metric: DEFAULT_REGRESSION_TOLERANCE for gate in gated
-            if known_spec(gate.metric, policy.source).higher_is_better is not None}
+            if gate.kind == "threshold" and known_spec(gate.metric, policy.source).higher_is_better is not None}
 
 
 def check_baseline(baseline: Baseline, tolerances: dict[str, float]) -> None:

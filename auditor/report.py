@@ -15,7 +15,7 @@ import numpy as np
 from auditor.gates import MIN_INTERVAL_ROWS, GateResult, Policy, gate_group
 from auditor.metrics import MetricValue
 from auditor.render import TOOL_NAME, md
-from auditor.verdict import panel_markdown, trust_panel
+from auditor.verdict import panel_markdown, panel_verdict
 
 SCHEMA_VERSION = 1
 
@@ -155,7 +155,7 @@ def render_summary(document: dict) -> bytes:
                   "test is possible across runs: results.json keeps no per-sample values)."]
     metrics = {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") else None)
                for name, entry in document["metrics"].items()}
-    lines += ["", *panel_markdown(trust_panel(metrics, document.get("skipped", {})))]
+    lines += ["", *panel_markdown(panel_verdict(metrics, document.get("skipped", {}), document["gates"]))]
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -29,7 +29,7 @@ from auditor.result import AuditFindings, SampleView, findings_from_document
 from auditor.robustness import ATTACK_DEFINITIONS, TARGETED_SUFFIX, curve_norm
 from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
 from auditor.stages import CATALOGUE, spec_for
-from auditor.verdict import TITLE as TRUST_TITLE, TrustLine, mprt_verdict, trust_panel
+from auditor.verdict import TITLE as TRUST_TITLE, TrustVerdict, mprt_verdict, panel_verdict
 from detectors.errors import BadInputError
 from detectors.inputs import InputKind, kind_named, kind_of_rank
 
@@ -46,7 +46,7 @@ class FaithfulnessView:
     agreement: list[tuple[str, Table]]
     sanity: list[tuple[str, Cell, str, str]]
     mprt_svg: Markup | None
-    trust: list[TrustLine]
+    trust: TrustVerdict
     sanity_notes: list[str] = field(default_factory=list)
     hidden: "HiddenImportanceView | None" = None
 
@@ -178,10 +178,12 @@ def mprt_plot(curves: dict[str, list[dict]]) -> Markup | None:
 
 
 def faithfulness_view(result: AuditFindings, metrics: dict[str, MetricValue], attacks: list[str],
-                      explainers: list[str], skipped: dict[str, str] | None = None) -> FaithfulnessView:
+                      explainers: list[str], skipped: dict[str, str], *, gates: list[dict]) -> FaithfulnessView:
+    """``gates``: results.json's, whose trust gate (if any) says which conditions the panel's verdict judges."""
     return FaithfulnessView(
         table=explainer_table(metrics, attacks, explainers), agreement=agreement_tables(metrics),
-        sanity=sanity_rows(metrics), mprt_svg=mprt_plot(result.sanity_curves), trust=trust_panel(metrics, skipped),
+        sanity=sanity_rows(metrics), mprt_svg=mprt_plot(result.sanity_curves),
+        trust=panel_verdict(metrics, skipped, gates),
         sanity_notes=sanity_notes(metrics), hidden=hidden_importance_view(result, metrics),
     )
 
@@ -320,7 +322,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
                                figsize=(4.2, 2.8)),
         attention_pairs=attention_pairs(result, kind, feature_names, class_names, row_index),
         removal_svg=removal_plot(result.removal_curves, xlabel=kind.removal_axis) if result.removal_curves else None,
-        faithfulness=faithfulness_view(result, metrics, attacks, explainers, skipped),
+        faithfulness=faithfulness_view(result, metrics, attacks, explainers, skipped, gates=document["gates"]),
         trust_title=TRUST_TITLE,
         gallery=gallery_items(result.gallery, kind, explainers),
         adversarial=gallery_items(result.adversarial_gallery, kind, explainers),

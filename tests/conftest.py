@@ -63,6 +63,16 @@ def deceptive_twins():
     return make_twins()
 
 
+@pytest.fixture(scope="session")
+def multihead_twins():
+    """A user's CLS transformer over feature tokens (one nn.MultiheadAttention, audited as a ``python:`` model)
+    whose attention points at the key feature of the twins' data: ``unused`` reads its prediction past the
+    attention (output projection zero and frozen), ``used`` through it; see tests/twins.py."""
+    from twins import train_multihead_twin
+
+    return {"unused": train_multihead_twin(used=False), "used": train_multihead_twin(used=True)}
+
+
 # Under xdist the slowest modules are collected first. The load scheduler hands each worker a block of
 # consecutive tests and then keeps two queued per worker, so a minutes-long test collected near the end runs
 # on one worker while the other has nothing left to take; run first, the other worker takes the rest meanwhile.

@@ -278,7 +278,7 @@ def test_profiles_choose_the_faithfulness_metrics_and_the_config_records_them():
     from auditor.stages import planned_metrics
 
     quick = AuditConfig.from_profile("quick")
-    assert quick.faithfulness_metrics == ("deletion", "insertion")
+    assert quick.faithfulness_metrics == ("deletion", "insertion", "deletion_gain")  # the trust verdict reads the gain
     assert AuditConfig.from_profile("standard").faithfulness_metrics == FAITHFULNESS_METRICS
     chosen = AuditConfig.from_profile("quick", faithfulness_metrics=("correlation", "max_sensitivity"),
                                       removal_baseline="zero")

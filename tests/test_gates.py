@@ -84,11 +84,11 @@ def test_valid_but_not_computed_names_the_option(tmp_path):
 
 def test_default_policy_names_only_what_ran():
     policy = default_policy(PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
-    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst@0.1",
-                                                "faithfulness.deletion_auc_diff.attention~random"]
-    config = AuditConfig(attacks=("fgsm",), eps=(0.02,), explainers=("attention", "integrated-gradients"))
+    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst@0.1", "trust.verdict"]
+    config = AuditConfig(attacks=("fgsm",), eps=(0.02,), explainers=("integrated-gradients",))
     policy = default_policy(planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
-    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst@0.02"]  # no random: no gate
+    # the trust verdict is gated whatever ran: without attention among the explainers it is not established
+    assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst@0.02", "trust.verdict"]
     validate_policy(policy, planned_metrics(config), eps_grid=config.eps, attacks=config.attacks)
 
 
@@ -101,14 +101,15 @@ def test_default_policy_gates_the_worst_case_and_both_checks():
     assert [(g.metric, g.op, g.threshold) for g in policy.gates] == [
         ("clean.accuracy", ">=", 0.9), ("robust.accuracy.worst@0.1", ">=", 0.5),
         ("robust.masking_suspected", "<=", 0.0), ("robust.not_converged", "<=", 0.0),
-        ("faithfulness.deletion_auc_diff.attention~random", ">", 0.0)]
-    assert policy.gates[-1].end == "lower95"
+        ("trust.verdict", ">=", 1.0)]
+    assert policy.gates[-1].kind == "verdict" and policy.gates[-1].conditions == (
+        "used", "beats-chance", "survives-randomisation", "hides-nothing")
     only_l2 = AuditConfig(attacks=("cw",), eps_l2=(0.5, 2.0), masking_checks=True)
     policy = default_policy(planned_metrics(only_l2), eps_grid=only_l2.eps, attacks=only_l2.attacks,
                             eps_l2=only_l2.grid("l2"))
     assert [g.metric for g in policy.gates] == ["clean.accuracy", "robust.accuracy.worst-l2@2",
                                                 "robust.masking_suspected", "robust.not_converged",
-                                                "faithfulness.deletion_auc_diff.attention~random"]
+                                                "trust.verdict"]
     one_eps = AuditConfig(attacks=("fgsm",), eps=(0.1,), masking_checks=True)  # no pgd, one eps: nothing to
     assert "robust.not_converged" not in planned_metrics(one_eps)                # judge convergence by
 
@@ -181,7 +182,8 @@ def test_without_a_regression_table_every_gated_metric_gets_the_default_toleranc
     from auditor.gates import regression_tolerances
 
     fallback = default_policy(PLANNED, eps_grid=CONFIG.eps, attacks=CONFIG.attacks)
-    assert regression_tolerances(Policy((), "x"), fallback) == {g.metric: 0.02 for g in fallback.gates}
+    assert regression_tolerances(Policy((), "x"), fallback) == {g.metric: 0.02 for g in fallback.gates
+                                                                if g.kind == "threshold"}  # a verdict, no metric
     own = _policy(tmp_path, '[gates]\n"faithfulness.insertion_auc.attention" = ">= 0.1"\n')
     assert regression_tolerances(own, fallback) == {"faithfulness.insertion_auc.attention": 0.02}
     table = _policy(tmp_path, '[gates]\n"clean.accuracy" = ">= 0.9"\n[regression]\n"clean.f1" = 0.05\n')

@@ -56,8 +56,9 @@ def test_every_kind_of_detector_gets_all_seven_sections(tmp_path, detector):
     assert html.count("<svg") >= 5
     assert "expected calibration error" in html and "Metric by explainer" in html
     assert "Can attention be trusted as an explanation of this detector?" in html  # the verdict panel
-    diff = "faithfulness.deletion_auc_diff.attention~random"
-    assert f'href="#metric-{diff}"' in html and f'id="metric-{diff}"' in html  # each line links to its metric
+    gain = "faithfulness.deletion_gain.attention"  # what the verdict's beats-chance line reads
+    assert f'href="#metric-{gain}"' in html and f'id="metric-{gain}"' in html  # each line links to its metric
+    assert '<p id="trust-verdict"><strong>Verdict:' in html
     assert "The most affected samples" in html
     if detector == "tabular":
         assert 'class="track wide"' in html  # feature bars for clean against attacked attention

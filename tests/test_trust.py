@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from auditor.metrics import Bootstrap
+from auditor.metrics import Bootstrap, MetricValue
 from auditor.stages import spec_for
 from auditor.persample import aggregate
 from detectors.base import Detector, TokenMap
@@ -360,30 +362,65 @@ def test_the_report_says_when_attention_does_not_drive_the_model():
     assert sanity_notes({}) == []
 
 
-@pytest.mark.parametrize("twin, code", [("honest", 0), ("deceptive", 1)])
-def test_the_default_policy_fails_the_deceptive_twin_and_passes_the_honest_one(deceptive_twins, tmp_path, twin,
-                                                                                code):
-    """Issue 15's pair, end to end: under the default policy (no --policy) the trust gate
-    ``faithfulness.deletion_auc_diff.attention~random lower95 > 0`` fails the twin whose attention hides the key
-    feature, and the panel says so; the honest twin passes every gate."""
-    from auditor.cli import cli
-    from twins import write_twin, write_twin_csv
+# the exit code each twin must get under the default policy, and the necessary conditions that fail it
+TWINS = {"honest": (0, set()), "deceptive": (1, {"beats-chance", "hides-nothing"}), "used": (0, set()),
+         "unused": (1, {"used"})}
 
-    data = write_twin_csv(tmp_path / "twins.csv", deceptive_twins.x[:120], deceptive_twins.y[:120])
-    model = write_twin(tmp_path / f"{twin}.safetensors", getattr(deceptive_twins, twin), data)
+
+def _audit_twin(twin: str, request, tmp_path) -> tuple[int, Path]:
+    from safetensors.torch import save_file
+
+    from auditor.cli import cli
+    from twins import twin_data, write_twin, write_twin_csv
+
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["run", "--model", str(model), "--data", str(data), "--out", str(out),
-                                      "--attacks", "fgsm", "--eps", "0.1", "--explainers", "attention,random",
-                                      "--quiet"], catch_exceptions=False)
-    assert result.exit_code == code, result.output
+    common = ["--out", str(out), "--attacks", "fgsm", "--eps", "0.1", "--quiet"]
+    if twin in ("honest", "deceptive"):  # the tool's own checkpoints, attention and random explaining
+        twins = request.getfixturevalue("deceptive_twins")
+        data = write_twin_csv(tmp_path / "twins.csv", twins.x[:120], twins.y[:120])
+        model = write_twin(tmp_path / f"{twin}.safetensors", getattr(twins, twin), data)
+        arguments = ["--model", str(model), "--data", str(data), "--explainers", "attention,random"]
+    else:  # a user's nn.MultiheadAttention model through python:, with the quick profile's explainers
+        x, y = twin_data(120, seed=2)
+        data = write_twin_csv(tmp_path / "twins.csv", x, y)
+        weights = tmp_path / f"{twin}.safetensors"
+        save_file(request.getfixturevalue("multihead_twins")[twin].state_dict(), str(weights))
+        arguments = ["--model", f"python:{Path(__file__).parent / 'twins.py'}:make_{twin}", "--weights",
+                     str(weights), "--input-kind", "tabular", "--data", str(data)]
+    result = CliRunner().invoke(cli, ["run", *arguments, *common], catch_exceptions=False)
+    return result.exit_code, out
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_the_exit_code_follows_the_trust_panel_line_by_line(request, tmp_path, twin):
+    """Issue 25: under the default policy the exit code is the trust verdict's. The detector whose attention
+    points at the key feature but decides nothing (``unused``: uniform attention keeps every prediction) fails,
+    though its attention beats chance, survives randomisation and hides nothing; its twin whose decision flows
+    through that attention passes; issue 15's deceptive twin still fails (it hides the key) and its honest twin
+    still passes. Every line of the panel in summary.md and report.html agrees with the gates."""
+    from auditor.verdict import panel_verdict
+
+    code, failing = TWINS[twin]
+    exit_code, out = _audit_twin(twin, request, tmp_path)
+    assert exit_code == code
     document = json.loads((out / "results.json").read_text())
-    gates = {gate["metric"]: gate["passed"] for gate in document["gates"]}
-    trust_gate = "faithfulness.deletion_auc_diff.attention~random"
-    assert gates[trust_gate] is (twin == "honest")
-    assert all(passed for metric, passed in gates.items() if metric != trust_gate)  # only trust tells them apart
-    hidden = document["metrics"]["trust.hidden_importance.attention"]
+    metrics = {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry["ci95"] else None)
+               for name, entry in document["metrics"].items()}
+    verdict = panel_verdict(metrics, document["skipped"], document["gates"])
+    gates = {gate["metric"]: gate for gate in document["gates"]}
+    assert all(gate["passed"] for name, gate in gates.items() if name != "trust.verdict")  # only trust decides
+    assert gates["trust.verdict"]["passed"] is (code == 0) is (verdict.answer == "yes")
+    assert gates["trust.verdict"]["message"] == verdict.finding
+    necessary = {line.condition: line.status for line in verdict.lines if line.condition}
+    assert necessary == {condition: "fail" if condition in failing else "pass" for condition in necessary}, \
+        verdict.finding
     summary = (out / "summary.md").read_text()
-    if twin == "deceptive":
-        assert hidden["ci95"][0] > 0.5 and "hides" in summary.lower()
-    else:
-        assert hidden["ci95"][1] < 0.5
+    panel = summary.split("### Can attention be trusted", 1)[1].split("| --- | --- | --- | --- |\n", 1)[1]
+    rows = [row.split(" | ") for row in panel.splitlines() if row.startswith("| ")]
+    words = {"pass": "yes", "fail": "**NO**"}
+    assert [(question.lstrip("| "), answer) for question, _, answer, *_ in rows] == [
+        (line.question, words.get(line.status, line.status)) for line in verdict.lines]
+    assert f"**Verdict: {verdict.answer}**" in summary
+    html = (out / "report.html").read_text()
+    shown = re.search(r'<p id="trust-verdict"><strong>Verdict: <span class="\w+">(\w+)</span>', html).group(1)
+    assert shown == ("yes" if code == 0 else "NO")

@@ -1,5 +1,7 @@
 """Issue 15: paired differences, the noise floor, interval-end gates, --relevant-features and the trust panel."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from auditor.faithfulness import faithfulness_stage
 from auditor.gates import Gate, Policy, evaluate, load_policy
 from auditor.metrics import Bootstrap, MetricValue
 from auditor.persample import aggregate
-from auditor.verdict import TITLE, panel_markdown, trust_panel
+from auditor.verdict import TITLE, panel_markdown, trust_panel, trust_verdict
 from detectors.errors import BadInputError
 
 W6 = torch.tensor([0.3, 0.25, 0.2, 0.12, 0.08, 0.05])
@@ -125,9 +127,12 @@ def _m(value, low, high):
     return MetricValue(value, (low, high))
 
 
+GAIN = "faithfulness.deletion_gain.{}"
 GOOD = {
     "sanity.uniform_attention.prediction_kept": _m(0.6, 0.5, 0.7),
-    "faithfulness.deletion_auc_diff.attention~random": _m(0.1, 0.05, 0.15),
+    GAIN.format("attention"): _m(0.3, 0.2, 0.4),
+    GAIN.format("integrated-gradients"): _m(0.5, 0.4, 0.6),
+    GAIN.format("feature-ablation"): _m(0.4, 0.3, 0.5),
     "faithfulness.deletion_auc_diff.attention~integrated-gradients": _m(-0.01, -0.03, 0.01),
     "faithfulness.deletion_auc_diff.attention~feature-ablation": _m(0.02, 0.01, 0.03),
     "agreement.kendall_tau_vs_floor.attention": _m(-0.05, -0.12, 0.02),
@@ -136,39 +141,133 @@ GOOD = {
 }
 BAD = {
     "sanity.uniform_attention.prediction_kept": _m(0.97, 0.94, 0.99),
-    "faithfulness.deletion_auc_diff.attention~random": _m(-0.1, -0.15, -0.05),
+    GAIN.format("attention"): _m(0.02, -0.01, 0.05),
+    GAIN.format("integrated-gradients"): _m(0.5, 0.4, 0.6),
     "faithfulness.deletion_auc_diff.attention~integrated-gradients": _m(-0.2, -0.25, -0.15),
+    GAIN.format("feature-ablation"): _m(0.4, 0.3, 0.5),
     "agreement.kendall_tau_vs_floor.attention": _m(-0.3, -0.4, -0.2),
     "sanity.mprt.attention": _m(0.8, 0.7, 0.9),
     "trust.hidden_importance.attention": _m(0.9, 0.8, 0.95),
 }
 UNCLEAR = {
     "sanity.uniform_attention.prediction_kept": _m(0.93, 0.9, 0.96),
-    "faithfulness.deletion_auc_diff.attention~random": _m(0.01, -0.02, 0.04),
+    GAIN.format("attention"): _m(0.12, 0.05, 0.2),  # above 0, but not clearly by the minimum effect
+    GAIN.format("integrated-gradients"): _m(0.5, 0.4, 0.6),
+    GAIN.format("feature-ablation"): _m(0.4, 0.3, 0.5),
     "faithfulness.deletion_auc_diff.attention~integrated-gradients": _m(0.01, -0.02, 0.04),
     "agreement.kendall_tau_vs_floor.attention": _m(0.1, 0.05, 0.2),
     "sanity.mprt.attention": _m(0.45, 0.4, 0.55),
     "trust.hidden_importance.attention": _m(0.5, 0.4, 0.6),
 }
+ORDER = ["used", "beats-chance", "survives-randomisation", "hides-nothing", None, None]
 
 
 def test_trust_panel_answers_each_question_by_its_rule():
+    assert [line.condition for line in trust_panel(GOOD)] == ORDER  # the necessary conditions first
     assert [line.status for line in trust_panel(GOOD)] == ["pass"] * 6
     assert [line.status for line in trust_panel(BAD)] == ["fail"] * 6
-    assert [line.status for line in trust_panel(UNCLEAR)] == ["unclear", "unclear", "pass", "pass", "unclear",
-                                                                "unclear"]
+    assert [line.status for line in trust_panel(UNCLEAR)] == ["unclear"] * 4 + ["pass", "pass"]
     good = trust_panel(GOOD)
-    assert good[2].metric == "faithfulness.deletion_auc_diff.attention~integrated-gradients"  # the best reference
-    assert "no clear difference" in good[2].finding and "within the noise floor" in good[3].finding
-    assert "No clear difference from a random ranking" in trust_panel(UNCLEAR)[1].finding
+    assert good[4].metric == "faithfulness.deletion_auc_diff.attention~integrated-gradients"  # the best reference
+    assert "no clear difference" in good[4].finding and "within the noise floor" in good[5].finding
+    assert "contains 0.1" in trust_panel(UNCLEAR)[1].finding
     assert "attention does not drive this model" in trust_panel(BAD)[0].finding
-    assert "[0.05, 0.15]" in good[1].finding
+    assert "[0.2, 0.4]" in good[1].finding
 
 
 def test_trust_panel_says_which_metrics_did_not_run():
     lines = trust_panel({}, {"sanity.uniform_attention.prediction_kept": "no attention module to make uniform"})
     assert [line.status for line in lines] == ["not run"] * 6
     assert lines[0].finding == "Did not run: no attention module to make uniform."
-    assert lines[5].metric == "trust.hidden_importance.attention" and lines[5].finding == "Did not run in this audit."
-    markdown = "\n".join(panel_markdown(trust_panel(BAD)))
+    assert lines[3].metric == "trust.hidden_importance.attention" and lines[3].finding == "Did not run in this audit."
+    markdown = "\n".join(panel_markdown(trust_verdict(BAD)))
     assert markdown.startswith(f"### {TITLE}") and markdown.count("**NO**") == 6
+    assert "**Verdict: no**" in markdown
+
+
+def test_the_verdict_is_the_conjunction_of_the_necessary_conditions():
+    assert trust_verdict(GOOD).answer == "yes"
+    for condition, metric, failing in [("used", "sanity.uniform_attention.prediction_kept", _m(1.0, 1.0, 1.0)),
+                                       ("beats-chance", GAIN.format("attention"), _m(0.05, 0.03, 0.07)),
+                                       ("survives-randomisation", "sanity.mprt.attention", _m(0.8, 0.7, 0.9)),
+                                       ("hides-nothing", "trust.hidden_importance.attention", _m(0.9, 0.8, 1.0))]:
+        verdict = trust_verdict({**GOOD, metric: failing})
+        assert verdict.answer == "no" and condition in verdict.finding, condition
+        # a policy that leaves this condition out is not failed by it
+        assert trust_verdict({**GOOD, metric: failing}, conditions=tuple(c for c in ORDER[:4] if c != condition)
+                             ).answer == "yes"
+    # further evidence answering NO leaves the verdict alone: references disagree with each other too
+    assert [line.status for line in trust_verdict(BAD | {k: v for k, v in GOOD.items() if "agreement" not in k
+                                                          and "~" not in k}).lines][4:] == ["fail", "fail"]
+    assert trust_verdict({**GOOD, "agreement.kendall_tau_vs_floor.attention": _m(-0.3, -0.4, -0.2)}).answer == "yes"
+
+
+def test_beating_chance_needs_the_minimum_effect_not_just_an_interval_above_zero():
+    # a difference of 0.009 whose interval lies above 0 passed the old gate; the floor asks for a gain of 0.1
+    for gain, status in [(_m(0.009, 0.002, 0.016), "fail"), (_m(0.15, 0.05, 0.25), "unclear"),
+                         (_m(0.15, 0.1, 0.2), "pass"), (_m(-0.1, -0.2, 0.0), "fail")]:
+        verdict = trust_verdict({**GOOD, GAIN.format("attention"): gain})
+        assert verdict.lines[1].status == status, gain
+        assert verdict.answer == ("yes" if status == "pass" else "no" if status == "fail" else "not established")
+
+
+def test_a_condition_that_did_not_run_leaves_the_verdict_not_established_with_what_to_run():
+    verdict = trust_verdict({k: v for k, v in GOOD.items() if k != GAIN.format("attention")})
+    assert verdict.answer == "not established"
+    assert "beats-chance did not run" in verdict.finding and "deletion_gain to --faithfulness-metrics" in verdict.finding
+    reason = "the model reports its own attention: which module computes it is unknown"
+    verdict = trust_verdict({k: v for k, v in GOOD.items() if "uniform" not in k},
+                            {"sanity.uniform_attention.prediction_kept": reason})
+    assert verdict.answer == "not established" and reason in verdict.finding
+    assert trust_verdict({**GOOD, "sanity.mprt.attention": _m(0.45, 0.4, 0.55)}).answer == "not established"
+    assert trust_verdict({**BAD, GAIN.format("attention"): GOOD[GAIN.format("attention")]}).answer == "no"
+
+
+def test_a_reference_that_does_not_beat_chance_is_no_yardstick():
+    chance = _m(0.02, -0.03, 0.07)
+    ig_only = {**GOOD, GAIN.format("feature-ablation"): chance}
+    lines = trust_panel(ig_only)
+    assert lines[4].metric.endswith("~integrated-gradients")  # feature-ablation is left out of "best reference"
+    assert lines[5].status == "not established" and "feature-ablation" in lines[5].finding  # the floor needs both
+    # attention clearly more faithful than a reference that is itself no better than chance: never a yes
+    neither = {**GOOD, GAIN.format("feature-ablation"): chance, GAIN.format("integrated-gradients"): chance,
+               "faithfulness.deletion_auc_diff.attention~integrated-gradients": _m(0.2, 0.1, 0.3)}
+    assert [line.status for line in trust_panel(neither)[4:]] == ["not established"] * 2
+    assert "beats chance itself" in trust_panel(neither)[4].finding
+    missing = {k: v for k, v in GOOD.items() if k != GAIN.format("integrated-gradients")}
+    assert trust_panel(missing)[5].status == "not established"
+    assert trust_verdict(neither).answer == "yes"  # not part of the verdict: its four conditions hold
+
+
+PANELS = {"good": GOOD, "bad": BAD, "unclear": UNCLEAR, "empty": {},
+          "one failing": {**GOOD, "trust.hidden_importance.attention": _m(0.9, 0.8, 1.0)},
+          "one missing": {k: v for k, v in GOOD.items() if k != "sanity.mprt.attention"},
+          "no references": {k: v for k, v in GOOD.items() if "integrated" not in k and "ablation" not in k}}
+
+
+@pytest.mark.parametrize("panel", PANELS)
+def test_the_default_trust_gate_and_every_panel_line_agree(panel):
+    from auditor.gates import default_policy
+
+    metrics = PANELS[panel]
+    policy = default_policy([], eps_grid=(0.1,), attacks=("fgsm",))
+    gate = next(result for result in evaluate(policy, metrics, {}) if result.kind == "verdict")
+    verdict = trust_verdict(metrics)
+    assert gate.passed is (verdict.answer == "yes") and gate.message == verdict.finding
+    open_ = {line.condition for line in verdict.lines if line.condition and line.status != "pass"}
+    assert gate.passed is (not open_)
+    if not gate.passed:  # the gate's message names exactly the necessary conditions that are not a yes
+        assert {c for c in ORDER[:4] if re.search(rf"(: |; ){c} ", gate.message)} == open_, (panel, gate.message)
+
+def test_a_policy_gates_the_verdict_over_the_conditions_it_names(tmp_path):
+    path = tmp_path / "audit.toml"
+    path.write_text('[gates]\n"trust.verdict" = ["used", "hides-nothing"]\n"clean.accuracy" = ">= 0.5"\n')
+    policy = load_policy(path)
+    assert policy.gates[0].conditions == ("used", "hides-nothing") and policy.gates[0].kind == "verdict"
+    failing_elsewhere = {**GOOD, "sanity.mprt.attention": _m(0.8, 0.7, 0.9), "clean.accuracy": MetricValue(0.9)}
+    results = evaluate(policy, failing_elsewhere, {})
+    assert [r.passed for r in results] == [True, True] and results[0].conditions == ["used", "hides-nothing"]
+    for bad in ('[]', '["used", "used"]', '["attention"]', '"yes"', '">= 1"'):
+        path.write_text(f'[gates]\n"trust.verdict" = {bad}\n')
+        with pytest.raises(BadInputError, match="hides-nothing"):
+            load_policy(path)

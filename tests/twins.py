@@ -119,3 +119,90 @@ def write_twin(path: Path, model: FeatureTokenTransformer, data_csv: Path) -> Pa
     }
     save_checkpoint(path, model, metadata=metadata, train_mean=np.full(N_FEATURES, 0.5))
     return Path(path)
+
+
+# -- attention that decides, and attention that is only looked at (issue 25) ------------------------------------------
+#
+# A user's CLS transformer over feature tokens, audited as a ``python:`` model (one nn.MultiheadAttention, its
+# weights captured and edited by hooks). Both twins train on the same batches with an auxiliary loss that points
+# CLS's attention at the key feature, so both heat maps look right. The *unused* twin's attention output
+# projection is zero and frozen and its prediction is read from the residual feature tokens: the attention runs
+# and points at the key, yet decides nothing (uniform attention keeps every prediction). The *used* twin reads
+# its prediction from the CLS token after attention, so the decision flows through the attended key.
+
+MHA_DIM, MHA_HEADS = 8, 2
+
+
+class FeatureEmbedding(torch.nn.Module):
+    """Token 0 is CLS; feature i is token i + 1, x_i times a learnt direction plus a learnt position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.direction = torch.nn.Parameter(torch.randn(N_FEATURES, MHA_DIM))
+        self.position = torch.nn.Parameter(torch.randn(N_FEATURES + 1, MHA_DIM) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = x[:, :, None] * self.direction + self.position[1:]
+        return torch.cat([self.position[:1].expand(len(x), 1, MHA_DIM), features], dim=1)
+
+
+class MultiheadTwin(torch.nn.Module):
+    def __init__(self, *, used: bool) -> None:
+        super().__init__()
+        self.used = used
+        self.embed = FeatureEmbedding()
+        self.attn = torch.nn.MultiheadAttention(MHA_DIM, MHA_HEADS, batch_first=True)
+        if not used:
+            with torch.no_grad():
+                self.attn.out_proj.weight.zero_()
+                self.attn.out_proj.bias.zero_()
+            self.attn.out_proj.requires_grad_(False)
+        width = MHA_DIM if used else MHA_DIM * N_FEATURES
+        self.head = torch.nn.Sequential(torch.nn.Linear(width, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    def logits_and_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.embed(x)
+        mixed, weights = self.attn(tokens, tokens, tokens, need_weights=True, average_attn_weights=False)
+        residual = tokens + mixed
+        read = residual[:, 0] if self.used else residual[:, 1:].flatten(1)
+        return self.head(read), weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_and_attention(x)[0]
+
+
+def train_multihead_twin(*, used: bool, seed: int = 0) -> MultiheadTwin:
+    """As :func:`train_twin`, with the auxiliary loss mean over samples and heads of −log(CLS attention on the key
+    feature) at full weight from the first step."""
+    x, y = twin_data(TRAIN_ROWS, seed=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MultiheadTwin(used=used)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0 - step / STEPS)
+    batches = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model.train()
+    try:
+        for _ in range(STEPS):
+            rows = torch.randint(0, TRAIN_ROWS, (BATCH,), generator=batches)
+            logits, weights = model.logits_and_attention(x[rows])
+            pointing = -torch.log(weights[:, :, 0, KEY + 1].clamp(min=1e-6)).mean()
+            loss = F.cross_entropy(logits, y[rows]) + pointing
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def make_unused() -> MultiheadTwin:
+    """The factory ``audit run --model python:tests/twins.py:make_unused`` calls (weights from --weights)."""
+    return MultiheadTwin(used=False)
+
+
+def make_used() -> MultiheadTwin:
+    return MultiheadTwin(used=True)
