@@ -44,14 +44,16 @@ PROFILES = {
 # faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS)
 PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFULNESS_METRICS,
                         "full": FAITHFULNESS_METRICS}
-# text (token ids): the attacks substitute tokens within --token-budget; embedding-pgd runs on the --eps grid in
-# embedding units (attacks.text). quick: hotflip and attention-shift by substitution
+# text (token ids): the label-preserving word edits (typo, homoglyph) on --token-budget words, the substitutions
+# from a --substitutions table (skipped without one) on as many tokens, embedding-pgd on the --eps grid in
+# embedding units (attacks.text_embedding); hotflip-any, which may change the meaning, runs only when named
 TEXT_PROFILES = {
-    "quick": {"hotflip": {}, "attention-shift-sub": {}},
-    "standard": {"hotflip": {}, "attention-shift-sub": {}, "attention-hijack-sub": {}, "attention-guided-sub": {},
-                 "stealth-sub": {}, "embedding-pgd": {}},
-    "full": {"hotflip": {"beam": 4}, "attention-shift-sub": {"beam": 4}, "attention-hijack-sub": {},
-             "attention-guided-sub": {}, "stealth-sub": {}, "embedding-pgd": {}, "embedding-pgd-l2": {}},
+    "quick": {"typo": {}, "homoglyph": {}},
+    "standard": {"typo": {}, "homoglyph": {}, "hotflip": {}, "attention-shift-sub": {}, "attention-hijack-sub": {},
+                 "attention-guided-sub": {}, "stealth-sub": {}, "embedding-pgd": {}},
+    "full": {"typo": {"words": 8}, "homoglyph": {"words": 8}, "hotflip": {"beam": 4},
+             "attention-shift-sub": {"beam": 4}, "attention-hijack-sub": {}, "attention-guided-sub": {}, "stealth-sub": {}, "embedding-pgd": {},
+             "embedding-pgd-l2": {}},
 }
 DEFAULT_TOKEN_BUDGET = (1, 2, 4)
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}
@@ -145,6 +147,7 @@ class AuditConfig:
     # model ("text" picks the text attacks, TEXT_PROFILES)
     token_budget: tuple[int, ...] = DEFAULT_TOKEN_BUDGET
     substitutions: str | None = None
+    protect: str | None = None  # text only: a file of words no meaning-keeping attack changes (``--protect``)
     input_kind: str | None = None
 
     @classmethod
@@ -189,8 +192,10 @@ class AuditConfig:
         attacks = self.attacks
         if input_kind == "text" and attacks == tuple(PROFILES[self.profile][0]):
             attacks = tuple(TEXT_PROFILES[self.profile])
-        elif input_kind != "text" and (self.substitutions is not None or self.token_budget != DEFAULT_TOKEN_BUDGET):
-            raise BadInputError("--token-budget and --substitutions apply to text models; this model's inputs are "
+        elif input_kind != "text" and (self.substitutions is not None or self.protect is not None
+                                       or self.token_budget != DEFAULT_TOKEN_BUDGET):
+            raise BadInputError("--token-budget, --substitutions and --protect apply to text models; this model's "
+                                "inputs are "
                                 f"{input_kind}")
         return replace(self, input_kind=input_kind, attacks=attacks)
 
