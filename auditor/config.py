@@ -182,6 +182,11 @@ class AuditConfig:
     def text(self) -> bool:
         return self.input_kind == "text"
 
+    def runs(self, attack: str) -> bool:
+        """Whether a planned attack runs: a text substitution attack that draws from a table (hotflip, the -sub
+        attacks) needs ``--substitutions``; without one its names are skipped with that reason."""
+        return self.substitutions is not None or not getattr(attack_class(attack), "needs_table", False)
+
     def profile_attacks(self) -> dict:
         """The profile's attacks and settings for this input kind (TEXT_PROFILES for text)."""
         return (TEXT_PROFILES if self.text else {name: chosen for name, (chosen, _) in PROFILES.items()})[self.profile]

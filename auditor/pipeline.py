@@ -114,7 +114,8 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
         from auditor.robustness import TARGETED_SUFFIX
 
         # text: the substitution attacks' messages (token ids); embedding-pgd's points are no message
-        kept = [attack for attack in config.attacks if attack_class(attack).norm not in EMBEDDING_NORMS]
+        kept = [attack for attack in config.attacks
+                if attack_class(attack).norm not in EMBEDDING_NORMS and config.runs(attack)]
         targeted = [attack for attack in kept if config.target_class is not None and attack_class(attack).targetable]
         layouts["adversarial"] = {"x": x, "y": y, **{f"adv/{attack}@{format_eps(eps)}": x for attack in kept
                                                      for eps in config.grid(attack_class(attack).norm)},

@@ -518,10 +518,10 @@ class RobustnessStage(Stage):
     def _without_table(self, block: Block, attacks: dict, targeted: dict) -> tuple[dict, dict]:
         """Without a substitution table, the attacks that draw from one do not run: their names (and a worst
         case no other attack reaches) get the reason."""
-        if getattr(block.domain, "pairs", None) is not None:
-            return attacks, targeted
         config = block.config
-        idle = [name for name, attack in attacks.items() if getattr(attack, "needs_table", False)]
+        idle = [name for name in attacks if not config.runs(name)]
+        if not idle:
+            return attacks, targeted
         for name in idle:
             block.notes.update({metric: NO_TABLE.format(attack=name)
                                 for metric in self.attack_names(config, name, binary=True)})
