@@ -79,7 +79,7 @@ from attacks.text_embedding import EMBEDDING_NORMS, embedding_logits, embedding_
 from detectors.maths import (attention_distribution_of, descending_order, descending_ranks, jensen_shannon,
                              token_positions_from)
 
-__all__ = ["EMBEDDING_NORMS", "SUBSTITUTION_ATTACKS", "TEXT_ATTENTION_ATTACKS", "TOKEN_NORM", "ExhaustiveSubstitution",
+__all__ = ["EMBEDDING_NORMS", "SUBSTITUTION_ATTACKS", "SUBSTITUTION_ATTENTION_ATTACKS", "TOKEN_NORM", "ExhaustiveSubstitution",
            "HotFlip", "HotFlipAny", "Judged", "TokenAttentionGuided", "TokenAttentionHijack", "TokenAttentionShift",
            "TokenDomain", "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale", "load_substitutions"]
 
@@ -471,6 +471,6 @@ class TokenStealth(TokenSearch):
                       keep=torch.where(success, -divergence, value))
 
 
-TEXT_ATTENTION_ATTACKS = ("attention-shift-sub", "attention-hijack-sub", "attention-guided-sub", "stealth-sub")
+SUBSTITUTION_ATTENTION_ATTACKS = ("attention-shift-sub", "attention-hijack-sub", "attention-guided-sub", "stealth-sub")
 SUBSTITUTION_ATTACKS = (HotFlip, HotFlipAny, ExhaustiveSubstitution, TokenAttentionShift, TokenAttentionHijack,
                         TokenAttentionGuided, TokenStealth)

@@ -21,6 +21,10 @@ message.
 ``exhaustive-typo`` / ``exhaustive-homoglyph``
     every word and every variant verified per step: exact at a budget of 1 word (a message is broken if and
     only if some single edit breaks it), the known answer the greedy searches are checked against.
+``attention-shift-edit``, ``attention-hijack-edit``, ``attention-guided-edit``, ``stealth-edit``
+    the attention attacks of :mod:`attacks.text` (their objectives, goals and positions) searched by these word
+    edits, typos and look-alikes both, instead of substitutions; an edited word keeps its number of tokens so
+    the attention is compared position for position.
 
 The search is greedy (Gao et al. 2018's scoring then editing): the words are ranked once by a cheap importance
 estimate, the first-order change of the objective (the cross-entropy, as hotflip's) when the word's tokens become
@@ -43,11 +47,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from attacks.text import HotFlip, TokenSearch
+from attacks.text import (HotFlip, TokenAttentionGuided, TokenAttentionHijack, TokenAttentionShift, TokenSearch,
+                          TokenStealth)
 from attacks.text_domain import check_budget, check_text_model, token_domain
 
-__all__ = ["EDIT_ATTACKS", "HOMOGLYPHS", "MIN_LETTERS", "ExhaustiveHomoglyph", "ExhaustiveTypo", "Homoglyph",
-           "Typo", "WordCodec", "WordEditSearch", "homoglyph_variants", "typo_variants"]
+__all__ = ["EDIT_ATTACKS", "EDIT_ATTENTION_ATTACKS", "HOMOGLYPHS", "MIN_LETTERS", "AttentionGuidedEdit",
+           "AttentionHijackEdit", "AttentionShiftEdit", "ExhaustiveHomoglyph", "ExhaustiveTypo", "Homoglyph",
+           "StealthEdit", "Typo", "WordCodec", "WordEditSearch", "edit_variants", "homoglyph_variants",
+           "typo_variants"]
 
 MIN_LETTERS = 3
 KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
@@ -192,6 +199,11 @@ class WordCodec:
         return None if len(row) > length else row + [self.pad_id] * (length - len(row))
 
 
+def edit_variants(word: str) -> list[str]:
+    """Both kinds of edit: every typo of ``word``, then every look-alike."""
+    return list(dict.fromkeys(typo_variants(word) + homoglyph_variants(word)))
+
+
 class WordEditSearch(TokenSearch):
     """Greedy word edits ranked by a first-order importance estimate and verified by forward passes (see the
     module). A subclass names its ``variants`` (word -> edited words); the objective, its verification and its
@@ -199,6 +211,8 @@ class WordEditSearch(TokenSearch):
 
     variants: ClassVar[Callable[[str], list[str]]]
     needs_table: ClassVar[bool] = False
+    #: only edits that keep each word's number of tokens, so attention is compared token for token
+    same_length: ClassVar[bool] = False
 
     def __init__(self, *, words: int | None = 4, batch_size: int = 1024, target_class: int | None = None) -> None:
         if (words is not None and (int(words) != words or words < 1)) or int(batch_size) != batch_size \
@@ -288,8 +302,8 @@ class WordEditSearch(TokenSearch):
                     unit = current[r][i]
                     spelled = [unit.prefix + v for v in self.variants(unit.surface)]
                     for variant, pieces in zip(spelled, codec.pieces(spelled)):
-                        if codec.is_word(pieces):  # "now" -> "no": another word, another message
-                            continue
+                        if codec.is_word(pieces) or (self.same_length and len(pieces) != len(unit.pieces)):
+                            continue  # "now" -> "no": another word, another message
                         units = list(current[r])
                         edit = variant.removeprefix(unit.prefix)
                         units[i] = Unit(pieces, edit, edit, unit.prefix)
@@ -367,4 +381,74 @@ class ExhaustiveHomoglyph(Homoglyph):
         return self._target_params()
 
 
-EDIT_ATTACKS = (Typo, Homoglyph, ExhaustiveTypo, ExhaustiveHomoglyph)
+class _AttentionEdits(WordEditSearch):
+    """An attention attack by the same word edits (typos and look-alikes), each edited word keeping its number
+    of tokens so the attention is compared position for position."""
+
+    variants = staticmethod(edit_variants)
+    same_length = True
+
+    def __init__(self, *, words: int | None = 4, batch_size: int = 1024) -> None:
+        super().__init__(words=words, batch_size=batch_size)
+
+
+class AttentionShiftEdit(_AttentionEdits, TokenAttentionShift):
+    """The attention moved as far as possible (JSD) from the clean one by word edits, prediction kept."""
+
+    name = "attention-shift-edit"
+    reference = "Ghorbani et al. 2019 (Interpretation of neural networks is fragile), by word edits " \
+                "(Gao et al. 2018)"
+
+
+class AttentionHijackEdit(_AttentionEdits, TokenAttentionHijack):
+    """The attention pulled onto the clean input's least-attended words by editing other words, prediction kept."""
+
+    name = "attention-hijack-edit"
+    reference = "Dombrowski et al. 2019 (targeted explanation manipulation), by word edits (Gao et al. 2018)"
+
+    def __init__(self, *, k: int = 2, words: int | None = 4, batch_size: int = 1024) -> None:
+        super().__init__(words=words, batch_size=batch_size)
+        if int(k) != k or k < 1:
+            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
+        self.k = int(k)
+
+    def params(self) -> dict:
+        return {**super().params(), "k": self.k}
+
+
+class AttentionGuidedEdit(_AttentionEdits, TokenAttentionGuided):
+    """Word edits on the k most-attended positions of the clean input only."""
+
+    name = "attention-guided-edit"
+    reference = "Fu et al. 2022 (Patch-Fool), by word edits (Gao et al. 2018)"
+    targetable = False
+
+    def __init__(self, *, k: int = 5, words: int | None = 4, batch_size: int = 1024) -> None:
+        super().__init__(words=words, batch_size=batch_size)
+        if int(k) != k or k < 1:
+            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
+        self.k = int(k)
+
+    def params(self) -> dict:
+        return {**super().params(), "k": self.k}
+
+
+class StealthEdit(_AttentionEdits, TokenStealth):
+    """A misclassification by word edits whose attention stays closest to the clean one."""
+
+    name = "stealth-edit"
+    reference = "Zhang et al. 2020 (Interpretable Deep Learning under Fire, ADV^2), by word edits"
+
+    def __init__(self, *, lam: float = 1.0, words: int | None = 4, batch_size: int = 1024) -> None:
+        super().__init__(words=words, batch_size=batch_size)
+        if not lam >= 0:
+            raise ValueError(f"{self.name} needs lam >= 0, got {lam}")
+        self.lam = float(lam)
+
+    def params(self) -> dict:
+        return {**super().params(), "lam": self.lam}
+
+
+EDIT_ATTENTION_ATTACKS = ("attention-shift-edit", "attention-hijack-edit", "attention-guided-edit", "stealth-edit")
+EDIT_ATTACKS = (Typo, Homoglyph, ExhaustiveTypo, ExhaustiveHomoglyph, AttentionShiftEdit, AttentionHijackEdit,
+                AttentionGuidedEdit, StealthEdit)

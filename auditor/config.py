@@ -44,16 +44,17 @@ PROFILES = {
 # faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS)
 PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion"), "standard": FAITHFULNESS_METRICS,
                         "full": FAITHFULNESS_METRICS}
-# text (token ids): the label-preserving word edits (typo, homoglyph) on --token-budget words, the substitutions
-# from a --substitutions table (skipped without one) on as many tokens, embedding-pgd on the --eps grid in
-# embedding units (attacks.text_embedding); hotflip-any, which may change the meaning, runs only when named
+# text (token ids): the label-preserving word edits (typo, homoglyph, the attention attacks by the same edits) on
+# --token-budget words, hotflip from a --substitutions table (skipped without one) on as many tokens,
+# embedding-pgd on the --eps grid in embedding units (attacks.text_embedding); hotflip-any, which may change the
+# meaning, runs only when named
 TEXT_PROFILES = {
     "quick": {"typo": {}, "homoglyph": {}},
-    "standard": {"typo": {}, "homoglyph": {}, "hotflip": {}, "attention-shift-sub": {}, "attention-hijack-sub": {},
-                 "attention-guided-sub": {}, "stealth-sub": {}, "embedding-pgd": {}},
+    "standard": {"typo": {}, "homoglyph": {}, "hotflip": {}, "attention-shift-edit": {}, "attention-hijack-edit": {},
+                 "attention-guided-edit": {}, "stealth-edit": {}, "embedding-pgd": {}},
     "full": {"typo": {"words": 8}, "homoglyph": {"words": 8}, "hotflip": {"beam": 4},
-             "attention-shift-sub": {"beam": 4}, "attention-hijack-sub": {}, "attention-guided-sub": {}, "stealth-sub": {}, "embedding-pgd": {},
-             "embedding-pgd-l2": {}},
+             "attention-shift-edit": {"words": 8}, "attention-hijack-edit": {}, "attention-guided-edit": {},
+             "stealth-edit": {}, "embedding-pgd": {}, "embedding-pgd-l2": {}},
 }
 DEFAULT_TOKEN_BUDGET = (1, 2, 4)
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}

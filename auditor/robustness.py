@@ -28,7 +28,9 @@ from auditor.persample import only_where
 from auditor.stage import Block, Stage
 from detectors.inputs.text import is_token_ids
 
-FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth", "attention-guided-sub", "stealth-sub")
+FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth", "attention-guided-sub", "stealth-sub",
+                              "attention-guided-edit", "stealth-edit")
+HIJACK_ATTACKS = ("attention-hijack", "attention-hijack-sub", "attention-hijack-edit")
 # the per-sample worst case over each norm's evasion attacks; text's over the label-preserving attacks at each
 # budget (embedding-pgd, a relaxation no real text reaches, and hotflip-any, which may change the meaning, in none)
 WORST = {"linf": "worst", "l2": "worst-l2", "tokens": "worst-tokens"}
@@ -70,6 +72,12 @@ ATTACK_DEFINITIONS = {
                             "prediction kept",
     "attention-guided-sub": "text: hotflip on the most-attended positions only",
     "stealth-sub": "text: token substitutions that flip the prediction with the attention closest to the clean one",
+    "attention-shift-edit": "text: word edits (typos, look-alikes) that move the attention most (JSD), prediction "
+                            "kept",
+    "attention-hijack-edit": "text: word edits that pull the attention onto each message's least-attended words, "
+                             "prediction kept",
+    "attention-guided-edit": "text: word edits on the most-attended positions only",
+    "stealth-edit": "text: word edits that flip the prediction with the attention closest to the clean one",
     "embedding-pgd": "text: pgd on the token embeddings, L-inf per coordinate (eps x r / sqrt(dim)); a continuous "
                      "relaxation no real text reaches",
     "embedding-pgd-l2": "text: pgd on the token embeddings, L2 per token (eps x r); a continuous relaxation no real "
@@ -342,7 +350,7 @@ def _stability(model, attack: Attack, tag: str, x, p, q, clean_pred, adv_pred, t
     if attack.name == "attention-hijack":
         values["hijack_success"] = hijacked(model.token_map, p, q, k=attack.k,
                                             target_positions=attack.target_positions).float()
-    elif attack.name == "attention-hijack-sub":
+    elif attack.name in HIJACK_ATTACKS:  # on text: its targets recomputed from the clean attention
         values["hijack_success"] = attack.hijacked(q, attack.targets(model, x, p)).float()
     return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
 
@@ -468,7 +476,7 @@ class RobustnessStage(Stage):
             if is_attention_attack(attack):
                 names += [f"stability.{key}.{tag}" for key in
                           ("topk_intersection", "spearman", "jsd", "prediction_kept")]
-                if attack in ("attention-hijack", "attention-hijack-sub"):
+                if attack in HIJACK_ATTACKS:
                     names.append(f"stability.hijack_success.{tag}")
                 if attack not in FLIPPING_ATTENTION_ATTACKS:
                     continue

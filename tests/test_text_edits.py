@@ -152,3 +152,44 @@ def test_the_substitution_table_is_sparse_and_answers_as_a_dense_one():
     assert torch.equal(domain.targets(ids), dense[ids] & mutable.unsqueeze(-1))
     new = torch.as_tensor(rng.integers(0, 40, size=(5, 7)))
     assert torch.equal(domain.allows(ids, new), dense[ids, new] & mutable)
+
+
+def test_the_report_marks_an_edited_word_alone_when_it_changes_the_number_of_tokens():
+    from auditor.report_html import counterparts
+
+    clean = ["please", "verify", "your", "pin"]
+    attacked = ["please", "[UNK]", "[UNK]", "[UNK]", "your", "pin"]  # "verify" -> "v3r!fy": three tokens
+    assert counterparts(clean, attacked) == ["please", "[UNK] [UNK] [UNK]", "your", "pin"]
+    assert counterparts(attacked, clean) == ["please", "verify", "verify", "verify", "your", "pin"]
+
+
+def test_protect_files_are_one_word_a_line(tmp_path):
+    from attacks.text_domain import load_protected_words
+    from detectors.errors import BadInputError
+
+    path = tmp_path / "protect.txt"
+    path.write_text("# words that decide the label\nnever\n\nPIN  # credential\n", encoding="utf-8")
+    assert load_protected_words(path) == ("never", "PIN")
+    path.write_text("do not\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match="line 1: 'do not' holds more than one word"):
+        load_protected_words(path)
+    with pytest.raises(BadInputError, match="no such file"):
+        load_protected_words(tmp_path / "missing.txt")
+
+
+def test_the_attention_attacks_by_word_edits_keep_their_goals_and_the_token_count():
+    """On the Hinge every word edit yields [UNK] (one token): attention-shift-edit and -hijack-edit keep every
+    prediction and move the attention; guided and stealth flip only positives (no edit writes ``bad``)."""
+    from detectors.maths import jensen_shannon
+
+    model, (x, y) = Hinge(), messages(16)
+    for name in ("attention-shift-edit", "attention-hijack-edit"):
+        x_adv = run(name, model, x, y, 2)
+        assert ((x_adv != PAD).sum(1) == (x != PAD).sum(1)).all() and ((x_adv != x).sum(1) <= 2).all()
+        with torch.no_grad():
+            (clean, p), (adv, q) = (model.forward_with_attention(v) for v in (x, x_adv))
+        assert torch.equal(clean.argmax(1), adv.argmax(1)), name
+        assert (jensen_shannon(q[0][:, 0, 0, 1:], p[0][:, 0, 0, 1:]) > 0.01).any(), name
+    for name in ("attention-guided-edit", "stealth-edit"):
+        robust = correct(model, run(name, model, x, y, 1), x, y)
+        assert robust[y == 0].all() and not robust[y == 1].all(), name
