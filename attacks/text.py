@@ -74,13 +74,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from attacks.base import Attack
-from attacks.text_domain import TOKEN_NORM, TokenDomain, check_budget, check_text_model, load_substitutions, token_domain
+from attacks.text_domain import (TOKEN_NORM, TokenDomain, check_budget, check_text_model, load_substitutions,
+                                 token_domain)
 from attacks.text_embedding import EMBEDDING_NORMS, embedding_logits, embedding_scale
 from detectors.maths import (attention_distribution_of, descending_order, descending_ranks, jensen_shannon,
                              token_positions_from)
 
-__all__ = ["EMBEDDING_NORMS", "SUBSTITUTION_ATTACKS", "SUBSTITUTION_ATTENTION_ATTACKS", "TOKEN_NORM", "ExhaustiveSubstitution",
-           "HotFlip", "HotFlipAny", "Judged", "TokenAttentionGuided", "TokenAttentionHijack", "TokenAttentionShift",
+__all__ = ["EMBEDDING_NORMS", "SUBSTITUTION_ATTACKS", "SUBSTITUTION_ATTENTION_ATTACKS", "TOKEN_NORM",
+           "ExhaustiveSubstitution", "HotFlip", "HotFlipAny", "Judged", "TokenAttentionGuided", "TokenAttentionHijack", "TokenAttentionShift",
            "TokenDomain", "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale", "load_substitutions"]
 
 SCORE_CELLS = 1 << 22  # (beams x positions x vocabulary) first-order scores held at once
