@@ -81,8 +81,9 @@ from detectors.maths import (attention_distribution_of, descending_order, descen
                              token_positions_from)
 
 __all__ = ["EMBEDDING_NORMS", "SUBSTITUTION_ATTACKS", "SUBSTITUTION_ATTENTION_ATTACKS", "TOKEN_NORM",
-           "ExhaustiveSubstitution", "HotFlip", "HotFlipAny", "Judged", "TokenAttentionGuided", "TokenAttentionHijack", "TokenAttentionShift",
-           "TokenDomain", "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale", "load_substitutions"]
+           "ExhaustiveSubstitution", "HotFlip", "HotFlipAny", "Judged", "TokenAttentionGuided", "TokenAttentionHijack",
+           "TokenAttentionShift", "TokenDomain", "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale",
+           "load_substitutions"]
 
 SCORE_CELLS = 1 << 22  # (beams x positions x vocabulary) first-order scores held at once
 

@@ -255,7 +255,7 @@ class WordEditSearch(TokenSearch):
         budget = check_budget(self.name, eps)
         if domain.codec is None:
             raise ValueError(f"{self.name} edits words and needs the tokeniser: a TokenDomain with a codec "
-                             "(TokenDomain.with_tokenizer)")
+                             "(TokenDomain.with_protection(codec=WordCodec(tokenizer)))")
         if x.ndim != 2 or x.dtype not in (torch.int64, torch.int32) or y.shape != (len(x),):
             raise ValueError(f"{self.name}: expected token ids (N, T) and labels (N,), got {tuple(x.shape)} "
                              f"{x.dtype} and {tuple(y.shape)}")
@@ -297,7 +297,7 @@ class WordEditSearch(TokenSearch):
                 if done[r]:
                     continue
                 open_words = [i for i in order if i not in edited[r]]
-                seen = {tuple(best[r].tolist())}
+                seen = {tuple(codec.join(head, current[r], tail, length) or ())}  # an edit that changes nothing
                 for i in open_words[:self.words]:
                     unit = current[r][i]
                     spelled = [unit.prefix + v for v in self.variants(unit.surface)]
