@@ -343,7 +343,8 @@ class MaskingStage(Stage):
     def planned(self, config, *, binary: bool) -> list[str]:
         if not config.masking_checks:
             return []
-        grids = {a: config.grid(attack_class(a).norm) for a in config.attacks if is_evasion_attack(a)}
+        grids = {a: config.grid(attack_class(a).norm) for a in config.attacks
+                 if is_evasion_attack(a) and config.runs(a)}
         return planned_text_check_metrics(grids) if config.text else planned_check_metrics(grids)
 
     def run(self, block: Block) -> None:
