@@ -211,9 +211,9 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     skipped.update(sample_skipped)
     skipped.update({name: str(values[0]) for name, values in tables.get("notes", {}).items()})
     checks = []
-    if config.masking_checks and "masking" in rows:
+    if config.masking_checks and ("masking" in rows or config.text):  # text: no rows where hotflip did not run
         evaluate = evaluate_text_checks if config.text else evaluate_checks
-        checks = evaluate(metrics, rows["masking"], attacks, config.grids(), n=len(data))
+        checks = evaluate(metrics, rows.get("masking", {}), attacks, config.grids(), n=len(data))
         for kind, name in CHECK_METRICS.items():
             value = verdict(checks, kind)
             if value is not None:
