@@ -7,9 +7,15 @@ from attacks.attention import ATTENTION_ATTACKS
 from attacks.base import Attack, ImageView
 from attacks.domain import Domain
 from attacks.standard import CHUNK, STANDARD_ATTACKS
-from attacks.text import TEXT_ATTACKS, TEXT_ATTENTION_ATTACKS, TokenDomain
+from attacks.text import SUBSTITUTION_ATTACKS, SUBSTITUTION_ATTENTION_ATTACKS, TokenDomain
+from attacks.text_edits import EDIT_ATTACKS, EDIT_ATTENTION_ATTACKS
+from attacks.text_embedding import EMBEDDING_ATTACKS
 
 ATTACKS: dict[str, type[Attack]] = {**{cls.name: cls for cls in STANDARD_ATTACKS}, **ATTENTION_ATTACKS}
+# on token ids: label-preserving word edits first, then substitutions, then the embedding-space relaxation
+TEXT_ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (*EDIT_ATTACKS, *SUBSTITUTION_ATTACKS,
+                                                                     *EMBEDDING_ATTACKS)}
+TEXT_ATTENTION_ATTACKS = (*EDIT_ATTENTION_ATTACKS, *SUBSTITUTION_ATTENTION_ATTACKS)
 
 __all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "Domain",
            "ImageView", "TokenDomain",
@@ -25,8 +31,8 @@ def make_attack(name: str, **params) -> Attack:
 
 
 def make_text_attack(name: str, **params) -> Attack:
-    """An attack on token ids by name (:data:`TEXT_ATTACKS`: substitutions within a token budget, embedding-space
-    pgd)."""
+    """An attack on token ids by name (:data:`TEXT_ATTACKS`: word edits and substitutions within a token budget,
+    embedding-space pgd)."""
     try:
         family = TEXT_ATTACKS[name]
     except KeyError:

@@ -1,4 +1,6 @@
-"""Attacks on text detectors: token substitutions within a token budget, and embedding-space PGD.
+"""Attacks on text detectors by token substitution within a token budget (the word edits are in
+:mod:`attacks.text_edits`, embedding-space PGD in :mod:`attacks.text_embedding`, the domain in
+:mod:`attacks.text_domain`).
 
 A text detector (:class:`detectors.text.TextTransformer`, or any module with its ``embedding``, ``embed``,
 ``attention_mask``, ``forward_embeddings`` and ``forward_with_attention`` entry points) reads token ids (N, T).
@@ -6,6 +8,9 @@ A substitution attack's budget ``eps`` is the number of token positions it may c
 whole number). The :class:`TokenDomain` says which positions may change (never a special token: ``[PAD] [UNK]
 [CLS] [MASK]``, so padding is never attacked) and into what (never a special token; with a substitution table
 only the replacements it lists), and its :meth:`TokenDomain.project` enforces it at the end of every attack.
+A substitution may change what a message says (``pin`` -> ``meeting``), so every substitution attack but
+``hotflip-any`` draws only from a table the user gives (``--substitutions``; without one it refuses to run)
+and never changes the domain's protected positions (the data's rationale tokens, ``--protect``).
 
 The substitution attacks share one search (:class:`TokenSearch`): each step proposes, for every beam, the
 ``candidates`` single substitutions (a position not changed yet, a token the domain allows there) with the
@@ -20,6 +25,10 @@ made per row, so nothing depends on the batch. No randomness is involved.
     level: the objective is the cross-entropy on the true label (or, with ``target_class``, minus the
     cross-entropy on the target), the goal a misclassification (the target class). ``candidates`` (16) per
     beam and step, ``beam`` (1).
+``hotflip-any`` (:class:`HotFlipAny`)
+    The same search over any non-special token, protected words included, with or without a table: an upper
+    bound that may write a different message (``please`` -> ``never``), under its own name, outside
+    ``worst-tokens`` and the default gate.
 ``exhaustive-substitution`` (:class:`ExhaustiveSubstitution`)
     The same search verifying every allowed substitution instead of the estimate's best few: at a budget of 1
     it is exact (a sample is broken if and only if some single substitution breaks it); at k > 1 it repeats
@@ -45,19 +54,6 @@ made per row, so nothing depends on the batch. No randomness is involved.
 ``stealth-sub`` (:class:`TokenStealth`)
     After Zhang et al. 2020 (ADV^2): ranks by CE(f(x'), y) - ``lam`` (1.0) x JSD(a(x'), a(x)); among the
     proposals of the first step that misclassify, keeps the one with the lowest JSD.
-``embedding-pgd`` / ``embedding-pgd-l2`` (:class:`EmbeddingPGD`, :class:`EmbeddingPGDL2`)
-    Projected gradient ascent on the cross-entropy in the space of token embeddings (Madry et al. 2018's PGD;
-    Miyato et al. 2017 train against this perturbation): a continuous relaxation that every non-special token
-    moves at once, to points no token sequence occupies, reported under its own name. It is an upper bound on
-    the harm of substitutions only where eps r reaches the distance between embedding rows; at small eps it
-    measures the smoothness of the model around real text. Units: ``eps`` is a fraction of r, the mean L2 norm
-    of the vocabulary's non-special embedding rows: L2, each token's perturbation has ``||delta_t||_2 <= eps r``;
-    L-inf, each coordinate ``|delta| <= eps r / sqrt(dim)`` (the per-coordinate size of a delta_t of norm
-    eps r spread evenly). ``steps`` (20), ``step_size`` (0.25 x the radius), a random start in the ball drawn
-    from each sample's own stream (:func:`detectors.seeding.per_sample_uniform`, purpose
-    ``"<name>/start/<eps>"``), the first misclassifying iterate kept, else the last. It returns perturbed
-    embeddings (N, T, dim), not token ids: evaluate them with :func:`embedding_logits`.
-
 TextAttack (Morris et al. 2020) was considered: its recipes import ``transformers`` (model wrappers, and
 constraints that download GloVe / counter-fitted vectors and the Universal Sentence Encoder on first use), which
 cannot be imported beside the CPU torch wheel here and needs the network; the search is implemented on this
@@ -67,14 +63,10 @@ The attention attacks by substitution carry their own names (``-sub``): their th
 tokens changed) is not that of their continuous forms (an L-inf ball in [0, 1]), so their numbers never share
 a name.
 """
-
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -82,140 +74,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from attacks.base import Attack
-from detectors.errors import BadInputError
+from attacks.text_domain import (TOKEN_NORM, TokenDomain, check_budget, check_text_model, load_substitutions,
+                                 token_domain)
+from attacks.text_embedding import EMBEDDING_NORMS, embedding_logits, embedding_scale
 from detectors.maths import (attention_distribution_of, descending_order, descending_ranks, jensen_shannon,
                              token_positions_from)
-from detectors.seeding import per_sample_uniform
 
-__all__ = ["EMBEDDING_NORMS", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "TOKEN_NORM", "EmbeddingPGD", "EmbeddingPGDL2",
-           "ExhaustiveSubstitution",
-           "HotFlip", "TokenAttentionGuided", "TokenAttentionHijack", "TokenAttentionShift", "TokenDomain",
-           "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale", "load_substitutions"]
+__all__ = ["EMBEDDING_NORMS", "SUBSTITUTION_ATTACKS", "SUBSTITUTION_ATTENTION_ATTACKS", "TOKEN_NORM",
+           "ExhaustiveSubstitution", "HotFlip", "HotFlipAny", "Judged", "TokenAttentionGuided", "TokenAttentionHijack",
+           "TokenAttentionShift", "TokenDomain", "TokenSearch", "TokenStealth", "embedding_logits", "embedding_scale",
+           "load_substitutions"]
 
-TOKEN_NORM = "tokens"  # a substitution attack's budget: the number of token positions changed
-EMBEDDING_NORMS = ("embedding-linf", "embedding-l2")
 SCORE_CELLS = 1 << 22  # (beams x positions x vocabulary) first-order scores held at once
-
-
-@dataclass(frozen=True)
-class TokenDomain:
-    """Which token positions an attacker may change and into what.
-
-    ``special_ids``: tokens never replaced and never written (padding, [CLS], [UNK], [MASK]).
-    ``allowed``: optional (vocab, vocab) bool, ``allowed[a, b]`` True when token a may become token b (a
-    substitution table); without it every non-special token may become any other non-special token.
-    """
-
-    vocab_size: int
-    special_ids: tuple[int, ...]
-    allowed: torch.Tensor | None = None
-
-    @classmethod
-    def from_substitutions(cls, vocab: Mapping[str, int], special_ids: Sequence[int],
-                           table: Mapping[str, Sequence[str]], *, source: str = "substitutions") -> "TokenDomain":
-        """A domain restricted to ``table`` (token -> allowed replacements, the JSON of ``--substitutions``).
-        A token outside the vocabulary, a special token or a malformed entry is refused (BadInputError)."""
-        if not isinstance(table, Mapping):
-            raise BadInputError(f"{source}: expected a JSON object mapping a token to a list of replacements, "
-                                f"got {type(table).__name__}")
-        special = {int(i) for i in special_ids}
-        allowed = torch.zeros(len(vocab), len(vocab), dtype=torch.bool)
-        for token, replacements in table.items():
-            if not isinstance(replacements, list) or not all(isinstance(r, str) for r in replacements):
-                raise BadInputError(f"{source}: {token!r} must map to a list of tokens (strings), got "
-                                    f"{json.dumps(replacements)[:60]}")
-            for word in (token, *replacements):
-                if word not in vocab:
-                    raise BadInputError(f"{source}: {word!r} is not in the model's vocabulary ({len(vocab)} tokens, "
-                                        "lower-cased by the tokeniser); list only tokens the model knows")
-                if vocab[word] in special:
-                    raise BadInputError(f"{source}: {word!r} is a special token; special tokens are never "
-                                        "substituted")
-            for replacement in replacements:
-                allowed[vocab[token], vocab[replacement]] = True
-        allowed.fill_diagonal_(False)
-        return cls(vocab_size=len(vocab), special_ids=tuple(sorted(special)), allowed=allowed)
-
-    def mutable(self, ids: torch.Tensor) -> torch.Tensor:
-        """(N, T) bool: positions an attacker may change (not special, and with a replacement left)."""
-        free = ~torch.isin(ids, torch.as_tensor(self.special_ids, device=ids.device))
-        if self.allowed is not None:
-            free &= self.allowed.to(ids.device).any(dim=1)[ids]
-        return free
-
-    def targets(self, ids: torch.Tensor) -> torch.Tensor:
-        """(N, T, vocab) bool: the tokens each position may become (none on frozen positions)."""
-        if self.allowed is not None:
-            allowed = self.allowed.to(ids.device)[ids]
-        else:
-            allowed = torch.ones(*ids.shape, self.vocab_size, dtype=torch.bool, device=ids.device)
-            allowed[..., list(self.special_ids)] = False
-            allowed.scatter_(-1, ids.unsqueeze(-1), False)
-        return allowed & self.mutable(ids).unsqueeze(-1)
-
-    def allows(self, ids: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """(N, T) bool: whether each position of ``ids`` may become the token of ``new`` there (``targets``
-        read at ``new`` alone, without its (N, T, vocab) table); ``new`` must be in the vocabulary."""
-        if self.allowed is not None:
-            legal = self.allowed.to(ids.device)[ids, new]
-        else:
-            legal = ~torch.isin(new, torch.as_tensor(self.special_ids, device=ids.device)) & (new != ids)
-        return legal & self.mutable(ids)
-
-    def project(self, ids_adv: torch.Tensor, ids: torch.Tensor, *, eps: float, norm: str = TOKEN_NORM
-                ) -> torch.Tensor:
-        """``ids_adv`` with every change this domain forbids undone, then at most ``eps`` changed positions
-        kept (the first in position order)."""
-        if norm != TOKEN_NORM:
-            raise ValueError(f"a token domain measures budgets in {TOKEN_NORM!r}, got norm {norm!r}")
-        inside = (ids_adv >= 0) & (ids_adv < self.vocab_size)
-        legal = self.allows(ids, ids_adv.clamp(0, self.vocab_size - 1))
-        keep = (ids_adv != ids) & legal & inside
-        keep &= torch.cumsum(keep.long(), dim=1) <= int(eps)
-        return torch.where(keep, ids_adv, ids).detach()
-
-    def contains(self, ids_adv: torch.Tensor, ids: torch.Tensor, *, eps: float, norm: str = TOKEN_NORM) -> bool:
-        """Whether ``ids_adv`` changes at most ``eps`` positions of ``ids``, each as this domain allows."""
-        return bool(torch.equal(self.project(ids_adv, ids, eps=eps, norm=norm), ids_adv))
-
-
-def load_substitutions(path: str | Path, vocab: Mapping[str, int], special_ids: Sequence[int]) -> TokenDomain:
-    """The :class:`TokenDomain` of a ``--substitutions`` JSON file (``{"password": ["passcode", "pin"]}``):
-    an unreadable file, invalid JSON or UTF-8, or an entry :meth:`TokenDomain.from_substitutions` refuses is a
-    BadInputError naming the file."""
-    path = Path(path)
-    try:
-        table = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"--substitutions {str(path)!r}: no such file") from None
-    except IsADirectoryError:
-        raise BadInputError(f"--substitutions {str(path)!r} is a folder; name a JSON file") from None
-    except UnicodeDecodeError as error:
-        raise BadInputError(f"--substitutions {str(path)!r}: not UTF-8 (byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"--substitutions {str(path)!r}: invalid JSON at line {error.lineno} column "
-                            f"{error.colno} ({error.msg})") from None
-    return TokenDomain.from_substitutions(vocab, special_ids, table, source=f"--substitutions {str(path)!r}")
-
-
-def _token_domain(name: str, domain) -> TokenDomain:
-    if not isinstance(domain, TokenDomain):
-        raise ValueError(f"{name} attacks text detectors (token ids) and needs a TokenDomain, got "
-                         f"{type(domain).__name__}")
-    return domain
-
-
-def _check_text_model(name: str, model: nn.Module) -> None:
-    missing = [m for m in ("embed", "forward_embeddings", "attention_mask") if not callable(getattr(model, m, None))]
-    if missing or not isinstance(getattr(model, "embedding", None), nn.Embedding):
-        raise ValueError(f"{name} needs a text detector (embedding, embed, forward_embeddings, attention_mask); "
-                         f"{type(model).__name__} lacks {', '.join(missing) or 'embedding'}")
-
-
-def _check_budget(name: str, eps: float) -> int:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0 and int(eps) == eps):
-        raise ValueError(f"{name}: the budget is a whole number of tokens >= 0, got {eps!r}")
-    return int(eps)
 
 
 # --------------------------------------------------------------------------- the substitution search
@@ -244,6 +114,11 @@ class TokenSearch(Attack):
     needs_attention: ClassVar[bool] = False
     #: rank proposals by the absolute first-order change (objectives whose gradient vanishes at the clean input)
     absolute_estimate: ClassVar[bool] = False
+    #: an upper bound that may change the meaning: any token the domain allows, protected words included;
+    #: every other substitution attack draws only from a substitution table and never touches protected words
+    any_token: ClassVar[bool] = False
+    #: draws its replacements from a substitution table, so it does not run without one
+    needs_table: ClassVar[bool] = True
 
     def __init__(self, *, candidates: int | None = 16, beam: int = 1, batch_size: int = 1024) -> None:
         if (candidates is not None and (int(candidates) != candidates or candidates < 1)) or int(beam) != beam \
@@ -330,12 +205,16 @@ class TokenSearch(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain, seed: int,
                 index: torch.Tensor) -> torch.Tensor:
-        domain = _token_domain(self.name, domain)
-        _check_text_model(self.name, model)
-        budget = _check_budget(self.name, eps)
+        domain = token_domain(self.name, domain)
+        check_text_model(self.name, model)
+        budget = check_budget(self.name, eps)
         if x.ndim != 2 or x.dtype not in (torch.int64, torch.int32) or y.shape != (len(x),):
             raise ValueError(f"{self.name}: expected token ids (N, T) and labels (N,), got {tuple(x.shape)} "
                              f"{x.dtype} and {tuple(y.shape)}")
+        if self.needs_table and domain.pairs is None:
+            raise ValueError(f"{self.name} substitutes only the replacements a substitution table lists "
+                             "(--substitutions); without one it does not run (hotflip-any is the any-token upper "
+                             "bound)")
         n, length = x.shape
         if n == 0:
             return x.clone()
@@ -344,6 +223,9 @@ class TokenSearch(Attack):
             logits, dist = self._forward(model, x)
         ctx = self._context(model, x, y, logits, dist)
         where = self._positions(model, x, dist)
+        if not self.any_token:
+            free = ~domain.protected_positions(x, index)
+            where = free if where is None else where & free
         clean = self._judge(logits, dist, ctx)
         best, best_keep = x.clone(), torch.where(clean.feasible, clean.keep, -math.inf)
         done = clean.success.clone()  # already where the attack wants it: nothing to do
@@ -425,6 +307,17 @@ class HotFlip(TokenSearch):
         pred = logits.argmax(1)
         success = pred == ctx["aim"] if "aim" in ctx else pred != ctx["y"]
         return Judged(rank=value, feasible=torch.ones_like(success), success=success, keep=value)
+
+
+class HotFlipAny(HotFlip):
+    """HotFlip over any token the domain allows, protected words included: an upper bound on what a
+    substitution attacker achieves, which may change what the message says (reported under its own name,
+    never in the headline)."""
+
+    name = "hotflip-any"
+    reference = "Ebrahimi et al. 2018 (HotFlip), any-token substitution: an upper bound that may change the meaning"
+    any_token = True
+    needs_table = False
 
 
 class ExhaustiveSubstitution(HotFlip):
@@ -580,111 +473,6 @@ class TokenStealth(TokenSearch):
                       keep=torch.where(success, -divergence, value))
 
 
-# --------------------------------------------------------------------------- embedding space
-
-def embedding_scale(model: nn.Module, special_ids: Sequence[int]) -> float:
-    """r: the mean L2 norm of the embedding rows of the non-special tokens (the unit of embedding-space eps)."""
-    table = model.embedding.weight.detach()
-    keep = torch.ones(len(table), dtype=torch.bool, device=table.device)
-    keep[list(special_ids)] = False
-    return float(table[keep].norm(dim=1).mean())
-
-
-@torch.no_grad()
-def embedding_logits(model: nn.Module, ids: torch.Tensor, embeddings: torch.Tensor, batch_size: int = 1024
-                     ) -> torch.Tensor:
-    """Logits of perturbed embeddings (an embedding-space attack's output) under ``ids``' attention mask."""
-    return torch.cat([model.forward_embeddings(embeddings[i:i + batch_size],
-                                               model.attention_mask(ids[i:i + batch_size]))
-                      for i in range(0, max(len(ids), 1), batch_size)])
-
-
-class EmbeddingPGD(Attack):
-    """PGD on the cross-entropy in the space of token embeddings (L-inf per coordinate, in units of r)."""
-
-    name = "embedding-pgd"
-    norm: ClassVar[str] = "embedding-linf"
-    reference = "Madry et al. 2018 (PGD); Miyato et al. 2017 (adversarial training in embedding space)"
-    step_norm: ClassVar[str] = "linf"
-
-    def __init__(self, *, steps: int = 20, step_size: float = 0.25, random_start: bool = True) -> None:
-        if int(steps) != steps or steps < 1 or not step_size > 0:
-            raise ValueError(f"{self.name} needs integer steps >= 1 and step_size > 0, got steps={steps}, "
-                             f"step_size={step_size}")
-        self.steps, self.step_size, self.random_start = int(steps), float(step_size), bool(random_start)
-
-    def params(self) -> dict:
-        return {"steps": self.steps, "step_size": f"{self.step_size:g}*radius", "random_start": self.random_start}
-
-    def radius(self, model: nn.Module, domain: TokenDomain, eps: float) -> float:
-        """The projection radius: eps r (L2, per token) or eps r / sqrt(dim) (L-inf, per coordinate)."""
-        scale = embedding_scale(model, domain.special_ids) * eps
-        return scale / math.sqrt(model.embedding.embedding_dim) if self.step_norm == "linf" else scale
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain, seed: int,
-                 index: torch.Tensor) -> torch.Tensor:
-        """Adversarial token embeddings (N, T, dim) for token ids ``x``; the model's mode is restored."""
-        domain = _token_domain(self.name, domain)
-        _check_text_model(self.name, model)
-        if not 0 <= eps < math.inf:
-            raise ValueError(f"{self.name}: expected a finite eps >= 0 (a fraction of r), got {eps}")
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.enable_grad():
-                return self._perturb(model, x, y, eps=eps, domain=domain, seed=seed, index=index)
-        finally:
-            model.train(was_training)
-
-    def _project(self, delta: torch.Tensor, radius: float, movable: torch.Tensor) -> torch.Tensor:
-        if self.step_norm == "linf":
-            delta = delta.clamp(-radius, radius)
-        else:
-            delta = delta * (radius / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-        return delta * movable
-
-    def _perturb(self, model, x, y, *, eps, domain, seed, index) -> torch.Tensor:
-        radius = self.radius(model, domain, eps)
-        mask = model.attention_mask(x)
-        movable = domain.mutable(x).unsqueeze(-1).to(model.embedding.weight.dtype)
-        clean = model.embed(x).detach()
-        if self.random_start:
-            draws = per_sample_uniform(clean.shape[1:], index, seed=seed, purpose=f"{self.name}/start/{eps:g}",
-                                       device=x.device)
-            delta = self._project((2 * draws - 1) * radius, radius, movable)
-        else:
-            delta = torch.zeros_like(clean)
-        best = delta.clone()
-        done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for step in range(self.steps + 1):
-            delta.requires_grad_(step < self.steps)
-            logits = model.forward_embeddings(clean + delta, mask)
-            with torch.no_grad():
-                newly = (logits.argmax(1) != y) & ~done
-                best[newly] = delta.detach()[newly]
-                done |= newly
-            if step == self.steps:
-                break
-            gradient, = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), delta)
-            with torch.no_grad():
-                if self.step_norm == "linf":
-                    move = gradient.sign()
-                else:
-                    move = gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-                delta = self._project(delta.detach() + self.step_size * radius * move, radius, movable)
-        best[~done] = delta.detach()[~done]
-        return (clean + best).detach()
-
-
-class EmbeddingPGDL2(EmbeddingPGD):
-    """PGD in embedding space with per-token L2 balls of radius eps r."""
-
-    name = "embedding-pgd-l2"
-    norm: ClassVar[str] = "embedding-l2"
-    step_norm: ClassVar[str] = "l2"
-
-
-TEXT_ATTENTION_ATTACKS = ("attention-shift-sub", "attention-hijack-sub", "attention-guided-sub", "stealth-sub")
-TEXT_ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    HotFlip, ExhaustiveSubstitution, TokenAttentionShift, TokenAttentionHijack, TokenAttentionGuided, TokenStealth,
-    EmbeddingPGD, EmbeddingPGDL2)}
+SUBSTITUTION_ATTENTION_ATTACKS = ("attention-shift-sub", "attention-hijack-sub", "attention-guided-sub", "stealth-sub")
+SUBSTITUTION_ATTACKS = (HotFlip, HotFlipAny, ExhaustiveSubstitution, TokenAttentionShift, TokenAttentionHijack,
+                        TokenAttentionGuided, TokenStealth)

@@ -76,11 +76,16 @@ def audit_options(function):
                           "[default: each --eps times sqrt(number of inputs the attacker may change), "
                           "two significant digits]"),
         click.option("--token-budget", callback=token_budget_list, default="1,2,4", show_default=True,
-                     help="text only: how many tokens the substitution attacks (hotflip, ...-sub) may change; "
-                          "--eps then applies to embedding-pgd only (fractions of the mean embedding norm)"),
+                     help="text only: how many words typo and homoglyph may edit, and how many tokens the "
+                          "substitution attacks (hotflip, ...-sub) may change; --eps then applies to embedding-pgd "
+                          "only (fractions of the mean embedding norm)"),
         click.option("--substitutions", type=click.Path(dir_okay=False), default=None,
                      help="text only: a JSON file {token: [allowed replacements]}; the substitution attacks "
-                          "change a token only into one listed for it [default: any non-special token]"),
+                          "(hotflip, ...-sub) change a token only into one listed for it, and without it they do "
+                          "not run (hotflip-any, named in --attacks, is the any-token upper bound)"),
+        click.option("--protect", type=click.Path(dir_okay=False), default=None,
+                     help="text only: a file of words (one a line) no attack but hotflip-any may change, e.g. "
+                          "negations and credential words; the data's rationale tokens are always protected"),
         click.option("--profile", type=click.Choice(["quick", "standard", "full"]), default="quick",
                      show_default=True, help="which attacks, settings and checks run (see `audit attacks`)"),
         click.option("--attacks", callback=name_list, default="",

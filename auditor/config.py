@@ -45,14 +45,17 @@ PROFILES = {
 # deletion_gain, which the trust verdict reads (attention beating chance, a reference counting as one)
 PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion", "deletion_gain"), "standard": FAITHFULNESS_METRICS,
                         "full": FAITHFULNESS_METRICS}
-# text (token ids): the attacks substitute tokens within --token-budget; embedding-pgd runs on the --eps grid in
-# embedding units (attacks.text). quick: hotflip and attention-shift by substitution
+# text (token ids): the label-preserving word edits (typo, homoglyph, the attention attacks by the same edits) on
+# --token-budget words, hotflip from a --substitutions table (skipped without one) on as many tokens,
+# embedding-pgd on the --eps grid in embedding units (attacks.text_embedding); hotflip-any, which may change the
+# meaning, runs only when named
 TEXT_PROFILES = {
-    "quick": {"hotflip": {}, "attention-shift-sub": {}},
-    "standard": {"hotflip": {}, "attention-shift-sub": {}, "attention-hijack-sub": {}, "attention-guided-sub": {},
-                 "stealth-sub": {}, "embedding-pgd": {}},
-    "full": {"hotflip": {"beam": 4}, "attention-shift-sub": {"beam": 4}, "attention-hijack-sub": {},
-             "attention-guided-sub": {}, "stealth-sub": {}, "embedding-pgd": {}, "embedding-pgd-l2": {}},
+    "quick": {"typo": {}, "homoglyph": {}},
+    "standard": {"typo": {}, "homoglyph": {}, "hotflip": {}, "attention-shift-edit": {}, "attention-hijack-edit": {},
+                 "attention-guided-edit": {}, "stealth-edit": {}, "embedding-pgd": {}},
+    "full": {"typo": {"words": 8}, "homoglyph": {"words": 8}, "hotflip": {"beam": 4},
+             "attention-shift-edit": {"words": 8}, "attention-hijack-edit": {}, "attention-guided-edit": {},
+             "stealth-edit": {}, "embedding-pgd": {}, "embedding-pgd-l2": {}},
 }
 DEFAULT_TOKEN_BUDGET = (1, 2, 4)
 PROFILE_MAX_SAMPLES = {"quick": 1000, "standard": 1000, "full": 5000}
@@ -146,6 +149,7 @@ class AuditConfig:
     # model ("text" picks the text attacks, TEXT_PROFILES)
     token_budget: tuple[int, ...] = DEFAULT_TOKEN_BUDGET
     substitutions: str | None = None
+    protect: str | None = None  # text only: a file of words no meaning-keeping attack changes (``--protect``)
     input_kind: str | None = None
 
     @classmethod
@@ -180,6 +184,11 @@ class AuditConfig:
     def text(self) -> bool:
         return self.input_kind == "text"
 
+    def runs(self, attack: str) -> bool:
+        """Whether a planned attack runs: a text substitution attack that draws from a table (hotflip, the -sub
+        attacks) needs ``--substitutions``; without one its names are skipped with that reason."""
+        return self.substitutions is not None or not getattr(attack_class(attack), "needs_table", False)
+
     def profile_attacks(self) -> dict:
         """The profile's attacks and settings for this input kind (TEXT_PROFILES for text)."""
         return (TEXT_PROFILES if self.text else {name: chosen for name, (chosen, _) in PROFILES.items()})[self.profile]
@@ -190,8 +199,10 @@ class AuditConfig:
         attacks = self.attacks
         if input_kind == "text" and attacks == tuple(PROFILES[self.profile][0]):
             attacks = tuple(TEXT_PROFILES[self.profile])
-        elif input_kind != "text" and (self.substitutions is not None or self.token_budget != DEFAULT_TOKEN_BUDGET):
-            raise BadInputError("--token-budget and --substitutions apply to text models; this model's inputs are "
+        elif input_kind != "text" and (self.substitutions is not None or self.protect is not None
+                                       or self.token_budget != DEFAULT_TOKEN_BUDGET):
+            raise BadInputError("--token-budget, --substitutions and --protect apply to text models; this model's "
+                                "inputs are "
                                 f"{input_kind}")
         return replace(self, input_kind=input_kind, attacks=attacks)
 

@@ -117,7 +117,7 @@ def text_masking_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[str
     :data:`WIDER` times the audited hotflip's candidates and beam, at each token budget."""
     from attacks import make_text_attack
 
-    if "hotflip" not in attacks:
+    if "hotflip" not in attacks or getattr(domain, "pairs", None) is None:  # hotflip runs only with a table
         return {}
     base = attacks["hotflip"]
     candidates = None if base.candidates is None else WIDER["candidates"] * base.candidates
@@ -139,7 +139,7 @@ def evaluate_text_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: di
     def add(name: str, status: str, detail: str) -> None:
         checks.append(Check(name, status, detail, MEANING[name], CHECK_METRICS[KIND[name]]))
 
-    if "hotflip" in attacks:
+    if "hotflip" in attacks and all(f"wider@{format_eps(b)}" in rows for b in grids["tokens"]):
         pairs = [(b, _robust(metrics, "hotflip", b), float(np.mean(rows[f"wider@{format_eps(b)}"])))
                  for b in grids["tokens"]]
         wider = f"hotflip with {WIDER['candidates']}x the candidates and {WIDER['beam']}x the beam"
@@ -151,8 +151,8 @@ def evaluate_text_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: di
         add("wider-search-same-answer", "failed" if more else "passed",
             f"{wider}: {show(more or pairs)} (tolerance {tolerance:.3f})")
     else:
-        add("wider-search-finds-no-less", "not run", "needs hotflip in --attacks")
-        add("wider-search-same-answer", "not run", "needs hotflip in --attacks")
+        add("wider-search-finds-no-less", "not run", "needs hotflip in --attacks and a --substitutions table")
+        add("wider-search-same-answer", "not run", "needs hotflip in --attacks and a --substitutions table")
     _monotone(add, metrics, attacks, grids, tolerance)
     return checks
 
@@ -343,7 +343,8 @@ class MaskingStage(Stage):
     def planned(self, config, *, binary: bool) -> list[str]:
         if not config.masking_checks:
             return []
-        grids = {a: config.grid(attack_class(a).norm) for a in config.attacks if is_evasion_attack(a)}
+        grids = {a: config.grid(attack_class(a).norm) for a in config.attacks
+                 if is_evasion_attack(a) and config.runs(a)}
         return planned_text_check_metrics(grids) if config.text else planned_check_metrics(grids)
 
     def run(self, block: Block) -> None:

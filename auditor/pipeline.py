@@ -114,7 +114,8 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
         from auditor.robustness import TARGETED_SUFFIX
 
         # text: the substitution attacks' messages (token ids); embedding-pgd's points are no message
-        kept = [attack for attack in config.attacks if attack_class(attack).norm not in EMBEDDING_NORMS]
+        kept = [attack for attack in config.attacks
+                if attack_class(attack).norm not in EMBEDDING_NORMS and config.runs(attack)]
         targeted = [attack for attack in kept if config.target_class is not None and attack_class(attack).targetable]
         layouts["adversarial"] = {"x": x, "y": y, **{f"adv/{attack}@{format_eps(eps)}": x for attack in kept
                                                      for eps in config.grid(attack_class(attack).norm)},
@@ -212,9 +213,9 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
     skipped.update(sample_skipped)
     skipped.update({name: str(values[0]) for name, values in tables.get("notes", {}).items()})
     checks = []
-    if config.masking_checks and "masking" in rows:
+    if config.masking_checks and ("masking" in rows or config.text):  # text: no rows where hotflip did not run
         evaluate = evaluate_text_checks if config.text else evaluate_checks
-        checks = evaluate(metrics, rows["masking"], attacks, config.grids(), n=len(data))
+        checks = evaluate(metrics, rows.get("masking", {}), attacks, config.grids(), n=len(data))
         for kind, name in CHECK_METRICS.items():
             value = verdict(checks, kind)
             if value is not None:

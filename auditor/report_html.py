@@ -10,6 +10,7 @@ maps of images and time series small PNG data URIs, tabular heat maps HTML/CSS b
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -269,6 +270,18 @@ def token_shade(value) -> str:
     return f"rgba({red}, {green}, {blue}, {min(abs(value), 1.0) * 0.85:.2f})"
 
 
+def counterparts(tokens: list[str], others: list[str]) -> list[str]:
+    """For each of a message's ``tokens``, what stands in its place in the message on the other side of the
+    attack (``others``): itself where the two agree, else the tokens that replaced it (joined by spaces; empty
+    where it was deleted). Aligned by difflib, so a word edit that changes the number of tokens marks the edited
+    word, not every token after it."""
+    out = list(tokens)
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, tokens, others, autojunk=False).get_opcodes():
+        if op in ("replace", "delete"):
+            out[i1:i2] = [" ".join(others[j1:j2])] * (i2 - i1)
+    return out
+
+
 def render_document(document: dict) -> bytes:
     """report.html from a results.json document alone: every number and picture comes from what the audit
     wrote there (its ``report`` section, :func:`auditor.result.report_section`), so ``audit run`` and
@@ -335,6 +348,7 @@ def render_report(document: dict, *, policy: Policy, metrics: dict[str, MetricVa
         skipped=skipped,
         bar=lambda v: f"{min(abs(float(v)), 1.0) * 100:.1f}",
         token_shade=token_shade,
+        counterparts=counterparts,
         shade=lambda count, peak: f"{0.08 + 0.6 * count / peak:.2f}" if count else "0",
     )
     html = environment().get_template("report.html.j2").render(**context)

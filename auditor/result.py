@@ -158,17 +158,19 @@ def sample_view(data: Dataset, row: int, x: np.ndarray, proba: np.ndarray,
 def adversarial_gallery(data: Dataset, proba: np.ndarray, flipped: dict, metrics: dict[str, MetricValue],
                         config: AuditConfig) -> list[SampleView]:
     """A few samples the strongest L-inf attack (lowest robust accuracy at the largest L-inf eps; L2 budgets are
-    other units; on text the strongest substitution attack at the largest token budget) flips, with each
+    other units; on text the strongest label-preserving attack at the largest token budget) flips, with each
     explainer's attribution of the adversarial input for its new prediction (as the explain stage computed them,
     ``FlippedExample.attributions``)."""
     norm = "tokens" if config.text else "linf"
     largest = format_eps(max(config.grid(norm)))
-    ranked = sorted((metrics[f"robust.accuracy.{name}@{largest}"].value, name) for name, examples in flipped.items()
+    # an upper bound that may change the meaning (hotflip-any) is shown only where no label-preserving attack flipped
+    ranked = sorted((bool(getattr(attack_class(name), "any_token", False)),
+                     metrics[f"robust.accuracy.{name}@{largest}"].value, name) for name, examples in flipped.items()
                     if examples and attack_class(name).norm == norm and f"robust.accuracy.{name}@{largest}" in metrics)
     if not ranked:
         return []
     views = []
-    for example in flipped[ranked[0][1]]:
+    for example in flipped[ranked[0][-1]]:
         clean_x = np.asarray(data.x[example.index], dtype=np.float64)
         adv_x = example.x_adv.cpu().double().numpy()
         view = sample_view(data, example.index, adv_x, example.adv_proba, example.attributions)

@@ -13,6 +13,7 @@ means the same with and without it); the targetable ones run once more aiming at
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, replace
 
@@ -21,14 +22,17 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import CHUNK, TEXT_ATTENTION_ATTACKS, Attack, Domain, attack_class, is_minimum_norm
+from attacks.text_domain import TOKEN_NORM
 from auditor.metrics import MetricSpec, MetricValue, format_eps
 from auditor.persample import only_where
 from auditor.stage import Block, Stage
 from detectors.inputs.text import is_token_ids
 
-FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth", "attention-guided-sub", "stealth-sub")
-# the per-sample worst case over each norm's evasion attacks; text's over the substitution attacks at each token
-# budget (embedding-pgd, a relaxation no real text reaches, is in none)
+FLIPPING_ATTENTION_ATTACKS = ("attention-guided", "stealth", "attention-guided-sub", "stealth-sub",
+                              "attention-guided-edit", "stealth-edit")
+HIJACK_ATTACKS = ("attention-hijack", "attention-hijack-sub", "attention-hijack-edit")
+# the per-sample worst case over each norm's evasion attacks; text's over the label-preserving attacks at each
+# budget (embedding-pgd, a relaxation no real text reaches, and hotflip-any, which may change the meaning, in none)
 WORST = {"linf": "worst", "l2": "worst-l2", "tokens": "worst-tokens"}
 TARGETED_SUFFIX = "-targeted"
 TOPK = 5
@@ -50,14 +54,30 @@ ATTACK_DEFINITIONS = {
     "attention-hijack": "moves attention mass onto tokens the attacker chooses while keeping the prediction",
     "attention-guided": "gradient ascent on the cross-entropy restricted to the most-attended tokens' inputs",
     "stealth": "flips the prediction while keeping the attention close to the clean one",
-    "hotflip": "text: greedy substitution of one more token per step, ranked by the first-order estimate of the "
-               "loss and verified by forward passes, within the token budget",
-    "exhaustive-substitution": "text: every allowed single substitution verified per step (exact at one token)",
+    "typo": "text: one typing slip per word (swap, drop, insert or replace by a neighbouring key), re-tokenised by "
+            "the model's tokeniser; greedy over the words ranked by importance, verified by forward passes, within "
+            "the budget in words",
+    "homoglyph": "text: one look-alike character per word (Unicode confusable or leetspeak), re-tokenised by the "
+                 "model's tokeniser; greedy as typo, within the budget in words",
+    "exhaustive-typo": "text: every single-word typo verified per step (exact at one word)",
+    "exhaustive-homoglyph": "text: every single-word look-alike verified per step (exact at one word)",
+    "hotflip": "text: greedy substitution from the --substitutions table of one more token per step, ranked by the "
+               "first-order estimate of the loss and verified by forward passes, within the token budget",
+    "hotflip-any": "text: hotflip over any token, protected words included: an upper bound that may change what the "
+                   "message says, outside worst-tokens",
+    "exhaustive-substitution": "text: every single substitution the table allows verified per step (exact at one "
+                               "token)",
     "attention-shift-sub": "text: token substitutions that move the attention most (JSD), prediction kept",
     "attention-hijack-sub": "text: substitutions that pull the attention onto each message's least-attended words, "
                             "prediction kept",
     "attention-guided-sub": "text: hotflip on the most-attended positions only",
     "stealth-sub": "text: token substitutions that flip the prediction with the attention closest to the clean one",
+    "attention-shift-edit": "text: word edits (typos, look-alikes) that move the attention most (JSD), prediction "
+                            "kept",
+    "attention-hijack-edit": "text: word edits that pull the attention onto each message's least-attended words, "
+                             "prediction kept",
+    "attention-guided-edit": "text: word edits on the most-attended positions only",
+    "stealth-edit": "text: word edits that flip the prediction with the attention closest to the clean one",
     "embedding-pgd": "text: pgd on the token embeddings, L-inf per coordinate (eps x r / sqrt(dim)); a continuous "
                      "relaxation no real text reaches",
     "embedding-pgd-l2": "text: pgd on the token embeddings, L2 per token (eps x r); a continuous relaxation no real "
@@ -125,6 +145,36 @@ def is_evasion_attack(name: str) -> bool:
     return not is_attention_attack(name) or name in FLIPPING_ATTENTION_ATTACKS
 
 
+def is_any_token(name: str) -> bool:
+    """Whether the attack is an upper bound that may change what a message says (hotflip-any): outside every
+    worst case and the default gate."""
+    return bool(getattr(attack_class(name.removesuffix(TARGETED_SUFFIX)), "any_token", False))
+
+
+def in_worst_case(name: str) -> bool:
+    """Whether the attack counts toward its norm's worst case: an evasion attack that keeps the meaning."""
+    return is_evasion_attack(name) and not is_any_token(name)
+
+
+def rationale_edits(x: np.ndarray, x_adv: np.ndarray, rationale: np.ndarray, pad_id: int) -> np.ndarray:
+    """(n,) bool: whether the edit from each row of ``x`` to ``x_adv`` (token ids) touched a rationale token:
+    a token ``rationale`` marks is replaced or deleted in the smallest difference between the two sequences
+    (difflib's, so an edit that changes the number of tokens is aligned, not read position by position), or
+    something is inserted inside a rationale span."""
+    out = np.zeros(len(x), dtype=bool)
+    for row, (before, after, marked) in enumerate(zip(x.tolist(), x_adv.tolist(), rationale)):
+        if before == after or not marked.any():
+            continue
+        before = [t for t in before if t != pad_id]
+        after = [t for t in after if t != pad_id]
+        for op, i1, i2, _, _ in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
+            if op in ("replace", "delete") and marked[i1:i2].any() or \
+                    op == "insert" and 0 < i1 < len(before) and marked[i1 - 1] and marked[i1]:
+                out[row] = True
+                break
+    return out
+
+
 def within_budget(unbounded: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     """A minimum-norm attack's example at budget eps: its unbounded example where that lies within eps of x
     in L2, else x itself (the attack found nothing smaller, so the sample counts as unbroken at eps)."""
@@ -165,12 +215,14 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 eps_grid: list[float], *, domain: Domain, seed: int, batch_size: int, keep_examples: bool,
                 progress: bool | None, positive: int | None, n_classes: int, target: int | None = None,
                 topk: int = TOPK, index: torch.Tensor | None = None, eps_l2: list[float] | None = None,
-                targeted: dict[str, Attack] | None = None, grids: dict[str, list] | None = None) -> RobustnessOutcome:
+                targeted: dict[str, Attack] | None = None, grids: dict[str, list] | None = None,
+                rationale: np.ndarray | None = None, pad_id: int = 0) -> RobustnessOutcome:
     """Every attack (untargeted) on its norm's grid (``eps_grid`` L-inf, ``eps_l2`` L2; default: the same),
     then each of ``targeted`` (the targetable attacks aiming at class ``target``) under ``NAME-targeted``,
     then the per-sample worst case per norm and eps. ``grids`` (norm -> budgets) replaces both grids where given
     (text: ``tokens`` and the embedding norms); an attack returning embeddings for token ids (embedding-pgd) is
-    judged by :func:`attacks.text.embedding_logits`."""
+    judged by :func:`attacks.text.embedding_logits`. ``rationale`` (text, (n, T) bool): the rows' rationale
+    tokens, for ``robust.rationale_edits`` (:func:`rationale_edits`, padding ``pad_id``)."""
     outcome = RobustnessOutcome()
     eps_l2 = list(eps_grid) if eps_l2 is None else list(eps_l2)
     grids = {"linf": list(eps_grid), "l2": eps_l2} if grids is None else grids
@@ -206,7 +258,8 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                         correct.astype(np.float64)
                     outcome.per_sample[f"robust.targeted_success_rate.{tag}"] = only_where(
                         adv_pred.cpu().numpy() == target, clean_correct & (y_np != target))
-                    _record_broken(broken_by_any, attack.norm, eps, correct)
+                    if in_worst_case(name):
+                        _record_broken(broken_by_any, attack.norm, eps, correct)
                     if keep_examples and x_adv.shape == x.shape:
                         outcome.adversarial[f"adv/{name}{TARGETED_SUFFIX}@{format_eps(eps)}"] = x_adv.detach().cpu()
                     continue
@@ -221,8 +274,12 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                             model, name, eps, x, x_adv, clean_attention, attacked_attention,
                             outcome.per_sample[f"stability.jsd.{tag}"], clean_pred, adv_pred)
                 if is_evasion_attack(name):
-                    if attack.norm in WORST:
+                    if attack.norm in WORST and in_worst_case(name):
                         _record_broken(broken_by_any, attack.norm, eps, correct)
+                    if rationale is not None and x_adv.shape == x.shape and is_token_ids(x_adv):
+                        touched = rationale_edits(x.cpu().numpy(), x_adv.cpu().numpy(), rationale, pad_id)
+                        outcome.per_sample[f"robust.rationale_edits.{tag}"] = only_where(touched,
+                                                                                          clean_correct & ~correct)
                     if largest and x_adv.shape == x.shape:  # not an embedding-space attack's embeddings
                         flipped = np.flatnonzero(clean_correct & ~correct)[:KEPT_EXAMPLES]
                         outcome.flipped[name] = [FlippedExample(name, eps, int(i), int(adv_pred[i]),
@@ -293,7 +350,7 @@ def _stability(model, attack: Attack, tag: str, x, p, q, clean_pred, adv_pred, t
     if attack.name == "attention-hijack":
         values["hijack_success"] = hijacked(model.token_map, p, q, k=attack.k,
                                             target_positions=attack.target_positions).float()
-    elif attack.name == "attention-hijack-sub":
+    elif attack.name in HIJACK_ATTACKS:  # on text: its targets recomputed from the clean attention
         values["hijack_success"] = attack.hijacked(q, attack.targets(model, x, p)).float()
     return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
 
@@ -337,10 +394,19 @@ SPECS = (
                "the same worst case over the L2 attacks (pgd-l2, cw, deepfool) at L2 budget eps (--eps-l2)",
                reference="Croce & Hein 2020 (AutoAttack); Croce et al. 2021 (RobustBench): worst case per sample"),
     MetricSpec("robust.accuracy.worst-tokens@{eps}", True, "[0, 1]",
-               "text: the same worst case over the token-substitution evasion attacks (hotflip, "
-               "exhaustive-substitution, attention-guided-sub, stealth-sub) changing at most eps tokens "
-               "(--token-budget); embedding-pgd is not in it",
-               reference="Croce & Hein 2020 (AutoAttack): worst case per sample; Ebrahimi et al. 2018 (HotFlip)"),
+               "text: the same worst case over the label-preserving evasion attacks that ran at budget eps "
+               "(--token-budget): typo and homoglyph editing at most eps words, and the substitutions of a "
+               "--substitutions table (hotflip, exhaustive-substitution, attention-guided-sub, stealth-sub) "
+               "changing at most eps tokens, none touching a protected word; hotflip-any (which may change the "
+               "meaning) and embedding-pgd are not in it",
+               reference="Croce & Hein 2020 (AutoAttack): worst case per sample; Gao et al. 2018 (DeepWordBug); "
+                         "Morris et al. 2020 (Reevaluating Adversarial Examples in NLP)"),
+    MetricSpec("robust.rationale_edits.{attack}@{eps}", False, "[0, 1]",
+               "text, where the data records rationales (the phishing corpus): among the samples the attack "
+               "broke, the share whose edit touched a rationale token (a token of the frame that decides the "
+               "label). 0 by construction for every attack but hotflip-any, which may rewrite the deciding words",
+               reference="Morris et al. 2020 (Reevaluating Adversarial Examples in NLP): constraints that keep "
+                         "the meaning"),
     MetricSpec("robust.accuracy.{attack}@{eps}", True, "[0, 1]",
                "accuracy on the untargeted attack's adversarial examples at budget eps (all audited samples; "
                "L-inf attacks on the --eps grid, L2 attacks on --eps-l2; on text the substitution attacks at eps "
@@ -395,38 +461,58 @@ class RobustnessStage(Stage):
     def planned(self, config, *, binary: bool) -> list[str]:
         names = []
         for norm, worst in WORST.items():
-            if any(attack_class(a).norm == norm and is_evasion_attack(a) for a in config.attacks):
+            if any(attack_class(a).norm == norm and in_worst_case(a) for a in config.attacks):
                 names += [f"robust.accuracy.{worst}@{format_eps(eps)}" for eps in config.grid(norm)]
         for attack in config.attacks:
-            for eps in config.grid(attack_class(attack).norm):
-                tag = f"{attack}@{format_eps(eps)}"
-                if is_attention_attack(attack):
-                    names += [f"stability.{key}.{tag}" for key in
-                              ("topk_intersection", "spearman", "jsd", "prediction_kept")]
-                    if attack in ("attention-hijack", "attention-hijack-sub"):
-                        names.append(f"stability.hijack_success.{tag}")
-                    if attack not in FLIPPING_ATTENTION_ATTACKS:
-                        continue
-                names += [f"robust.accuracy.{tag}", f"robust.attack_success_rate.{tag}"]
-                if binary:
-                    names.append(f"robust.evasion_rate.{tag}")
-                if config.target_class is not None and attack_class(attack).targetable:
-                    names += [f"robust.accuracy.{attack}{TARGETED_SUFFIX}@{format_eps(eps)}",
-                              f"robust.targeted_success_rate.{tag}"]
+            names += self.attack_names(config, attack, binary=binary)
+        return names
+
+    @staticmethod
+    def attack_names(config, attack: str, *, binary: bool) -> list[str]:
+        """The names one attack plans."""
+        names = []
+        for eps in config.grid(attack_class(attack).norm):
+            tag = f"{attack}@{format_eps(eps)}"
+            if is_attention_attack(attack):
+                names += [f"stability.{key}.{tag}" for key in
+                          ("topk_intersection", "spearman", "jsd", "prediction_kept")]
+                if attack in HIJACK_ATTACKS:
+                    names.append(f"stability.hijack_success.{tag}")
+                if attack not in FLIPPING_ATTENTION_ATTACKS:
+                    continue
+            names += [f"robust.accuracy.{tag}", f"robust.attack_success_rate.{tag}"]
+            if config.text and attack_class(attack).norm == TOKEN_NORM:
+                names.append(f"robust.rationale_edits.{tag}")
+            if binary:
+                names.append(f"robust.evasion_rate.{tag}")
+            if config.target_class is not None and attack_class(attack).targetable:
+                names += [f"robust.accuracy.{attack}{TARGETED_SUFFIX}@{format_eps(eps)}",
+                          f"robust.targeted_success_rate.{tag}"]
         return names
 
     def run(self, block: Block) -> None:
         config, index_np = block.config, block.index_np
-        if is_token_ids(block.x):  # text: the substitution attacks on --token-budget, embedding-pgd on --eps
-            grids = {attack.norm: list(config.grid(attack.norm)) for attack in block.attacks.values()}
+        attacks, targeted = block.attacks, config.build_targeted_attacks()
+        rationale = pad_id = None
+        if is_token_ids(block.x):  # text: the word edits and substitutions on --token-budget, embedding-pgd on --eps
+            attacks, targeted = self._without_table(block, attacks, targeted)
+            grids = {attack.norm: list(config.grid(attack.norm)) for attack in attacks.values()}
             eps_l2 = []
+            pad_id = block.tokens.pad_id if block.tokens is not None else 0
+            if block.relevant is not None and block.relevant.shape == tuple(block.x.shape):
+                rationale = np.asarray(block.relevant, dtype=bool)
+            else:
+                block.notes.update({name: NO_RATIONALES for attack in attacks
+                                    for name in self.attack_names(config, attack, binary=True)
+                                    if name.startswith("robust.rationale_edits.")})
         else:
             grids, eps_l2 = None, list(config.grid("l2"))
-        robust = run_attacks(block.detector, block.x, block.y, block.pred, block.attacks, list(config.eps),
+        robust = run_attacks(block.detector, block.x, block.y, block.pred, attacks, list(config.eps),
                              domain=block.domain, seed=config.seed, batch_size=block.plan.attack_batch,
                              keep_examples=config.save_adversarial, progress=block.progress, positive=block.positive,
                              n_classes=block.detector.n_classes, target=config.target_index, index=block.index,
-                             eps_l2=eps_l2, targeted=config.build_targeted_attacks(), grids=grids)
+                             eps_l2=eps_l2, targeted=targeted, grids=grids, rationale=rationale,
+                             pad_id=pad_id or 0)
         block.per_sample.update(robust.per_sample)
         block.table["attention_examples"] = {"example": objects(
             [replace(e, index=int(index_np[e.index])) for e in robust.attention_examples])}
@@ -435,6 +521,29 @@ class RobustnessStage(Stage):
         if config.save_adversarial:
             block.table["adversarial"] = {"x": block.x.cpu().numpy(), "y": block.y.cpu().numpy(),
                                           **{k: v.numpy() for k, v in robust.adversarial.items()}}
+
+
+    def _without_table(self, block: Block, attacks: dict, targeted: dict) -> tuple[dict, dict]:
+        """Without a substitution table, the attacks that draw from one do not run: their names (and a worst
+        case no other attack reaches) get the reason."""
+        config = block.config
+        idle = [name for name in attacks if not config.runs(name)]
+        if not idle:
+            return attacks, targeted
+        for name in idle:
+            block.notes.update({metric: NO_TABLE.format(attack=name)
+                                for metric in self.attack_names(config, name, binary=True)})
+        left = {name: attack for name, attack in attacks.items() if name not in idle}
+        if not any(attack.norm == TOKEN_NORM and in_worst_case(name) for name, attack in left.items()):
+            block.notes.update({f"robust.accuracy.{WORST[TOKEN_NORM]}@{format_eps(eps)}":
+                                "no label-preserving evasion attack ran (typo, homoglyph, or a substitution "
+                                "attack with --substitutions)" for eps in config.grid(TOKEN_NORM)})
+        return left, {name: attack for name, attack in targeted.items() if name not in idle}
+
+
+NO_TABLE = ("{attack} substitutes only from a substitution table and none was given (--substitutions FILE); "
+            "hotflip-any is the any-token upper bound, run only when named")
+NO_RATIONALES = "the data records no rationale tokens (the phishing corpus does)"
 
 
 def objects(items: list) -> np.ndarray:

@@ -57,7 +57,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     removal_baseline: str | None = None, baseline_path: Path | None = None,
                     relevant_features: tuple[str, ...] = (), shard: Shard | None = None,
                     text_column: str = "text", token_budget: tuple[int, ...] = DEFAULT_TOKEN_BUDGET,
-                    substitutions: str | None = None) -> Outcome | None:
+                    substitutions: str | None = None, protect: str | None = None) -> Outcome | None:
     """Validate, audit, write. Under torchrun (``shard``, default from the environment) every rank audits
     its rows; rank 0 writes the outputs and returns the outcome, the other ranks return None. A failure
     on any rank before the audit is raised on every rank, so none waits for the others."""
@@ -82,7 +82,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
             hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
             removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features,
-            text_column=text_column, token_budget=token_budget, substitutions=substitutions)
+            text_column=text_column, token_budget=token_budget, substitutions=substitutions, protect=protect)
     except Exception as error:  # raised again on this rank by agree(), and as a failure on the others
         problem = error
     shard.agree(problem)
@@ -118,7 +118,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, a
              on_out_of_range,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
              removal_baseline, baseline_path, relevant_features=(), text_column="text",
-             token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None):
+             token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None, protect=None):
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
                                       masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, eps_l2=eps_l2, seed=seed, device=device,
@@ -129,7 +129,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, a
                                       target_class=target_class, hijack_features=tuple(hijack_features),
                                       faithfulness_metrics=tuple(faithfulness_metrics) or None,
                                       removal_baseline=removal_baseline, token_budget=tuple(token_budget),
-                                      substitutions=None if substitutions is None else str(substitutions))
+                                      substitutions=None if substitutions is None else str(substitutions),
+                                      protect=None if protect is None else str(protect))
     loaded_policy = load_policy(policy_path) if policy_path is not None else None
     if is_foreign(model_path):
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
@@ -154,7 +155,8 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
     plan) and the baseline to regress against: what ``audit run`` and :func:`auditor.api.audit` both do."""
     config = config.for_kind(subject.kind.name)
     if subject.kind.name == "text":
-        subject.token_domain = token_domain_of(subject.tokenizer, config.substitutions)
+        subject.token_domain = token_domain_of(subject.tokenizer, config.substitutions, protect=config.protect,
+                                               rationale=subject.data.relevant_mask)
     config = replace(config, frozen_features=subject.frozen_features,
                      removal_baseline=config.removal_baseline or subject.kind.removal_baselines[0])
     if relevant_features:
@@ -179,15 +181,22 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
     return config, policy, planned, subject, baseline, tolerances
 
 
-def token_domain_of(tokenizer, substitutions: str | None):
+def token_domain_of(tokenizer, substitutions: str | None, *, protect: str | None = None, rationale=None):
     """A text model's :class:`attacks.TokenDomain`: its special tokens frozen, restricted to the ``--substitutions``
-    table where one is given (a bad file is a BadInputError naming it)."""
+    table where one is given, the tokeniser's words for the word edits, and the protected positions: the data's
+    ``rationale`` tokens ((N, T) bool, or None) and the words of ``--protect`` (a bad file is a BadInputError
+    naming it)."""
     from attacks import TokenDomain
-    from attacks.text import load_substitutions
+    from attacks.text_domain import load_protected_words, load_substitutions
+    from attacks.text_edits import WordCodec
 
     if substitutions is not None:
-        return load_substitutions(substitutions, tokenizer.vocab(), tokenizer.special_ids)
-    return TokenDomain(vocab_size=tokenizer.vocab_size, special_ids=tuple(sorted(tokenizer.special_ids)))
+        domain = load_substitutions(substitutions, tokenizer.vocab(), tokenizer.special_ids)
+    else:
+        domain = TokenDomain(vocab_size=tokenizer.vocab_size, special_ids=tuple(sorted(tokenizer.special_ids)))
+    words = load_protected_words(protect) if protect is not None else ()
+    return domain.with_protection(codec=WordCodec(tokenizer), words=words,
+                                  protected=None if rationale is None else torch.as_tensor(rationale, dtype=torch.bool))
 
 
 def _write(result, subject, config: AuditConfig, policy, *, out_dir: Path,

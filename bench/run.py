@@ -148,7 +148,7 @@ def text_attacks(folder: Path, device, steps: int = 2, candidates: int = 16) -> 
     x[:, 40:] = 0
     y = torch.zeros(len(x), dtype=torch.long, device=device)
     domain, index = TokenDomain(300, (0, 1, 2, 3)), torch.arange(len(x))
-    hotflip = make_text_attack("hotflip", candidates=candidates)
+    hotflip = make_text_attack("hotflip-any", candidates=candidates)  # no table here: the any-token search
     proposals = x.repeat_interleave(candidates, 0)
 
     def floor() -> None:

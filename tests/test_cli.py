@@ -214,7 +214,7 @@ def test_attacks_command_lists_the_registry():
     assert result.exit_code == 0
     for name in ("fgsm", "pgd", "pgd-l2", "cw", "deepfool", "square", "autoattack", "attention-shift",
                  "attention-hijack", "attention-guided", "stealth", "profile standard", "hotflip", "attention-shift-sub",
-                 "embedding-pgd", "on text: hotflip"):
+                 "embedding-pgd", "typo", "homoglyph", "hotflip-any", "on text: typo"):
         assert name in result.output
 
 

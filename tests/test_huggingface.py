@@ -399,10 +399,13 @@ def test_vit_is_audited_through_hf_end_to_end(hf_models, tmp_path):
 @pytest.mark.parametrize("model_type", list(TEXT_FAMILIES))
 def test_text_model_is_audited_through_hf_end_to_end(hf_models, tmp_path, model_type):
     out = tmp_path / "out"
+    table = tmp_path / "substitutions.json"
+    table.write_text(json.dumps({word: [other for other in FILLER[:6] if other != word] for word in FILLER[:6]}))
     result = CliRunner().invoke(cli, [
         "run", "--model", f"hf:{hf_models / model_type}", "--data", str(hf_models / "messages.csv"),
         "--max-samples", "24", "--explainers", "attention,rollout,grad-attention,random", "--out", str(out),
-        "--attacks", "hotflip,attention-shift-sub,attention-hijack-sub", "--quiet"])
+        "--attacks", "typo,homoglyph,hotflip,attention-shift-sub,attention-hijack-sub", "--substitutions", str(table),
+        "--quiet"])
     assert result.exit_code == gate_exit_code(out), result.output
     document = json.loads((out / "results.json").read_text())
     assert "stability.hijack_success.attention-hijack-sub@4" in document["metrics"]
@@ -412,8 +415,12 @@ def test_text_model_is_audited_through_hf_end_to_end(hf_models, tmp_path, model_
     assert metrics["clean.accuracy"]["value"] > 0.8
     for name in ("sanity.uniform_attention.prediction_kept", "sanity.flip_rate.attention",
                  "faithfulness.deletion_auc.attention", "faithfulness.deletion_auc.grad-attention",
-                 # the quick profile's text attacks, through the model's own embedding layer and attention
-                 "robust.accuracy.hotflip@1", "robust.accuracy.worst-tokens@4", "stability.jsd.attention-shift-sub@2"):
+                 # the label-preserving edits re-tokenised by the directory's tokenizer, and a table's
+                 # substitutions, through the model's own embedding layer and attention
+                 "robust.accuracy.typo@1", "robust.accuracy.homoglyph@2", "robust.accuracy.hotflip@1",
+                 "robust.accuracy.worst-tokens@4", "stability.jsd.attention-shift-sub@2"):
         assert name in metrics, sorted(document["skipped"].items())
     assert [gate["metric"] for gate in document["gates"]] and all(gate["value"] is not None
                                                                   for gate in document["gates"])
+    # a typo of the signal word leaves the tokenizer's vocabulary: the edit reaches the model
+    assert metrics["robust.accuracy.typo@1"]["value"] < metrics["clean.accuracy"]["value"]

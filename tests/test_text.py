@@ -207,17 +207,27 @@ def test_the_tokeniser_knows_only_training_words_and_truncates():
 # --------------------------------------------------------------------------- audit run on text
 
 
+# words of every phishing message's fillers and frames, so the table holds only what the tokeniser knows
+SUBSTITUTIONS = {"the": ["your", "our"], "your": ["the", "our"], "our": ["the", "your"], "team": ["bank"],
+                 "bank": ["team"], "now": ["today"], "today": ["now"]}
+
+
 @pytest.fixture(scope="module")
 def text_audit(text_checkpoint, tmp_path_factory):
-    """``audit run`` of the text checkpoint on 12 messages, the quick profile's attacks (and embedding-pgd) at token
-    budgets 1 and 2, explanations and adversarial messages saved: its folder."""
+    """``audit run`` of the text checkpoint on 12 messages at token budgets 1 and 2: typo, the substitutions of a
+    table (hotflip, attention-shift-sub), the any-token upper bound hotflip-any and embedding-pgd, explanations and
+    adversarial messages saved: its folder."""
     from auditor.cli import cli
 
     path, _ = text_checkpoint
-    out = tmp_path_factory.mktemp("text-audit") / "audit"
+    folder = tmp_path_factory.mktemp("text-audit")
+    out = folder / "audit"
+    table = folder / "substitutions.json"
+    table.write_text(json.dumps(SUBSTITUTIONS))
     result = CliRunner().invoke(cli, ["run", "--model", str(path), "--max-samples", "12", "--device", "cpu",
                                       "--quiet", "--faithfulness-metrics", "deletion,comprehensiveness,infidelity", "--token-budget", "2,1",
-                                      "--attacks", "hotflip,attention-shift-sub,embedding-pgd", "--eps", "0.5",
+                                      "--attacks", "typo,hotflip,hotflip-any,attention-shift-sub,embedding-pgd",
+                                      "--substitutions", str(table), "--eps", "0.5",
                                       "--save-explanations", "--save-adversarial", "--out", str(out)])
     assert result.exit_code in (0, 1), result.output
     return out
@@ -240,6 +250,32 @@ def test_saved_adversarial_messages_are_token_ids_within_the_budget(text_audit):
     assert (saved["adv/hotflip@2"] != x).any()  # the attack did substitute somewhere
 
 
+def test_label_preserving_attacks_never_touch_the_rationale_and_hotflip_any_stays_out_of_the_headline(
+        text_audit, text_checkpoint):
+    """On the phishing corpus (which records each label's deciding frame) typo and the table's substitutions
+    never edit a rationale token (robust.rationale_edits 0 where they broke anything); hotflip-any reports its
+    own share, and worst-tokens is the per-sample worst case over the label-preserving attacks alone."""
+    from safetensors.numpy import load_file
+
+    from detectors.checkpoint import load_checkpoint
+
+    metrics = json.loads((text_audit / "results.json").read_text())["metrics"]
+    for attack in ("typo", "hotflip"):
+        for budget in (1, 2):
+            share = metrics.get(f"robust.rationale_edits.{attack}@{budget}")  # absent: it broke nothing
+            assert share is None or share["value"] == 0.0, (attack, budget)
+    document = json.loads((text_audit / "results.json").read_text())
+    assert "robust.rationale_edits.hotflip-any@2" in {**metrics, **document["skipped"]}  # planned for it too
+    saved = load_file(str(text_audit / "adversarial.safetensors"))
+    detector = load_checkpoint(text_checkpoint[0]).detector.eval()
+    with torch.no_grad():
+        kept = {a: detector(torch.as_tensor(saved[f"adv/{a}@2"])).argmax(1).numpy() == saved["y"]
+                for a in ("typo", "hotflip", "hotflip-any")}
+    assert metrics["robust.accuracy.worst-tokens@2"]["value"] == pytest.approx(
+        float(np.mean(kept["typo"] & kept["hotflip"])))
+    assert not any("hotflip-any" in gate["metric"] for gate in document["gates"])
+
+
 def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_audit):
     """The clean stage, the explanations and the report run on token ids; the kind is named in results.json,
     the quick profile's text attacks run on the token budgets, and `audit report` draws the tokens again,
@@ -252,7 +288,7 @@ def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_audit):
     assert document["data"]["input_kind"] == "text" and document["config"]["removal_baseline"] == "mask"
     assert document["data"]["name"] == "phishing:200" and document["data"]["n_samples"] == 12
     for name in ("robust.accuracy.worst-tokens@2", "robust.accuracy.hotflip@1", "stability.jsd.attention-shift-sub@2"):
-        assert name in document["metrics"], name  # the quick profile on text: hotflip and attention-shift-sub
+        assert name in document["metrics"], name
     assert document["config"]["token_budget"] == [1, 2] and "robust.accuracy.hotflip@4" not in document["metrics"]
     assert any(gate["metric"] == "robust.accuracy.worst-tokens@2" for gate in document["gates"])
     assert "not defined on text" in document["skipped"]["faithfulness.infidelity.attention"]

@@ -1,5 +1,5 @@
-"""The text attacks (attacks/text.py): a contract suite over TEXT_ATTACKS on a hand-set model whose answer is
-known, and HotFlip against the exhaustive search on a tiny trained transformer."""
+"""The text attacks (attacks/text.py, text_edits.py, text_embedding.py): a contract suite over TEXT_ATTACKS on a
+hand-set model whose answer is known, and HotFlip against the exhaustive search on a tiny trained transformer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from attacks import TEXT_ATTACKS, TokenDomain, make_text_attack
 from attacks.text import EMBEDDING_NORMS, embedding_logits, embedding_scale, load_substitutions
+from attacks.text_edits import WordCodec, WordEditSearch
 from detectors.base import Detector, TokenMap
 from detectors.errors import BadInputError
 
@@ -19,7 +20,9 @@ SPECIAL = (0, 1, 2, 3)  # [PAD] [UNK] [CLS] [MASK], as the tokeniser numbers the
 PAD, CLS = 0, 2
 BAD = 9  # the token the hand-set model hinges on
 VOCAB = 10
-WORDS = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[MASK]": 3, **{f"w{i}": i for i in range(4, 9)}, "bad": BAD}
+NAMES = ("ant", "bee", "cat", "dog", "emu")  # ids 4..8: words a tokeniser spells, so the word edits apply
+WORDS = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[MASK]": 3, **{name: i for i, name in enumerate(NAMES, start=4)},
+         "bad": BAD}
 
 
 class Hinge(Detector):
@@ -80,8 +83,29 @@ def messages(n: int = 40, length: int = 6, seed: int = 0):
     return ids, (ids == BAD).any(1).long()
 
 
+def hinge_tokenizer(length: int = 6, normalise=()):
+    """The Hinge vocabulary as a word-level tokeniser ([CLS] first, lower-cased, split on whitespace and
+    punctuation), each ``normalise`` (a tokenizers normaliser) applied first."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    from detectors.text_data import TextTokenizer
+
+    backend = Tokenizer(models.WordLevel(WORDS, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Sequence([*normalise, normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", CLS)])
+    return TextTokenizer(backend, length)
+
+
+def full_table(**protection) -> TokenDomain:
+    """Every word may become every other (a table listing all of them), the Hinge tokeniser's words known."""
+    table = {a: [b for b in (*NAMES, "bad") if b != a] for a in (*NAMES, "bad")}
+    return TokenDomain.from_substitutions(WORDS, SPECIAL, table).with_protection(codec=WordCodec(hinge_tokenizer()),
+                                                                                 **protection)
+
+
 def run(name, model, x, y, eps, domain=None, index=None, seed=0, **params):
-    domain = domain or TokenDomain(VOCAB, SPECIAL)
+    domain = domain or full_table()
     index = torch.arange(len(x)) if index is None else index
     return make_text_attack(name, **params)(model, x, y, eps=eps, domain=domain, seed=seed, index=index)
 
@@ -92,8 +116,10 @@ def correct(model, x_adv, x, y):
     return logits.argmax(1) == y
 
 
-SUBSTITUTION = sorted(name for name in TEXT_ATTACKS if TEXT_ATTACKS[name].norm not in EMBEDDING_NORMS)
-EMBEDDING = sorted(set(TEXT_ATTACKS) - set(SUBSTITUTION))
+EDITS = sorted(name for name in TEXT_ATTACKS if issubclass(TEXT_ATTACKS[name], WordEditSearch))
+SUBSTITUTION = sorted(name for name in TEXT_ATTACKS if TEXT_ATTACKS[name].norm not in EMBEDDING_NORMS
+                      and name not in EDITS)
+EMBEDDING = sorted(set(TEXT_ATTACKS) - set(SUBSTITUTION) - set(EDITS))
 
 
 # --------------------------------------------------------------------------- the contract, over TEXT_ATTACKS
@@ -134,7 +160,7 @@ def test_text_attacks_refuse_a_non_token_domain_and_a_fractional_budget(name, ti
         run(name, model, x, y, 1, domain=Domain.unit((6,)))
     with pytest.raises(ValueError, match="text detector"):
         run(name, tiny_detector, torch.rand(4, 6), y, 1)
-    if name in SUBSTITUTION:
+    if name not in EMBEDDING:
         with pytest.raises(ValueError, match="whole number of tokens"):
             run(name, model, x, y, 0.5)
 
@@ -152,10 +178,10 @@ def test_a_model_hinging_on_one_token_known_answer(name):
 
 
 def test_a_substitution_table_restricts_what_may_change(tmp_path):
-    """Only ``bad -> w4`` allowed: negatives can no longer be broken, positives with one ``bad`` still are."""
+    """Only ``bad -> ant`` allowed: negatives can no longer be broken, positives with one ``bad`` still are."""
     model, (x, y) = Hinge(), messages()
     table = tmp_path / "subs.json"
-    table.write_text(json.dumps({"bad": ["w4"]}))
+    table.write_text(json.dumps({"bad": ["ant"]}))
     domain = load_substitutions(table, WORDS, SPECIAL)
     x_adv = run("hotflip", model, x, y, 1, domain=domain)
     changed = x_adv != x
@@ -165,7 +191,7 @@ def test_a_substitution_table_restricts_what_may_change(tmp_path):
 
 @pytest.mark.parametrize("content,message", [
     (None, "no such file"), (b"{\"bad\": [", "invalid JSON at line 1"), (b"\xff\xfe", "not UTF-8"),
-    (b"[\"bad\"]", "expected a JSON object"), (b"{\"bad\": \"w4\"}", "must map to a list of tokens"),
+    (b"[\"bad\"]", "expected a JSON object"), (b"{\"bad\": \"ant\"}", "must map to a list of tokens"),
     (b"{\"bad\": [\"phish\"]}", "'phish' is not in the model's vocabulary"),
     (b"{\"bad\": [\"[PAD]\"]}", "'[PAD]' is a special token"),
 ])
@@ -190,10 +216,11 @@ def test_attention_shift_by_substitution_moves_attention_and_keeps_every_predict
 
 
 def test_attention_hijack_by_substitution_known_answer_and_a_case_it_must_fail():
-    """Hinge's attention grows with the word's id. [CLS] w8 w8 w5: the 2 least-attended words are w5 and the
-    second w8 (ties: the later position is the less attended); one substitution, w8 -> w4 at position 1, puts
-    them on top and keeps the prediction (nothing else does: w5..w7 tie or exceed a target, ``bad`` flips it).
-    [CLS] bad w4 cannot be hijacked: position 1 would have to fall below w4 and stop being ``bad``."""
+    """Hinge's attention grows with the word's id. [CLS] emu emu bee (8 8 5): the 2 least-attended words are bee
+    and the second emu (ties: the later position is the less attended); one substitution, emu -> ant (4) at
+    position 1, puts them on top and keeps the prediction (nothing else does: bee..dog tie or exceed a target,
+    ``bad`` flips it). [CLS] bad ant cannot be hijacked: position 1 would have to fall below ant and stop being
+    ``bad``."""
     from attacks.text import TokenAttentionHijack
 
     model = Hinge()
@@ -293,15 +320,18 @@ def test_text_masking_checks_known_answers():
     assert status((0.5, 0.3), (0.3, 0.3))["wider-search-same-answer"] == "failed"
     assert status((0.3, 0.5), (0.3, 0.5))["monotone-in-eps"] == "failed"
     model, (x, y) = Hinge(), messages()
-    rows = text_masking_rows(model, x, y, attacks, [1, 2], domain=TokenDomain(VOCAB, SPECIAL), seed=0, batch_size=64)
+    rows = text_masking_rows(model, x, y, attacks, [1, 2], domain=full_table(), seed=0, batch_size=64)
     assert np.array_equal(rows["wider@1"], ((x == BAD).sum(1) > 1).numpy().astype(float))  # the known answer
+    # hotflip draws from a table: without one it does not run, and neither does its wider search
+    assert text_masking_rows(model, x, y, attacks, [1, 2], domain=TokenDomain(VOCAB, SPECIAL), seed=0,
+                             batch_size=64) == {}
 
 
 def test_text_options_are_checked_against_the_model_kind():
     from auditor.config import AuditConfig
 
     config = AuditConfig.from_profile("quick")
-    assert config.for_kind("text").attacks == ("hotflip", "attention-shift-sub")
+    assert config.for_kind("text").attacks == ("typo", "homoglyph")  # label-preserving edits by default
     with pytest.raises(BadInputError, match="unknown attack pgd for text"):
         AuditConfig(attacks=("pgd",)).for_kind("text")
     with pytest.raises(BadInputError, match="unknown attack hotflip for this model's inputs"):
@@ -313,8 +343,8 @@ def test_text_options_are_checked_against_the_model_kind():
     bound = AuditConfig(token_budget=(4, 1)).for_kind("text")
     assert bound.token_budget == (1, 4) and bound.grid("tokens") == (1, 4) and bound.grid("embedding-l2") == bound.eps
     # a parameter of the profile's text attack is accepted before the kind is known, and checked once it is
-    tuned = AuditConfig(attack_params=(("hotflip", "beam", "4"),)).for_kind("text")
-    assert tuned.build_attacks()["hotflip"].beam == 4
+    tuned = AuditConfig(attack_params=(("typo", "words", "2"),)).for_kind("text")
+    assert tuned.build_attacks()["typo"].words == 2
     with pytest.raises(BadInputError, match="hotflip is not among the attacks run"):
         AuditConfig(attack_params=(("hotflip", "beam", "4"),)).for_kind("tabular")
 
