@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from attacks.attention import ATTENTION_ATTACKS
 from attacks.base import Attack, ImageView
+from attacks.categorical import CategoryRule
+from attacks.category_pgd import CategoryPGD
 from attacks.domain import Domain
 from attacks.standard import CHUNK, STANDARD_ATTACKS
 from attacks.text import TEXT_ATTACKS, TEXT_ATTENTION_ATTACKS, TokenDomain
 
-ATTACKS: dict[str, type[Attack]] = {**{cls.name: cls for cls in STANDARD_ATTACKS}, **ATTENTION_ATTACKS}
+ATTACKS: dict[str, type[Attack]] = {**{cls.name: cls for cls in STANDARD_ATTACKS}, **ATTENTION_ATTACKS,
+                                    CategoryPGD.name: CategoryPGD}
 
-__all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "Domain",
+__all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "CategoryRule",
+           "Domain",
            "ImageView", "TokenDomain",
            "attack_class", "is_minimum_norm", "make_attack", "make_text_attack"]
 
