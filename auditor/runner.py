@@ -137,6 +137,10 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
                                       substitutions=None if substitutions is None else str(substitutions))
     loaded_policy = load_policy(policy_path) if policy_path is not None else None
     if is_foreign(model_path):
+        if mutable_categorical:
+            raise BadInputError("--mutable-categorical applies to checkpoints written by audit train: a python: or "
+                                "hf: model has no category embeddings to search, so its categorical columns stay "
+                                "frozen")
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
                                        label_column=label_column, max_samples=config.max_samples, seed=seed,
                                        device_name=device, frozen_features=config.frozen_features,

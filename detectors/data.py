@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 
 from detectors.categorical import align_categories, raw_bounds, type_columns
 from detectors.builtin_sets import (BUILTIN, FLOWS_DEFAULT_ROWS, SIZED, breast_cancer, digits, make_flows,
-                                    make_sequences)
+                                    make_mixed_flows, make_sequences)
 from detectors.errors import BadInputError
 from detectors.inputs import INPUT_KINDS, kind_of_rank
 from detectors.table import Dataset, Scaler, Splits, Table
@@ -59,6 +59,8 @@ def load_table(spec: str, *, label_column: str = "label", positive_class: str | 
         table = breast_cancer()
     elif name == "flows":
         table = make_flows(rows or FLOWS_DEFAULT_ROWS, seed=seed)
+    elif name == "flows-mixed":
+        table = make_mixed_flows(rows or SIZED["flows-mixed"], seed=seed)
     elif name == "digits":
         table = digits()
     elif name == "sequences":
@@ -69,7 +71,7 @@ def load_table(spec: str, *, label_column: str = "label", positive_class: str | 
         table = read_npz(Path(name))
     else:
         raise BadInputError(
-            f"unknown data {spec!r}: expected one of {', '.join(BUILTIN)}, flows:N, sequences:N, "
+            f"unknown data {spec!r}: expected one of {', '.join(BUILTIN)}, flows:N, flows-mixed:N, sequences:N, "
             "or a path ending in .csv or .npz"
         )
     if positive_class is not None:
