@@ -48,6 +48,9 @@ def train_and_save(*, detector: str, data_spec: str, label_column: str = "label"
     if detector == "text" or is_text_data(data_spec):
         from auditor.training.text import train_text_and_save
 
+        if categorical_columns:
+            raise BadInputError("--categorical-columns names columns of tabular data; text has none")
+
         return train_text_and_save(detector=detector, data_spec=data_spec, text_column=text_column,
                                    label_column=label_column, positive_class=positive_class, epochs=epochs,
                                    batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
