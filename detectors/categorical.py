@@ -16,7 +16,6 @@ special case. The slot a value lies in is its category (:func:`slot_of`).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +61,10 @@ def type_columns(path: Path, names: list[str], cells: list[list[str]], lines: li
                 raise BadInputError(f"{path}, line {lines[row]}, column {name!r}: {value or 'empty'} is not a finite "
                                     "number or a category; remove or impute missing values first")
         numbers = None if name in categorical_columns else _numbers(values)
+        if numbers is not None and not np.isfinite(numbers).all():
+            row = int(np.flatnonzero(~np.isfinite(numbers))[0])
+            raise BadInputError(f"{path}, line {lines[row]}, column {name!r}: {values[row]} is not a finite number; "
+                                "remove or impute missing values first")
         if numbers is not None:
             x[:, column] = numbers
         elif name not in categorical_columns and all(value.lower() in BOOLEAN_WORDS for value in values):
@@ -74,18 +77,16 @@ def type_columns(path: Path, names: list[str], cells: list[list[str]], lines: li
     return x, categories
 
 
-def _numbers(values: list[str]) -> list[float] | None:
-    """The values as finite floats, or None when any is not a number (the column is then categorical)."""
+def _numbers(values: list[str]) -> np.ndarray | None:
+    """The values as floats (an overflow such as ``1e999`` is inf), or None when any is not a number: the column
+    is then categorical."""
     numbers = []
     for value in values:
         try:
-            number = float(value)
+            numbers.append(float(value))
         except ValueError:
             return None
-        if not math.isfinite(number):
-            return None
-        numbers.append(number)
-    return numbers
+    return np.asarray(numbers, dtype=np.float64)
 
 
 def align_categories(x: np.ndarray, feature_names: list[str], categories: dict[str, list[str]],
