@@ -5,19 +5,23 @@ from __future__ import annotations
 
 from attacks.attention import ATTENTION_ATTACKS
 from attacks.base import Attack, ImageView
+from attacks.categorical import CategoryRule
+from attacks.category_pgd import CategoryPGD
 from attacks.domain import Domain
 from attacks.standard import CHUNK, STANDARD_ATTACKS
 from attacks.text import SUBSTITUTION_ATTACKS, SUBSTITUTION_ATTENTION_ATTACKS, TokenDomain
 from attacks.text_edits import EDIT_ATTACKS, EDIT_ATTENTION_ATTACKS
 from attacks.text_embedding import EMBEDDING_ATTACKS
 
-ATTACKS: dict[str, type[Attack]] = {**{cls.name: cls for cls in STANDARD_ATTACKS}, **ATTENTION_ATTACKS}
+ATTACKS: dict[str, type[Attack]] = {**{cls.name: cls for cls in STANDARD_ATTACKS}, **ATTENTION_ATTACKS,
+                                    CategoryPGD.name: CategoryPGD}
 # on token ids: label-preserving word edits first, then substitutions, then the embedding-space relaxation
 TEXT_ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (*EDIT_ATTACKS, *SUBSTITUTION_ATTACKS,
                                                                      *EMBEDDING_ATTACKS)}
 TEXT_ATTENTION_ATTACKS = (*EDIT_ATTENTION_ATTACKS, *SUBSTITUTION_ATTENTION_ATTACKS)
 
-__all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "Domain",
+__all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "CategoryRule",
+           "Domain",
            "ImageView", "TokenDomain",
            "attack_class", "is_minimum_norm", "make_attack", "make_text_attack"]
 

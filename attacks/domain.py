@@ -17,6 +17,10 @@ feature's |delta| > eps; L2: the row's norm > eps) or the box, it goes to the
 other neighbour, the whole unit between the clean value and the iterate, which
 is always within both. Budgets are checked with a tolerance of 1e-6 scaled
 units (float32 rounding of raw units).
+
+Categorical columns (``categories``, :class:`attacks.categorical.CategoryRule`) are outside ``mutable`` and
+outside every budget: :meth:`Domain.project` keeps them clean unless the rule lets a discrete search change
+them to other known categories.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from attacks.categorical import CategoryRule
 
 NORMS = ("linf", "l2")
 
@@ -43,19 +49,26 @@ class Domain:
     integer: torch.Tensor | None = None
     raw_lo: torch.Tensor | None = None
     raw_span: torch.Tensor | None = None
+    categories: CategoryRule | None = None
 
     @classmethod
     def unit(cls, input_shape: tuple[int, ...], *, frozen: torch.Tensor | None = None,
-             integer: torch.Tensor | None = None, raw_lo=None, raw_span=None) -> "Domain":
-        """The [0, 1] box; ``frozen`` marks positions the attacker may not change."""
+             integer: torch.Tensor | None = None, raw_lo=None, raw_span=None,
+             categories: CategoryRule | None = None) -> "Domain":
+        """The [0, 1] box; ``frozen`` marks positions the attacker may not change; categorical columns
+        (``categories``) are never moved by a continuous step."""
         mutable = torch.ones(input_shape, dtype=torch.bool) if frozen is None else ~frozen.bool()
+        if categories is not None:
+            mutable = mutable.clone()
+            mutable.view(-1)[list(categories.columns)] = False
         if integer is not None and not integer.any():
             integer = None
         if integer is not None:
             raw_lo = torch.as_tensor(raw_lo, dtype=torch.float64).reshape(input_shape)
             raw_span = torch.as_tensor(raw_span, dtype=torch.float64).reshape(input_shape)
         return cls(lower=torch.zeros(input_shape), upper=torch.ones(input_shape), mutable=mutable,
-                   integer=integer.bool() if integer is not None else None, raw_lo=raw_lo, raw_span=raw_span)
+                   integer=integer.bool() if integer is not None else None, raw_lo=raw_lo, raw_span=raw_span,
+                   categories=categories)
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf",
                 integral: bool = True) -> torch.Tensor:
@@ -74,6 +87,8 @@ class Domain:
         projected = torch.maximum(torch.minimum(x + delta, self.upper.to(x.device)), self.lower.to(x.device))
         if integral:
             projected = self.whole(projected, x, eps=eps, norm=norm)
+        if self.categories is not None:
+            projected = self.categories.project(projected, x_adv.detach(), x)
         return projected.detach()
 
     def whole(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf") -> torch.Tensor:
@@ -98,7 +113,13 @@ class Domain:
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf",
                  tol: float = 1e-6) -> bool:
-        """Whether ``x_adv`` respects bounds, frozen positions and the budget."""
+        """Whether ``x_adv`` respects bounds, frozen positions, the budget and the categorical rule."""
+        if self.categories is not None:
+            if not self.categories.holds(x_adv, x):
+                return False
+            x_adv = x_adv.flatten(1).clone()
+            x_adv[:, list(self.categories.columns)] = x.flatten(1)[:, list(self.categories.columns)]
+            x_adv = x_adv.view_as(x)
         delta = (x_adv - x).flatten(1)
         size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
         frozen = (~self.mutable.to(x.device)).flatten()

@@ -147,12 +147,15 @@ def cli() -> None:
 @click.option("--frozen-features", callback=name_list, default="",
               help="features an attacker may not change, comma-separated: recorded in the checkpoint (audit run "
                    "freezes them unless told otherwise) and left untouched by the defenses' attacks")
+@click.option("--categorical-columns", callback=name_list, default="",
+              help="CSV columns read as categories although they hold numbers (integer codes), comma-separated; a "
+                   "column that is not all numbers is categorical anyway")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.pass_context
 def train(ctx, detector, data_spec, label_column, text_column, positive_class, attention, defense, defense_eps,
           defense_steps, defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device,
-          use_compile, resume, nproc, frozen_features, out_path, quiet) -> None:
+          use_compile, resume, nproc, frozen_features, categorical_columns, out_path, quiet) -> None:
     """Train a detector and write a .safetensors checkpoint."""
     from auditor.training.job import train_and_save
 
@@ -166,6 +169,7 @@ def train(ctx, detector, data_spec, label_column, text_column, positive_class, a
         defense=defense_config, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
         device=device, out_path=out_path, compile=use_compile, resume=resume, progress=not quiet,
         frozen_features=frozen_features, attention=attention, text_column=text_column,
+        categorical_columns=categorical_columns,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} "

@@ -105,6 +105,14 @@ def audit_options(function):
         click.option("--on-out-of-range", type=click.Choice(["clip", "refuse"]), default="clip", show_default=True,
                      help="audited values outside the checkpoint's training range: clip them to it (counted in "
                           "results.json data.out_of_range and the report), or refuse with exit 2"),
+        click.option("--on-unseen-category", type=click.Choice(["map", "refuse"]), default="map", show_default=True,
+                     help="a category the checkpoint never saw: audit it as the unknown category (counted in "
+                          "results.json data.unseen_categories), or refuse with exit 2 naming the row and column"),
+        click.option("--mutable-categorical", callback=name_list, default="",
+                     help="categorical columns the attacker controls, comma-separated: pgd-categorical may change "
+                          "them to other known categories [default: none, every categorical column frozen]"),
+        click.option("--category-budget", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="how many --mutable-categorical columns pgd-categorical may change per row"),
         click.option("--target-class", default=None,
                      help="targetable attacks (fgsm, pgd, pgd-l2, cw, square, attention-guided) aim at this class "
                           "(a class name, e.g. the benign class of a detector)"),

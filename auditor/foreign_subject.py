@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from auditor.subject import Subject, build_domain, sha256_of
+from detectors.categorical import most_frequent_codes, raw_bounds
 from detectors.data import load_table, stratified_subset
 from detectors.table import Dataset
 from detectors.devices import resolve_device
@@ -69,7 +70,7 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
         raise BadInputError(f"--input-kind {kind.name} expects samples of rank {kind.rank}, "
                             f"but {table.name} holds samples of shape {table.input_shape}")
     raw = table.x
-    lo, hi = _foreign_bounds(raw, options, table.input_shape)
+    lo, hi = with_category_bounds(*_foreign_bounds(raw, options, table.input_shape), table)
     if (raw < lo - 1e-9).any() or (raw > hi + 1e-9).any():
         raise BadInputError("the data lies outside --bounds; widen the bounds or leave them out "
                             "(each feature's minimum and maximum over the data)")
@@ -86,7 +87,8 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
     scaled = ((raw - lo) / span).astype(np.float32)
     data = Dataset(name=table.name, split="all", x=scaled, y=y, feature_names=list(table.feature_names),
                    class_names=class_names, positive_class=table.positive_class if n_classes == 2 else None,
-                   relevant_features=table.relevant_features, relevant_mask=table.relevant_mask)
+                   relevant_features=table.relevant_features, relevant_mask=table.relevant_mask,
+                   categories=dict(table.categories))
     sample = torch.as_tensor(data.x[:2], device=device)
     check_input_fits(detector, sample)
     with torch.no_grad():
@@ -110,11 +112,23 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
         "attention_modules": layers, "ignored_attention_modules": ignored,
         "attention_path_max_abs_logit_diff": difference,
     }
-    baseline = torch.as_tensor(data.x.mean(axis=0), device=device)
+    baseline = torch.as_tensor(most_frequent_codes(data.x, data.feature_names, data.categories), device=device)
     frozen = tuple(frozen_features or ())
-    domain = build_domain(table.input_shape, list(table.feature_names), frozen=frozen)
+    domain = build_domain(table.input_shape, list(table.feature_names), frozen=frozen, categories=table.categories)
     return Subject(detector=detector, data=data, baseline=baseline, model_info=model_info, device=device,
                    domain=domain, frozen_features=frozen)
+
+
+def with_category_bounds(lo: np.ndarray, hi: np.ndarray, table) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds with each categorical column's set so that its scaled value is its category's code
+    (:mod:`detectors.categorical`): the model still receives the category's index, and every attack keeps the
+    column frozen (a python: model has no category embeddings for ``pgd-categorical`` to rank)."""
+    if not table.categories:
+        return lo, hi
+    lo, hi = lo.copy(), hi.copy()
+    for name, found in table.categories.items():
+        lo[table.feature_names.index(name)], hi[table.feature_names.index(name)] = raw_bounds(len(found))
+    return lo, hi
 
 
 def parse_location(model_spec: str) -> str:

@@ -31,6 +31,7 @@ from auditor.stage import Block
 from auditor.stages import STAGES, check_produced
 from auditor.subject import Subject
 from auditor.tensorfile import Layout, RowWriter
+from detectors.categorical import saved_rows
 from detectors.base import Detector
 from detectors.table import Dataset
 from detectors.errors import BadInputError
@@ -85,7 +86,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
                                baseline=block_baseline, relevant=block_relevant, positive=data.positive_class,
                                plan=plan, timing=timing, progress=progress, n_rows=len(x), tokens=tokens)
             for group, writer in writers.items():  # a block's rows are consecutive: written at the first one's place
-                writer.write(int(index[0]), table.pop(group))
+                writer.write(int(index[0]), saved_rows(table.pop(group), data.feature_names, data.categories))
             parts.append(table)
         local: RowTable | Exception = concatenate(parts)
     except Exception as error:  # sent to rank 0 instead of the rows, so no rank waits forever

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from attacks.category_pgd import CategoryPGD
 from auditor.pipeline import SAVED_FILES, run_audit, saved_layouts
 from auditor.config import DEFAULT_TOKEN_BUDGET, AuditConfig
 from auditor.determinism import settle
@@ -24,6 +25,7 @@ from auditor.shard import Shard
 from auditor.stages import planned_metrics
 from auditor.subject import Subject, load_subject
 from auditor.tensorfile import create
+from detectors.categorical import categorical_facts
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 
@@ -50,7 +52,8 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] | None = None,
-                    on_out_of_range: str = "clip",
+                    on_out_of_range: str = "clip", on_unseen_category: str = "map",
+                    mutable_categorical: tuple[str, ...] = (), category_budget: int = 1,
                     max_memory_gb: float | None = None, attack_params: tuple = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
                     explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
@@ -78,7 +81,8 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             eps=eps, eps_l2=eps_l2, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
             batch_size=batch_size, save_adversarial=save_adversarial, save_explanations=save_explanations,
             foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
-            on_out_of_range=on_out_of_range,
+            on_out_of_range=on_out_of_range, on_unseen_category=on_unseen_category,
+            mutable_categorical=tuple(mutable_categorical), category_budget=category_budget,
             max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
             hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
             removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features,
@@ -118,7 +122,8 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, a
              on_out_of_range,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
              removal_baseline, baseline_path, relevant_features=(), text_column="text",
-             token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None, protect=None):
+             token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None, protect=None, on_unseen_category="map",
+             mutable_categorical=(), category_budget=1):
     config = AuditConfig.from_profile(profile, attacks=attacks or None, explainers=explainers or None,
                                       masking_checks=masking_checks,
                                       max_samples=max_samples, eps=eps, eps_l2=eps_l2, seed=seed, device=device,
@@ -133,6 +138,10 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, a
                                       protect=None if protect is None else str(protect))
     loaded_policy = load_policy(policy_path) if policy_path is not None else None
     if is_foreign(model_path):
+        if mutable_categorical:
+            raise BadInputError("--mutable-categorical applies to checkpoints written by audit train: a python: or "
+                                "hf: model has no category embeddings to search, so its categorical columns stay "
+                                "frozen")
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
                                        label_column=label_column, max_samples=config.max_samples, seed=seed,
                                        device_name=device, frozen_features=config.frozen_features,
@@ -144,7 +153,9 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, a
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
                                frozen_features=config.frozen_features, on_out_of_range=on_out_of_range,
-                               text_column=text_column)
+                               text_column=text_column, on_unseen_category=on_unseen_category,
+                               mutable_categorical=tuple(mutable_categorical), category_budget=category_budget)
+        config = with_category_search(config, subject)
     return bind(subject, config, loaded_policy, baseline_path=baseline_path, relevant_features=relevant_features)
 
 
@@ -179,6 +190,18 @@ def bind(subject: Subject, config: AuditConfig, loaded_policy: Policy | None, *,
         tolerances = regression_tolerances(policy, fallback)
         check_baseline(baseline, tolerances)
     return config, policy, planned, subject, baseline, tolerances
+
+
+def with_category_search(config: AuditConfig, subject: Subject) -> AuditConfig:
+    """Where the attacker controls categorical columns (``--mutable-categorical``), ``pgd-categorical`` runs
+    beside the profile's attacks with pgd's settings, so its worst case covers pgd's numeric-only one."""
+    rule = subject.domain.categories if subject.domain is not None else None
+    if rule is None or not rule.any_mutable or CategoryPGD.name in config.attacks:
+        return config
+    inherited = tuple((CategoryPGD.name, key, value) for key, value in config.attack_settings("pgd").items()
+                      if key != "target_class")
+    return replace(config, attacks=(*config.attacks, CategoryPGD.name),
+                   attack_params=(*inherited, *config.attack_params))
 
 
 def token_domain_of(tokenizer, substitutions: str | None, *, protect: str | None = None, rationale=None):
@@ -231,7 +254,8 @@ def outputs(result: AuditFindings, subject: Subject, config: AuditConfig, policy
     document = results_document(
         model=model_doc,
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples),
-              "out_of_range": subject.data.out_of_range(), "input_kind": subject.kind.name},
+              "out_of_range": subject.data.out_of_range(), "input_kind": subject.kind.name,
+              **categorical_facts(subject.data)},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
         masking=result.masking, check_metrics=check_metrics(metrics),
         curves={"robustness": {attack: [list(point) for point in points]

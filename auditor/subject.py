@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks import Domain
+from attacks import CategoryRule, Domain
 from auditor.determinism import Determinism
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
@@ -60,8 +60,22 @@ def sha256_of(path: Path) -> str:
 
 
 def build_domain(input_shape: tuple[int, ...], feature_names: list[str], *, frozen: tuple[str, ...] = (),
-                 integer: list[str] | None = None, lo=None, hi=None) -> Domain:
-    """The attacker's space: [0, 1] box, frozen features by name, integer features rounded in raw units."""
+                 integer: list[str] | None = None, lo=None, hi=None, categories: dict[str, list[str]] | None = None,
+                 mutable_categorical: tuple[str, ...] = (), category_budget: int = 1) -> Domain:
+    """The attacker's space: [0, 1] box, frozen features by name, integer features rounded in raw units,
+    categorical columns (``categories``) changed only by a discrete search, in ``mutable_categorical`` alone,
+    at most ``category_budget`` per row."""
+    categories = categories or {}
+    wrong = [name for name in mutable_categorical if name not in categories]
+    if wrong:
+        raise BadInputError(f"--mutable-categorical: {', '.join(map(repr, wrong[:3]))} not among the model's "
+                            f"categorical columns ({', '.join(map(repr, categories)) or 'none'})")
+    rule = None
+    if categories:
+        names = [name for name in feature_names if name in categories]
+        rule = CategoryRule(columns=tuple(feature_names.index(name) for name in names),
+                            counts=tuple(len(categories[name]) for name in names),
+                            mutable=tuple(name in mutable_categorical for name in names), budget=category_budget)
     unknown = [name for name in frozen if name not in feature_names]
     if unknown:
         raise BadInputError(f"--frozen-features: {', '.join(map(repr, unknown[:3]))} not among the model's features "
@@ -70,7 +84,7 @@ def build_domain(input_shape: tuple[int, ...], feature_names: list[str], *, froz
     integer_mask = torch.tensor([name in (integer or ()) for name in feature_names]).reshape(input_shape)
     span = None if hi is None else np.where(np.asarray(hi) - np.asarray(lo) > 0, np.asarray(hi) - np.asarray(lo), 1.0)
     return Domain.unit(input_shape, frozen=frozen_mask, integer=integer_mask if integer else None, raw_lo=lo,
-                       raw_span=span)
+                       raw_span=span, categories=rule)
 
 
 ON_OUT_OF_RANGE = ("clip", "refuse")
@@ -92,11 +106,15 @@ def check_out_of_range(data: Dataset, policy: str) -> None:
 
 def load_subject(model_path: str, *, data_spec: str | None, label_column: str, max_samples: int, seed: int,
                  device_name: str, frozen_features: tuple[str, ...] | None = None,
-                 on_out_of_range: str = "clip", text_column: str = "text") -> Subject:
+                 on_out_of_range: str = "clip", text_column: str = "text", on_unseen_category: str = "map",
+                 mutable_categorical: tuple[str, ...] = (), category_budget: int = 1) -> Subject:
     """The checkpoint's detector with the data to audit, validated against each other. ``frozen_features``:
     None for the checkpoint's own (recorded by ``audit train --frozen-features``), else these (``()``: none).
     Audited values outside the training range are clipped to it and counted, or refused (``on_out_of_range``).
-    A text checkpoint reads messages instead (:func:`load_text_subject`)."""
+    A category the checkpoint never saw is mapped to the unknown one and counted, or refused
+    (``on_unseen_category``); ``mutable_categorical`` and ``category_budget`` say which categorical columns a
+    discrete search may change, how many per row. A text checkpoint reads messages instead
+    (:func:`load_text_subject`)."""
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(model_path, device=device)
     meta = checkpoint.metadata
@@ -112,13 +130,17 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
                 f"the checkpoint's training data {spec!r} is not readable here; pass --data with the rows to audit"
             )
         table = load_table(spec, label_column=trained_on.get("label_column", label_column),
-                           seed=trained_on.get("generator_seed", 0))
+                           seed=trained_on.get("generator_seed", 0), categorical_columns=tuple(checkpoint.categories))
         data = split_table(table, seed=trained_on["split_seed"]).test
+        if table.categories != checkpoint.categories:
+            raise BadInputError(f"the categories of {spec!r} are no longer those the checkpoint was trained on; "
+                                "pass --data with the rows to audit")
     else:
         spec = data_spec
-        table = load_table(spec, label_column=label_column)
+        table = load_table(spec, label_column=label_column, categorical_columns=tuple(checkpoint.categories))
         data = align_table(table, feature_names=checkpoint.feature_names, class_names=checkpoint.class_names,
-                           scaler=checkpoint.scaler)
+                           scaler=checkpoint.scaler, categories=checkpoint.categories,
+                           on_unseen_category=on_unseen_category)
     if data.feature_names != checkpoint.feature_names:
         raise BadInputError(
             f"expected the checkpoint's {len(checkpoint.feature_names)} features, the data has "
@@ -137,7 +159,9 @@ def load_subject(model_path: str, *, data_spec: str | None, label_column: str, m
     scaler = checkpoint.scaler
     frozen = tuple(meta.get("frozen_features") or ()) if frozen_features is None else tuple(frozen_features)
     domain = build_domain(tuple(checkpoint.detector.input_shape), checkpoint.feature_names, frozen=frozen,
-                          integer=meta.get("integer_features"), lo=scaler.lo, hi=scaler.hi)
+                          integer=meta.get("integer_features"), lo=scaler.lo, hi=scaler.hi,
+                          categories=checkpoint.categories, mutable_categorical=tuple(mutable_categorical),
+                          category_budget=category_budget)
     return Subject(detector=checkpoint.detector, data=data, baseline=baseline.to(device), model_info=model_info,
                    device=device, domain=domain, frozen_features=frozen)
 

@@ -11,6 +11,13 @@
     :data:`FLOW_THRESHOLD`. About 97 % of rows lie more than
     :data:`FLOW_MARGIN` from that boundary, so an L-inf perturbation of 0.05 on
     the scaled features cannot cross it; the rest sit close to it on purpose.
+``flows-mixed`` / ``flows-mixed:N``
+    the same flows (6,000 rows by default) as a mixed-type record: ``protocol`` becomes a categorical column
+    (``tcp``/``udp``/``icmp``) and ``service`` (by protocol) and ``conn_state`` join it, with a numeric
+    ``response_ratio`` in [0, 0.4] or [0.6, 1]. A second attack family hinges on a category combined with that
+    rate: a ``udp`` flow to ``dns`` whose ``response_ratio`` exceeds 0.5 is an attack (amplification), whatever
+    the other features say. Its per-sample ground truth (``relevant_mask``) marks ``protocol``, ``service`` and
+    ``response_ratio`` on those rows, the four rule features on the others.
 ``digits``
     scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes) as
     (N, 1, 8, 8) images, scaled by one range for all pixels.
@@ -29,8 +36,8 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from detectors.inputs import kind_named
 from detectors.table import Table
 
-BUILTIN = ("breast-cancer", "flows", "digits", "sequences")
-SIZED = {"flows": 20_000, "sequences": 4_000}
+BUILTIN = ("breast-cancer", "flows", "flows-mixed", "digits", "sequences")
+SIZED = {"flows": 20_000, "flows-mixed": 6_000, "sequences": 4_000}
 FLOWS_DEFAULT_ROWS = SIZED["flows"]
 SEQUENCE_STEPS, SEQUENCE_FEATURES, TRIGGER_LENGTH = 16, 4, 2
 FLOW_RELEVANT_FEATURES = ("syn_ratio", "rst_ratio", "dst_port_entropy", "payload_entropy")
@@ -93,6 +100,48 @@ def make_flows(rows: int = FLOWS_DEFAULT_ROWS, *, seed: int = 0) -> Table:
         name="flows" if rows == FLOWS_DEFAULT_ROWS else f"flows:{rows}",
         x=np.column_stack(list(columns.values())), y=y, feature_names=list(columns),
         class_names=["benign", "attack"], positive_class=1, relevant_features=list(FLOW_RELEVANT_FEATURES),
+    )
+
+
+PROTOCOLS = ("tcp", "udp", "icmp")  # the order of flows' numeric protocol codes 0, 1, 2
+FLOW_SERVICES = {"tcp": (("http", "ssh", "smtp", "ftp", "other"), (0.5, 0.15, 0.15, 0.1, 0.1)),
+                 "udp": (("dns", "ntp", "other"), (0.6, 0.2, 0.2)), "icmp": (("other",), (1.0,))}
+CONN_STATES = (("SF", "S0", "REJ", "RSTO"), (0.7, 0.1, 0.1, 0.1))
+AMPLIFICATION = ("protocol", "service", "response_ratio")  # the category x rate attack family's columns
+AMPLIFICATION_RATIO = 0.5
+
+
+def make_mixed_flows(rows: int = SIZED["flows-mixed"], *, seed: int = 0) -> Table:
+    """:func:`make_flows` with categorical protocol, service and connection state and the amplification family:
+    udp to dns with a response ratio above :data:`AMPLIFICATION_RATIO` is an attack."""
+    table = make_flows(rows, seed=seed)
+    rng = np.random.default_rng([seed, 1])  # its own stream: the flows' columns are make_flows' own
+    names = list(table.feature_names)
+    at = names.index("protocol")
+    protocol = np.array(PROTOCOLS)[table.x[:, at].astype(np.int64)]
+    service = np.empty(rows, dtype=object)
+    for name, (choices, p) in FLOW_SERVICES.items():
+        where = protocol == name
+        service[where] = rng.choice(choices, int(where.sum()), p=p)
+    state = rng.choice(CONN_STATES[0], rows, p=CONN_STATES[1])
+    ratio = np.where(rng.random(rows) < 0.5, rng.uniform(0.0, 0.4, rows), rng.uniform(0.6, 1.0, rows))
+    amplification = (protocol == "udp") & (service == "dns") & (ratio > AMPLIFICATION_RATIO)
+    columns = {"protocol": protocol, "service": service, "conn_state": state}
+    categories = {name: list(dict.fromkeys(values.tolist())) for name, values in columns.items()}
+    indices = {name: np.array([categories[name].index(v) for v in values], dtype=np.float64)
+               for name, values in columns.items()}
+    x = np.column_stack([np.delete(table.x, at, axis=1), indices["protocol"], indices["service"],
+                         indices["conn_state"], ratio])
+    feature_names = [n for n in names if n != "protocol"] + ["protocol", "service", "conn_state", "response_ratio"]
+    mask = np.zeros(x.shape, dtype=bool)
+    mask[:, [feature_names.index(n) for n in FLOW_RELEVANT_FEATURES]] = ~amplification[:, None]
+    mask[:, [feature_names.index(n) for n in AMPLIFICATION]] = amplification[:, None]
+    return Table(
+        name="flows-mixed" if rows == SIZED["flows-mixed"] else f"flows-mixed:{rows}", x=x,
+        y=(table.y.astype(bool) | amplification).astype(np.int64), feature_names=feature_names,
+        class_names=list(table.class_names), positive_class=1,
+        relevant_features=list(FLOW_RELEVANT_FEATURES) + list(AMPLIFICATION), relevant_mask=mask,
+        categories=categories,
     )
 
 

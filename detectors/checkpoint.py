@@ -58,6 +58,12 @@ class Checkpoint:
         return list(self.metadata["classes"])
 
     @property
+    def categories(self) -> dict[str, list[str]]:
+        """Categorical columns and their categories in training order; {} for a numeric model (and every
+        checkpoint written before categorical columns existed)."""
+        return {name: list(found) for name, found in (self.metadata.get("categorical") or {}).items()}
+
+    @property
     def tokenizer(self) -> "TextTokenizer":
         """A text checkpoint's tokeniser, rebuilt from its JSON (parsed, no code runs)."""
         from detectors.text_data import TextTokenizer
@@ -196,7 +202,23 @@ def _validate(path: Path, header: dict | None) -> dict:
     scaler = metadata["scaler"]
     if not (isinstance(scaler, dict) and len(scaler.get("lo", ())) == n_features == len(scaler.get("hi", ()))):
         raise BadInputError(f"{path}: scaler does not cover the checkpoint's {n_features} features")
+    _validate_categories(path, metadata)
     return metadata
+
+
+def _validate_categories(path: Path, metadata: dict) -> None:
+    """``categorical`` maps feature names to lists of distinct category names, as many as the detector embeds."""
+    categorical = metadata.get("categorical") or {}
+    counts = (metadata["detector"].get("hparams") or {}).get("categories")
+    features = list(metadata["features"])
+    if not isinstance(categorical, dict) or any(
+            name not in features or not isinstance(found, list) or not found
+            or len(set(map(str, found))) != len(found) for name, found in categorical.items()):
+        raise BadInputError(f"{path}: metadata 'categorical' must map feature names to lists of distinct categories")
+    expected = [len(categorical.get(name, ())) for name in features]
+    if (counts or any(expected)) and counts != expected:
+        raise BadInputError(f"{path}: metadata 'categorical' ({expected}) does not match the detector's category "
+                            f"counts ({counts})")
 
 
 def _validate_text(path: Path, metadata: dict) -> None:

@@ -13,15 +13,15 @@ and scales their positions.
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from detectors.categorical import align_categories, raw_bounds, type_columns
 from detectors.builtin_sets import (BUILTIN, FLOWS_DEFAULT_ROWS, SIZED, breast_cancer, digits, make_flows,
-                                    make_sequences)
+                                    make_mixed_flows, make_sequences)
 from detectors.errors import BadInputError
 from detectors.inputs import INPUT_KINDS, kind_of_rank
 from detectors.table import Dataset, Scaler, Splits, Table
@@ -51,24 +51,27 @@ def is_builtin(spec: str) -> bool:
 
 
 def load_table(spec: str, *, label_column: str = "label", positive_class: str | None = None,
-               seed: int = 0) -> Table:
-    """Read a built-in set by name or a CSV file by path (unscaled)."""
+               seed: int = 0, categorical_columns: tuple[str, ...] = ()) -> Table:
+    """Read a built-in set by name or a CSV file by path (unscaled); ``categorical_columns``: a CSV's columns
+    read as categories even where they hold numbers (:mod:`detectors.categorical`)."""
     name, rows = parse_spec(spec)
     if name == "breast-cancer":
         table = breast_cancer()
     elif name == "flows":
         table = make_flows(rows or FLOWS_DEFAULT_ROWS, seed=seed)
+    elif name == "flows-mixed":
+        table = make_mixed_flows(rows or SIZED["flows-mixed"], seed=seed)
     elif name == "digits":
         table = digits()
     elif name == "sequences":
         table = make_sequences(rows or SIZED["sequences"], seed=seed)
     elif name.lower().endswith(".csv"):
-        table = read_csv(Path(name), label_column=label_column)
+        table = read_csv(Path(name), label_column=label_column, categorical_columns=categorical_columns)
     elif name.lower().endswith(".npz"):
         table = read_npz(Path(name))
     else:
         raise BadInputError(
-            f"unknown data {spec!r}: expected one of {', '.join(BUILTIN)}, flows:N, sequences:N, "
+            f"unknown data {spec!r}: expected one of {', '.join(BUILTIN)}, flows:N, flows-mixed:N, sequences:N, "
             "or a path ending in .csv or .npz"
         )
     if positive_class is not None:
@@ -93,7 +96,7 @@ def split_table(table: Table, *, seed: int) -> Splits:
         rest, test_size=VALIDATION_SHARE, random_state=seed,
         stratify=table.y[rest] if stratify is not None else None,
     )
-    scaler = Scaler.fit(table.x[train], table.scale_mode)
+    scaler = _with_category_bounds(Scaler.fit(table.x[train], table.scale_mode), table)
 
     def part(split: str, index: np.ndarray) -> Dataset:
         index = np.sort(index)
@@ -102,10 +105,21 @@ def split_table(table: Table, *, seed: int) -> Splits:
             feature_names=list(table.feature_names), class_names=list(table.class_names),
             positive_class=table.positive_class, relevant_features=table.relevant_features, row_index=index,
             relevant_mask=table.relevant_mask[index] if table.relevant_mask is not None else None,
-            clipped=scaler.outside(table.x[index]),
+            clipped=scaler.outside(table.x[index]), categories=dict(table.categories),
         )
 
     return Splits(train=part("train", train), val=part("val", val), test=part("test", test), scaler=scaler, seed=seed)
+
+
+def _with_category_bounds(scaler: Scaler, table: Table) -> Scaler:
+    """The scaler with each categorical column's bounds set so that it scales category indices to their codes."""
+    if not table.categories:
+        return scaler
+    lo, hi = scaler.lo.copy(), scaler.hi.copy()
+    for name, categories in table.categories.items():
+        column = table.feature_names.index(name)
+        lo[column], hi[column] = raw_bounds(len(categories))
+    return Scaler(lo=lo, hi=hi)
 
 
 def stratified_subset(data: Dataset, max_samples: int, *, seed: int) -> Dataset:
@@ -123,9 +137,12 @@ def stratified_subset(data: Dataset, max_samples: int, *, seed: int) -> Dataset:
     return data.subset(np.sort(chosen))
 
 
-def align_table(table: Table, *, feature_names: list[str], class_names: list[str], scaler: Scaler) -> Dataset:
+def align_table(table: Table, *, feature_names: list[str], class_names: list[str], scaler: Scaler,
+                categories: dict[str, list[str]] | None = None, on_unseen_category: str = "map") -> Dataset:
     """Scale a table read for auditing with a checkpoint's scaler, matching columns by name (tabular) or
-    requiring the checkpoint's sample shape (images, sequences: inputs without named columns)."""
+    requiring the checkpoint's sample shape (images, sequences: inputs without named columns). Categorical
+    columns are re-indexed into the checkpoint's ``categories``, a category it never saw mapped to the unknown
+    one or refused (``on_unseen_category``, :func:`detectors.categorical.align_categories`)."""
     by_name = kind_of_rank(len(table.input_shape)).named_columns and scaler.lo.ndim == 1
     if not by_name:
         if table.input_shape != scaler.lo.shape:
@@ -144,6 +161,10 @@ def align_table(table: Table, *, feature_names: list[str], class_names: list[str
         )
     order = [table.feature_names.index(name) for name in feature_names]
     x = table.x[:, order] if by_name else table.x
+    unseen = None
+    if by_name and (categories or table.categories):
+        x, unseen = align_categories(x, feature_names, table.categories, categories or {}, source=table.name,
+                                     policy=on_unseen_category)
     unknown = sorted(set(table.class_names[i] for i in np.unique(table.y)) - set(class_names))
     if unknown:
         raise BadInputError(
@@ -155,6 +176,7 @@ def align_table(table: Table, *, feature_names: list[str], class_names: list[str
         name=table.name, split="all", x=scaler.transform(x), y=remap[table.y].astype(np.int64),
         feature_names=list(feature_names), class_names=list(class_names), positive_class=None,
         relevant_features=table.relevant_features, relevant_mask=table.relevant_mask, clipped=scaler.outside(x),
+        categories=dict(categories or {}), unseen=unseen,
     )
 
 
@@ -196,8 +218,9 @@ def read_npz(path: Path) -> Table:
     )
 
 
-def read_csv(path: Path, *, label_column: str = "label") -> Table:
-    """Read numeric features and a label column from a UTF-8 CSV file with a header."""
+def read_csv(path: Path, *, label_column: str = "label", categorical_columns: tuple[str, ...] = ()) -> Table:
+    """Read feature columns and a label column from a UTF-8 CSV file with a header: numeric, boolean and
+    categorical columns (:func:`detectors.categorical.type_columns`)."""
     if not path.is_file():
         raise BadInputError(f"data file {str(path)!r} does not exist")
     try:
@@ -217,7 +240,7 @@ def read_csv(path: Path, *, label_column: str = "label") -> Table:
             feature_at = [i for i in range(len(header)) if i != label_at]
             if not feature_at:
                 raise BadInputError(f"{path}: no feature columns besides {label_column!r}")
-            features, labels = [], []
+            cells, labels, lines = [], [], []
             for fields in reader:
                 if not fields or all(not f.strip() for f in fields):
                     continue
@@ -230,35 +253,23 @@ def read_csv(path: Path, *, label_column: str = "label") -> Table:
                 if not label:
                     raise BadInputError(f"{path}, line {line}: empty label in column {label_column!r}")
                 labels.append(label)
-                features.append([_parse_number(fields[i], header[i], line, path) for i in feature_at])
+                lines.append(line)
+                cells.append([fields[i] for i in feature_at])
     except UnicodeDecodeError as error:
         raise BadInputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except csv.Error as error:
         raise BadInputError(f"{path}: not a readable CSV file ({error})") from None
     if not labels:
         raise BadInputError(f"{path}: a header but no data rows")
+    feature_names = [header[i] for i in feature_at]
+    x, categories = type_columns(path, feature_names, cells, lines, categorical_columns=tuple(categorical_columns))
     class_names = sorted(set(labels), key=_label_order)
     index = {name: i for i, name in enumerate(class_names)}
     positive = class_names.index("1") if "1" in index else len(class_names) - 1
     return Table(
-        name=str(path), x=np.asarray(features, dtype=np.float64), y=np.array([index[v] for v in labels]),
-        feature_names=[header[i] for i in feature_at], class_names=class_names, positive_class=positive,
+        name=str(path), x=x, y=np.array([index[v] for v in labels]),
+        feature_names=feature_names, class_names=class_names, positive_class=positive, categories=categories,
     )
-
-
-def _parse_number(text: str, column: str, line: int, path: Path) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInputError(
-            f"{path}, line {line}, column {column!r}: {text!r} is not a number; feature columns must be numeric"
-        ) from None
-    if not math.isfinite(value):
-        raise BadInputError(
-            f"{path}, line {line}, column {column!r}: {text.strip() or 'empty'} is not a finite number; "
-            "remove or impute missing values first"
-        )
-    return value
 
 
 def _label_order(label: str) -> tuple:

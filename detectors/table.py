@@ -72,6 +72,8 @@ class Table:
     relevant_features: list[str] | None = None
     scale_mode: str = "feature"
     relevant_mask: np.ndarray | None = None  # (N, *sample shape): per-sample ground truth
+    # categorical columns -> their categories (detectors.categorical); x holds each one's category index
+    categories: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -94,6 +96,10 @@ class Dataset:
     relevant_mask: np.ndarray | None = None
     # (N, *sample shape), True where the raw value lay outside the scaler's training range and was clipped
     clipped: np.ndarray | None = None
+    # categorical columns -> the checkpoint's categories; x holds their codes (detectors.categorical)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    # (N, F), True where a category the checkpoint never saw was mapped to the unknown one
+    unseen: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.row_index is None:
@@ -109,8 +115,9 @@ class Dataset:
     def subset(self, rows: np.ndarray) -> "Dataset":
         mask = self.relevant_mask[rows] if self.relevant_mask is not None else None
         clipped = self.clipped[rows] if self.clipped is not None else None
+        unseen = self.unseen[rows] if self.unseen is not None else None
         return replace(self, x=self.x[rows], y=self.y[rows], row_index=self.row_index[rows], relevant_mask=mask,
-                       clipped=clipped)
+                       clipped=clipped, unseen=unseen)
 
     def out_of_range(self) -> dict:
         """What scaling clipped to [0, 1] among these rows: ``{"rows": rows with any value outside the

@@ -20,10 +20,10 @@ SPEED = {"autoattack": {"apgd_steps": 20, "square_queries": 300},
          "cw": {"steps": 30, "search_steps": 3}, "deepfool": {"steps": 10},
          "attention-shift": {"steps": 20, "restarts": 2},
          # three restarts still exercise the restart logic (a later restart only on the rows not yet fooled)
-         "pgd": {"restarts": 3}, "pgd-l2": {"restarts": 3}}
+         "pgd": {"restarts": 3}, "pgd-l2": {"restarts": 3}, "pgd-categorical": {"restarts": 3}}
 CHUNKED = {"square", "autoattack", "autoattack-fast", "cw", "deepfool"}  # run over the fixed 64-sample chunk grid
 EXPECTED_REGISTRY = {"fgsm", "pgd", "pgd-l2", "cw", "deepfool", "autoattack", "autoattack-fast", "square",
-                     "attention-shift", "attention-hijack", "attention-guided", "stealth"}
+                     "attention-shift", "attention-hijack", "attention-guided", "stealth", "pgd-categorical"}
 
 
 def build(name: str, *, defaults: bool = False):

@@ -69,10 +69,11 @@ def test_csv_quoted_and_non_ascii_headers(tmp_path):
     assert table.class_names == ["a", "b"] and table.x.shape == (3, 2)
 
 
-def test_csv_bad_value_names_column_and_line(tmp_path):
+def test_csv_empty_cell_names_column_and_line(tmp_path):
+    """A column that is not all numbers is categorical now (tests/test_categorical.py); an empty cell stays bad."""
     path = tmp_path / "d.csv"
-    path.write_text("a,b,label\n1,2,0\n3,oops,1\n", encoding="utf-8")
-    with pytest.raises(BadInputError, match=r"line 3, column 'b': 'oops' is not a number"):
+    path.write_text("a,b,label\n1,2,0\n3,,1\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"line 3, column 'b': empty is not a finite number"):
         read_csv(path)
 
 

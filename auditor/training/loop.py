@@ -71,7 +71,9 @@ def train_detector(model: Detector, splits: Splits, config: TrainConfig, *, devi
     if config.compile:
         trained = torch.compile(trained)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    frozen = torch.tensor([name in config.frozen_features for name in splits.train.feature_names])
+    # categorical columns move only by a discrete search, which training-time attacks do not run
+    frozen = torch.tensor([name in config.frozen_features or name in splits.train.categories
+                           for name in splits.train.feature_names])
     objective = DefenseLoss(config.defense, tuple(model.input_shape), config.seed,
                             frozen=frozen.reshape(tuple(model.input_shape)))
 
