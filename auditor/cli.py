@@ -438,6 +438,8 @@ def _tracking(mlflow_uri: str | None, experiment: str | None, model: str):
 def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
     """The verdict line; unless quiet, first a short table of the gates. On GitHub Actions, an annotation
     for each failed gate."""
+    from auditor.export.annotations import gate_annotations, on_github_actions
+
     verdict = "PASSED" if outcome.exit_code == 0 else "FAILED"
     failed = [g for g in outcome.gates if not g.passed]
     if not quiet:
@@ -447,8 +449,6 @@ def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
             click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}", err=err)
         click.echo(f"report: {outcome.report_path}", err=err)
     click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed", err=err)
-    from auditor.export.annotations import gate_annotations, on_github_actions
-
     if on_github_actions():
         for command in gate_annotations(failed, outcome.document["policy"]["source"]):
             click.echo(command, err=err)

@@ -13,13 +13,13 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.export.annotations import gate_annotations
-from auditor.export.mlflow_runs import Tracking, log_audit, metric_name, mlflow_key, read_metric_key
+from auditor.api import AuditResult
+from auditor.export.mlflow_runs import metric_name, mlflow_key, read_metric_key
 from auditor.gates import GateResult
 from exits import gate_exit_code
 
 ROOT = Path(__file__).resolve().parents[1]
-CHEAP = ["--eps", "0.03,0.1", "--max-samples", "30", "--attacks", "fgsm,pgd", "--explainers", "attention,random",
-         "--quiet"]
+CHEAP = ["--eps", "0.03,0.1", "--max-samples", "30", "--attacks", "fgsm,pgd", "--explainers", "attention,random"]
 
 
 def invoke(*args, env=None):
@@ -29,7 +29,7 @@ def invoke(*args, env=None):
 @pytest.fixture(scope="module")
 def logged(trained_checkpoint, tmp_path_factory):
     """One real audit logged by `audit run --mlflow` (on GitHub Actions, so with annotations), and a second
-    audit fabricated from it (more robust) logged through the same function: their folders and run ids."""
+    audit fabricated from it (more robust) logged through the Python API: their folders and run ids."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
     (root / "store").mkdir()
@@ -47,7 +47,8 @@ def logged(trained_checkpoint, tmp_path_factory):
     other.mkdir()
     files = {"results.json": json.dumps(changed).encode()}
     (other / "results.json").write_bytes(files["results.json"])
-    other_id = log_audit(Tracking(uri, "exp"), files, exit_code=0)
+    other_id = AuditResult(metrics={}, intervals={}, skipped={}, gates=[], passed=True, exit_code=0,
+                           document=changed, files=files).log_to_mlflow(uri, experiment="exp")
     return {"uri": uri, "root": root, "real": real, "other": other, "output": result.output,
             "ids": (run_id, other_id), "document": document}
 
@@ -176,7 +177,8 @@ def test_train_logs_its_run_and_mlflow_without_the_extra_is_exit_2(tmp_path, mon
     run = client.get_run(result.output.split("mlflow: run ", 1)[1].split()[0])
     assert client.get_experiment(run.info.experiment_id).name == "m"
     assert run.data.params["detector"] == "tabular" and run.data.params["training.epochs"] == "1"
-    assert 0 <= run.data.metrics["test_accuracy"] <= 1 and run.data.tags["kind"] == "train"
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1 and run.data.metrics["epochs_run"] == 1
+    assert run.data.tags["kind"] == "train" and run.data.params["defense.name"] == "none"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["m.safetensors"]
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed

@@ -99,7 +99,7 @@ def render_card(folder: Path, *, into: Path | None = None) -> str:
         card.data.model_name = card.data.model_name or model_name
         card.text = _merged_text(card.text, section)
     if into is not None:
-        write_atomically(into.parent if str(into.parent) else Path("."), {into.name: str(card).encode("utf-8")})
+        write_atomically(into.parent, {into.name: str(card).encode("utf-8")})
     return str(card)
 
 

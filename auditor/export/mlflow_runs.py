@@ -29,6 +29,8 @@ EXTRA = "mlflow"
 BOUND_SUFFIXES = (".lower95", ".upper95")
 RUN_PREFIX = "mlflow:"
 RUN_FILES = ("results.json", "report.html", "junit.xml", "summary.md")
+TRAINING_OUTCOMES = ("test_accuracy", "val_accuracy", "train_accuracy", "best_val_loss", "epochs_run", "best_epoch",
+                     "seconds")
 
 _SAFE = frozenset(string.ascii_letters + string.digits + "_-.")
 _STAND_INS = {"@": ":", "~": "/"}
@@ -181,14 +183,14 @@ def log_training(tracking: Tracking, checkpoint: Path) -> str:
 
     metadata = read_metadata(checkpoint)
     training = dict(metadata.get("training", {}))
-    outcome = {key: training.pop(key) for key in ("test_accuracy", "val_accuracy", "epochs_run", "best_epoch",
-                                                  "seconds") if isinstance(training.get(key), (int, float))}
+    settings = training.pop("config", {})
+    outcome = {key: training.pop(key) for key in TRAINING_OUTCOMES if isinstance(training.get(key), (int, float))}
     detector = metadata.get("detector", {})
     params = {"detector": detector.get("kind"), "data": metadata.get("data", {}).get("name"),
               "frozen_features": _joined(metadata.get("frozen_features")),
               **{f"hparams.{k}": v for k, v in detector.get("hparams", {}).items()},
               **{f"defense.{k}": v for k, v in metadata.get("defense", {}).items()},
-              **{f"training.{k}": v for k, v in training.items() if not isinstance(v, (dict, list))}}
+              **{f"training.{k}": v for k, v in {**training, **settings}.items() if not isinstance(v, (dict, list))}}
     tool = metadata.get("tool", {})
     tags = {"kind": "train", "tool.name": tool.get("name", "attention-audit"),
             "tool.version": str(tool.get("version", "unknown"))}
