@@ -1,7 +1,6 @@
 """Where results go (auditor.export): an audit logged to a temporary SQLite MLflow store and read back with
 MLflow's own client, audit compare over logged runs, the model card's model-index, GitHub annotations."""
 
-import copy
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from auditor.api import AuditResult
 from auditor.export.mlflow_runs import metric_name, mlflow_key, read_metric_key
 from auditor.gates import GateResult
 from exits import gate_exit_code
+from workers import built_once
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = ["--eps", "0.03,0.1", "--max-samples", "30", "--attacks", "fgsm,pgd", "--explainers", "attention,random"]
@@ -29,28 +29,30 @@ def invoke(*args, env=None):
 @pytest.fixture(scope="module")
 def logged(trained_checkpoint, tmp_path_factory):
     """One real audit logged by `audit run --mlflow` (on GitHub Actions, so with annotations), and a second
-    audit fabricated from it (more robust) logged through the Python API: their folders and run ids."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    (root / "store").mkdir()
-    real = root / "real"
-    result = invoke("run", "--model", trained_checkpoint[0], "--out", real, *CHEAP, "--mlflow", uri,
-                    "--mlflow-experiment", "exp", env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": None})
-    assert result.exit_code == gate_exit_code(real), result.output
-    run_id = result.output.split("mlflow: run ", 1)[1].split()[0] if "mlflow: run" in result.output else None
+    audit fabricated from it (more robust) logged through the Python API: their folders and run ids. Made once
+    per run, whichever xdist worker comes first."""
+    with built_once(tmp_path_factory, "mlflow") as root:
+        uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
+        real, other, record = root / "real", root / "other", root / "logged.json"
+        if not record.is_file():
+            (root / "store").mkdir()
+            result = invoke("run", "--model", trained_checkpoint[0], "--out", real, *CHEAP, "--mlflow", uri,
+                            "--mlflow-experiment", "exp", env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": None})
+            assert result.exit_code == gate_exit_code(real), result.output
+            run_id = result.output.split("mlflow: run ", 1)[1].split()[0]
 
-    document = json.loads((real / "results.json").read_text(encoding="utf-8"))
-    changed = copy.deepcopy(document)
-    changed["metrics"]["robust.accuracy.worst@0.1"] = {"value": 0.8, "ci95": [0.75, 0.85]}
-    changed["model"]["defense"] = "pgd-at"
-    other = root / "other"
-    other.mkdir()
-    files = {"results.json": json.dumps(changed).encode()}
-    (other / "results.json").write_bytes(files["results.json"])
-    other_id = AuditResult(metrics={}, intervals={}, skipped={}, gates=[], passed=True, exit_code=0,
-                           document=changed, files=files).log_to_mlflow(uri, experiment="exp")
-    return {"uri": uri, "root": root, "real": real, "other": other, "output": result.output,
-            "ids": (run_id, other_id), "document": document}
+            changed = json.loads((real / "results.json").read_text(encoding="utf-8"))
+            changed["metrics"]["robust.accuracy.worst@0.1"] = {"value": 0.8, "ci95": [0.75, 0.85]}
+            changed["model"]["defense"] = "pgd-at"
+            files = {"results.json": json.dumps(changed).encode()}
+            other.mkdir()
+            (other / "results.json").write_bytes(files["results.json"])
+            other_id = AuditResult(metrics={}, intervals={}, skipped={}, gates=[], passed=True, exit_code=0,
+                                   document=changed, files=files).log_to_mlflow(uri, experiment="exp")
+            record.write_text(json.dumps({"output": result.output, "ids": [run_id, other_id]}), encoding="utf-8")
+    return {"uri": uri, "root": root, "real": real, "other": other,
+            "document": json.loads((real / "results.json").read_text(encoding="utf-8")),
+            **json.loads(record.read_text(encoding="utf-8"))}
 
 
 def test_metric_names_map_to_valid_mlflow_keys_and_back():
@@ -70,7 +72,6 @@ def test_an_audit_reads_back_from_mlflow_with_params_bounds_tags_and_artifacts(l
     from mlflow import MlflowClient
 
     run_id = logged["ids"][0]
-    assert run_id, logged["output"]
     client = MlflowClient(tracking_uri=logged["uri"])
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == "exp"
@@ -101,8 +102,8 @@ def test_an_audit_reads_back_from_mlflow_with_params_bounds_tags_and_artifacts(l
     assert (logged["root"] / "store" / "mlartifacts").is_dir()
 
 
-def test_compare_of_logged_runs_matches_the_compare_of_their_folders(logged):
-    root = logged["root"]
+def test_compare_of_logged_runs_matches_the_compare_of_their_folders(logged, tmp_path):
+    root = tmp_path
     real_id, other_id = logged["ids"]
     by_folder = invoke("compare", logged["real"], logged["other"], "--out", root / "cmp-folders")
     by_run = invoke("compare", f"mlflow:{real_id}", f"mlflow:{other_id}", "--mlflow", logged["uri"],
