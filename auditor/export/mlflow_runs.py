@@ -240,7 +240,7 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def _message(error: Exception) -> str:
-    return str(getattr(error, "message", None) or error).splitlines()[0]
+    return str(getattr(error, "message", None) or error).strip().splitlines()[0]
 
 
 def _joined(values) -> str | None:
