@@ -8,6 +8,10 @@ STAMP  := $(VENV)/.installed
 # CPU torch wheel (operator torchvision::nms does not exist); transformers imports torchvision whenever it
 # is installed, so every install step ends by removing it (pyproject keeps torchattacks' own requirements).
 NO_TORCHVISION := $(PIP) uninstall --disable-pip-version-check -q -y torchvision
+# The mlflow extra (pyproject says why) after the project, by the names pyproject lists: pip then reports
+# torchattacks' requests pin as a conflict, as it reports its torchvision.
+MLFLOW_EXTRA := $(PIP) install --disable-pip-version-check -q -c constraints.txt $$($(PY) -c "import tomllib; \
+	print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['mlflow']))")
 
 .PHONY: install install-bench install-browser demo test bench study-variants clean
 
@@ -16,11 +20,13 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test,hf]'
+	$(MLFLOW_EXTRA)
 	$(NO_TORCHVISION)
 	touch $(STAMP)
 
 install-bench: install
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[test,hf,bench]'
+	$(MLFLOW_EXTRA)
 	$(NO_TORCHVISION)
 
 # Debian's chromium for the browser test (tests/test_browser.py, marker `browser`): it opens the reports
@@ -37,6 +43,7 @@ test: install
 
 bench: install
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'
+	$(MLFLOW_EXTRA)
 	$(NO_TORCHVISION)
 	OMP_NUM_THREADS=2 $(PY) -m bench.run
 

@@ -5,6 +5,7 @@
     result = audit("model.safetensors", config=AuditConfig(max_samples=200, eps=(0.03, 0.1)))
     assert result.metrics["clean.accuracy"] >= 0.9
     result.save("audit-out")      # report.html, results.json, junit.xml, summary.md
+    result.log_to_mlflow()        # one MLflow run (the mlflow extra; sqlite:///mlflow.db unless told)
 
 It takes the path of ``audit run``: the subject is loaded (a checkpoint, as ``audit run --model`` loads it, or
 a detector already in memory with its data), then bound to the configuration and the policy, audited stage
@@ -59,6 +60,15 @@ class AuditResult:
             raise BadInputError(f"{str(folder)!r} exists and is not a folder")
         write_atomically(folder, self.files)
         return folder / "report.html"
+
+    def log_to_mlflow(self, uri: str | None = None, *, experiment: str | None = None) -> str:
+        """Log this audit as one MLflow run, as ``audit run --mlflow [URI]`` does (``uri`` None: the
+        ``MLFLOW_TRACKING_URI`` environment variable, else sqlite:///mlflow.db; ``experiment`` None: the model's
+        name); returns the run's id. Needs the ``mlflow`` extra."""
+        from auditor.export.mlflow_runs import Tracking, experiment_name, log_audit
+
+        tracking = Tracking(uri, experiment or experiment_name(str(self.document["model"]["path"])))
+        return log_audit(tracking, self.files, exit_code=self.exit_code)
 
     def _repr_html_(self) -> str:
         """A notebook's view: the verdict, the gates and the metrics with their intervals (the full report is

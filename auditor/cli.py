@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from auditor.cli_options import audit_options, bounds_pair, frozen_list, name_list
+from auditor.cli_options import audit_options, bounds_pair, frozen_list, mlflow_options, mlflow_uri_option, name_list
 from auditor.training.config import DEFENSES, DefenseConfig, TrainConfig
 from detectors.errors import BadInputError
 from detectors.kinds import ATTENTION_VARIANTS, DETECTOR_KINDS, INPUT_KIND_NAMES
@@ -152,16 +152,20 @@ def cli() -> None:
                    "column that is not all numbers is categorical anyway")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@mlflow_options
 @click.pass_context
 def train(ctx, detector, data_spec, label_column, text_column, positive_class, attention, defense, defense_eps,
           defense_steps, defense_step_size, beta, lambda_attention, epochs, batch_size, lr, patience, seed, device,
-          use_compile, resume, nproc, frozen_features, categorical_columns, out_path, quiet) -> None:
+          use_compile, resume, nproc, frozen_features, categorical_columns, out_path, quiet, mlflow_uri,
+          mlflow_experiment) -> None:
     """Train a detector and write a .safetensors checkpoint."""
     from auditor.training.job import train_and_save
 
     defense_config = DefenseConfig.from_options(defense, eps=defense_eps, steps=defense_steps,
                                                 step_size=defense_step_size, beta=beta,
                                                 lambda_attention=lambda_attention)
+    main = int(os.environ.get("RANK", "0")) == 0
+    tracking = _tracking(mlflow_uri, mlflow_experiment, str(out_path)) if main else None
     if nproc > 1:
         sys.exit(_launch_torchrun(ctx, nproc, command=("train",)))
     summary = train_and_save(
@@ -171,10 +175,14 @@ def train(ctx, detector, data_spec, label_column, text_column, positive_class, a
         frozen_features=frozen_features, attention=attention, text_column=text_column,
         categorical_columns=categorical_columns,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main:
         click.echo(f"wrote {out_path}: test accuracy {summary['test_accuracy']:.4f} "
                    f"(validation {summary['val_accuracy']:.4f}, {summary['epochs_run']} epochs, "
                    f"{summary['seconds']:.1f} s, defense {defense}, attention {attention})")
+    if tracking is not None:
+        from auditor.export.mlflow_runs import log_training
+
+        click.echo(f"mlflow: run {log_training(tracking, out_path)} at {tracking.uri}")
 
 
 def _launch_torchrun(ctx: click.Context, nproc: int, *, command: tuple[str, ...]) -> int:
@@ -257,10 +265,11 @@ def _command_line(ctx: click.Context, *, skip: tuple[str, ...]) -> list[str]:
               help="the truly relevant features (columns of a CSV; for sequences a feature at every time step), "
                    "so localisation.precision_at_k runs on your data")
 @audit_options
+@mlflow_options
 @click.pass_context
 def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_dir, weights, input_kind, patch_size, cls_token,
         attention_modules, logits_key, bounds, bounds_file, positive_class, nproc, baseline_path, as_json,
-        relevant_features, **options) -> None:
+        relevant_features, mlflow_uri, mlflow_experiment, **options) -> None:
     """Audit a checkpoint or your own model; exit 0 when every gate passes, 1 when one fails.
 
     Under torchrun (or with --nproc) each process audits its shard of the rows and rank 0 writes the
@@ -269,12 +278,14 @@ def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_
     from auditor.foreign_subject import ForeignOptions
     from auditor.shard import Shard
 
+    shard = Shard.from_environment()
+    # opened before the audit, so a missing extra or a bad URI costs no audit; under torchrun by rank 0 afterwards
+    tracking = _tracking(mlflow_uri, mlflow_experiment, model_path) if not shard.distributed else None
     if nproc > 1:
         sys.exit(_launch_torchrun(ctx, nproc, command=("run",)))
     foreign = ForeignOptions(weights=weights, input_kind=input_kind, patch_size=patch_size, cls_token=cls_token,
                              attention_modules=tuple(attention_modules), logits_key=logits_key, bounds=bounds,
                              bounds_file=bounds_file, positive_class=positive_class)
-    shard = Shard.from_environment()
 
     def report(outcome) -> None:
         if as_json:
@@ -284,6 +295,13 @@ def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_
             _print_outcome(outcome, quiet=True, err=True)
         else:
             _print_outcome(outcome, quiet=options["quiet"])
+        if mlflow_uri is not None:
+            from auditor.export.mlflow_runs import log_audit
+
+            target = tracking or _tracking(mlflow_uri, mlflow_experiment, model_path)
+            run_id = log_audit(target, outcome.files, exit_code=outcome.exit_code)
+            if not options["quiet"]:
+                click.echo(f"mlflow: run {run_id} at {target.uri}", err=as_json)
 
     if not shard.distributed:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,
@@ -340,7 +358,7 @@ def demo(out_dir, epochs, **options) -> None:
 
 
 @cli.command(context_settings={"show_default": True})
-@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("folders", nargs=-1)
 @click.option("--model", "models", multiple=True,
               help="a checkpoint to audit first (repeatable), each into OUT/runs/NAME with one shared configuration")
 @click.option("--data", "data_spec", default=None, help="--model: rows to audit (default: each checkpoint's test split)")
@@ -354,22 +372,31 @@ def demo(out_dir, epochs, **options) -> None:
 @click.option("--robust-metric", default=None,
               help="the y axis of the clean-versus-robust scatter [default: pgd at the largest common eps]")
 @click.option("--explainer", default="attention", help="whose deletion and insertion curves are overlaid")
+@mlflow_uri_option("where mlflow:RUN_ID audits are read from: a tracking URI [default: MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db]")
 @audit_options
 def compare(folders, models, data_spec, label_column, text_column, out_dir, policy_path, allow_mismatch, robust_metric,
-            explainer, **options) -> None:
-    """Compare audits side by side: audit output folders, or checkpoints audited first with --model.
+            explainer, mlflow_uri, **options) -> None:
+    """Compare audits side by side: audit output folders, MLflow runs logged by audit run --mlflow
+    (mlflow:RUN_ID), or checkpoints audited first with --model.
 
     Writes compare.html, compare.json and compare.md; exits 0 once they are written, whatever the verdicts,
     and 2 when the audits were configured differently (unless --allow-mismatch).
     """
     from auditor.compare import compare_audits, compare_files, load_audit, unique_names
+    from auditor.export.mlflow_runs import RUN_PREFIX, download_results
     from auditor.gates import load_policy
     from auditor.outputs import append_step_summary, check_out_folder, write_atomically
     from auditor.runner import audit_to_folder
 
+    if mlflow_uri and mlflow_uri.startswith(RUN_PREFIX):
+        raise click.UsageError(f"--mlflow takes a tracking URI, got {mlflow_uri!r}: give the URI, or put --mlflow "
+                               "after the runs")
     if len(folders) + len(models) < 2:
         raise click.UsageError("give at least two audit folders, or two --model checkpoints")
     check_out_folder(out_dir)
+    folders = [download_results(f, mlflow_uri, out_dir / "runs") if f.startswith(RUN_PREFIX) else Path(f)
+               for f in folders]
     policy = load_policy(policy_path) if policy_path is not None else None
     for path in folders:
         if not (path / "results.json").is_file() and not path.is_file():
@@ -407,6 +434,19 @@ def report_command(folder: Path) -> None:
     click.echo(f"report: {rerender(folder)}")
 
 
+@cli.command("card")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--into", "into", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="merge into this model card (a README.md, say an hf: folder's), keeping its metadata and text")
+def card_command(folder: Path, into: Path | None) -> None:
+    """Print a Hugging Face model-card section for an audit folder: model-index YAML front matter (task, data
+    set, metrics with their attack and eps), then a Markdown summary (robustness, trust verdict, report link)."""
+    from auditor.export.card import render_card
+
+    text = render_card(folder, into=into)
+    click.echo(f"card: merged into {into}" if into is not None else text, nl=into is not None)
+
+
 @cli.command("attacks")
 def list_attacks() -> None:
     """List the registered attacks with their norm, parameters and reference, and the profiles."""
@@ -432,8 +472,20 @@ def list_attacks() -> None:
                    f"on text: {settings(TEXT_PROFILES[profile])}")
 
 
+def _tracking(mlflow_uri: str | None, experiment: str | None, model: str):
+    """The MLflow store and experiment a run goes to (``--mlflow``), or None when not asked."""
+    if mlflow_uri is None:
+        return None
+    from auditor.export.mlflow_runs import Tracking, experiment_name
+
+    return Tracking(mlflow_uri, experiment or experiment_name(model))
+
+
 def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
-    """The verdict line; unless quiet, first a short table of the gates."""
+    """The verdict line; unless quiet, first a short table of the gates. On GitHub Actions, an annotation
+    for each failed gate."""
+    from auditor.export.annotations import gate_annotations, on_github_actions
+
     verdict = "PASSED" if outcome.exit_code == 0 else "FAILED"
     failed = [g for g in outcome.gates if not g.passed]
     if not quiet:
@@ -443,6 +495,9 @@ def _print_outcome(outcome, *, quiet: bool, err: bool = False) -> None:
             click.echo(f"  {'pass' if gate.passed else 'FAIL'}  {gate.name:<{width}}  value {value}", err=err)
         click.echo(f"report: {outcome.report_path}", err=err)
     click.echo(f"audit {verdict}: {len(outcome.gates) - len(failed)}/{len(outcome.gates)} gates passed", err=err)
+    if on_github_actions():
+        for command in gate_annotations(failed, outcome.document["policy"]["source"]):
+            click.echo(command, err=err)
 
 
 def _stop(signum: int, frame) -> None:

@@ -156,3 +156,18 @@ def bounds_pair(ctx, param, value):
     if not hi > lo:
         raise click.BadParameter(f"expected LO < HI, got {value!r}")
     return (lo, hi)
+
+
+def mlflow_options(function):
+    """``--mlflow [URI]`` and ``--mlflow-experiment``, shared by ``audit run`` and ``audit train``."""
+    function = click.option("--mlflow-experiment", default=None,
+                            help="the MLflow experiment of the run [default: the model's name]")(function)
+    return mlflow_uri_option("log this run to MLflow: the tracking URI, or with no value MLFLOW_TRACKING_URI, "
+                             "else sqlite:///mlflow.db in the working directory (needs the mlflow extra)")(function)
+
+
+def mlflow_uri_option(help_text: str):
+    # an optional value: `--mlflow` alone is the empty string, which auditor.export.mlflow_runs.tracking_uri
+    # reads as "the default URI"
+    return click.option("--mlflow", "mlflow_uri", is_flag=False, flag_value="", default=None, metavar="[URI]",
+                        help=help_text)
