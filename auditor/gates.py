@@ -45,7 +45,7 @@ from pathlib import Path
 from attacks import ATTACKS, TEXT_ATTACKS
 from attacks.text import TOKEN_NORM
 from auditor.explain import EXPLAINERS
-from auditor.metrics import MetricValue, format_eps
+from auditor.metrics import MIN_INTERVAL_ROWS, MetricValue, format_eps
 from auditor.stages import CATALOGUE, spec_for
 from auditor.verdict import CONDITIONS, trust_verdict
 from detectors.errors import BadInputError
@@ -57,9 +57,6 @@ INTERVAL_ENDS = {"lower95": 0, "upper95": 1}
 DEFAULT_MIN_ACCURACY = 0.90
 DEFAULT_MIN_ROBUST_ACCURACY = 0.50
 DEFAULT_REGRESSION_TOLERANCE = 0.02
-# Fewer samples than this and a percentile bootstrap's 95% interval is not one: it cannot reach past the few
-# values seen (one row gives [v, v]); 30 is the usual rule of thumb for a normal approximation of a mean.
-MIN_INTERVAL_ROWS = 30
 VERDICT_GATE = "trust.verdict"
 
 

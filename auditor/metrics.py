@@ -68,6 +68,11 @@ class MetricValue:
         return payload
 
 
+# Fewer samples than this and a percentile bootstrap's 95% interval is not one: it cannot reach past the few
+# values seen (one row gives [v, v]); 30 is the usual rule of thumb for a normal approximation of a mean.
+MIN_INTERVAL_ROWS = 30
+
+
 def format_eps(eps: float) -> str:
     return f"{eps:g}"
 

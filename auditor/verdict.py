@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from auditor.metrics import AGREEMENT_REFERENCES, MPRT_PASS_BELOW, MetricValue
+from auditor.metrics import AGREEMENT_REFERENCES, MIN_INTERVAL_ROWS, MPRT_PASS_BELOW, MetricValue
 
 TITLE = "Can attention be trusted as an explanation of this detector?"
 UNIFORM_KEPT_LIMIT = 0.95
@@ -130,6 +130,10 @@ def _not_run(question: str, metric: str, skipped: dict[str, str], condition: str
 
 def _line(question: str, status: str, finding: str, metric: str, value: MetricValue,
           condition: str | None = None) -> TrustLine:
+    if status == "pass" and value.n is not None and value.n < MIN_INTERVAL_ROWS:
+        # the same rule as an interval gate's: a bootstrap of a handful of rows is as narrow as the rows are alike
+        status, finding = "unclear", (f"Unclear: too few samples (n={value.n}) for a 95% interval, at least "
+                                      f"{MIN_INTERVAL_ROWS} needed")
     return TrustLine(question, status, f"{finding} ({_numbers(metric, value)}).", metric, value.value,
                      tuple(value.ci95) if value.ci95 is not None else None, condition)
 
@@ -170,7 +174,8 @@ def panel_verdict(metrics: dict[str, MetricValue], skipped: dict[str, str], gate
 
 def _open_reason(line: TrustLine, skipped: dict[str, str]) -> str:
     if line.status == "unclear":
-        return f"{line.condition} is unclear (the interval of {line.metric} straddles its limit: audit more rows)"
+        why = "too few samples" if line.finding.startswith("Unclear: too few samples") else "straddles its limit"
+        return f"{line.condition} is unclear (the interval of {line.metric} {why}: audit more rows)"
     why = skipped.get(line.metric)
     return f"{line.condition} did not run ({line.metric}{': ' + why if why else ''}; {RUN_HINTS[line.condition]})"
 

@@ -211,6 +211,17 @@ def test_beating_chance_needs_the_minimum_effect_not_just_an_interval_above_zero
         assert verdict.answer == ("yes" if status == "pass" else "no" if status == "fail" else "not established")
 
 
+def test_a_verdict_resting_on_too_few_samples_is_not_established():
+    # the interval gates' rule: a bootstrap of a handful of rows is as narrow as the rows are alike
+    few = {name: MetricValue(value.value, value.ci95, n=5) for name, value in GOOD.items()}
+    verdict = trust_verdict(few)
+    assert verdict.answer == "not established" and "too few samples" in verdict.finding
+    assert [line.status for line in verdict.lines[:4]] == ["unclear"] * 4
+    assert "n=5" in verdict.lines[0].finding
+    enough = {name: MetricValue(value.value, value.ci95, n=30) for name, value in GOOD.items()}
+    assert trust_verdict(enough).answer == "yes"
+
+
 def test_a_condition_that_did_not_run_leaves_the_verdict_not_established_with_what_to_run():
     verdict = trust_verdict({k: v for k, v in GOOD.items() if k != GAIN.format("attention")})
     assert verdict.answer == "not established"
