@@ -45,6 +45,7 @@ from torch import nn
 
 from detectors.base import Detector, TokenMap
 from detectors.errors import BadInputError, short_listing
+from detectors.inputs.text import TokenIds
 
 HF_PREFIX = "hf:"
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -292,6 +293,7 @@ class HuggingFaceTextDetector(HuggingFaceDetector):
         super().__init__(model, family)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_id
+        self.frame_ids = TokenIds.of(tokenizer).frame_ids  # [SEP], </s>: no part of the message
         self.input_shape = (tokenizer.max_length,)
         self.token_map = TokenMap(token_of_input=torch.arange(tokenizer.max_length), n_tokens=tokenizer.max_length,
                                   cls_index=0)

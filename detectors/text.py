@@ -54,6 +54,8 @@ RELATIVE_REACH = 8  # tokens: offsets beyond share one bias
 
 class TextTransformer(Detector):
     kind = "text"
+    # its word-level tokeniser wraps a message in [CLS] (position 0) and padding (the attention mask) alone
+    frame_ids: tuple[int, ...] = ()
 
     def __init__(self, vocab_size: int, max_length: int, n_classes: int, *, pad_id: int = 0, dim: int = 32,
                  depth: int = 2, heads: int = 4, mlp_dim: int = 64, dropout: float = 0.1,
