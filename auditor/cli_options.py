@@ -100,6 +100,10 @@ def audit_options(function):
         click.option("--on-out-of-range", type=click.Choice(["clip", "refuse"]), default="clip", show_default=True,
                      help="audited values outside the checkpoint's training range: clip them to it (counted in "
                           "results.json data.out_of_range and the report), or refuse with exit 2"),
+        click.option("--on-long-text", type=click.Choice(["truncate", "refuse"]), default="truncate",
+                     show_default=True,
+                     help="text: messages longer than the model's length: truncate them there (counted in "
+                          "results.json data.truncated and the report), or refuse with exit 2 naming the first"),
         click.option("--target-class", default=None,
                      help="targetable attacks (fgsm, pgd, pgd-l2, cw, square, attention-guided) aim at this class "
                           "(a class name, e.g. the benign class of a detector)"),

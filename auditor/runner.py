@@ -50,7 +50,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] | None = None,
-                    on_out_of_range: str = "clip",
+                    on_out_of_range: str = "clip", on_long_text: str = "truncate",
                     max_memory_gb: float | None = None, attack_params: tuple = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
                     explainers: tuple[str, ...] = (), faithfulness_metrics: tuple[str, ...] = (),
@@ -76,7 +76,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             out_dir=out_dir, eps=eps, eps_l2=eps_l2, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
             batch_size=batch_size, save_adversarial=save_adversarial, save_explanations=save_explanations,
             foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
-            on_out_of_range=on_out_of_range,
+            on_out_of_range=on_out_of_range, on_long_text=on_long_text,
             max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
             hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
             removal_baseline=removal_baseline, baseline_path=baseline_path, relevant_features=relevant_features,
@@ -113,7 +113,7 @@ def _lay_out_saved(saved: PendingFiles, subject: Subject, config: AuditConfig, s
 
 def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, eps_l2, attacks, max_samples, seed, device,
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
-             on_out_of_range,
+             on_out_of_range, on_long_text,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
              removal_baseline, baseline_path, relevant_features=(), text_column="text",
              token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None):
@@ -135,7 +135,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
                                        label_column=label_column, max_samples=config.max_samples, seed=seed,
                                        device_name=device, frozen_features=config.frozen_features,
-                                       text_column=text_column)
+                                       text_column=text_column, on_long_text=on_long_text)
     else:
         if foreign is not None and foreign != ForeignOptions():
             raise BadInputError("--weights, --input-kind, --patch-size, --cls-token, --attention-module, "
@@ -143,7 +143,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, out_dir, eps, 
         subject = load_subject(model_path, data_spec=data_spec, label_column=label_column,
                                max_samples=config.max_samples, seed=seed, device_name=device,
                                frozen_features=config.frozen_features, on_out_of_range=on_out_of_range,
-                               text_column=text_column)
+                               text_column=text_column, on_long_text=on_long_text)
     return bind(subject, config, loaded_policy, baseline_path=baseline_path, relevant_features=relevant_features)
 
 
@@ -219,7 +219,8 @@ def outputs(result: AuditFindings, subject: Subject, config: AuditConfig, policy
     document = results_document(
         model=model_doc,
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples),
-              "out_of_range": subject.data.out_of_range(), "input_kind": subject.kind.name},
+              "out_of_range": subject.data.out_of_range(), "input_kind": subject.kind.name,
+              **({"truncated": subject.data.truncated()} if subject.data.lengths is not None else {})},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
         masking=result.masking, check_metrics=check_metrics(metrics),
         curves={"robustness": {attack: [list(point) for point in points]

@@ -45,7 +45,7 @@ from torch import nn
 
 from detectors.base import Detector, TokenMap
 from detectors.errors import BadInputError, short_listing
-from detectors.inputs.text import TokenIds
+from detectors.inputs.text import TokenIds, message_width, padded_attentions
 
 HF_PREFIX = "hf:"
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -319,19 +319,27 @@ class HuggingFaceTextDetector(HuggingFaceDetector):
                            with_attention: bool = False):
         """Logits from word embeddings (N, T, dim) and the mask (N, T); with ``with_attention`` also the
         attention list (N, heads, T, T) per layer."""
-        inputs = dict(inputs_embeds=embeddings, attention_mask=attention_mask.long())
+        width = message_width(attention_mask)
+        inputs = dict(inputs_embeds=embeddings[:, :width], attention_mask=attention_mask[:, :width].long())
         if with_attention:
-            return self._outputs(**inputs)
+            return self._trimmed_outputs(embeddings.shape[1], **inputs)
         return self.model(**inputs, return_dict=True).logits
 
+    # through the word embeddings of all T positions, so the embedding layer's output (which captum's layer
+    # attributions hook) keeps the input's shape while the model runs on the message's columns
     def forward_with_attention(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         mask = self.attention_mask(ids) if attention_mask is None else attention_mask
-        return self._outputs(input_ids=ids, attention_mask=mask.long())
+        return self.forward_embeddings(self.embed(ids), mask, with_attention=True)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = self.attention_mask(ids) if attention_mask is None else attention_mask
-        return self.model(input_ids=ids, attention_mask=mask.long(), return_dict=True).logits
+        return self.forward_embeddings(self.embed(ids), mask)
+
+    def _trimmed_outputs(self, tokens: int, **inputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The model on a batch's :func:`message_width` columns, its attention padded back to ``tokens``."""
+        logits, attentions = self._outputs(**inputs)
+        return logits, padded_attentions(attentions, tokens)
 
 
 RESAMPLING = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as image processors save them

@@ -94,6 +94,8 @@ class Dataset:
     relevant_mask: np.ndarray | None = None
     # (N, *sample shape), True where the raw value lay outside the scaler's training range and was clipped
     clipped: np.ndarray | None = None
+    # text: (N,) each message's token count before truncation to the tokeniser's length, special tokens included
+    lengths: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.row_index is None:
@@ -109,8 +111,21 @@ class Dataset:
     def subset(self, rows: np.ndarray) -> "Dataset":
         mask = self.relevant_mask[rows] if self.relevant_mask is not None else None
         clipped = self.clipped[rows] if self.clipped is not None else None
+        lengths = self.lengths[rows] if self.lengths is not None else None
         return replace(self, x=self.x[rows], y=self.y[rows], row_index=self.row_index[rows], relevant_mask=mask,
-                       clipped=clipped)
+                       clipped=clipped, lengths=lengths)
+
+    def truncated(self) -> dict | None:
+        """Text: what truncation to the tokeniser's length cut from these messages, which the model never sees:
+        ``{"rows": messages longer than it, "tokens_lost_share": their lost tokens / every message's tokens,
+        "max_length": the length}``; None for other data."""
+        if self.lengths is None:
+            return None
+        limit = int(self.x.shape[1])
+        lost = np.clip(self.lengths - limit, 0, None)
+        total = int(self.lengths.sum())
+        return {"rows": int((lost > 0).sum()), "tokens_lost_share": float(lost.sum() / total) if total else 0.0,
+                "max_length": limit}
 
     def out_of_range(self) -> dict:
         """What scaling clipped to [0, 1] among these rows: ``{"rows": rows with any value outside the

@@ -109,6 +109,24 @@ def explained_positions_of(detector, x: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def message_width(attention_mask: torch.Tensor) -> int:
+    """The columns a batch needs: up to its last real token. Trailing padding is masked out of every attention
+    (a weight of exactly 0 from every query), so a model run on these columns alone gives the same logits,
+    the same CLS attention row and a gradient of exactly 0 at the padding, at the cost of the batch's longest
+    message rather than the checkpoint's length."""
+    real = attention_mask.any(0).nonzero()
+    return int(real.max()) + 1 if len(real) else int(attention_mask.shape[1])
+
+
+def padded_attentions(attentions: list[torch.Tensor], tokens: int) -> list[torch.Tensor]:
+    """Attention computed on a batch's :func:`message_width` columns, (n, h, w, w) per layer, back to (n, h,
+    tokens, tokens): the trailing padding's columns and rows are 0 (no query attends padding). A batch
+    without trailing padding gets the very tensors its forward used (grad-attention differentiates them)."""
+    if all(a.shape[-1] == tokens for a in attentions):
+        return attentions
+    return [torch.nn.functional.pad(a, (0, tokens - a.shape[-1], 0, tokens - a.shape[-2])) for a in attentions]
+
+
 class Text(InputKind):
     name = "text"
     rank = 1
