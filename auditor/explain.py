@@ -65,7 +65,8 @@ gradient with respect to the token's embedding; input-x-gradient the sum over it
 embeddings, summed; gradient-shap the estimator above in embedding space, its baseline the [MASK]
 embeddings (one baseline, not a distribution: embeddings have no box to draw from) with noise
 N(0, 0.05^2) on each explained token's embedding, the products summed over the embedding dimension;
-feature-ablation replaces one token at a time by [MASK] (captum's FeatureAblation on the ids).
+feature-ablation replaces one of the message's own tokens at a time by [MASK] (captum's FeatureAblation on
+the ids with a per-sample feature mask: a message of L tokens costs L perturbations, whatever the padding).
 """
 
 from __future__ import annotations

@@ -68,8 +68,10 @@ def test_a_long_message_is_refused_naming_it_or_truncated_and_recorded(checkpoin
     assert len(lines) == 1 and lines[0].startswith("error: ") and "first message 3 of" in lines[0]
     assert "Traceback" not in refused.output and not (tmp_path / "r" / "results.json").exists()
 
-    kept = CliRunner().invoke(cli, [*common, "--quiet", "--out", str(tmp_path / "t")])
+    kept = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "t")])
     assert kept.exit_code in (0, 1), kept.output
+    # stderr is no terminal here, as in a CI log: one line per stage with its time
+    assert all(f"audit: {stage} " in kept.stderr for stage in ("clean", "robustness", "explain", "sanity"))
     document = json.loads((tmp_path / "t" / "results.json").read_text(encoding="utf-8"))
     truncated = document["data"]["truncated"]
     assert truncated["rows"] == 1 and 0 < truncated["tokens_lost_share"] < 1
