@@ -66,7 +66,8 @@ from auditor.stage import Block, Stage
 from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
 from detectors.foreign import ForeignDetector, captured_attention_modules
 from detectors.foreign_editing import edited_multihead_attention, multihead_edit_unsupported
-from detectors.huggingface import HuggingFaceDetector, edited_attention as edited_pretrained_attention
+from detectors.huggingface import HuggingFaceDetector
+from detectors.huggingface_editing import edited_attention as edited_pretrained_attention
 from detectors.maths import spearman
 from detectors.seeding import per_sample_uniform, stream_seed
 
