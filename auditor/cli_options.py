@@ -113,6 +113,10 @@ def audit_options(function):
                           "them to other known categories [default: none, every categorical column frozen]"),
         click.option("--category-budget", type=click.IntRange(min=1), default=1, show_default=True,
                      help="how many --mutable-categorical columns pgd-categorical may change per row"),
+        click.option("--on-long-text", type=click.Choice(["truncate", "refuse"]), default="truncate",
+                     show_default=True,
+                     help="text: messages longer than the model's length: truncate them there (counted in "
+                          "results.json data.truncated and the report), or refuse with exit 2 naming the first"),
         click.option("--target-class", default=None,
                      help="targetable attacks (fgsm, pgd, pgd-l2, cw, square, attention-guided) aim at this class "
                           "(a class name, e.g. the benign class of a detector)"),

@@ -65,7 +65,8 @@ gradient with respect to the token's embedding; input-x-gradient the sum over it
 embeddings, summed; gradient-shap the estimator above in embedding space, its baseline the [MASK]
 embeddings (one baseline, not a distribution: embeddings have no box to draw from) with noise
 N(0, 0.05^2) on each explained token's embedding, the products summed over the embedding dimension;
-feature-ablation replaces one token at a time by [MASK] (captum's FeatureAblation on the ids).
+feature-ablation replaces one of the message's own tokens at a time by [MASK] (captum's FeatureAblation on
+the ids with a per-sample feature mask: a message of L tokens costs L perturbations, whatever the padding).
 """
 
 from __future__ import annotations
@@ -77,12 +78,10 @@ from typing import ClassVar
 import torch
 from captum.attr import (DeepLift, FeatureAblation, InputXGradient, IntegratedGradients, LayerDeepLift,
                          LayerGradientXActivation, LayerIntegratedGradients, Saliency)
-from tqdm.auto import tqdm
 
-from auditor.stage import Block, Stage
 from detectors.base import Detector
 from detectors.errors import BadInputError
-from detectors.inputs.text import explained_positions_of, is_token_ids
+from detectors.inputs.text import explained_positions_of, is_token_ids, message_width
 from detectors.seeding import per_sample_normal, per_sample_uniform
 
 FAMILIES = ("attention", "gradient", "perturbation", "baseline")
@@ -243,10 +242,11 @@ class GradientAttention(Explainer):
         with torch.enable_grad():
             # x (token ids: their embeddings) joins the graph so the attention weights do even when every
             # parameter is frozen
-            if is_token_ids(x):
-                embeddings = detector.embed(x).detach().requires_grad_(True)
-                logits, attentions = detector.forward_embeddings(embeddings, detector.attention_mask(x),
-                                                                 with_attention=True)
+            if is_token_ids(x):  # on the message's columns, so the weights are those the forward used
+                mask = detector.attention_mask(x)
+                width = message_width(mask)
+                embeddings = detector.embed(x[:, :width]).detach().requires_grad_(True)
+                logits, attentions = detector.forward_embeddings(embeddings, mask[:, :width], with_attention=True)
             else:
                 inputs = x.detach().clone().requires_grad_(True)
                 logits, attentions = detector.forward_with_attention(inputs)
@@ -263,7 +263,10 @@ class GradientAttention(Explainer):
                 "not the weights its forward used); leave grad-attention out of --explainers")
         gradients = [torch.zeros_like(a) if g is None else g.reshape(a.shape) for a, g in zip(attentions, gradients)]
         relevance = gradient_weighted_rollout([a.detach() for a in attentions], gradients)
-        return detector.token_map.to_input(_token_scores_from_row(relevance, detector.token_map.cls_index))
+        scores = _token_scores_from_row(relevance, detector.token_map.cls_index)
+        if is_token_ids(x):  # the message's columns, back to every position
+            scores = torch.nn.functional.pad(scores, (0, x.shape[1] - scores.shape[1]))
+        return detector.token_map.to_input(scores)
 
 
 def _internal_batch(n: int, steps: int, most: int) -> int:
@@ -414,6 +417,21 @@ class FeatureAblationExplainer(Explainer):
             return _by_rows(x, rows, lambda part: ablation.attribute(
                 x[part], baselines=baselines[part], target=target[part], perturbations_per_eval=per_eval))
 
+    def _attribute_tokens(self, detector, x, target, *, baseline, seed, index, attentions):
+        """Each of a message's own tokens alone (captum's per-sample ``feature_mask``): the frame ([CLS], [SEP],
+        padding) joins the group of its nearest message token, which changes nothing as the baseline keeps the
+        frame, so a message of L tokens costs L perturbations, not one per position."""
+        explained = explained_positions_of(detector, x)
+        groups = (explained.cumsum(1) - 1).clamp_min(0)
+        tokens = max(1, int(explained.sum(1).max()) if len(x) else 1)
+        rows = max(1, min(len(x), self.max_inputs))
+        per_eval = max(1, min(tokens, self.max_inputs // rows))
+        baselines, ablation = _token_baseline(baseline, x), FeatureAblation(detector)
+        with torch.no_grad():
+            return _by_rows(x, rows, lambda part: ablation.attribute(
+                x[part], baselines=baselines[part], target=target[part], feature_mask=groups[part],
+                perturbations_per_eval=per_eval))
+
 
 class RandomExplainer(Explainer):
     name = "random"
@@ -437,85 +455,3 @@ def make_explainer(name: str, *, max_inputs: int = MAX_INTERNAL_BATCH) -> Explai
         return EXPLAINERS[name](max_inputs=max_inputs)
     except KeyError:
         raise ValueError(f"unknown explainer {name!r}; registered: {', '.join(sorted(EXPLAINERS))}") from None
-
-
-def explain_all(detector: Detector, x: torch.Tensor, target: torch.Tensor, config, *,
-                baseline: torch.Tensor, progress: bool, index: torch.Tensor | None = None,
-                batch_size: int | None = None, gradient_inputs: int | None = None) -> dict[str, torch.Tensor]:
-    """Every configured explainer over batches of at most ``batch_size`` rows; the explainers that only read
-    attention weights share one ``forward_with_attention`` per batch. Explainers that evaluate the model on
-    several inputs per sample (``steps``: integrated gradients) take at most ``gradient_inputs`` model inputs
-    at a time. ``index``: the rows' global indices (random draws are keyed by them)."""
-    index = torch.arange(len(x)) if index is None else index
-    batch_size = batch_size or config.batch_size
-    explainers = {name: make_explainer(name, **({} if gradient_inputs is None else {"max_inputs": gradient_inputs}))
-                  for name in config.explainers}
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
-    readers = [name for name, explainer in explainers.items() if isinstance(explainer, AttentionExplainer)]
-    batches = range(0, len(x), batch_size)
-    bar = tqdm(total=len(explainers) * len(batches), desc="explain", unit="batch",
-               disable=None if progress else True, leave=False)
-    try:
-        for start in batches:
-            rows = slice(start, start + batch_size)
-            x_rows, target_rows, index_rows = x[rows], target[rows], index[rows]
-            per_sample_baseline = baseline.shape == x.shape
-            rows_baseline = baseline[rows] if per_sample_baseline else baseline
-            attentions = None
-            if readers:
-                with torch.no_grad():
-                    _, attentions = detector.forward_with_attention(x_rows)
-            for name, explainer in explainers.items():
-                step = len(x_rows)
-                if gradient_inputs is not None and name not in readers:
-                    step = max(1, min(step, gradient_inputs // max(1, int(getattr(explainer, "steps", 1)))))
-                for sub in range(0, len(x_rows), step):
-                    part = slice(sub, sub + step)
-                    parts[name].append(explainer.explain(
-                        detector, x_rows[part], target_rows[part],
-                        baseline=rows_baseline[part] if per_sample_baseline else rows_baseline,
-                        seed=config.seed, index=index_rows[part],
-                        attentions=attentions if name in readers else None).detach())
-                bar.update()
-    finally:
-        bar.close()
-    return {name: torch.cat(chunks) for name, chunks in parts.items()}
-
-
-class ExplainStage(Stage):
-    """Every configured explainer's attribution of each row for its clean prediction (``Block.attributions``),
-    and the explainers themselves bounded by the memory plan (``Block.explainers``) for the stages that
-    re-run them. It computes no metric of its own."""
-
-    name = "explain"
-
-    def run(self, block: Block) -> None:
-        block.attributions = explain_all(block.detector, block.x, block.pred, block.config, baseline=block.baseline,
-                                         progress=block.progress, index=block.index,
-                                         batch_size=block.plan.attack_batch,
-                                         gradient_inputs=block.plan.gradient_inputs)
-        block.explainers = {name: make_explainer(name, max_inputs=block.plan.gradient_inputs)
-                            for name in block.attributions}
-        flipped = block.table.get("flipped", {}).get("example", [])
-        if len(flipped):
-            explain_flipped(block, list(flipped))
-
-
-def explain_flipped(block: Block, examples: list) -> None:
-    """Each example an attack flipped (``auditor.robustness.FlippedExample``, global ``index``): its adversarial
-    input's class probabilities and every explainer's attribution of it for its new prediction."""
-    x_adv = torch.stack([example.x_adv for example in examples]).to(block.x.device)
-    index = torch.tensor([example.index for example in examples])
-    with torch.no_grad(), evaluating(block.detector):
-        proba = torch.softmax(block.detector(x_adv), dim=1).cpu().double()
-    target = proba.argmax(1).to(block.x.device)
-    baseline = block.baseline
-    if baseline.shape == block.x.shape:  # a per-sample removal baseline (blur): the rows of these samples
-        position = {int(row): i for i, row in enumerate(block.index_np)}
-        baseline = baseline[torch.tensor([position[int(row)] for row in index], device=baseline.device)]
-    attributions = {name: explainer.explain(block.detector, x_adv, target, baseline=baseline, seed=block.config.seed,
-                                            index=index).detach().cpu()
-                    for name, explainer in block.explainers.items()}
-    for k, example in enumerate(examples):
-        example.adv_proba = proba[k].numpy()
-        example.attributions = {name: attribution[k] for name, attribution in attributions.items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auditor.subject import Subject, build_domain, sha256_of
+from auditor.subject import Subject, build_domain, check_long_text, sha256_of
 from detectors.categorical import most_frequent_codes, raw_bounds
 from detectors.data import load_table, stratified_subset
 from detectors.table import Dataset
@@ -42,7 +42,8 @@ def is_foreign(model: str) -> bool:
 
 def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec: str | None, label_column: str,
                          max_samples: int, seed: int, device_name: str,
-                         frozen_features: tuple[str, ...] | None = None, text_column: str = "text") -> Subject:
+                         frozen_features: tuple[str, ...] | None = None, text_column: str = "text",
+                         on_long_text: str = "truncate") -> Subject:
     """A user's own model with its data: the data reaches the model exactly as read, never rescaled.
 
     The attacks and explainers work in [0, 1] units of each input position's range (the data's minimum
@@ -55,7 +56,8 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
     if is_huggingface(model_spec):
         return load_huggingface_subject(model_spec, options, data_spec=data_spec, label_column=label_column,
                                         max_samples=max_samples, seed=seed, device_name=device_name,
-                                        frozen_features=frozen_features, text_column=text_column)
+                                        frozen_features=frozen_features, text_column=text_column,
+                                        on_long_text=on_long_text)
     if data_spec is None:
         raise BadInputError("a python: model brings no data of its own; pass --data with the rows to audit")
     if options.input_kind is None:
@@ -94,6 +96,7 @@ def load_foreign_subject(model_spec: str, options: ForeignOptions, *, data_spec:
     with torch.no_grad():
         detector.forward_with_attention(sample)  # no attention, or tokens that do not fit: say so before auditing
     data = stratified_subset(data, max_samples, seed=seed)
+    check_long_text(data, on_long_text)
     audited = torch.as_tensor(data.x, device=device)
     difference = logit_path_difference(detector, audited)
     if difference > PATH_TOLERANCE:
@@ -201,9 +204,10 @@ PYTHON_ONLY = {"weights": "--weights", "input_kind": "--input-kind", "patch_size
 
 def load_huggingface_subject(model_spec: str, options: ForeignOptions, *, data_spec: str | None, label_column: str,
                              max_samples: int, seed: int, device_name: str,
-                             frozen_features: tuple[str, ...] | None = None, text_column: str = "text") -> Subject:
+                             frozen_features: tuple[str, ...] | None = None, text_column: str = "text",
+                             on_long_text: str = "truncate") -> Subject:
     """A Hugging Face classifier (``hf:DIR``) with its data: messages for a text model (encoded with the
-    directory's tokenizer), images for an image model (pixels in [0, 1], or stored 0-255 and brought there by
+    directory's tokenizer; longer ones than it takes truncated and counted, or refused: ``on_long_text``), images for an image model (pixels in [0, 1], or stored 0-255 and brought there by
     the processor's ``rescale_factor``). Labels go through :func:`huggingface_labels`."""
     from detectors.foreign import PATH_TOLERANCE, logit_path_difference
     from detectors.huggingface import (HuggingFaceImageDetector, HuggingFaceTextDetector, load_preprocess,
@@ -250,6 +254,7 @@ def load_huggingface_subject(model_spec: str, options: ForeignOptions, *, data_s
         domain = build_domain(table.input_shape, list(table.feature_names), frozen=frozen)
     detector = detector.to(device).eval()
     data = stratified_subset(data, max_samples, seed=seed)
+    check_long_text(data, on_long_text)
     audited = torch.as_tensor(data.x, device=device)
     difference = logit_path_difference(detector, audited)
     if difference > PATH_TOLERANCE:

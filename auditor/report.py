@@ -126,6 +126,11 @@ def render_summary(document: dict) -> bytes:
         more = f" and {len(outside['features']) - 8} more features" if len(outside["features"]) > 8 else ""
         lines += [f"**{outside['rows']} audited rows lay outside the training range** ({outside['values']} values, "
                   f"clipped to it): {features}{more}.", ""]
+    truncated = document["data"].get("truncated") or {}
+    if truncated.get("rows"):
+        lines += [f"**{truncated['rows']} audited messages were longer than the model's {truncated['max_length']} "
+                  f"tokens** and were cut there: {truncated['tokens_lost_share']:.1%} of the audited messages' "
+                  "tokens were never seen by the model.", ""]
     lines += [
         "| Gate | Value | 95% interval | Result |",
         "| --- | --- | --- | --- |",

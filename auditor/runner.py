@@ -52,7 +52,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
                     device: str, batch_size: int, save_adversarial: bool, save_explanations: bool,
                     quiet: bool, foreign: ForeignOptions | None = None, profile: str = "quick",
                     masking_checks: bool | None = None, frozen_features: tuple[str, ...] | None = None,
-                    on_out_of_range: str = "clip", on_unseen_category: str = "map",
+                    on_out_of_range: str = "clip", on_unseen_category: str = "map", on_long_text: str = "truncate",
                     mutable_categorical: tuple[str, ...] = (), category_budget: int = 1,
                     max_memory_gb: float | None = None, attack_params: tuple = (),
                     target_class: str | None = None, hijack_features: tuple[str, ...] = (),
@@ -81,7 +81,7 @@ def audit_to_folder(*, model_path: str, data_spec: str | None, label_column: str
             eps=eps, eps_l2=eps_l2, attacks=attacks, max_samples=max_samples, seed=seed, device=device,
             batch_size=batch_size, save_adversarial=save_adversarial, save_explanations=save_explanations,
             foreign=foreign, profile=profile, masking_checks=masking_checks, frozen_features=frozen_features,
-            on_out_of_range=on_out_of_range, on_unseen_category=on_unseen_category,
+            on_out_of_range=on_out_of_range, on_unseen_category=on_unseen_category, on_long_text=on_long_text,
             mutable_categorical=tuple(mutable_categorical), category_budget=category_budget,
             max_memory_gb=max_memory_gb, attack_params=attack_params, target_class=target_class,
             hijack_features=hijack_features, explainers=explainers, faithfulness_metrics=faithfulness_metrics,
@@ -119,7 +119,7 @@ def _lay_out_saved(saved: PendingFiles, subject: Subject, config: AuditConfig, s
 
 def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, attacks, max_samples, seed, device,
              batch_size, save_adversarial, save_explanations, foreign, profile, masking_checks, frozen_features,
-             on_out_of_range,
+             on_out_of_range, on_long_text,
              max_memory_gb, attack_params, target_class, hijack_features, explainers, faithfulness_metrics,
              removal_baseline, baseline_path, relevant_features=(), text_column="text",
              token_budget=DEFAULT_TOKEN_BUDGET, substitutions=None, protect=None, on_unseen_category="map",
@@ -145,7 +145,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, a
         subject = load_foreign_subject(model_path, foreign or ForeignOptions(), data_spec=data_spec,
                                        label_column=label_column, max_samples=config.max_samples, seed=seed,
                                        device_name=device, frozen_features=config.frozen_features,
-                                       text_column=text_column)
+                                       text_column=text_column, on_long_text=on_long_text)
     else:
         if foreign is not None and foreign != ForeignOptions():
             raise BadInputError("--weights, --input-kind, --patch-size, --cls-token, --attention-module, "
@@ -154,7 +154,7 @@ def _prepare(*, model_path, data_spec, label_column, policy_path, eps, eps_l2, a
                                max_samples=config.max_samples, seed=seed, device_name=device,
                                frozen_features=config.frozen_features, on_out_of_range=on_out_of_range,
                                text_column=text_column, on_unseen_category=on_unseen_category,
-                               mutable_categorical=tuple(mutable_categorical), category_budget=category_budget)
+                               on_long_text=on_long_text, mutable_categorical=tuple(mutable_categorical), category_budget=category_budget)
         config = with_category_search(config, subject)
     return bind(subject, config, loaded_policy, baseline_path=baseline_path, relevant_features=relevant_features)
 
@@ -255,7 +255,8 @@ def outputs(result: AuditFindings, subject: Subject, config: AuditConfig, policy
         model=model_doc,
         data={"name": subject.data.name, "split": subject.data.split, "n_samples": int(result.n_samples),
               "out_of_range": subject.data.out_of_range(), "input_kind": subject.kind.name,
-              **categorical_facts(subject.data)},
+              **categorical_facts(subject.data),
+              **({"truncated": subject.data.truncated()} if subject.data.lengths is not None else {})},
         config=config_doc, metrics=metrics, skipped=skipped, gates=gates, policy=policy, timing=result.timing,
         masking=result.masking, check_metrics=check_metrics(metrics),
         curves={"robustness": {attack: [list(point) for point in points]

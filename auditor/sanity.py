@@ -6,7 +6,8 @@ copy of the detector the layers are re-initialised top-down, cumulatively: the h
 norm), then the last block, ..., the first block, then the embeddings. After each step the explainer
 runs on the randomised model (same inputs, same target class: the trained model's prediction) and
 each sample's ABSOLUTE Spearman rank correlation with the trained model's attribution (over input
-positions, signed attributions, average ranks for ties) is taken, as Adebayo et al. report it (an
+positions, on text over the message's own tokens only: the tied zeros of [CLS], [SEP] and padding
+would lift it; signed attributions, average ranks for ties) is taken, as Adebayo et al. report it (an
 explanation that merely flips sign has not become independent of the model). The metric is the value
 after the last step, per sample, in [0, 1]; HIGH means the explanation survives the destruction of
 the model, i.e. it ignores the model: a failed sanity check, so lower is better. One pass rule,
@@ -26,7 +27,8 @@ rest are NaN.
 highest weight (the token with the highest weight averaged over heads, CLS itself excluded) is set to
 zero in every head and each head's row is renormalised, inside the forward; the share of samples whose
 predicted class then changes. ``sanity.flip_rate.random`` — the same with a token drawn uniformly from
-the non-CLS tokens, from each sample's own stream. Attention that explains the decision should flip it
+the non-CLS tokens, from each sample's own stream. On text both tokens are the message's own (never
+padding, [SEP] or </s>). Attention that explains the decision should flip it
 far more often when its top weight is removed than when a random one is.
 With sparse attention (sparsemax, entmax15) a head whose whole mass sat on the zeroed token is left with
 an all-zero row, and the random token is often one whose weight was 0 already (zeroing it changes
@@ -64,7 +66,8 @@ from auditor.stage import Block, Stage
 from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
 from detectors.foreign import ForeignDetector, captured_attention_modules
 from detectors.foreign_editing import edited_multihead_attention, multihead_edit_unsupported
-from detectors.huggingface import HuggingFaceDetector, edited_attention as edited_pretrained_attention
+from detectors.huggingface import HuggingFaceDetector
+from detectors.huggingface_editing import edited_attention as edited_pretrained_attention
 from detectors.maths import spearman
 from detectors.seeding import per_sample_uniform, stream_seed
 
@@ -73,7 +76,8 @@ SPECS = (
     MetricSpec("sanity.mprt.{explainer}", False, "[0, 1]",
                "Adebayo et al. 2018 cascading model-parameter randomisation: absolute Spearman rank correlation "
                "between the explanations of the trained model and of the model with every layer re-initialised "
-               "(top-down), the same random draws at every step; passes when the upper end of its 95% interval "
+               "(top-down), over the input's positions (text: the message's own tokens), the same random draws at "
+               "every step; passes when the upper end of its 95% interval "
                f"is below {MPRT_PASS_BELOW:g}, fails when the lower end is at or above it (high = the explanation "
                "ignores the model)",
                reference="Adebayo et al. 2018, Sanity Checks for Saliency Maps"),
@@ -82,7 +86,7 @@ SPECS = (
                "of the last layer is zeroed and the row renormalised (compare with sanity.flip_rate.random)",
                reference="Serrano & Smith 2019, Is Attention Interpretable?"),
     MetricSpec("sanity.flip_rate.random", False, "[0, 1]",
-               "the same when a random non-CLS weight is zeroed instead: the chance level that "
+               "the same when a random non-CLS weight (on text: of a message token) is zeroed instead: the chance level that "
                "sanity.flip_rate.attention should exceed",
                reference="Serrano & Smith 2019, Is Attention Interpretable?"),
     MetricSpec("sanity.uniform_attention.prediction_kept", False, "[0, 1]",
@@ -102,10 +106,23 @@ UNIFORM_METRICS = tuple(spec.pattern for spec in SPECS if spec.pattern.startswit
 UNUSED_ATTENTION_KEPT = 0.95
 
 
-def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+def spearman_rows(a: torch.Tensor, b: torch.Tensor, explained: torch.Tensor | None = None) -> np.ndarray:
     """Spearman's ρ of each sample's flattened ``a`` with its ``b`` (:func:`detectors.maths.spearman`, average
-    ranks); NaN where one is constant."""
-    return spearman(a.flatten(1).double().cpu(), b.flatten(1).double().cpu()).numpy()
+    ranks); NaN where one is constant. ``explained`` (of ``a``'s shape): the positions that count, each
+    sample's own (text: the message's tokens, whose padding's tied zeros would otherwise lift ρ); None: all."""
+    a, b = a.flatten(1).double().cpu(), b.flatten(1).double().cpu()
+    if explained is None:
+        return spearman(a, b).numpy()
+    explained = explained.flatten(1).cpu()
+    counts = explained.sum(1)
+    out = np.full(len(a), np.nan)
+    for count in counts.unique().tolist():
+        rows = (counts == count).nonzero().flatten()
+        if count > 1:  # rows with as many message tokens stack into one batch
+            keep = explained[rows]
+            out[rows.numpy()] = spearman(a[rows][keep].view(len(rows), count),
+                                         b[rows][keep].view(len(rows), count)).numpy()
+    return out
 
 
 def cascade_layers(detector: nn.Module) -> list[tuple[str, list[nn.Module]]]:
@@ -164,9 +181,10 @@ def mprt_rows(index: torch.Tensor, n_rows: int) -> torch.Tensor:
 
 def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: torch.Tensor,
          attribution: torch.Tensor, *, baseline: torch.Tensor, seed: int,
-         index: torch.Tensor) -> tuple[list[str], np.ndarray]:
-    """The cascade's layer labels (top first) and each sample's absolute Spearman after each step, (n, steps);
-    the metric is the last column. ``attribution`` must come from ``explainer`` with the same ``seed``."""
+         index: torch.Tensor, explained: torch.Tensor | None = None) -> tuple[list[str], np.ndarray]:
+    """The cascade's layer labels (top first) and each sample's absolute Spearman after each step, (n, steps),
+    over the ``explained`` positions (None: all); the metric is the last column. ``attribution`` must come from
+    ``explainer`` with the same ``seed``."""
     randomised = copy.deepcopy(detector)
     done: set[int] = set()
     labels, columns = [], []
@@ -176,7 +194,7 @@ def mprt(detector: nn.Module, explainer: Explainer, x: torch.Tensor, target: tor
             _reinitialise(modules, done)
         changed = explainer.explain(randomised, x, target, baseline=baseline, seed=seed, index=index)
         labels.append(label)
-        columns.append(np.abs(spearman_rows(attribution, changed)))
+        columns.append(np.abs(spearman_rows(attribution, changed, explained)))
     return labels, np.stack(columns, axis=1)
 
 
@@ -270,17 +288,20 @@ def zero_and_renormalise(weights: torch.Tensor, cls_index: int, token: torch.Ten
 
 
 def flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch.Tensor,
-               max_batch: int = 4096, layer: nn.Module | None = None) -> dict[str, np.ndarray]:
+               max_batch: int = 4096, layer: nn.Module | None = None,
+               explained: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Per sample, 1.0 when zeroing the top (or a random) CLS weight of the last layer changes the decision;
     ``max_batch`` rows per forward pass. ``layer``: the last attention layer (default: from
-    :func:`attention_layers`)."""
+    :func:`attention_layers`). ``explained`` (text, (n, T)): the message's tokens, the only ones either token
+    is drawn from (a padding token's weight is 0 already: zeroing it would lower the chance level)."""
     if layer is None:
         layers, reason = attention_layers(detector, x)
         if reason is not None:
             raise ValueError(reason)
         layer = layers[-1]
     parts = [_flip_rates(detector, x[start:start + max_batch], layer, seed=seed,
-                         index=index[start:start + max_batch])
+                         index=index[start:start + max_batch],
+                         explained=None if explained is None else explained[start:start + max_batch])
              for start in range(0, len(x), max_batch)]
     return {name: np.concatenate([part[name] for part in parts]) for name in FLIP_RATE_METRICS} if parts else \
         {name: np.empty(0) for name in FLIP_RATE_METRICS}
@@ -288,16 +309,20 @@ def flip_rates(detector: nn.Module, x: torch.Tensor, *, seed: int, index: torch.
 
 @torch.no_grad()
 def _flip_rates(detector: nn.Module, x: torch.Tensor, layer: nn.Module, *, seed: int,
-                index: torch.Tensor) -> dict[str, np.ndarray]:
+                index: torch.Tensor, explained: torch.Tensor | None) -> dict[str, np.ndarray]:
     cls_index = detector.token_map.cls_index
     logits, attentions = detector.forward_with_attention(x)
     pred = logits.argmax(1)
     row = attentions[-1].mean(dim=1)[:, cls_index, :].clone()
-    row[:, cls_index] = -torch.inf
+    candidates = torch.ones_like(row, dtype=torch.bool) if explained is None else explained.to(row.device).clone()
+    candidates[:, cls_index] = False
+    row[~candidates] = -torch.inf
     top = row.argmax(1)
-    others = torch.tensor([t for t in range(row.shape[1]) if t != cls_index], device=x.device)
     draw = per_sample_uniform((), index, seed=seed, purpose="sanity/flip_rate/random", device=x.device)
-    random_token = others[(draw * len(others)).long().clamp_max(len(others) - 1)]
+    counts = candidates.sum(1)
+    # the k-th candidate of each row, k drawn uniformly below the row's count of candidates
+    k = (draw * counts).long().clamp_max(counts - 1).clamp_min(0)
+    random_token = (candidates.cumsum(1) <= k[:, None]).sum(1).clamp_max(row.shape[1] - 1)
     out = {}
     for name, token in (("sanity.flip_rate.attention", top), ("sanity.flip_rate.random", random_token)):
         with edited_layers([layer], lambda w, allowed, token=token: zero_and_renormalise(w, cls_index, token)):
@@ -309,11 +334,12 @@ def _flip_rates(detector: nn.Module, x: torch.Tensor, layer: nn.Module, *, seed:
 def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attributions: dict[str, torch.Tensor],
                  *, baseline: torch.Tensor, seed: int, index: torch.Tensor,
                  explainers: dict[str, Explainer], n_rows: int | None = None,
-                 max_batch: int = 4096, y: torch.Tensor | None = None) -> SanityOutcome:
+                 max_batch: int = 4096, y: torch.Tensor | None = None,
+                 explained: torch.Tensor | None = None) -> SanityOutcome:
     """MPRT of every explainer given (``random`` is left out: it ignores the model by design), the two
     flip rates and the uniform-attention test (its accuracy needs the true classes ``y``); ``target`` is the
     model's prediction. ``index`` holds global indices out of ``n_rows`` audited rows (default: these rows are all of
-    them); MPRT runs on :func:`mprt_rows` of them. The explainers
+    them); MPRT runs on :func:`mprt_rows` of them, over the ``explained`` positions (None: all). The explainers
     bound their own passes (``Explainer.max_inputs``); the flip rates take ``max_batch`` rows per pass."""
     outcome = SanityOutcome()
     chosen = mprt_rows(index, len(x) if n_rows is None else n_rows)
@@ -327,7 +353,8 @@ def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
             on_device = rows.to(x.device)
             rows_baseline = baseline[on_device] if baseline.shape == x.shape else baseline  # per-sample (blur)
             labels, part = mprt(model, explainer, x[on_device], target[on_device], attributions[name][on_device],
-                                baseline=rows_baseline, seed=seed, index=index[rows])
+                                baseline=rows_baseline, seed=seed, index=index[rows],
+                                explained=None if explained is None else explained[on_device])
             values[rows.numpy()] = part
         outcome.curves[name] = (labels, values)
         outcome.per_sample[f"sanity.mprt.{name}"] = values[:, -1].copy()
@@ -337,7 +364,7 @@ def sanity_stage(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attrib
                                  if model.token_map.cls_index is None else None)
         if flip_reason is None:
             outcome.per_sample.update(flip_rates(model, x, seed=seed, index=index, max_batch=max_batch,
-                                                 layer=layers[-1]))
+                                                 layer=layers[-1], explained=explained))
         if reason is None:
             outcome.per_sample.update(uniform_attention(model, x, target, y, layers, max_batch=max_batch))
     outcome.skipped.update({name: flip_reason for name in FLIP_RATE_METRICS if flip_reason is not None})
@@ -359,7 +386,8 @@ class SanityStage(Stage):
     def run(self, block: Block) -> None:
         sane = sanity_stage(block.detector, block.x, block.pred, block.attributions, baseline=block.baseline,
                             seed=block.config.seed, index=block.index, explainers=block.explainers,
-                            n_rows=block.n_rows, max_batch=block.plan.forward_batch, y=block.y)
+                            n_rows=block.n_rows, max_batch=block.plan.forward_batch, y=block.y,
+                            explained=block.explained)
         block.per_sample.update(sane.per_sample)
         block.notes.update(sane.skipped)
         block.table["sanity_curves"] = {name: values for name, (_, values) in sane.curves.items()}

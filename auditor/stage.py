@@ -11,12 +11,14 @@ classes, which carry their facts as class attributes.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from auditor.metrics import MetricSpec
 from detectors.inputs.text import explained_positions_of, is_token_ids
@@ -90,4 +92,9 @@ class Stage:
         started = time.perf_counter()
         self.run(block)
         key = self.timed_as or self.name
-        block.timing[key] = block.timing.get(key, 0.0) + time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        block.timing[key] = block.timing.get(key, 0.0) + seconds
+        if block.progress and not sys.stderr.isatty():  # a CI log shows no progress bar: one line per stage
+            rows = block.index_np
+            span = f"rows {rows.min() + 1}-{rows.max() + 1} of {block.n_rows}" if len(rows) else "no rows"
+            tqdm.write(f"audit: {self.name} {seconds:.1f} s ({span})", file=sys.stderr)

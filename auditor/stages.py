@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from auditor.agreement import AgreementStage
 from auditor.clean import CleanStage
-from auditor.explain import ExplainStage
+from auditor.explain_stage import ExplainStage
 from auditor.faithfulness_stage import FaithfulnessStage
 from auditor.localisation import LocalisationStage
 from auditor.masking import MaskingStage

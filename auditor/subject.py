@@ -104,24 +104,44 @@ def check_out_of_range(data: Dataset, policy: str) -> None:
             "them clipped to it (counted in results.json data.out_of_range)")
 
 
+ON_LONG_TEXT = ("truncate", "refuse")
+
+
+def check_long_text(data: Dataset, policy: str) -> None:
+    """``refuse``: one line naming the first audited message longer than the tokeniser's length, instead of
+    auditing it truncated there (``truncate``, counted in ``data.truncated``): what is cut is never seen."""
+    if policy not in ON_LONG_TEXT:
+        raise BadInputError(f"--on-long-text {policy!r}: choose one of {', '.join(ON_LONG_TEXT)}")
+    found = data.truncated()
+    if policy == "refuse" and found and found["rows"]:
+        first = int(np.flatnonzero(data.lengths > found["max_length"])[0])
+        raise BadInputError(
+            f"{found['rows']} of {len(data)} audited messages are longer than the model's {found['max_length']} "
+            f"tokens, first message {int(data.row_index[first]) + 1} of {data.name} ({int(data.lengths[first])} tokens); "
+            "shorten or split them, or pass --on-long-text truncate to audit them cut there (counted in "
+            "results.json data.truncated)")
+
+
 def load_subject(model_path: str, *, data_spec: str | None, label_column: str, max_samples: int, seed: int,
                  device_name: str, frozen_features: tuple[str, ...] | None = None,
                  on_out_of_range: str = "clip", text_column: str = "text", on_unseen_category: str = "map",
-                 mutable_categorical: tuple[str, ...] = (), category_budget: int = 1) -> Subject:
+                 mutable_categorical: tuple[str, ...] = (), category_budget: int = 1,
+                 on_long_text: str = "truncate") -> Subject:
     """The checkpoint's detector with the data to audit, validated against each other. ``frozen_features``:
     None for the checkpoint's own (recorded by ``audit train --frozen-features``), else these (``()``: none).
     Audited values outside the training range are clipped to it and counted, or refused (``on_out_of_range``).
     A category the checkpoint never saw is mapped to the unknown one and counted, or refused
     (``on_unseen_category``); ``mutable_categorical`` and ``category_budget`` say which categorical columns a
     discrete search may change, how many per row. A text checkpoint reads messages instead
-    (:func:`load_text_subject`)."""
+    (:func:`load_text_subject`; longer ones than its length are
+    truncated and counted, or refused: ``on_long_text``)."""
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(model_path, device=device)
     meta = checkpoint.metadata
     if meta["detector"]["kind"] == "text":
         return load_text_subject(model_path, checkpoint, data_spec=data_spec, label_column=label_column,
                                  text_column=text_column, max_samples=max_samples, seed=seed, device=device,
-                                 frozen_features=frozen_features)
+                                 frozen_features=frozen_features, on_long_text=on_long_text)
     trained_on = meta["data"]
     if data_spec is None or _same_data(data_spec, trained_on["name"]):
         spec = trained_on["name"]
@@ -180,7 +200,7 @@ def _model_info(model_path: str, meta: dict) -> dict:
 
 def load_text_subject(model_path: str, checkpoint, *, data_spec: str | None, label_column: str, text_column: str,
                       max_samples: int, seed: int, device: torch.device,
-                      frozen_features: tuple[str, ...] | None = None) -> Subject:
+                      frozen_features: tuple[str, ...] | None = None, on_long_text: str = "truncate") -> Subject:
     """A text checkpoint with the messages to audit: the test split of the corpus it was trained on
     (``data_spec`` None or the same), else ``phishing[:N]``, a ``.csv`` (text in ``text_column``) or a
     ``.jsonl`` file, encoded by the checkpoint's own tokeniser and labelled with its classes (a label it does
@@ -215,6 +235,7 @@ def load_text_subject(model_path: str, checkpoint, *, data_spec: str | None, lab
     data = stratified_subset(data, max_samples, seed=seed)
     if len(data) == 0:
         raise BadInputError(f"no messages to audit in {spec}")
+    check_long_text(data, on_long_text)
     return Subject(detector=checkpoint.detector, data=data, baseline=TokenIds.of(tokenizer).as_baseline().to(device),
                    model_info=_model_info(model_path, meta), device=device, domain=None, frozen_features=(),
                    input_kind="text", tokenizer=tokenizer)

@@ -8,7 +8,8 @@ bookkeeping, the bootstrap and rendering cost on top of the model itself.
 
 A text detector is also entered through ``forward_embeddings`` (the substitution attacks' estimates and
 verifications, embedding-space pgd); every text call is timed bare as a forward from the token embeddings
-of random non-special ids of the model's length, with a backward to the embeddings when autograd was on
+of random non-special ids of the width the call ran on (its batch's longest message: the detector drops
+trailing padding), with a backward to the embeddings when autograd was on
 (what captum's layer attributions and the first-order estimates take).
 """
 
@@ -35,7 +36,8 @@ def _instrument(detector, calls: collections.Counter) -> dict:
         def timed(self, x, *args, **kwargs):
             if depth[0] == 0:
                 calls[(len(x), torch.is_grad_enabled() and not torch.is_inference_mode_enabled(),
-                       attention if isinstance(attention, bool) else bool(kwargs.get("with_attention")))] += 1
+                       attention if isinstance(attention, bool) else bool(kwargs.get("with_attention")),
+                       _width(self, x, args, kwargs))] += 1
             depth[0] += 1
             try:
                 return method(self, x, *args, **kwargs)
@@ -50,8 +52,21 @@ def _instrument(detector, calls: collections.Counter) -> dict:
     return originals
 
 
-def _text_once(detector, rows: int, grad: bool, attention: bool, device: str):
-    length, vocab = detector.input_shape[0], detector.embedding.num_embeddings
+def _width(detector, x, args, kwargs) -> int | None:
+    """The columns a text call runs on (its batch's longest message, detectors.inputs.text.message_width);
+    None for other kinds."""
+    if not hasattr(detector, "attention_mask"):  # the token models' surface (detectors.inputs.text.TokenModel)
+        return None
+    from detectors.inputs.text import message_width
+
+    mask = args[0] if args else kwargs.get("attention_mask")
+    if mask is None:
+        mask = detector.attention_mask(x)
+    return message_width(mask)
+
+
+def _text_once(detector, rows: int, grad: bool, attention: bool, device: str, length: int):
+    vocab = detector.embedding.num_embeddings
     ids = torch.randint(4, vocab, (rows, length), device=device)  # the tokeniser numbers its 4 specials first
     y = torch.zeros(rows, dtype=torch.long, device=device)
     mask = detector.attention_mask(ids)
@@ -70,9 +85,9 @@ def _text_once(detector, rows: int, grad: bool, attention: bool, device: str):
 
 def _bare_seconds(detector, shape, calls: collections.Counter, device: str) -> float:
     total = 0.0
-    for (rows, grad, attention), count in calls.items():
-        if getattr(detector, "kind", None) == "text":
-            total += _median_of_three(_text_once(detector, rows, grad, attention, device)) * count
+    for (rows, grad, attention, width), count in calls.items():
+        if width is not None:
+            total += _median_of_three(_text_once(detector, rows, grad, attention, device, width)) * count
             continue
         x = torch.rand(rows, *shape, device=device)
         y = torch.zeros(rows, dtype=torch.long, device=device)

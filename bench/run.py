@@ -169,17 +169,26 @@ def text_attacks(folder: Path, device, steps: int = 2, candidates: int = 16) -> 
 
 
 def text_end_to_end(folder: Path, device) -> None:
-    """``audit run --profile quick`` (hotflip and attention-shift-sub at 1, 2 and 4 tokens) on 1,000 messages of
-    the phishing test split, in process, against its model passes timed bare (bench/passes.py)."""
+    """``audit run --profile quick`` (hotflip and attention-shift-sub at 1, 2 and 4 tokens) on 1,000 phishing
+    messages at the checkpoint length of real corpora, 128 tokens (the phishing corpus with one message of 160
+    words added to its training file, so the tokeniser pads every message to its cap: about 30 tokens of 128
+    are a message, as in real mail), in process, against its model passes timed bare (bench/passes.py)."""
     from bench.passes import model_pass_seconds
+    from detectors.text_data import MAX_LENGTH_CAP, load_text_table
 
-    model = folder / "phishing.safetensors"
-    subprocess.run([PY, "-m", "auditor", "train", "--detector", "text", "--data", "phishing", "--epochs", "8",
+    table = load_text_table("phishing")
+    rows = [{"text": text, "label": table.class_names[label]} for text, label in zip(table.texts, table.y)]
+    corpus, model = folder / "phishing-128.jsonl", folder / "phishing-128.safetensors"
+    long_message = {"text": " ".join(["thanks for your order"] * 40), "label": table.class_names[0]}
+    corpus.write_text("\n".join(json.dumps(row) for row in rows + [long_message]) + "\n", encoding="utf-8")
+    subprocess.run([PY, "-m", "auditor", "train", "--detector", "text", "--data", str(corpus), "--epochs", "8",
                     "--device", device.type, "--out", str(model), "--quiet"], check=True, cwd=ROOT,
                    env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
-    audit_seconds, model_seconds = model_pass_seconds(str(model), None, 1000, device.type)
-    record("9 text attacks", "audit --profile quick, 1,000 phishing messages (in process): wall time", audit_seconds,
-           unit="s")
+    audited = folder / "phishing-audited.jsonl"
+    audited.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
+    audit_seconds, model_seconds = model_pass_seconds(str(model), str(audited), 1000, device.type)
+    record("9 text attacks", f"audit --profile quick, 1,000 phishing messages padded to {MAX_LENGTH_CAP} tokens "
+           "(in process): wall time", audit_seconds, unit="s")
     record("9 text attacks", "that audit / its model passes (same batches, bare)", audit_seconds / model_seconds,
            target="<= 1.5")
 

@@ -20,9 +20,9 @@ Supported model types (:data:`FAMILIES`): encoders whose classifier reads the fi
 Attention is the model's own: it is loaded with ``attn_implementation="eager"`` and called with
 ``output_attentions=True``, which returns every layer's softmax weights (batch, heads, tokens, tokens) inside
 the autograd graph. Token 0 is CLS (DeiT's distillation token is token 1 and covers no input). The sanity
-checks edit those weights inside the forward (:func:`edited_attention`): for the duration the model's attention
-modules call a function registered with transformers' ``AttentionInterface`` (eager's mask registered with it)
-that runs the model's own eager attention, edits its weights and recomputes the output as the edited weights
+checks edit those weights inside the forward (:func:`detectors.huggingface_editing.edited_attention`): for the
+duration the model's attention modules call a function registered with transformers' ``AttentionInterface``
+(eager's mask registered with it) that runs the model's own eager attention, edits its weights and recomputes the output as the edited weights
 times the values, as :mod:`detectors.foreign_editing` does for ``nn.MultiheadAttention``.
 
 ``transformers`` is imported only when a directory is loaded.
@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,8 @@ from torch import nn
 
 from detectors.base import Detector, TokenMap
 from detectors.errors import BadInputError, short_listing
+from detectors.huggingface_editing import module_edits
+from detectors.inputs.text import TokenIds, message_width, padded_attentions
 
 HF_PREFIX = "hf:"
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -206,7 +206,7 @@ class HuggingFaceDetector(Detector):
             recorders = {module: (lambda w, allowed, name=name: calls.append(name) or w)
                          for name, module in self.model.named_modules() if hasattr(module, "config")
                          and hasattr(sys.modules[type(module).__module__], "eager_attention_forward")}
-            with torch.no_grad(), _module_edits(recorders):
+            with torch.no_grad(), module_edits(recorders):
                 self(self._probe())
             self._attention_names = list(dict.fromkeys(calls))
         modules = dict(self.model.named_modules())
@@ -316,6 +316,7 @@ class HuggingFaceTextDetector(HuggingFaceDetector):
         super().__init__(model, family)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_id
+        self.frame_ids = TokenIds.of(tokenizer).frame_ids  # [SEP], </s>: no part of the message
         self.input_shape = (tokenizer.max_length,)
         self.token_map = TokenMap(token_of_input=torch.arange(tokenizer.max_length), n_tokens=tokenizer.max_length,
                                   cls_index=0)
@@ -341,19 +342,27 @@ class HuggingFaceTextDetector(HuggingFaceDetector):
                            with_attention: bool = False):
         """Logits from word embeddings (N, T, dim) and the mask (N, T); with ``with_attention`` also the
         attention list (N, heads, T, T) per layer."""
-        inputs = dict(inputs_embeds=embeddings, attention_mask=attention_mask.long())
+        width = message_width(attention_mask)
+        inputs = dict(inputs_embeds=embeddings[:, :width], attention_mask=attention_mask[:, :width].long())
         if with_attention:
-            return self._outputs(**inputs)
+            return self._trimmed_outputs(embeddings.shape[1], **inputs)
         return self.model(**inputs, return_dict=True).logits
 
+    # through the word embeddings of all T positions, so the embedding layer's output (which captum's layer
+    # attributions hook) keeps the input's shape while the model runs on the message's columns
     def forward_with_attention(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         mask = self.attention_mask(ids) if attention_mask is None else attention_mask
-        return self._outputs(input_ids=ids, attention_mask=mask.long())
+        return self.forward_embeddings(self.embed(ids), mask, with_attention=True)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = self.attention_mask(ids) if attention_mask is None else attention_mask
-        return self.model(input_ids=ids, attention_mask=mask.long(), return_dict=True).logits
+        return self.forward_embeddings(self.embed(ids), mask)
+
+    def _trimmed_outputs(self, tokens: int, **inputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The model on a batch's :func:`message_width` columns, its attention padded back to ``tokens``."""
+        logits, attentions = self._outputs(**inputs)
+        return logits, padded_attentions(attentions, tokens)
 
 
 RESAMPLING = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as image processors save them
@@ -467,72 +476,3 @@ class HuggingFaceImageDetector(HuggingFaceDetector):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=self.preprocess(x), return_dict=True).logits
-
-
-# -- editing the attention inside the forward (the sanity checks) -------------------------------------------------
-
-# The attention function registered with transformers (AttentionInterface, and eager's mask under the same name)
-# that the self-attention modules call while an edit is active; and the attribute holding a module's edit.
-EDIT_IMPLEMENTATION = "attention-audit-edit"
-EDIT_ATTRIBUTE = "_attention_audit_edit"
-
-
-def _eager_with_edit(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                     **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The module's own eager attention; where the module carries an edit, its weights edited and its output
-    recomputed from them, ``edited @ value`` per head (what eager computes after its dropout, none in eval)."""
-    eager = sys.modules[type(module).__module__].eager_attention_forward
-    output, weights = eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    edit = getattr(module, EDIT_ATTRIBUTE, None)
-    if edit is None:
-        return output, weights
-    edited = edit(weights, _allowed_keys(attention_mask, weights))
-    return torch.matmul(edited.to(value.dtype), value).transpose(1, 2).contiguous(), edited
-
-
-def _allowed_keys(attention_mask: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
-    """(batch or 1, 1, queries or 1, keys) booleans, True where a query may attend a key: the additive mask's
-    entries that leave a key a weight (a boolean mask's True ones); every key without a mask."""
-    if attention_mask is None:
-        return torch.ones(1, 1, 1, weights.shape[-1], dtype=torch.bool, device=weights.device)
-    if attention_mask.dtype == torch.bool:
-        return attention_mask
-    return torch.softmax(attention_mask.float(), dim=-1) > 0
-
-
-def _register_edit_implementation() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(EDIT_IMPLEMENTATION, _eager_with_edit)
-    AttentionMaskInterface.register(EDIT_IMPLEMENTATION, eager_mask)
-
-
-@contextmanager
-def edited_attention(modules: list[nn.Module],
-                     edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Run with ``edit(weights, allowed) -> weights`` applied inside each of ``modules`` (the self-attention
-    modules :meth:`HuggingFaceDetector.attention_modules` names): their models call :func:`_eager_with_edit`
-    instead of eager attention for the duration, and eager is back in ``finally``, also when the model raises."""
-    with _module_edits({module: edit for module in modules}):
-        yield
-
-
-@contextmanager
-def _module_edits(edits: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> Iterator[None]:
-    _register_edit_implementation()
-    configs = list({id(module.config): module.config for module in edits}.values())
-    previous = [config._attn_implementation for config in configs]
-    try:
-        for module, edit in edits.items():
-            setattr(module, EDIT_ATTRIBUTE, edit)
-        for config in configs:
-            config._attn_implementation = EDIT_IMPLEMENTATION
-        yield
-    finally:
-        for config, implementation in zip(configs, previous):
-            config._attn_implementation = implementation
-        for module in edits:
-            if hasattr(module, EDIT_ATTRIBUTE):
-                delattr(module, EDIT_ATTRIBUTE)

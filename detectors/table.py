@@ -100,6 +100,8 @@ class Dataset:
     categories: dict[str, list[str]] = field(default_factory=dict)
     # (N, F), True where a category the checkpoint never saw was mapped to the unknown one
     unseen: np.ndarray | None = None
+    # text: (N,) each message's token count before truncation to the tokeniser's length, special tokens included
+    lengths: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.row_index is None:
@@ -117,7 +119,20 @@ class Dataset:
         clipped = self.clipped[rows] if self.clipped is not None else None
         unseen = self.unseen[rows] if self.unseen is not None else None
         return replace(self, x=self.x[rows], y=self.y[rows], row_index=self.row_index[rows], relevant_mask=mask,
-                       clipped=clipped, unseen=unseen)
+                       clipped=clipped, unseen=unseen,
+                       lengths=self.lengths[rows] if self.lengths is not None else None)
+
+    def truncated(self) -> dict | None:
+        """Text: what truncation to the tokeniser's length cut from these messages, which the model never sees:
+        ``{"rows": messages longer than it, "tokens_lost_share": their lost tokens / every message's tokens,
+        "max_length": the length}``; None for other data."""
+        if self.lengths is None:
+            return None
+        limit = int(self.x.shape[1])
+        lost = np.clip(self.lengths - limit, 0, None)
+        total = int(self.lengths.sum())
+        return {"rows": int((lost > 0).sum()), "tokens_lost_share": float(lost.sum() / total) if total else 0.0,
+                "max_length": limit}
 
     def out_of_range(self) -> dict:
         """What scaling clipped to [0, 1] among these rows: ``{"rows": rows with any value outside the

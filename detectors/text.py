@@ -9,7 +9,8 @@ A message's label may hang on which words stand next to which (``never verify yo
 verify your pin``): the bias lets a head attend to "the word two to the left" wherever the phrase stands,
 which absolute positions learned from a few thousand messages do not. A linear head reads position 0, which
 holds the ``[CLS]`` token the tokeniser prepends (:mod:`detectors.text_data`). Padding (``pad_id``) is masked
-out of every attention: it receives a weight of exactly 0 from every query, so it cannot move the logits.
+out of every attention: it receives a weight of exactly 0 from every query, so it cannot move the logits,
+and a batch runs on its columns up to its longest message only (:func:`detectors.inputs.text.message_width`).
 ``attention`` picks the attention function (softmax, sparsemax, entmax15, additive).
 
 Entry points (what the attacks and explainers call):
@@ -36,6 +37,7 @@ from torch import nn
 
 from detectors.base import Detector, TokenMap
 from detectors.blocks import Encoder, check_attention
+from detectors.inputs.text import message_width, padded_attentions
 
 
 def sinusoids(length: int, dim: int) -> torch.Tensor:
@@ -54,6 +56,8 @@ RELATIVE_REACH = 8  # tokens: offsets beyond share one bias
 
 class TextTransformer(Detector):
     kind = "text"
+    # its word-level tokeniser wraps a message in [CLS] (position 0) and padding (the attention mask) alone
+    frame_ids: tuple[int, ...] = ()
 
     def __init__(self, vocab_size: int, max_length: int, n_classes: int, *, pad_id: int = 0, dim: int = 32,
                  depth: int = 2, heads: int = 4, mlp_dim: int = 64, dropout: float = 0.1,
@@ -98,10 +102,11 @@ class TextTransformer(Detector):
                            with_attention: bool = False):
         """Logits from token embeddings (N, T, dim) and the mask (N, T); with ``with_attention`` also the list
         of attention weights (N, heads, T, T) per layer."""
-        encoded, attentions = self.encoder(embeddings + self.position[:, : embeddings.shape[1]], attention_mask,
-                                           self.score_bias(embeddings.shape[1]))
+        tokens, width = embeddings.shape[1], message_width(attention_mask)
+        encoded, attentions = self.encoder(embeddings[:, :width] + self.position[:, :width],
+                                           attention_mask[:, :width], self.score_bias(width))
         logits = self.head(encoded[:, 0])
-        return (logits, attentions) if with_attention else logits
+        return (logits, padded_attentions(attentions, tokens)) if with_attention else logits
 
     def forward_with_attention(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -338,16 +338,20 @@ class TextTokenizer:
     def tokens(self, ids) -> list[str]:
         return [self._tokenizer.id_to_token(int(i)) for i in ids]
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Each text's token count, [CLS] included, untruncated."""
+        self._tokenizer.no_truncation()
+        try:
+            return [len(e.ids) for e in self._tokenizer.encode_batch(texts)]
+        finally:
+            self._tokenizer.enable_truncation(self.max_length)
+
     def encode(self, texts: list[str], rationales: list[list[tuple[int, int]]] | None = None
                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """``(ids, rationale_mask, truncated)``: ids (N, max_length) int64; rationale_mask (N, max_length) bool,
         True on every token whose characters overlap a rationale span (None without rationales); truncated (N,)
         bool, whether the message lost tokens to ``max_length``."""
-        self._tokenizer.no_truncation()
-        try:
-            full = [len(e.ids) for e in self._tokenizer.encode_batch(texts)]
-        finally:
-            self._tokenizer.enable_truncation(self.max_length)
+        full = self.lengths(texts)
         encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = None
@@ -392,10 +396,15 @@ def text_dataset(table: TextTable, rows: np.ndarray, tokenizer: TextTokenizer, s
     """Rows of ``table`` encoded with ``tokenizer`` as a :class:`~detectors.data.Dataset` of token ids."""
     texts = [table.texts[i] for i in rows]
     spans = [table.rationales[i] for i in rows] if table.rationales is not None else None
-    ids, rationale, _ = tokenizer.encode(texts, spans)
+    ids, rationale, truncated = tokenizer.encode(texts, spans)
+    # a message that fits holds as many tokens as its non-padding ids; only the truncated ones are counted again
+    lengths = (ids != tokenizer.pad_id).sum(axis=1)
+    if truncated.any():
+        lengths[truncated] = tokenizer.lengths([text for text, cut in zip(texts, truncated) if cut])
     return Dataset(name=table.name, split=split, x=ids, y=table.y[rows].astype(np.int64),
                    feature_names=position_names(tokenizer.max_length), class_names=list(table.class_names),
-                   positive_class=table.positive_class, row_index=np.asarray(rows), relevant_mask=rationale)
+                   positive_class=table.positive_class, row_index=np.asarray(rows), relevant_mask=rationale,
+                   lengths=lengths)
 
 
 def align_text_table(table: TextTable, *, tokenizer: TextTokenizer, class_names: list[str]) -> Dataset:

@@ -277,7 +277,8 @@ def test_labels_index_logits_match_id2label_or_are_refused_by_name():
 
 @pytest.mark.parametrize("model_type", list(TEXT_FAMILIES))
 def test_text_model_keeps_the_text_detector_contract(hf_models, model_type):
-    from detectors.huggingface import HuggingFaceTextDetector, edited_attention
+    from detectors.huggingface import HuggingFaceTextDetector
+    from detectors.huggingface_editing import edited_attention
 
     subject = _subject(hf_models, model_type, "messages.csv")
     detector, data = subject.detector, subject.data
@@ -361,7 +362,7 @@ def test_image_preprocessing_and_token_map_inside_the_model(hf_models):
 
 
 def test_deit_reads_cls_with_a_distillation_token_and_0_255_pixels(hf_models):
-    from detectors.huggingface import edited_attention
+    from detectors.huggingface_editing import edited_attention
 
     subject = _subject(hf_models, "deit", "rgb.npz")
     detector, x = subject.detector, torch.as_tensor(subject.data.x)

@@ -6,8 +6,11 @@ never guessed from the rank. A checkpoint names it (its detector is ``text``), r
 (``data.input_kind``) and a batch of integer ids is text (:func:`is_token_ids`).
 
 What is explained, removed and attacked is a message's *words*: the explained positions
-(:func:`explained_positions`) are every real token except ``[CLS]``; padding is never explained (every
-explainer's attribution there is exactly 0) and never removed. Removing a token (the ``mask`` removal baseline,
+(:func:`explained_positions`) are the message's own tokens; the tokens a tokeniser wraps a message in
+(``[CLS]``, ``[SEP]``, ``<s>``, ``</s>``, padding: :attr:`TokenIds.frame_ids`, and position 0) are never
+explained (every explainer's attribution there is exactly 0), never removed and never ranked or correlated
+by a per-token metric. ``[UNK]`` and ``[MASK]`` are special ids too but stand for a word of the message (an
+unknown word, a removed one), so they count as message tokens. Removing a token (the ``mask`` removal baseline,
 the only one text has: a token id has no mean) replaces it by the tokeniser's ``[MASK]`` id, or by ``[UNK]``
 where a tokeniser has no ``[MASK]`` (the checkpoints of ``audit train --detector text`` always have both, ids
 3 and 1): the position stays, as ERASER's "masked" erasure (DeYoung et al. 2020), not removed from the message.
@@ -43,32 +46,39 @@ class TokenModel(Protocol):
 
     def attention_mask(self, ids: torch.Tensor) -> torch.Tensor: ...  # (N, T) bool, False on padding
 
+    frame_ids: tuple[int, ...]  # the special ids its tokeniser wraps a message in (TokenIds.frame_ids)
+
 
 @dataclass(frozen=True)
 class TokenIds:
     """The special ids the audit needs of a tokeniser: ``pad_id``, ``replacement_id`` (what a removed token
-    becomes: ``[MASK]``, else ``[UNK]``), its name ``replacement``, and ``special_ids`` (every special token:
-    never a substitution's replacement) with the ``vocab_size``."""
+    becomes: ``[MASK]``, else ``[UNK]``), its name ``replacement``, ``special_ids`` (every special token:
+    never a substitution's replacement) with the ``vocab_size``, and ``frame_ids``: the special ids that are
+    no part of a message (every one but ``[UNK]`` and ``[MASK]``)."""
 
     pad_id: int
     replacement_id: int
     replacement: str
     special_ids: tuple[int, ...] = ()
     vocab_size: int = 0
+    frame_ids: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, tokenizer) -> "TokenIds":
         """From a :class:`detectors.text_data.TextTokenizer` (or anything with ``pad_id`` and ``token_id``)."""
+        words = {tokenizer.token_id(name) for name in ("[MASK]", "[UNK]")} - {None}
+        special = tuple(int(i) for i in tokenizer.special_ids)
+        frame = tuple(sorted({i for i in special if i not in words} | {int(tokenizer.pad_id)}))
         for name in ("[MASK]", "[UNK]"):
             found = tokenizer.token_id(name)
             if found is not None:
-                return cls(int(tokenizer.pad_id), int(found), name, tuple(int(i) for i in tokenizer.special_ids),
-                           int(tokenizer.vocab_size))
+                return cls(int(tokenizer.pad_id), int(found), name, special, int(tokenizer.vocab_size), frame)
         raise BadInputError("the tokeniser has neither a [MASK] nor an [UNK] token to replace a removed token by")
 
     def as_baseline(self) -> torch.Tensor:
-        """What a text Subject stores as its removal baseline: the int64 pair (pad id, replacement id)."""
-        return torch.tensor([self.pad_id, self.replacement_id], dtype=torch.int64)
+        """What a text Subject stores as its removal baseline: the int64 ids (pad id, replacement id, frame
+        ids...)."""
+        return torch.tensor([self.pad_id, self.replacement_id, *self.frame_ids], dtype=torch.int64)
 
 
 def position_names(max_length: int) -> list[str]:
@@ -81,18 +91,40 @@ def is_token_ids(x: torch.Tensor) -> bool:
     return not x.is_floating_point()
 
 
-def explained_positions(x: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """(N, T) bool: the positions an explainer explains and a removal may remove: real tokens after [CLS]."""
-    keep = x != pad_id
+def explained_positions(x: torch.Tensor, pad_id: int, frame_ids: tuple[int, ...] = ()) -> torch.Tensor:
+    """(N, T) bool: the positions an explainer explains and a removal may remove: the message's own tokens,
+    neither padding nor a frame id, after position 0 ([CLS] or ``<s>``)."""
+    keep = ~torch.isin(x, torch.tensor([pad_id, *frame_ids], dtype=x.dtype, device=x.device))
     keep[:, 0] = False
     return keep
 
 
 def explained_positions_of(detector, x: torch.Tensor) -> torch.Tensor:
-    """:func:`explained_positions` for a token model, whose ``attention_mask`` says which positions are real."""
-    keep = detector.attention_mask(x).clone()
+    """:func:`explained_positions` for a token model, whose ``attention_mask`` says which positions are real
+    and whose ``frame_ids`` which ids its tokeniser wraps a message in (none besides [CLS] and padding where
+    it has no such attribute)."""
+    frame = torch.tensor(getattr(detector, "frame_ids", ()), dtype=x.dtype, device=x.device)
+    keep = detector.attention_mask(x) & ~torch.isin(x, frame)
     keep[:, 0] = False
     return keep
+
+
+def message_width(attention_mask: torch.Tensor) -> int:
+    """The columns a batch needs: up to its last real token. Trailing padding is masked out of every attention
+    (a weight of exactly 0 from every query), so a model run on these columns alone gives the same logits,
+    the same CLS attention row and a gradient of exactly 0 at the padding, at the cost of the batch's longest
+    message rather than the checkpoint's length."""
+    real = attention_mask.any(0).nonzero()
+    return int(real.max()) + 1 if len(real) else int(attention_mask.shape[1])
+
+
+def padded_attentions(attentions: list[torch.Tensor], tokens: int) -> list[torch.Tensor]:
+    """Attention computed on a batch's :func:`message_width` columns, (n, h, w, w) per layer, back to (n, h,
+    tokens, tokens): the trailing padding's columns and rows are 0 (no query attends padding). A batch
+    without trailing padding gets the very tensors its forward used (grad-attention differentiates them)."""
+    if all(a.shape[-1] == tokens for a in attentions):
+        return attentions
+    return [torch.nn.functional.pad(a, (0, tokens - a.shape[-1], 0, tokens - a.shape[-2])) for a in attentions]
 
 
 class Text(InputKind):
@@ -133,12 +165,13 @@ class Text(InputKind):
         return position_names(input_shape[0])
 
     def removal_baseline(self, name: str, x: torch.Tensor, train_mean: torch.Tensor) -> torch.Tensor:
-        """``mask``: (n, T) ids, every explained position replaced by the replacement id, [CLS] and padding kept.
-        ``train_mean`` is what a text Subject stores in its place, :meth:`TokenIds.as_baseline`."""
+        """``mask``: (n, T) ids, every explained position replaced by the replacement id, the frame ([CLS],
+        [SEP], padding) kept. ``train_mean`` is what a text Subject stores in its place,
+        :meth:`TokenIds.as_baseline`."""
         if name != "mask":
             raise BadInputError(f"--removal-baseline {name} does not apply to text inputs; use mask")
-        pad_id, replacement_id = (int(v) for v in train_mean.reshape(-1)[:2])
-        return torch.where(explained_positions(x, pad_id), torch.full_like(x, replacement_id), x)
+        pad_id, replacement_id, *frame_ids = (int(v) for v in train_mean.reshape(-1))
+        return torch.where(explained_positions(x, pad_id, tuple(frame_ids)), torch.full_like(x, replacement_id), x)
 
     def attention_view(self, x: np.ndarray, clean: np.ndarray, attacked: np.ndarray) -> Bars:
         """The ten positions with the most attention, clean or attacked, as bars scaled to the larger peak;
