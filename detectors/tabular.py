@@ -68,7 +68,8 @@ class FeatureTokenTransformer(Detector):
             self.register_buffer("category_columns", torch.tensor(columns), persistent=False)
             self.register_buffer("category_slots", slots, persistent=False)
             self.register_buffer("category_offsets", torch.cumsum(slots, 0) - slots, persistent=False)
-            self.category_embedding = nn.Embedding(int(slots.sum()), dim)
+            # counted in Python, not read from `slots`: the checkpoint check builds this on the meta device
+            self.category_embedding = nn.Embedding(sum(categories[i] + 1 for i in columns), dim)
             self.categorical = True
 
     def hparams(self) -> dict:

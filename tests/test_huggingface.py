@@ -421,7 +421,9 @@ def test_text_model_is_audited_through_hf_end_to_end(hf_models, tmp_path, model_
                  "robust.accuracy.typo@1", "robust.accuracy.homoglyph@2", "robust.accuracy.hotflip@1",
                  "robust.accuracy.worst-tokens@4", "stability.jsd.attention-shift-sub@2"):
         assert name in metrics, sorted(document["skipped"].items())
-    assert [gate["metric"] for gate in document["gates"]] and all(gate["value"] is not None
-                                                                  for gate in document["gates"])
+    assert [gate["metric"] for gate in document["gates"]]
+    for gate in document["gates"]:
+        # a verdict on 24 messages is not established (too few samples for its intervals), and says so
+        assert gate["value"] is not None or (gate["kind"] == "verdict" and "too few samples" in gate["message"]), gate
     # a typo of the signal word leaves the tokenizer's vocabulary: the edit reaches the model
     assert metrics["robust.accuracy.typo@1"]["value"] < metrics["clean.accuracy"]["value"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from auditor.metrics import MetricValue
 from auditor.outputs import write_atomically
-from auditor.verdict import panel_markdown, trust_panel
+from auditor.verdict import panel_markdown, panel_verdict
 from detectors.errors import BadInputError
 
 SOURCE = "attention-audit"
@@ -67,11 +67,9 @@ def summary_markdown(document: dict, report_link: str) -> str:
             start = f"clean {_value(clean)} → " if clean is not None else ""
             cells = " → ".join(f"{eps:g}: {_value(value)}" for eps, value in points)
             lines += [f"Robust accuracy, worst case over every {norm} evasion attack, by budget: {start}{cells}.", ""]
-    panel = trust_panel(metrics, document.get("skipped", {}))
-    statuses = {line.status for line in panel}
-    answer = "no" if "fail" in statuses else "yes" if statuses == {"pass"} else "not clearly"
-    lines += [f"Can attention be trusted as an explanation of this detector? **{answer}**.", "",
-              *panel_markdown(panel)[2:], "", f"Full report: [report.html]({report_link}).", END]
+    # the verdict the audit's own gates judged, as its summary.md and report show it
+    verdict = panel_verdict(metrics, document.get("skipped", {}), gates)
+    lines += [*panel_markdown(verdict), "", f"Full report: [report.html]({report_link}).", END]
     return "\n".join(lines) + "\n"
 
 
