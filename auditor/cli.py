@@ -2,9 +2,9 @@
 
 Loading it, and every ``--help``, imports no torch: each command imports what it runs inside its body.
 
-Exit codes, decided here and nowhere else: 0 every gate passed, 1 a gate
-failed, 2 bad usage or bad input (one line, no traceback), 3 an internal error,
-130 / 143 stopped by SIGINT / SIGTERM (no outputs written).
+Exit codes, decided by its group (:class:`auditor.cli_exits.AuditGroup`) and nowhere else: 0 every gate passed,
+1 a gate failed, 2 bad usage or bad input (one line, no traceback), 3 an internal error, 130 / 143 stopped by
+SIGINT / SIGTERM (no outputs written).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import click
 
+from auditor.cli_exits import EXIT_INTERNAL, AuditGroup, Stopped
 from auditor.cli_options import audit_options, bounds_pair, frozen_list, mlflow_options, mlflow_uri_option, name_list
 from auditor.training.config import DEFENSES, DefenseConfig, TrainConfig
 from detectors.errors import BadInputError
@@ -25,82 +25,6 @@ from detectors.kinds import ATTENTION_VARIANTS, DETECTOR_KINDS, INPUT_KIND_NAMES
 
 TRAIN_DEFAULTS = TrainConfig()
 DEFENSE_DEFAULTS = DefenseConfig()
-
-EXIT_INTERNAL = 3
-
-
-class InputProblem(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class InternalProblem(click.ClickException):
-    exit_code = EXIT_INTERNAL
-
-    def show(self, file=None) -> None:
-        click.echo(f"internal error: {self.format_message()} (set AUDIT_DEBUG=1 for a traceback; please report it)",
-                   err=True)
-
-
-class Stopped(BaseException):
-    """Raised by the SIGTERM handler :func:`main` installs; a BaseException, as KeyboardInterrupt is, so that no
-    ``except Exception`` on the way turns a stop into a gate failure or an internal error."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class StoppedProblem(click.ClickException):
-    """A run stopped by a signal: the shell's code for it (128 + the signal), never 1 (a gate failed)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
-
-    def show(self, file=None) -> None:
-        click.echo(f"stopped by {self.message}: no results written", err=True)
-
-
-def _one_line(error: click.UsageError) -> InputProblem:
-    """click's usage error (usage, a hint and the error: three lines) as the one line every bad input gets."""
-    where = f"; see '{error.ctx.command_path} --help'" if error.ctx is not None else ""
-    return InputProblem(f"{error.format_message().rstrip('.')}{where}")
-
-
-class AuditGroup(click.Group):
-    """Turns the library's exceptions into exit codes, once, for every command."""
-
-    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as error:
-            raise _one_line(error) from None
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as error:
-            raise _one_line(error) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except BadInputError as error:
-            raise InputProblem(str(error)) from None
-        except KeyboardInterrupt:
-            raise StoppedProblem(signal.SIGINT) from None
-        except Stopped as stop:
-            raise StoppedProblem(stop.signum) from None
-        except Exception as error:  # the one place an unexpected failure becomes exit code 3
-            if os.environ.get("AUDIT_DEBUG"):
-                traceback.print_exc()
-            raise InternalProblem(f"{type(error).__name__}: {error}") from None
-
 
 @click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="attention-audit", prog_name="audit")

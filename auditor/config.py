@@ -318,7 +318,7 @@ class AuditConfig:
         payload["eps_l2"] = None if self.eps_l2 is None else [float(e) for e in self.eps_l2]
         payload["attack_params"] = {name: attack.params() for name, attack in self.build_attacks().items()}
         if self.target_index is not None:  # the targeted runs, under the names their metrics carry
-            from auditor.robustness import TARGETED_SUFFIX
+            from auditor.attack_catalogue import TARGETED_SUFFIX
 
             payload["attack_params"].update({f"{name}{TARGETED_SUFFIX}": attack.params()
                                              for name, attack in self.build_targeted_attacks().items()})

@@ -60,7 +60,8 @@ import torch
 
 from attacks import Attack, Domain, attack_class, make_attack
 from auditor.metrics import MetricSpec, format_eps
-from auditor.robustness import aligned_batch, craft, is_evasion_attack, predict
+from auditor.attack_catalogue import is_evasion_attack
+from auditor.robustness import aligned_batch, craft, predict
 from auditor.stage import Block, Stage
 from detectors.inputs.text import is_token_ids
 from detectors.blocks import SPARSE_ATTENTION

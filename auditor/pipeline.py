@@ -24,7 +24,7 @@ from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.persample import aggregate
 from auditor.result import (GALLERY_SIZE, AuditFindings, adversarial_gallery, gallery, hidden_importance_view,
                             pick_attention_examples, pick_flipped)
-from auditor.robustness import curve_names, robustness_curves
+from auditor.attack_catalogue import curve_names, robustness_curves
 from auditor.sanity import SanityOutcome, mean_sanity_curves
 from auditor.shard import RowTable, Shard, concatenate
 from auditor.stage import Block
@@ -112,7 +112,7 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
     x, y = (data.x.dtype, (n, *shape)), (data.y.dtype, (n,))
     layouts = {}
     if config.save_adversarial:
-        from auditor.robustness import TARGETED_SUFFIX
+        from auditor.attack_catalogue import TARGETED_SUFFIX
 
         # text: the substitution attacks' messages (token ids); embedding-pgd's points are no message
         kept = [attack for attack in config.attacks

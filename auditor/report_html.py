@@ -27,7 +27,7 @@ from auditor.render import SHORT_NAMES, environment, fmt, metric_groups, png, re
 from auditor.report_views import Cell, Table, attention_pairs, cell, detection_view, eps_plot, worst_rows
 from auditor.outputs import write_atomically
 from auditor.result import AuditFindings, SampleView, findings_from_document
-from auditor.robustness import ATTACK_DEFINITIONS, TARGETED_SUFFIX, curve_norm
+from auditor.attack_catalogue import ATTACK_DEFINITIONS, TARGETED_SUFFIX, curve_norm
 from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
 from auditor.stages import CATALOGUE, spec_for
 from auditor.verdict import TITLE as TRUST_TITLE, TrustVerdict, mprt_verdict, panel_verdict

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from auditor.clean import ECE_BINS
 from auditor.metrics import MetricValue, format_eps
 from auditor.render import fmt, png, svg
-from auditor.robustness import WORST, curve_norm
+from auditor.attack_catalogue import WORST, curve_norm
 from auditor.result import AuditFindings
 from detectors.inputs import Bars, InputKind
 
