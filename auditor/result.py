@@ -15,6 +15,7 @@ from auditor.metrics import MetricValue, format_eps
 from auditor.robustness import KEPT_EXAMPLES, AttentionExample
 from auditor.trust import LEAD_EXPLAINERS, input_tokens, token_names, worst_samples
 from detectors.base import Detector
+from detectors.categorical import category_name
 from detectors.table import Dataset
 
 GALLERY_SIZE = 3
@@ -177,12 +178,21 @@ def adversarial_gallery(data: Dataset, proba: np.ndarray, flipped: dict, metrics
         moved = np.argsort(-np.abs(adv_x - clean_x).flatten(), kind="stable")[:GALLERY_FEATURES]
         view.attack, view.eps = example.attack, example.eps
         view.clean_predicted = data.class_names[int(proba[example.index].argmax())]
-        view.changes = [(data.feature_names[i], float(clean_x.flatten()[i]), float(adv_x.flatten()[i]))
+        view.changes = [(data.feature_names[i], *_shown(data, i, clean_x.flatten()[i], adv_x.flatten()[i]))
                         for i in moved if adv_x.flatten()[i] != clean_x.flatten()[i]]
         if config.text:
             view.clean_x = clean_x.tolist()
         views.append(view)
     return views
+
+
+def _shown(data, feature: int, clean: float, adversarial: float) -> tuple[float | str, float | str]:
+    """A changed feature's clean and adversarial values as the gallery shows them: a categorical column by its
+    categories' names, a numeric one by its scaled value."""
+    found = data.categories.get(data.feature_names[feature]) if data.categories else None
+    if found is None:
+        return float(clean), float(adversarial)
+    return category_name(clean, found), category_name(adversarial, found)
 
 
 # what results.json's "report" section holds beyond the metrics, skipped names, curves and checks it has anyway

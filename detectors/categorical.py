@@ -23,6 +23,7 @@ import numpy as np
 from detectors.errors import BadInputError
 
 UNKNOWN = -1
+UNKNOWN_NAME = "(unknown)"
 ON_UNSEEN_CATEGORY = ("map", "refuse")
 BOOLEAN_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 # spellings of a missing value that must not become a category of their own
@@ -153,6 +154,13 @@ def unseen_by_column(unseen: np.ndarray | None, feature_names: list[str],
     """``{column: audited cells mapped to the unknown category}`` for every categorical column (0 included)."""
     return {name: int(unseen[:, feature_names.index(name)].sum()) if unseen is not None else 0
             for name in categories}
+
+
+def category_name(code: float, found: list[str]) -> str:
+    """The category a scaled value of a column with categories ``found`` reads as (the report shows names, not
+    codes); the unknown slot reads as ``(unknown)``."""
+    slot = int(slot_of(code, len(found)))
+    return found[slot - 1] if slot else UNKNOWN_NAME
 
 
 def indices_of(x_scaled: np.ndarray, feature_names: list[str], categories: dict[str, list[str]]) -> np.ndarray:

@@ -185,6 +185,11 @@ def test_audit_saves_valid_categories_and_counts_unseen_ones(mixed_model, tmp_pa
             if name != "protocol" or key == "adv/pgd@0.01":
                 assert np.array_equal(column, clean)
     assert (saved["adv/pgd-categorical@0.01"][:, 0] != saved["x"][:, 0]).any()
+    # the adversarial gallery shows a switched category by the categories' names, never by a scaled code
+    gallery = document["report"]["adversarial_gallery"]
+    shown = [change for view in gallery for change in view["changes"] if change[0] in categories]
+    assert gallery[0]["attack"] == "pgd-categorical" and shown
+    assert all(value in [*categories[name], "(unknown)"] for name, *values in shown for value in values)
 
     unseen = tmp_path / "unseen.csv"
     write_mixed(unseen, 40, seed=5, extra_protocol="sctp")
