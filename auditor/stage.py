@@ -98,3 +98,4 @@ class Stage:
             rows = block.index_np
             span = f"rows {rows.min() + 1}-{rows.max() + 1} of {block.n_rows}" if len(rows) else "no rows"
             tqdm.write(f"audit: {self.name} {seconds:.1f} s ({span})", file=sys.stderr)
+            sys.stderr.flush()  # in its place among the command's other lines, not at the end of a buffered log
