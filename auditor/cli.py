@@ -223,9 +223,15 @@ def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_
             from auditor.export.mlflow_runs import log_audit
 
             target = tracking or _tracking(mlflow_uri, mlflow_experiment, model_path)
-            run_id = log_audit(target, outcome.files, exit_code=outcome.exit_code)
-            if not options["quiet"]:
-                click.echo(f"mlflow: run {run_id} at {target.uri}", err=as_json)
+            try:
+                run_id = log_audit(target, outcome.files, exit_code=outcome.exit_code)
+            except Exception as error:  # the verdict is written and stands: a store that fails now does not change it
+                why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                click.echo(f"warning: the audit's outputs are written, but logging it to MLflow at {target.uri} "
+                           f"failed: {why}", err=True)
+            else:
+                if not options["quiet"]:
+                    click.echo(f"mlflow: run {run_id} at {target.uri}", err=as_json)
 
     if not shard.distributed:
         outcome = audit_to_folder(model_path=model_path, data_spec=data_spec, label_column=label_column,

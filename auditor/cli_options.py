@@ -126,7 +126,7 @@ def audit_options(function):
         click.option("--faithfulness-metrics", callback=name_list, default="",
                      help="override the profile's faithfulness metrics, comma-separated: deletion, insertion, "
                           "deletion_gain, comprehensiveness, sufficiency, correlation, infidelity, max_sensitivity "
-                          "[default: quick: deletion,insertion; standard and full: all]"),
+                          "[default: quick: deletion,insertion,deletion_gain; standard and full: all]"),
         click.option("--removal-baseline", type=click.Choice(REMOVAL_BASELINES), default=None,
                      help="what a removed feature becomes: the training-split mean, zero, (images only) a "
                           "Gaussian blur of the input, sigma 1 pixel, or (text only) the [MASK] token "

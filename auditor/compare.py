@@ -43,8 +43,7 @@ class Audited:
 
     @property
     def metrics(self) -> dict[str, MetricValue]:
-        return {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") else None, entry.get("n"))
-                for name, entry in self.document["metrics"].items()}
+        return {name: MetricValue.from_dict(entry) for name, entry in self.document["metrics"].items()}
 
 
 @dataclass

@@ -61,6 +61,11 @@ class MetricValue:
     ci95: tuple[float, float] | None = None
     n: int | None = None  # samples that counted, for means over per-sample values
 
+    @classmethod
+    def from_dict(cls, entry: dict) -> "MetricValue":
+        """The inverse of :meth:`to_dict` (results.json's form), ``n`` included: the verdict and the gates read it."""
+        return cls(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") is not None else None, entry.get("n"))
+
     def to_dict(self) -> dict:
         payload = {"value": self.value, "ci95": list(self.ci95) if self.ci95 is not None else None}
         if self.n is not None:

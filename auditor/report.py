@@ -158,8 +158,7 @@ def render_summary(document: dict) -> bytes:
                          f"{'pass' if gate['passed'] else '**FAIL**'} |")
         lines += ["", "\"significant\": the two runs' 95% intervals do not overlap, a conservative test (no paired "
                   "test is possible across runs: results.json keeps no per-sample values)."]
-    metrics = {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") else None)
-               for name, entry in document["metrics"].items()}
+    metrics = {name: MetricValue.from_dict(entry) for name, entry in document["metrics"].items()}
     lines += ["", *panel_markdown(panel_verdict(metrics, document.get("skipped", {}), document["gates"]))]
     return ("\n".join(lines) + "\n").encode()
 

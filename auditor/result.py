@@ -217,9 +217,7 @@ def findings_from_document(document: dict) -> AuditFindings:
     """The findings a results.json document holds (the inverse of :func:`report_section` with the document's
     metrics, skipped names, curves and checks), in the order the audit produced its metrics."""
     section = document["report"]
-    metrics = {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") is not None else None,
-                                 entry.get("n"))
-               for name, entry in ((name, document["metrics"][name]) for name in section["metric_order"])}
+    metrics = {name: MetricValue.from_dict(document["metrics"][name]) for name in section["metric_order"]}
     return AuditFindings(
         metrics=metrics, skipped=dict(document["skipped"]), timing=dict(document["timing"]),
         n_samples=int(document["data"]["n_samples"]),

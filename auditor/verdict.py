@@ -36,7 +36,8 @@ they do is no proof of an unfaithful explanation):
 A reference explainer counts only where it beats chance itself (the lower end of its
 ``faithfulness.deletion_gain`` interval above 0); lines 5 and 6 answer "not established" where no reference
 (line 6: not both) counts. A line whose metric did not run says so (``not run``, with the reason when one is
-known). A metric without an interval is judged on its value as if the interval were that point.
+known). A metric without an interval can answer NO or unclear from its value, never yes: a point is no
+evidence, as an interval gate on it fails.
 
 The default policy's trust gate reads :func:`trust_verdict` (``auditor.gates``), and so does the panel: the
 exit code and the panel cannot disagree.
@@ -130,7 +131,9 @@ def _not_run(question: str, metric: str, skipped: dict[str, str], condition: str
 
 def _line(question: str, status: str, finding: str, metric: str, value: MetricValue,
           condition: str | None = None) -> TrustLine:
-    if status == "pass" and value.n is not None and value.n < MIN_INTERVAL_ROWS:
+    if status == "pass" and value.ci95 is None:  # an interval gate fails without one; so does a condition
+        status, finding = "unclear", "Unclear: no 95% interval to read (a point value is no evidence)"
+    elif status == "pass" and value.n is not None and value.n < MIN_INTERVAL_ROWS:
         # the same rule as an interval gate's: a bootstrap of a handful of rows is as narrow as the rows are alike
         status, finding = "unclear", (f"Unclear: too few samples (n={value.n}) for a 95% interval, at least "
                                       f"{MIN_INTERVAL_ROWS} needed")
@@ -174,7 +177,8 @@ def panel_verdict(metrics: dict[str, MetricValue], skipped: dict[str, str], gate
 
 def _open_reason(line: TrustLine, skipped: dict[str, str]) -> str:
     if line.status == "unclear":
-        why = "too few samples" if line.finding.startswith("Unclear: too few samples") else "straddles its limit"
+        why = "has too few samples" if line.finding.startswith("Unclear: too few samples") else \
+            "is missing" if line.finding.startswith("Unclear: no 95% interval") else "straddles its limit"
         return f"{line.condition} is unclear (the interval of {line.metric} {why}: audit more rows)"
     why = skipped.get(line.metric)
     return f"{line.condition} did not run ({line.metric}{': ' + why if why else ''}; {RUN_HINTS[line.condition]})"

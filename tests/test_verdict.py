@@ -222,6 +222,17 @@ def test_a_verdict_resting_on_too_few_samples_is_not_established():
     assert trust_verdict(enough).answer == "yes"
 
 
+def test_a_condition_cannot_pass_on_a_point_without_an_interval_and_results_json_keeps_n():
+    pointed = {**GOOD, "sanity.mprt.attention": MetricValue(0.1, None)}
+    verdict = trust_verdict(pointed)
+    assert verdict.lines[2].status == "unclear" and verdict.answer == "not established"
+    assert "is missing" in verdict.finding
+    # summary.md, the model card and compare read results.json back: n must survive, or the rule above is lost
+    value = MetricValue(0.2, (0.1, 0.3), n=12)
+    assert MetricValue.from_dict(value.to_dict()) == value
+    assert MetricValue.from_dict({"value": 0.5, "ci95": None}) == MetricValue(0.5)
+
+
 def test_a_condition_that_did_not_run_leaves_the_verdict_not_established_with_what_to_run():
     verdict = trust_verdict({k: v for k, v in GOOD.items() if k != GAIN.format("attention")})
     assert verdict.answer == "not established"

@@ -50,8 +50,7 @@ def eval_results(document: dict, report_link: str) -> list:
 
 def summary_markdown(document: dict, report_link: str) -> str:
     """The card's section: verdict, robustness headline, trust verdict, link to the report, between markers."""
-    metrics = {name: MetricValue(entry["value"], tuple(entry["ci95"]) if entry.get("ci95") else None)
-               for name, entry in document["metrics"].items()}
+    metrics = {name: MetricValue.from_dict(entry) for name, entry in document["metrics"].items()}
     gates = document.get("gates", [])
     data = document["data"]
     lines = [START, f"## Robustness and attention audit ({SOURCE} {document.get('tool', {}).get('version', '')})",
