@@ -29,6 +29,7 @@ from auditor.outputs import write_atomically
 from auditor.runner import bind, outputs
 from auditor.subject import Subject, build_domain, load_subject
 from detectors.base import Detector
+from detectors.categorical import most_frequent_codes
 from detectors.data import stratified_subset
 from detectors.table import Dataset
 from detectors.devices import resolve_device
@@ -123,8 +124,8 @@ def audit(model: str | Path | Detector, data: str | Path | Dataset | None = None
 
 
 def _in_memory_subject(detector: torch.nn.Module, data, config: AuditConfig) -> Subject:
-    """A detector in memory with its scaled rows: the removal baseline is the rows' mean, no feature frozen
-    unless the configuration names some."""
+    """A detector in memory with its scaled rows: the removal baseline is the rows' mean (a categorical column's
+    most frequent category), no feature frozen unless the configuration names some (categorical columns are)."""
     if not isinstance(detector, Detector):
         raise BadInputError(f"{type(detector).__name__} is not a detectors.base.Detector (forward_with_attention "
                             "and a token map); audit other models with `audit run --model python:FILE:FACTORY`")
@@ -145,10 +146,14 @@ def _in_memory_subject(detector: torch.nn.Module, data, config: AuditConfig) -> 
     model_info = {"path": f"(in memory) {type(detector).__name__}", "sha256": "n/a",
                   "detector": detector.kind or type(detector).__name__, "defense": "unknown", "data set": data.name,
                   "hparams": hparams, "training": {}, "attention": hparams.get("attention", "softmax")}
+    # categorical columns keep their categories here too: frozen for every continuous attack, removed to the most
+    # frequent category rather than to an average of codes
+    categories = dict(data.categories)
+    baseline = most_frequent_codes(data.x, list(data.feature_names), categories)
     return Subject(detector=detector.to(device).eval(), data=data,
-                   baseline=torch.as_tensor(data.x.mean(axis=0), device=device), model_info=model_info,
+                   baseline=torch.as_tensor(baseline, device=device), model_info=model_info,
                    device=device, domain=build_domain(tuple(detector.input_shape), list(data.feature_names),
-                                                      frozen=frozen),
+                                                      frozen=frozen, categories=categories),
                    frozen_features=frozen)
 
 

@@ -245,3 +245,18 @@ def test_attention_and_feature_ablation_find_the_category_times_rate_family(tmp_
         assert np.isin(scores.topk(3, dim=1).indices.numpy(), family).mean() > 3 * chance
     shuffled = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
     assert np.isin(shuffled.topk(3, dim=1).indices.numpy(), family).mean() < 3 * chance
+
+
+def test_a_detector_audited_in_memory_keeps_its_categories(mixed_model):
+    from auditor.api import _in_memory_subject
+    from auditor.config import AuditConfig
+    from auditor.subject import load_subject
+
+    data, model = mixed_model
+    loaded = load_subject(str(model), data_spec=None, label_column="label", max_samples=60, seed=0, device_name="cpu")
+    subject = _in_memory_subject(loaded.detector, loaded.data, AuditConfig.from_profile("quick", max_samples=60))
+    names = loaded.data.feature_names
+    # frozen for every continuous attack, as from a checkpoint, and removed to a category that exists
+    assert subject.domain.categories is not None and not subject.domain.categories.any_mutable
+    for name, found in loaded.data.categories.items():
+        assert float(subject.baseline[names.index(name)]) in {float(code_of(i, len(found))) for i in range(len(found))}
