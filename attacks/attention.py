@@ -88,7 +88,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attacks.base import Attack
+from attacks.base import Attack, positive_count
 from attacks.pgd import PGD
 from attacks.domain import Domain
 from detectors.base import TokenMap
@@ -375,12 +375,10 @@ class AttentionHijack(_PredictionKeeping):
                  c: float = 1.0, kappa: float = 0.1, k: int = 5, target_positions: list[int] | None = None) -> None:
         super().__init__(steps=steps, step_size=step_size, restarts=restarts, random_start=random_start, c=c,
                          kappa=kappa)
-        if int(k) != k or k < 1:
-            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
+        self.k = positive_count(self.name, k)
         if target_positions is not None and (isinstance(target_positions, (str, bytes)) or not len(target_positions)):
             raise ValueError(f"expected target_positions as a non-empty list of flat input indices, got "
                              f"{target_positions!r}")
-        self.k = int(k)
         self.target_positions = None if target_positions is None else [int(p) for p in target_positions]
 
     def params(self) -> dict:
@@ -408,9 +406,7 @@ class AttentionGuided(PGD):
                  k: int = 5, schedule: str = "constant", target_class: int | None = None) -> None:
         super().__init__(steps=steps, step_size=step_size, restarts=restarts, random_start=random_start,
                          schedule=schedule, target_class=target_class)
-        if int(k) != k or k < 1:
-            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
-        self.k = int(k)
+        self.k = positive_count(self.name, k)
 
     def params(self) -> dict:
         return {**super().params(), "k": self.k}

@@ -93,3 +93,11 @@ class ImageView(nn.Module):
         x = self.from_4d(x)
         x = torch.where(self.mutable.to(x.device), x, x.detach())
         return self.model(x)
+
+
+def positive_count(attack: str, k) -> int:
+    """``k`` as an int, for the attacks that aim at k positions; a ValueError naming ``attack`` unless an integer
+    >= 1."""
+    if int(k) != k or k < 1:
+        raise ValueError(f"{attack} needs an integer k >= 1, got {k}")
+    return int(k)

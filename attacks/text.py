@@ -73,7 +73,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attacks.base import Attack
+from attacks.base import Attack, positive_count
 from attacks.text_domain import (TOKEN_NORM, TokenDomain, check_budget, check_text_model, load_substitutions,
                                  token_domain)
 from attacks.text_embedding import EMBEDDING_NORMS, embedding_logits, embedding_scale
@@ -343,9 +343,7 @@ class TokenAttentionGuided(HotFlip):
     def __init__(self, *, k: int = 5, candidates: int | None = 16, beam: int = 1, batch_size: int = 1024,
                  target_class: int | None = None) -> None:
         super().__init__(candidates=candidates, beam=beam, batch_size=batch_size, target_class=target_class)
-        if int(k) != k or k < 1:
-            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
-        self.k = int(k)
+        self.k = positive_count(self.name, k)
 
     def params(self) -> dict:
         return {**super().params(), "k": self.k}
@@ -394,9 +392,7 @@ class TokenAttentionHijack(_PredictionKept):
 
     def __init__(self, *, k: int = 2, candidates: int | None = 32, beam: int = 1, batch_size: int = 1024) -> None:
         super().__init__(candidates=candidates, beam=beam, batch_size=batch_size)
-        if int(k) != k or k < 1:
-            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
-        self.k = int(k)
+        self.k = positive_count(self.name, k)
 
     def params(self) -> dict:
         return {**super().params(), "k": self.k}

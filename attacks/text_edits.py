@@ -49,6 +49,7 @@ from torch import nn
 
 from attacks.text import (HotFlip, TokenAttentionGuided, TokenAttentionHijack, TokenAttentionShift, TokenSearch,
                           TokenStealth)
+from attacks.base import positive_count
 from attacks.text_domain import check_budget, check_text_model, token_domain
 
 __all__ = ["EDIT_ATTACKS", "EDIT_ATTENTION_ATTACKS", "HOMOGLYPHS", "MIN_LETTERS", "AttentionGuidedEdit",
@@ -408,9 +409,7 @@ class AttentionHijackEdit(_AttentionEdits, TokenAttentionHijack):
 
     def __init__(self, *, k: int = 2, words: int | None = 4, batch_size: int = 1024) -> None:
         super().__init__(words=words, batch_size=batch_size)
-        if int(k) != k or k < 1:
-            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
-        self.k = int(k)
+        self.k = positive_count(self.name, k)
 
     def params(self) -> dict:
         return {**super().params(), "k": self.k}
@@ -425,9 +424,7 @@ class AttentionGuidedEdit(_AttentionEdits, TokenAttentionGuided):
 
     def __init__(self, *, k: int = 5, words: int | None = 4, batch_size: int = 1024) -> None:
         super().__init__(words=words, batch_size=batch_size)
-        if int(k) != k or k < 1:
-            raise ValueError(f"{self.name} needs an integer k >= 1, got {k}")
-        self.k = int(k)
+        self.k = positive_count(self.name, k)
 
     def params(self) -> dict:
         return {**super().params(), "k": self.k}
