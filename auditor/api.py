@@ -9,8 +9,8 @@
 
 It takes the path of ``audit run``: the subject is loaded (a checkpoint, as ``audit run --model`` loads it, or
 a detector already in memory with its data), then bound to the configuration and the policy, audited stage
-by stage and rendered by the same functions (:func:`auditor.runner.bind`, :func:`auditor.pipeline.run_audit`,
-:func:`auditor.runner.outputs`), so the numbers and the files are the ones the command line gives.
+by stage and rendered by the same functions (:func:`auditor.run.runner.bind`, :func:`auditor.run.pipeline.run_audit`,
+:func:`auditor.run.runner.outputs`), so the numbers and the files are the ones the command line gives.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auditor.pipeline import run_audit
-from auditor.config import AuditConfig
+from auditor.run.pipeline import run_audit
+from auditor.run.config import AuditConfig
 from auditor.gates import GateResult, load_policy
-from auditor.outputs import write_atomically
-from auditor.runner import bind, outputs
-from auditor.subject import Subject, build_domain, load_subject
+from auditor.report.outputs import write_atomically
+from auditor.run.runner import bind, outputs
+from auditor.run.subject import Subject, build_domain, load_subject
 from detectors.base import Detector
 from detectors.categorical import most_frequent_codes
 from detectors.data import stratified_subset

@@ -198,9 +198,9 @@ def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_
 
     Under torchrun (or with --nproc) each process audits its shard of the rows and rank 0 writes the
     outputs; every process exits with rank 0's code."""
-    from auditor.runner import audit_to_folder
-    from auditor.foreign_subject import ForeignOptions
-    from auditor.shard import Shard
+    from auditor.run.runner import audit_to_folder
+    from auditor.run.foreign_subject import ForeignOptions
+    from auditor.run.shard import Shard
 
     shard = Shard.from_environment()
     # opened before the audit, so a missing extra or a bad URI costs no audit; under torchrun by rank 0 afterwards
@@ -213,7 +213,7 @@ def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_
 
     def report(outcome) -> None:
         if as_json:
-            from auditor.report import render_json
+            from auditor.report.document import render_json
 
             click.echo(render_json(outcome.document).decode(), nl=False)
             _print_outcome(outcome, quiet=True, err=True)
@@ -268,7 +268,7 @@ def run(ctx, model_path, data_spec, label_column, text_column, policy_path, out_
 @audit_options
 def demo(out_dir, epochs, **options) -> None:
     """Train the tabular detector on breast-cancer, audit it, write the report (exit 0 once written)."""
-    from auditor.runner import audit_to_folder
+    from auditor.run.runner import audit_to_folder
     from auditor.training.job import train_and_save
 
     model_path = out_dir / "model.safetensors"
@@ -313,11 +313,11 @@ def compare(folders, models, data_spec, label_column, text_column, out_dir, poli
     Writes compare.html, compare.json and compare.md; exits 0 once they are written, whatever the verdicts,
     and 2 when the audits were configured differently (unless --allow-mismatch).
     """
-    from auditor.compare import compare_audits, compare_files, load_audit, unique_names
+    from auditor.report.compare import compare_audits, compare_files, load_audit, unique_names
     from auditor.export.mlflow_runs import RUN_PREFIX, download_results
     from auditor.gates import load_policy
-    from auditor.outputs import append_step_summary, check_out_folder, write_atomically
-    from auditor.runner import audit_to_folder
+    from auditor.report.outputs import append_step_summary, check_out_folder, write_atomically
+    from auditor.run.runner import audit_to_folder
 
     if mlflow_uri and mlflow_uri.startswith(RUN_PREFIX):
         raise click.UsageError(f"--mlflow takes a tracking URI, got {mlflow_uri!r}: give the URI, or put --mlflow "
@@ -359,7 +359,7 @@ def compare(folders, models, data_spec, label_column, text_column, out_dir, poli
 @click.argument("folder", type=click.Path(path_type=Path))
 def report_command(folder: Path) -> None:
     """Draw FOLDER/report.html again from FOLDER/results.json (an `audit run --out` folder), without the model."""
-    from auditor.report_html import rerender
+    from auditor.report.html import rerender
 
     click.echo(f"report: {rerender(folder)}")
 
@@ -381,7 +381,7 @@ def card_command(folder: Path, into: Path | None) -> None:
 def list_attacks() -> None:
     """List the registered attacks with their norm, parameters and reference, and the profiles."""
     from attacks import ATTACKS, TEXT_ATTACKS, make_attack, make_text_attack
-    from auditor.config import PROFILES, TEXT_PROFILES
+    from auditor.run.config import PROFILES, TEXT_PROFILES
 
     def show(name, attack) -> None:
         params = ", ".join(f"{k}={v}" for k, v in attack.params().items()) or "single step of size eps"

@@ -22,7 +22,7 @@ interval as narrow as the rows are alike, ``[1, 1]`` for one correct row).
 
 A file with no table at all, or an empty ``[gates]`` table, is bad input: it would pass every model. A
 file with a ``[regression]`` table and no ``[gates]`` keeps the default gates beside its own regression
-gates (:func:`auditor.runner.bind`).
+gates (:func:`auditor.run.runner.bind`).
 
 ``"trust.verdict"`` names, instead of a condition, the necessary conditions of the trust verdict it gates
 (:func:`auditor.verdict.trust_verdict`; the default policy gates all four).
@@ -44,9 +44,9 @@ from pathlib import Path
 
 from attacks import ATTACKS, TEXT_ATTACKS
 from attacks.text import TOKEN_NORM
-from auditor.explain import EXPLAINERS
+from auditor.stages.explainers import EXPLAINERS
 from auditor.metrics import MIN_INTERVAL_ROWS, MetricValue, format_eps
-from auditor.stages import CATALOGUE, spec_for
+from auditor.stages.order import CATALOGUE, spec_for
 from auditor.verdict import CONDITIONS, trust_verdict
 from detectors.errors import BadInputError
 

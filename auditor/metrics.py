@@ -2,7 +2,7 @@
 
 A :class:`MetricSpec` holds one metric family's facts: its name pattern, whether higher is better, its range,
 a one-line definition and its reference. Each stage declares its own specs next to the code that computes
-them (``auditor.stage``); the catalogue is their union (``auditor.stages.CATALOGUE``), which gates validate
+them (``auditor.stages.base``); the catalogue is their union (``auditor.stages.order.CATALOGUE``), which gates validate
 names against, the report prints and the README's table is generated from.
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 1000
-# the reference explainers attention is compared with (auditor.agreement; kept here so the catalogue
+# the reference explainers attention is compared with (auditor.stages.agreement; kept here so the catalogue
 # needs no import of the stages)
 AGREEMENT_REFERENCES = ("integrated-gradients", "feature-ablation")
-# sanity.mprt passes when the upper end of its 95% interval is below this (auditor.sanity.mprt_verdict)
+# sanity.mprt passes when the upper end of its 95% interval is below this (auditor.stages.sanity.mprt_verdict)
 MPRT_PASS_BELOW = 0.5
 
 

@@ -117,7 +117,7 @@ def _median_of_three(once) -> float:
 
 def model_pass_seconds(model_path: str, data: str | None, max_samples: int, device: str) -> tuple[float, float]:
     """(seconds of the whole in-process audit, seconds of its model passes timed bare)."""
-    import auditor.runner as runner
+    import auditor.run.runner as runner
 
     calls: collections.Counter = collections.Counter()
     seen = {}

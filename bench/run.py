@@ -218,7 +218,7 @@ class FaithfulnessEntry:
 
 
 def _removal_masks(x, attribution, kinds):
-    from auditor.faithfulness import removal_counts
+    from auditor.stages.faithfulness_metrics import removal_counts
 
     counts = torch.as_tensor(removal_counts(x[0].numel()))
     changed = attribution.flatten(1).argsort(dim=1, descending=True, stable=True).argsort(dim=1)[:, None, :] \
@@ -232,7 +232,7 @@ def _masked_inputs(x, masks, baseline):
 
 
 def _removal(kinds):
-    from auditor.faithfulness import removal_curves
+    from auditor.stages.faithfulness_metrics import removal_curves
 
     return (lambda model, x, a, y, baseline, max_batch:
             removal_curves(model, x, a, y, baseline, max_batch=max_batch, kinds=kinds))
@@ -248,13 +248,13 @@ def _pixel_flipping(view, x, a, y):
 
 
 def _subsets(x):
-    from auditor.faithfulness import correlation_subsets
+    from auditor.stages.faithfulness_metrics import correlation_subsets
 
     return correlation_subsets(x[0].numel(), torch.arange(len(x)), seed=0)
 
 
 def _correlation(model, x, a, y, baseline, max_batch):
-    from auditor.faithfulness import faithfulness_correlation
+    from auditor.stages.faithfulness_metrics import faithfulness_correlation
 
     return faithfulness_correlation(model, x, a, y, baseline, seed=0, index=torch.arange(len(x)), max_batch=max_batch)
 
@@ -291,7 +291,7 @@ FAITHFULNESS = [
 
 
 def faithfulness(device) -> None:
-    from auditor.memory import plan_memory
+    from auditor.run.memory import plan_memory
 
     try:
         import quantus  # noqa: F401

@@ -23,7 +23,7 @@ Sparsemax and 1.5-entmax give tokens outside their support a weight of exactly 0
 every weight with respect to such a token's score is exactly 0 as well. Consequences elsewhere: an
 explainer that multiplies attention by its gradient (grad-attention) gives those weights 0; an attack that
 follows the gradient of the attention gets no signal through them; and a vanishing gradient there is a
-property of the attention function, not evidence of robustness (``auditor.masking``).
+property of the attention function, not evidence of robustness (``auditor.stages.masking``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Editing a Hugging Face model's attention inside its forward (the sanity checks of :mod:`auditor.sanity`):
+"""Editing a Hugging Face model's attention inside its forward (the sanity checks of :mod:`auditor.stages.sanity`):
 an attention function registered with transformers replaces eager attention for the duration of an edit and
 recomputes each edited module's output from its edited weights."""
 

@@ -84,7 +84,7 @@ def _check_minimum_norm_budget(name, model, x, y):
     """No budget of its own: the auditor counts a sample broken at eps only when its ‖δ‖₂ <= eps, so every
     example it evaluates at eps is within eps, and robust accuracy is that of those examples."""
     from auditor.metrics import format_eps
-    from auditor.robustness import run_attacks
+    from auditor.stages.robustness import run_attacks
 
     with torch.no_grad():
         clean = model(x).argmax(1)
@@ -153,7 +153,7 @@ def check_effective(name, kind, model, x, y):
         accuracy = (model(x_adv).argmax(1) == y).float().mean().item()
     if name in ATTENTION_ATTACKS:
         from attacks.attention import attention_distribution
-        from auditor.stability import topk_intersection
+        from auditor.stages.stability import topk_intersection
         with torch.no_grad():
             p, q = attention_distribution(model, x), attention_distribution(model, x_adv)
         if name == "attention-shift":

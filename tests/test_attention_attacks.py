@@ -1,4 +1,4 @@
-"""The attention attacks (attacks/attention.py) and the stability metrics (auditor/stability.py).
+"""The attention attacks (attacks/attention.py) and the stability metrics (auditor/stages/stability.py).
 
 Known answers for every metric, the attention distribution against a hand
 computation, the attack contract (budget, bounds, frozen inputs, seeding,
@@ -18,7 +18,7 @@ from attacks.attention import (ATTENTION_ATTACKS, AttentionGuided, AttentionHija
                                hijack_success, token_positions)
 from attacks.domain import Domain
 from attacks.pgd import PGD
-from auditor.stability import jsd, prediction_kept, spearman, topk_intersection
+from auditor.stages.stability import jsd, prediction_kept, spearman, topk_intersection
 from detectors.base import TokenMap
 from detectors.sequence import SequenceTransformer
 from detectors.tabular import FeatureTokenTransformer

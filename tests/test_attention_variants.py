@@ -19,11 +19,11 @@ from click.testing import CliRunner
 
 from attacks import ATTENTION_ATTACKS, Domain, make_attack
 from auditor.cli import cli
-from auditor.explain import EXPLAINERS, make_explainer
-from auditor.masking import sparse_attention_note
-from auditor.stages import spec_for
-from auditor.sanity import flip_rates
-from auditor.sparsity import row_sparsity, sparsity_stage
+from auditor.stages.explainers import EXPLAINERS, make_explainer
+from auditor.stages.masking import sparse_attention_note
+from auditor.stages.order import spec_for
+from auditor.stages.sanity import flip_rates
+from auditor.stages.sparsity import row_sparsity, sparsity_stage
 from detectors.blocks import ATTENTION_VARIANTS, SelfAttention, edited_attention
 from detectors.checkpoint import load_checkpoint, save_checkpoint
 from detectors.errors import BadInputError

@@ -37,7 +37,7 @@ def audited(trained_checkpoint, tmp_path_factory):
                                       "--max-samples", "30", "--eps", "0.1", "--quiet"])
     assert result.exit_code == gate_exit_code(first), result.output
     pages = {"report.html": first / "report.html"}
-    if importlib.util.find_spec("auditor.compare") is not None:
+    if importlib.util.find_spec("auditor.report.compare") is not None:
         second = root / "b"
         shutil.copytree(first, second)
         compared = CliRunner().invoke(cli, ["compare", str(first), str(second), "--out", str(root / "cmp")])

@@ -249,8 +249,8 @@ def test_attention_and_feature_ablation_find_the_category_times_rate_family(tmp_
 
 def test_a_detector_audited_in_memory_keeps_its_categories(mixed_model):
     from auditor.api import _in_memory_subject
-    from auditor.config import AuditConfig
-    from auditor.subject import load_subject
+    from auditor.run.config import AuditConfig
+    from auditor.run.subject import load_subject
 
     data, model = mixed_model
     loaded = load_subject(str(model), data_spec=None, label_column="label", max_samples=60, seed=0, device_name="cpu")

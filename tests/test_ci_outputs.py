@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.gates import load_policy, validate_policy
-from auditor.config import AuditConfig
-from auditor.stages import planned_metrics
+from auditor.run.config import AuditConfig
+from auditor.stages.order import planned_metrics
 
 FAST = ["--eps", "0.03,0.1", "--max-samples", "60", "--attacks", "fgsm,pgd"]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "ci"

@@ -236,10 +236,10 @@ def test_missing_cuda_is_exit_2(model, tmp_path):
 
 
 def test_internal_error_is_exit_3(model, tmp_path, monkeypatch):
-    import auditor.pipeline
-    monkeypatch.setattr(auditor.pipeline, "run_audit", lambda *a, **k: 1 / 0)
-    import auditor.runner
-    monkeypatch.setattr(auditor.runner, "run_audit", lambda *a, **k: 1 / 0)
+    import auditor.run.pipeline
+    monkeypatch.setattr(auditor.run.pipeline, "run_audit", lambda *a, **k: 1 / 0)
+    import auditor.run.runner
+    monkeypatch.setattr(auditor.run.runner, "run_audit", lambda *a, **k: 1 / 0)
     result = CliRunner().invoke(cli, ["run", "--model", str(model), "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 3
     assert "internal error: ZeroDivisionError" in result.output and "Traceback" not in result.output

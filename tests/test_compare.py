@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.compare import Audited, _choose_robust_metric, metric_rows, pareto_front
+from auditor.report.compare import Audited, _choose_robust_metric, metric_rows, pareto_front
 from auditor.metrics import MetricValue
 from exits import gate_exit_code
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.clean import clean_metrics
+from auditor.stages.clean import clean_metrics
 from auditor.gates import MIN_INTERVAL_ROWS, Gate, Policy, evaluate, load_policy
 from auditor.metrics import Bootstrap, MetricValue
 from detectors.errors import BadInputError

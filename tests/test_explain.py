@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from auditor.explain import EXPLAINERS, make_explainer, rollout
+from auditor.stages.explainers import EXPLAINERS, make_explainer, rollout
 from detectors.base import Detector, TokenMap
 
 
@@ -145,8 +145,8 @@ def test_gradient_shap_equals_captums_where_both_are_deterministic():
     """One baseline, no noise, a linear model: both are w ⊙ (x − b) whatever α is drawn."""
     from captum.attr import GradientShap
 
-    import auditor.explain as module
-    from auditor.explain import GradientShapExplainer
+    import auditor.stages.explainers as module
+    from auditor.stages.explainers import GradientShapExplainer
 
     model = HardWiredAttention(torch.tensor([0.0, 0.5, 0.3, 0.2]))
     x, target = torch.rand(4, 3), torch.ones(4, dtype=torch.long)
@@ -172,7 +172,7 @@ def test_gradient_shap_equals_captums_where_both_are_deterministic():
 
 
 def test_agreement_of_hard_wired_attention_with_feature_ablation_is_exact():
-    from auditor.agreement import agreement_stage
+    from auditor.stages.agreement import agreement_stage
 
     model = HardWiredAttention(torch.tensor([0.0, 0.4, 0.1, 0.3, 0.05, 0.15]))
     # the logit is Σ w_i x_i with w the CLS row: ablating feature i to a zero baseline drops w_i x_i, which
@@ -190,7 +190,7 @@ def test_agreement_of_hard_wired_attention_with_feature_ablation_is_exact():
 def test_kendall_tau_b_matches_scipy_with_ties():
     from scipy.stats import kendalltau
 
-    from auditor.agreement import kendall_tau_b, topk_overlap
+    from auditor.stages.agreement import kendall_tau_b, topk_overlap
 
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 4, (5, 7)).astype(float), rng.normal(size=(5, 7))
@@ -236,7 +236,7 @@ class AttendsToOneFeature(Detector):
 
 
 def test_flip_rate_is_one_when_the_decision_rides_on_the_top_weight_and_zero_when_it_ignores_attention():
-    from auditor.sanity import flip_rates
+    from auditor.stages.sanity import flip_rates
 
     x = torch.full((8, 3), 0.05)
     x[:, 0] = 0.9  # attended feature decides "positive"; without it the CLS output is ~0.05
@@ -250,8 +250,8 @@ def test_flip_rate_is_one_when_the_decision_rides_on_the_top_weight_and_zero_whe
 
 
 def test_mprt_of_explainers_that_ignore_the_model_is_one(tiny_detector):
-    from auditor.explain import Explainer
-    from auditor.sanity import mprt
+    from auditor.stages.explainers import Explainer
+    from auditor.stages.sanity import mprt
 
     class InputCopy(Explainer):
         name, family = "input-copy", "baseline"
@@ -288,7 +288,7 @@ class UnusedLayer(torch.nn.Module):
 
 
 def test_mprt_keeps_a_stochastic_explainers_draws_so_sampling_noise_does_not_lower_it():
-    from auditor.sanity import mprt
+    from auditor.stages.sanity import mprt
 
     model = UnusedLayer()
     x = torch.rand(16, 4)
@@ -302,7 +302,7 @@ def test_mprt_keeps_a_stochastic_explainers_draws_so_sampling_noise_does_not_low
 
 def test_mprt_is_the_absolute_rank_correlation_with_one_pass_rule():
     from auditor.metrics import MetricValue
-    from auditor.sanity import spearman_rows
+    from auditor.stages.sanity import spearman_rows
     from auditor.verdict import mprt_verdict
 
     a = torch.arange(6.0)[None]
@@ -313,7 +313,7 @@ def test_mprt_is_the_absolute_rank_correlation_with_one_pass_rule():
 
 
 def test_mprt_of_attention_drops_once_the_model_is_randomised(tiny_detector):
-    from auditor.sanity import mprt
+    from auditor.stages.sanity import mprt
 
     x = torch.rand(32, 6)
     target = tiny_detector(x).argmax(1)
@@ -325,7 +325,7 @@ def test_mprt_of_attention_drops_once_the_model_is_randomised(tiny_detector):
 
 
 def test_precision_at_k_of_the_true_ranking_is_one_and_skips_samples_without_ground_truth():
-    from auditor.localisation import precision_at_k
+    from auditor.stages.localisation import precision_at_k
 
     relevant = np.array([[True, False, True, False], [False, False, False, False], [False, True, False, False]])
     truth = torch.tensor(relevant, dtype=torch.float32) + 0.01 * torch.arange(4)
@@ -336,7 +336,7 @@ def test_precision_at_k_of_the_true_ranking_is_one_and_skips_samples_without_gro
 
 
 def test_mprt_rows_are_256_spread_evenly_and_shards_split_them():
-    from auditor.sanity import MPRT_SAMPLES, mprt_rows
+    from auditor.stages.sanity import MPRT_SAMPLES, mprt_rows
 
     assert mprt_rows(torch.arange(100), 100).all()
     chosen = torch.arange(1000)[mprt_rows(torch.arange(1000), 1000)]
@@ -348,7 +348,7 @@ def test_mprt_rows_are_256_spread_evenly_and_shards_split_them():
 
 
 def test_sanity_stage_is_per_sample_so_shards_gather_to_the_whole(tiny_detector):
-    from auditor.sanity import mean_sanity_curves, sanity_stage
+    from auditor.stages.sanity import mean_sanity_curves, sanity_stage
 
     x = torch.rand(12, 6)
     target = tiny_detector(x).argmax(1)
@@ -372,7 +372,7 @@ def test_sanity_stage_is_per_sample_so_shards_gather_to_the_whole(tiny_detector)
 
 
 def test_flip_rate_is_skipped_with_the_reason_on_models_without_editable_attention():
-    from auditor.sanity import sanity_stage
+    from auditor.stages.sanity import sanity_stage
 
     model = HardWiredAttention(torch.tensor([0.1, 0.6, 0.1, 0.2]))
     x = torch.rand(4, 3)
@@ -384,7 +384,7 @@ def test_flip_rate_is_skipped_with_the_reason_on_models_without_editable_attenti
 
 def test_a_metric_counted_on_some_samples_keeps_its_interval():
     from auditor.metrics import Bootstrap
-    from auditor.persample import aggregate
+    from auditor.run.persample import aggregate
 
     values = np.where(np.arange(200) < 60, np.linspace(0, 1, 200), np.nan)
     metrics, _ = aggregate({"sanity.mprt.attention": values}, Bootstrap(200, seed=0))

@@ -12,8 +12,8 @@ import inspect
 import pytest
 import torch
 
-import auditor.explain as explain_module
-from auditor.explain import EXPLAINERS, Explainer, make_explainer
+import auditor.stages.explainers as explain_module
+from auditor.stages.explainers import EXPLAINERS, Explainer, make_explainer
 
 EXPECTED_REGISTRY = {"attention", "attention-max", "rollout", "grad-attention", "integrated-gradients", "saliency",
                      "input-x-gradient", "deeplift", "gradient-shap", "feature-ablation", "random"}

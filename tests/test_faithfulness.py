@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from auditor.faithfulness import feature_ranks, removal_counts, removal_curves
+from auditor.stages.faithfulness_metrics import feature_ranks, removal_counts, removal_curves
 
 
 class WeightedShare(nn.Module):
@@ -88,8 +88,8 @@ def test_one_curve_alone_equals_its_half_of_both(tiny_detector):
 # --- the metrics beyond deletion and insertion: answers worked out on paper ---------------------------------
 
 
-from auditor.explain import make_explainer  # noqa: E402
-from auditor.faithfulness import (FAITHFULNESS_METRICS, aopc, aopc_counts, deletion_gain,  # noqa: E402
+from auditor.stages.explainers import make_explainer  # noqa: E402
+from auditor.stages.faithfulness_metrics import (FAITHFULNESS_METRICS, aopc, aopc_counts, deletion_gain,  # noqa: E402
                                   faithfulness_correlation, faithfulness_stage, infidelity_per_sample,
                                   max_sensitivity, planned_names, random_deletion_auc)
 from detectors.errors import BadInputError  # noqa: E402
@@ -274,8 +274,8 @@ def test_an_audit_of_deletion_alone_computes_and_plots_only_the_deletion_curve(t
 
 
 def test_profiles_choose_the_faithfulness_metrics_and_the_config_records_them():
-    from auditor.config import AuditConfig
-    from auditor.stages import planned_metrics
+    from auditor.run.config import AuditConfig
+    from auditor.stages.order import planned_metrics
 
     quick = AuditConfig.from_profile("quick")
     assert quick.faithfulness_metrics == ("deletion", "insertion", "deletion_gain")  # the trust verdict reads the gain

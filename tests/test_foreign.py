@@ -544,8 +544,8 @@ def test_check_input_fits(user_file):
 
 
 def test_grad_attention_and_sanity_run_on_a_hooked_transformer_and_detached_weights_are_refused(user_file):
-    from auditor.explain import make_explainer
-    from auditor.sanity import cascade_layers, sanity_stage
+    from auditor.stages.explainers import make_explainer
+    from auditor.stages.sanity import cascade_layers, sanity_stage
 
     detector = _wrap(build_foreign_model(f"python:{user_file}:make")).eval()
     x = _inputs(8)

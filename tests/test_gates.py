@@ -3,8 +3,8 @@ import pytest
 from auditor.gates import (Policy, Gate, canonical_name, default_policy, evaluate, exit_code, load_policy,
                            validate_policy)
 from auditor.metrics import MetricValue
-from auditor.config import AuditConfig
-from auditor.stages import planned_metrics
+from auditor.run.config import AuditConfig
+from auditor.stages.order import planned_metrics
 from detectors.errors import BadInputError
 
 CONFIG = AuditConfig()

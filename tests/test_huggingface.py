@@ -143,7 +143,7 @@ def hf_models(tmp_path_factory):
 
 
 def _subject(root: Path, name: str, data: str, **options):
-    from auditor.foreign_subject import ForeignOptions, load_foreign_subject
+    from auditor.run.foreign_subject import ForeignOptions, load_foreign_subject
 
     return load_foreign_subject(f"hf:{root / name}", ForeignOptions(**options), data_spec=str(root / data),
                                 label_column="label", max_samples=64, seed=0, device_name="cpu")
@@ -259,7 +259,7 @@ def test_help_does_not_import_transformers():
 
 
 def test_labels_index_logits_match_id2label_or_are_refused_by_name():
-    from auditor.foreign_subject import huggingface_labels
+    from auditor.run.foreign_subject import huggingface_labels
 
     config = transformers.BertConfig(num_labels=2, id2label={0: "benign", 1: "phishing"})
     names, y, positive = huggingface_labels(["phishing", "benign"], np.array([0, 1, 1]), 0, config)

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.subject import load_subject
+from auditor.run.subject import load_subject
 from detectors.checkpoint import read_metadata
 from detectors.table import Scaler
 from detectors.errors import BadInputError

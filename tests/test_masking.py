@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from attacks import Domain, make_attack
-from auditor.masking import masking_checks, verdict
+from auditor.stages.masking import masking_checks, verdict
 from auditor.metrics import Bootstrap
-from auditor.persample import aggregate
-from auditor.robustness import run_attacks
+from auditor.run.persample import aggregate
+from auditor.stages.robustness import run_attacks
 from detectors.base import Detector, TokenMap
 
 EPS = [0.05, 0.1, 0.2]

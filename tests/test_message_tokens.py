@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from auditor.explain import EXPLAINERS, make_explainer
-from auditor.sanity import spearman_rows
+from auditor.stages.explainers import EXPLAINERS, make_explainer
+from auditor.stages.sanity import spearman_rows
 from detectors.inputs import removal_baseline
 from detectors.inputs.text import TokenIds, explained_positions, explained_positions_of
 from detectors.text import TextTransformer

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from auditor.clean import _binary_auc, _binary_f1, _binary_precision, _binary_recall, clean_metrics
+from auditor.stages.clean import _binary_auc, _binary_f1, _binary_precision, _binary_recall, clean_metrics
 from auditor.metrics import Bootstrap
-from auditor.stages import CATALOGUE, spec_for
+from auditor.stages.order import CATALOGUE, spec_for
 
 
 def test_vectorised_statistics_equal_scikit_learn_on_the_full_sample():
@@ -96,9 +96,9 @@ def test_a_calibrated_detector_has_an_ece_near_zero():
 
 
 def test_a_planned_metric_neither_produced_nor_skipped_is_an_error_naming_its_stage():
-    from auditor.config import AuditConfig
+    from auditor.run.config import AuditConfig
     from auditor.metrics import MetricValue
-    from auditor.stages import check_produced, planned_metrics
+    from auditor.stages.order import check_produced, planned_metrics
 
     config = AuditConfig(eps=(0.1,), attacks=("fgsm",), explainers=("attention", "random"))
     planned = planned_metrics(config, binary=True)
@@ -109,8 +109,8 @@ def test_a_planned_metric_neither_produced_nor_skipped_is_an_error_naming_its_st
 
 
 def test_every_name_a_stage_plans_is_declared_by_a_stage():
-    from auditor.config import AuditConfig
-    from auditor.stages import STAGES, planned_metrics
+    from auditor.run.config import AuditConfig
+    from auditor.stages.order import STAGES, planned_metrics
 
     config = AuditConfig.from_profile("full", target_class="1", eps=(0.03, 0.1)).with_l2_grid(30)
     declared = {spec.pattern for stage in STAGES for spec in stage.specs}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from auditor.faithfulness import correlation_subsets, faithfulness_correlation, removal_curves
+from auditor.stages.faithfulness_metrics import correlation_subsets, faithfulness_correlation, removal_curves
 
 quantus = pytest.importorskip("quantus")
 

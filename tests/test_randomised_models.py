@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from attacks import Domain, make_attack
 from auditor.cli import cli
-from auditor.determinism import ExpectedDetector, check_determinism
+from auditor.run.determinism import ExpectedDetector, check_determinism
 from detectors.errors import BadInputError
 from detectors.foreign import ForeignDetector
 from detectors.foreign_loading import build_foreign_model
@@ -197,10 +197,10 @@ def test_logits_that_differ_between_the_two_paths_are_exit_2(noisy, tmp_path):
 
 
 def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detector):
-    from auditor.determinism import settle
-    from auditor.pipeline import run_audit
-    from auditor.config import AuditConfig
-    from auditor.subject import Subject
+    from auditor.run.determinism import settle
+    from auditor.run.pipeline import run_audit
+    from auditor.run.config import AuditConfig
+    from auditor.run.subject import Subject
     from detectors.table import Dataset
 
     x = np.random.default_rng(1).random((40, N_FEATURES)).astype(np.float32)
@@ -222,7 +222,7 @@ def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detect
 
 def test_autoattack_runs_its_rand_version_on_a_randomised_model_when_it_has_one(monkeypatch):
     from attacks import ATTACKS
-    from auditor.config import AuditConfig
+    from auditor.run.config import AuditConfig
 
     config = AuditConfig(eps=(0.1,), attacks=("autoattack",), randomised_model=True)
     assert "version" not in AuditConfig(eps=(0.1,), attacks=("autoattack",)).attack_settings("autoattack")
@@ -260,8 +260,8 @@ class RightSevenTimesInTen(torch.nn.Module):
 
 
 def test_clean_accuracy_of_a_randomised_model_is_one_call_s_not_the_ensemble_s(tiny_detector):
-    from auditor.clean import ENSEMBLE_ACCURACY, CleanStage, per_draw_correctness, predict_proba
-    from auditor.config import AuditConfig
+    from auditor.stages.clean import ENSEMBLE_ACCURACY, CleanStage, per_draw_correctness, predict_proba
+    from auditor.run.config import AuditConfig
 
     x = torch.as_tensor(np.random.default_rng(1).random((400, N_FEATURES)), dtype=torch.float32)
     y = (x[:, 0] > 0.5).long()

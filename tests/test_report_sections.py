@@ -8,12 +8,12 @@ import pytest
 
 from auditor.gates import default_policy, evaluate
 from auditor.metrics import MetricValue
-from auditor.report import finite_metrics, results_document
-from auditor.report_html import agreement_tables, explainer_table, render_report
-from auditor.pipeline import run_audit
-from auditor.config import AuditConfig
-from auditor.stages import planned_metrics
-from auditor.subject import load_subject
+from auditor.report.document import finite_metrics, results_document
+from auditor.report.html import agreement_tables, explainer_table, render_report
+from auditor.run.pipeline import run_audit
+from auditor.run.config import AuditConfig
+from auditor.stages.order import planned_metrics
+from auditor.run.subject import load_subject
 
 SECTIONS = ("Verdict", "Detection", "Robustness", "Attention under attack", "Faithfulness", "Samples", "Method")
 KINDS = {"tabular": "breast-cancer", "vit": "digits", "sequence": "sequences:400"}

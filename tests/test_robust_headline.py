@@ -10,12 +10,12 @@ from torch import nn
 
 from attacks import Domain, make_attack
 from auditor.cli import cli
-from auditor.masking import evaluate_checks, masking_attack_rows, masking_checks, verdict
+from auditor.stages.masking import evaluate_checks, masking_attack_rows, masking_checks, verdict
 from auditor.metrics import Bootstrap, MetricValue
-from auditor.persample import aggregate
-from auditor.report import render_summary
-from auditor.robustness import run_attacks, within_budget
-from auditor.config import AuditConfig, default_l2_grid
+from auditor.run.persample import aggregate
+from auditor.report.document import render_summary
+from auditor.stages.robustness import run_attacks, within_budget
+from auditor.run.config import AuditConfig, default_l2_grid
 from detectors.base import Detector, TokenMap
 from detectors.errors import BadInputError
 
@@ -158,7 +158,7 @@ def test_more_effort_counts_toward_not_converged_only():
 
 
 def test_more_effort_pgd_keeps_the_audited_schedule(monkeypatch):
-    import auditor.masking as masking
+    import auditor.stages.masking as masking
 
     made = []
     real = masking.make_attack
@@ -203,8 +203,8 @@ def test_summary_shows_the_worst_case_first():
 
 
 def test_method_section_names_autoattack_fast_apart_from_the_protocol():
-    from auditor.report_html import attack_rows
-    from auditor.config import PROFILES
+    from auditor.report.html import attack_rows
+    from auditor.run.config import PROFILES
 
     assert "autoattack-fast" in PROFILES["standard"][0] and "autoattack" not in PROFILES["standard"][0]
     assert "autoattack" in PROFILES["full"][0]

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from auditor.cli import cli
 from auditor.metrics import Bootstrap
-from auditor.shard import Shard, concatenate
+from auditor.run.shard import Shard, concatenate
 from exits import gate_exit_code
 
 ROOT = Path(__file__).resolve().parents[1]

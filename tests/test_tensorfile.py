@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from auditor import faithfulness
+from auditor.stages import faithfulness_metrics as faithfulness
 from auditor.cli import cli
-from auditor.tensorfile import RowWriter, create, header
+from auditor.run.tensorfile import RowWriter, create, header
 
 ROWS = 10
 

@@ -284,7 +284,7 @@ def test_audit_run_on_a_text_checkpoint_writes_a_text_report(text_audit):
     the quick profile's text attacks run on the token budgets, and `audit report` draws the tokens again,
     escaped."""
     from auditor.cli import cli
-    from auditor.report_html import render_document
+    from auditor.report.html import render_document
 
     out = text_audit
     document = json.loads((out / "results.json").read_text())
@@ -318,7 +318,7 @@ def test_the_report_marks_the_substituted_tokens_and_labels_attention_bars_by_wo
     """Clean against attacked messages (issue 16): both spelled position for position, padding left out, each
     substituted token marked (<del> in the clean message, <ins> in the attacked one) and escaped (a substituted
     `<script>` shows as text); the attention bars are labelled by the message's words, not positions."""
-    from auditor.report_html import render_document
+    from auditor.report.html import render_document
 
     document = json.loads((text_audit / "results.json").read_text())
     html = (text_audit / "report.html").read_text()

@@ -303,7 +303,7 @@ def test_text_masking_checks_known_answers():
     a robust accuracy rising with the token budget fails monotonicity."""
     import numpy as np
 
-    from auditor.masking import evaluate_text_checks, text_masking_rows
+    from auditor.stages.masking import evaluate_text_checks, text_masking_rows
     from auditor.metrics import MetricValue
 
     attacks = {"hotflip": make_text_attack("hotflip")}
@@ -328,7 +328,7 @@ def test_text_masking_checks_known_answers():
 
 
 def test_text_options_are_checked_against_the_model_kind():
-    from auditor.config import AuditConfig
+    from auditor.run.config import AuditConfig
 
     config = AuditConfig.from_profile("quick")
     assert config.for_kind("text").attacks == ("typo", "homoglyph")  # label-preserving edits by default

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from auditor.explain import EXPLAINERS, make_explainer
-from auditor.faithfulness import aopc, removal_curves
-from auditor.localisation import plausibility, precision_at_k
+from auditor.stages.explainers import EXPLAINERS, make_explainer
+from auditor.stages.faithfulness_metrics import aopc, removal_curves
+from auditor.stages.localisation import plausibility, precision_at_k
 from detectors.base import Detector, TokenMap
 from detectors.inputs import removal_baseline
 from detectors.inputs.text import TokenIds, explained_positions_of
@@ -165,7 +165,7 @@ def test_plausibility_is_sklearn_average_precision_over_the_message_tokens():
 
 
 def test_padding_is_not_counted_as_sparse_attention(tiny_text_model):
-    from auditor.sparsity import sparsity_stage
+    from auditor.stages.sparsity import sparsity_stage
 
     ids, _ = _messages(4)
     assert bool((ids == PAD).any())

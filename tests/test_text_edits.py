@@ -10,7 +10,7 @@ import torch
 
 from attacks import TokenDomain
 from attacks.text_edits import HOMOGLYPHS, WordCodec, homoglyph_variants, typo_variants
-from auditor.robustness import rationale_edits
+from auditor.stages.robustness import rationale_edits
 from test_text_attacks import BAD, CLS, NAMES, PAD, SPECIAL, VOCAB, Hinge, correct, full_table, \
     hinge_tokenizer, messages, run
 
@@ -155,7 +155,7 @@ def test_the_substitution_table_is_sparse_and_answers_as_a_dense_one():
 
 
 def test_the_report_marks_an_edited_word_alone_when_it_changes_the_number_of_tokens():
-    from auditor.report_html import counterparts
+    from auditor.report.html import counterparts
 
     clean = ["please", "verify", "your", "pin"]
     attacked = ["please", "[UNK]", "[UNK]", "[UNK]", "your", "pin"]  # "verify" -> "v3r!fy": three tokens

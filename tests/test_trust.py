@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from auditor.metrics import Bootstrap, MetricValue
-from auditor.stages import spec_for
-from auditor.persample import aggregate
+from auditor.stages.order import spec_for
+from auditor.run.persample import aggregate
 from detectors.base import Detector, TokenMap
 from detectors.blocks import SelfAttention
 from detectors.foreign import ForeignDetector
@@ -31,7 +31,7 @@ def _no_hooks(module: nn.Module) -> bool:
 
 
 def _uniform(weights, allowed):
-    from auditor.sanity import uniform_weights
+    from auditor.stages.sanity import uniform_weights
 
     return uniform_weights(weights, allowed)
 
@@ -152,7 +152,7 @@ def _hard_wired(kind: str, ignore: bool) -> Detector:
 
 
 def _sanity(model: Detector, x: torch.Tensor, y: torch.Tensor):
-    from auditor.sanity import sanity_stage
+    from auditor.stages.sanity import sanity_stage
 
     pred = model(x).argmax(1)
     return sanity_stage(model, x, pred, {}, baseline=torch.zeros(x.shape[1:]), seed=0,
@@ -242,7 +242,7 @@ class KeyFeature(Detector):
 
 
 def test_erasure_drops_and_hidden_importance_by_hand():
-    from auditor.trust import erasure_drops, hidden_importance, most_important, trust_stage
+    from auditor.stages.trust import erasure_drops, hidden_importance, most_important, trust_stage
 
     model = KeyFeature()
     x = torch.tensor([[0.1, 0.2, 0.9, 0.3], [0.8, 0.7, 0.1, 0.6], [0.4, 0.4, 0.5, 0.4]])
@@ -274,8 +274,8 @@ def test_erasure_drops_and_hidden_importance_by_hand():
 
 
 def test_trust_stage_is_per_sample_so_shards_gather_to_the_whole(tiny_detector):
-    from auditor.explain import make_explainer
-    from auditor.trust import trust_stage
+    from auditor.stages.explainers import make_explainer
+    from auditor.stages.trust import trust_stage
 
     x = torch.rand(10, 6, generator=torch.Generator().manual_seed(1))
     pred = tiny_detector(x).argmax(1)
@@ -304,8 +304,8 @@ def test_catalogue_knows_the_new_metrics():
 
 
 def test_deceptive_twin_is_flagged_and_its_honest_twin_is_not(deceptive_twins):
-    from auditor.explain import make_explainer
-    from auditor.trust import trust_stage
+    from auditor.stages.explainers import make_explainer
+    from auditor.stages.trust import trust_stage
 
     twins = deceptive_twins
     x, y, n = twins.x, twins.y, len(twins.x)
@@ -354,7 +354,7 @@ def test_audit_reports_both_checks_and_the_worst_samples(deceptive_twins, tmp_pa
 
 def test_the_report_says_when_attention_does_not_drive_the_model():
     from auditor.metrics import MetricValue
-    from auditor.report_html import sanity_notes
+    from auditor.report.html import sanity_notes
 
     unused = "attention does not drive this model, so heat maps of it explain little"
     assert unused in sanity_notes({KEPT: MetricValue(0.95, (0.9, 0.99))})[0]

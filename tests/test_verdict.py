@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from auditor.agreement import agreement_stage
-from auditor.faithfulness import faithfulness_stage
+from auditor.stages.agreement import agreement_stage
+from auditor.stages.faithfulness_metrics import faithfulness_stage
 from auditor.gates import Gate, Policy, evaluate, load_policy
 from auditor.metrics import Bootstrap, MetricValue
-from auditor.persample import aggregate
+from auditor.run.persample import aggregate
 from auditor.verdict import TITLE, panel_markdown, trust_panel, trust_verdict
 from detectors.errors import BadInputError
 
@@ -48,7 +48,7 @@ def test_deletion_auc_diff_is_zero_for_identical_explainers_and_positive_for_a_k
 
 
 def test_random_is_left_out_of_max_sensitivity_with_the_reason(tiny_detector):
-    from auditor.explain import make_explainer
+    from auditor.stages.explainers import make_explainer
 
     x = torch.rand(4, 6)
     target = tiny_detector(x).argmax(1)
@@ -98,7 +98,7 @@ def test_bad_interval_syntax_is_bad_input(tmp_path, condition):
 
 
 def test_relevant_features_name_csv_columns_or_a_feature_at_every_time_step():
-    from auditor.localisation import declare_relevant, relevant_mask_of
+    from auditor.stages.localisation import declare_relevant, relevant_mask_of
     from detectors.table import Dataset
 
     table = Dataset("t", "all", np.zeros((3, 4), np.float32), np.zeros(3, np.int64), ["a", "b", "c", "d"], ["0"],

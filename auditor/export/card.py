@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from auditor.metrics import MetricValue
-from auditor.outputs import write_atomically
+from auditor.report.outputs import write_atomically
 from auditor.verdict import panel_markdown, panel_verdict
 from detectors.errors import BadInputError
 
@@ -114,7 +114,7 @@ def _model_name(document: dict) -> str:
 
 
 def _document(folder: Path) -> dict:
-    from auditor.compare import load_audit
+    from auditor.report.compare import load_audit
 
     return load_audit(folder, folder.name).document
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.shard import Parallel
+from auditor.run.shard import Parallel
 from auditor.training.config import DefenseConfig, TrainConfig, auto_batch_size, auto_epochs
 from auditor.training.loop import resume_path, seed_everything, train_and_test
 from detectors import __version__

@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from auditor.shard import Parallel
+from auditor.run.shard import Parallel
 from auditor.training.config import TrainConfig, TrainSummary
 from auditor.training.defenses import DefenseLoss
 from detectors.base import Detector

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from auditor.training.config import DefenseConfig, TrainConfig, auto_batch_size
 from auditor.training.loop import seed_everything, train_and_test
-from auditor.shard import Parallel
+from auditor.run.shard import Parallel
 from detectors import __version__
 from detectors.checkpoint import save_checkpoint
 from detectors.devices import resolve_device

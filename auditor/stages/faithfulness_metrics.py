@@ -444,7 +444,7 @@ def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
     """The chosen faithfulness metrics of every explainer, per sample. ``index`` holds the samples'
     global indices: every random draw is keyed by them, so a shard computes exactly its rows of the whole.
     ``baseline`` is (*shape) or per sample (n, *shape). ``max_sensitivity`` re-runs the explainers, so
-    it needs ``explainers`` (name -> explainer object, as from auditor.explain.make_explainer). ``explained``:
+    it needs ``explainers`` (name -> explainer object, as from auditor.stages.explainers.make_explainer). ``explained``:
     (n, *shape) the positions that count (text: each message's tokens; the module docstring says how), where
     infidelity and max_sensitivity are skipped."""
     metrics = check_metric_names(metrics)

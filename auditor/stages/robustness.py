@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 
 from attacks import CHUNK, Attack, Domain, attack_class, is_minimum_norm
 from attacks.text_domain import TOKEN_NORM
-from auditor.attack_catalogue import (FLIPPING_ATTENTION_ATTACKS, HIJACK_ATTACKS, TARGETED_SUFFIX, WORST, in_worst_case,
+from auditor.catalogue.attacks import (FLIPPING_ATTENTION_ATTACKS, HIJACK_ATTACKS, TARGETED_SUFFIX, WORST, in_worst_case,
                                       is_attention_attack, is_evasion_attack)
 from auditor.metrics import MetricSpec, format_eps
-from auditor.persample import only_where
-from auditor.stage import Block, Stage
+from auditor.run.persample import only_where
+from auditor.stages.base import Block, Stage
 from detectors.inputs.text import is_token_ids
 
 TOPK = 5
@@ -39,7 +39,7 @@ class AttentionExample:
 
     Text only: ``x_adv`` holds the attacked message's token ids, and ``tokens`` and ``adv_tokens`` the clean and
     attacked messages' tokens after [CLS], up to the padding (spelled by the tokeniser after the audit,
-    :func:`auditor.pipeline.spell_tokens`), so the report shows both messages with the substituted tokens marked.
+    :func:`auditor.run.pipeline.spell_tokens`), so the report shows both messages with the substituted tokens marked.
     """
 
     attack: str
@@ -74,7 +74,7 @@ class FlippedExample:
 @dataclass
 class RobustnessOutcome:
     """Per-sample results: metric name -> (n,) float64, NaN where the sample does not count for that metric
-    (``auditor.persample``); the aggregate metrics are their means, computed once all samples are in."""
+    (``auditor.run.persample``); the aggregate metrics are their means, computed once all samples are in."""
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
     attention_examples: list[AttentionExample] = field(default_factory=list)
@@ -262,7 +262,7 @@ def _most_moved(model, name: str, eps: float, x, x_adv, p, q, jsd: np.ndarray, c
 
 def _stability(model, attack: Attack, tag: str, x, p, q, clean_pred, adv_pred, topk: int) -> dict[str, np.ndarray]:
     from attacks.attention import hijacked
-    from auditor import stability
+    from auditor.stages import stability
 
     values = {
         "topk_intersection": stability.topk_intersection(p, q, k=topk),
@@ -328,7 +328,7 @@ SPECS = (
                "share the targeted attack moves into the target class",
                reference=MADRY_CARLINI),
 )
-# the attention attacks' stability metrics (functions in auditor.stability), computed by this stage
+# the attention attacks' stability metrics (functions in auditor.stages.stability), computed by this stage
 STABILITY_SPECS = (
     MetricSpec("stability.topk_intersection.{attack}@{eps}", True, "[0, 1]",
                "share of the clean top-k attended tokens (k = 5) still in the top-k under the attention attack",

@@ -8,29 +8,29 @@ from pathlib import Path
 import torch
 
 from attacks.category_pgd import CategoryPGD
-from auditor.pipeline import SAVED_FILES, run_audit, saved_layouts
-from auditor.config import DEFAULT_TOKEN_BUDGET, AuditConfig
-from auditor.determinism import settle
-from auditor.foreign_subject import ForeignOptions, is_foreign, load_foreign_subject
+from auditor.run.pipeline import SAVED_FILES, run_audit, saved_layouts
+from auditor.run.config import DEFAULT_TOKEN_BUDGET, AuditConfig
+from auditor.run.determinism import settle
+from auditor.run.foreign_subject import ForeignOptions, is_foreign, load_foreign_subject
 from auditor.gates import (GateResult, Policy, check_baseline, default_policy, evaluate, evaluate_regression,
                            exit_code, load_baseline, load_policy, regression_tolerances, validate_policy)
-from auditor.localisation import declare_relevant
-from auditor.masking import sparse_attention_note
+from auditor.stages.localisation import declare_relevant
+from auditor.stages.masking import sparse_attention_note
 from auditor.metrics import MetricValue
-from auditor.outputs import PendingFiles, append_step_summary, check_out_folder, signals_held, write_atomically
-from auditor.report import finite_metrics, render_json, render_junit, render_summary, results_document
-from auditor.report_html import render_document
-from auditor.result import AuditFindings, report_section
-from auditor.shard import Shard
-from auditor.stages import planned_metrics
-from auditor.subject import Subject, load_subject
-from auditor.tensorfile import create
+from auditor.report.outputs import PendingFiles, append_step_summary, check_out_folder, signals_held, write_atomically
+from auditor.report.document import finite_metrics, render_json, render_junit, render_summary, results_document
+from auditor.report.html import render_document
+from auditor.report.findings import AuditFindings, report_section
+from auditor.run.shard import Shard
+from auditor.stages.order import planned_metrics
+from auditor.run.subject import Subject, load_subject
+from auditor.run.tensorfile import create
 from detectors.categorical import categorical_facts
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 
 
-# what results.json's model section says about a python: model's attention capture (auditor.foreign_subject)
+# what results.json's model section says about a python: model's attention capture (auditor.run.foreign_subject)
 FOREIGN_FACTS = ("attention_modules", "ignored_attention_modules", "attention_path_max_abs_logit_diff")
 
 
@@ -282,7 +282,7 @@ def outputs(result: AuditFindings, subject: Subject, config: AuditConfig, policy
 
 def check_metrics(metrics: dict) -> dict:
     """The masking and convergence verdicts that were computed, each with what a 1 means."""
-    from auditor.masking import METRIC_MEANING
+    from auditor.stages.masking import METRIC_MEANING
 
     return {name: {"value": metrics[name].value, "meaning": meaning} for name, meaning in METRIC_MEANING.items()
             if name in metrics}

@@ -108,7 +108,7 @@ class Explainer:
 
     def __init__(self, *, max_inputs: int = MAX_INTERNAL_BATCH) -> None:
         # the most model inputs one forward+backward of this explainer takes (its internal batch); the audit
-        # sets it from the memory plan (auditor.memory), wherever the explainer runs (explain, MPRT, stability)
+        # sets it from the memory plan (auditor.run.memory), wherever the explainer runs (explain, MPRT, stability)
         self.max_inputs = max(1, int(max_inputs))
 
     def explain(self, detector: Detector, x: torch.Tensor, target: torch.Tensor, *, baseline: torch.Tensor,

@@ -1,4 +1,4 @@
-"""One audit: stream the rows through the stages (``auditor.stages``), gather every shard's row tables,
+"""One audit: stream the rows through the stages (``auditor.stages.order``), gather every shard's row tables,
 aggregate them once into the metrics table and the report's data.
 
 Every stage reads the same detector and data and writes named numbers into one flat table; gates, JSON,
@@ -14,23 +14,23 @@ import torch
 
 from attacks import Domain, attack_class
 from attacks.text import EMBEDDING_NORMS
-from auditor.clean import ENSEMBLE_ACCURACY, clean_metrics, detection_data
-from auditor.config import AuditConfig
-from auditor.faithfulness import REMOVAL_KINDS
-from auditor.localisation import relevant_mask_of
-from auditor.masking import CHECK_METRICS, evaluate_checks, evaluate_text_checks, verdict
-from auditor.memory import MemoryPlan, plan_memory
+from auditor.stages.clean import ENSEMBLE_ACCURACY, clean_metrics, detection_data
+from auditor.run.config import AuditConfig
+from auditor.stages.faithfulness_metrics import REMOVAL_KINDS
+from auditor.stages.localisation import relevant_mask_of
+from auditor.stages.masking import CHECK_METRICS, evaluate_checks, evaluate_text_checks, verdict
+from auditor.run.memory import MemoryPlan, plan_memory
 from auditor.metrics import Bootstrap, MetricValue, format_eps
-from auditor.persample import aggregate
-from auditor.result import (GALLERY_SIZE, AuditFindings, adversarial_gallery, gallery, hidden_importance_view,
+from auditor.run.persample import aggregate
+from auditor.report.findings import (GALLERY_SIZE, AuditFindings, adversarial_gallery, gallery, hidden_importance_view,
                             pick_attention_examples, pick_flipped)
-from auditor.attack_catalogue import curve_names, robustness_curves
-from auditor.sanity import SanityOutcome, mean_sanity_curves
-from auditor.shard import RowTable, Shard, concatenate
-from auditor.stage import Block
-from auditor.stages import STAGES, check_produced
-from auditor.subject import Subject
-from auditor.tensorfile import Layout, RowWriter
+from auditor.catalogue.attacks import curve_names, robustness_curves
+from auditor.stages.sanity import SanityOutcome, mean_sanity_curves
+from auditor.run.shard import RowTable, Shard, concatenate
+from auditor.stages.base import Block
+from auditor.stages.order import STAGES, check_produced
+from auditor.run.subject import Subject
+from auditor.run.tensorfile import Layout, RowWriter
 from detectors.categorical import saved_rows
 from detectors.base import Detector
 from detectors.table import Dataset
@@ -44,7 +44,7 @@ def run_audit(subject: Subject, config: AuditConfig, *, progress: bool = True, s
     whole attack chunks; the per-sample tables of every shard are gathered to rank 0, which aggregates
     them once over all rows (and returns the result; other ranks return None). ``save_to``: for the
     row-table groups that ``--save-adversarial``/``--save-explanations`` keep, the file laid out by
-    :func:`saved_layouts` (``auditor.tensorfile.create``) that this rank writes its rows into, block by
+    :func:`saved_layouts` (``auditor.run.tensorfile.create``) that this rank writes its rows into, block by
     block, instead of gathering them."""
     shard = shard or Shard()
     detector, data, device = subject.detector, subject.data, subject.device
@@ -112,7 +112,7 @@ def saved_layouts(config: AuditConfig, data: Dataset) -> dict[str, Layout]:
     x, y = (data.x.dtype, (n, *shape)), (data.y.dtype, (n,))
     layouts = {}
     if config.save_adversarial:
-        from auditor.attack_catalogue import TARGETED_SUFFIX
+        from auditor.catalogue.attacks import TARGETED_SUFFIX
 
         # text: the substitution attacks' messages (token ids); embedding-pgd's points are no message
         kept = [attack for attack in config.attacks
@@ -156,7 +156,7 @@ def audit_rows(detector: Detector, x: torch.Tensor, y: torch.Tensor, index: torc
                attacks: dict, *, domain: Domain, baseline: torch.Tensor, relevant: np.ndarray | None,
                positive: int | None, plan: MemoryPlan, timing: dict[str, float], progress: bool,
                n_rows: int | None = None, tokens: TokenIds | None = None) -> RowTable:
-    """Every stage of :data:`auditor.stages.STAGES`, in order, on a block of rows with global indices ``index``
+    """Every stage of :data:`auditor.stages.order.STAGES`, in order, on a block of rows with global indices ``index``
     (a multiple of the attack chunk from its start). ``baseline`` is the removal baseline, (*shape) or the
     block's rows (n, *shape); ``relevant`` the block's rows of the localisation ground truth; ``n_rows`` how many
     rows the whole audit has (default: this block is all of them); ``tokens`` a text tokeniser's special ids.
@@ -207,7 +207,7 @@ def summarise(tables: RowTable, subject: Subject, config: AuditConfig, attacks: 
                                      bootstrap=bootstrap)
     confusion = np.zeros((n_classes, n_classes), dtype=int)
     np.add.at(confusion, (data.y, proba_np.argmax(1)), 1)
-    if config.randomised_model:  # clean.accuracy is each draw's own, from the per-sample table (auditor.clean)
+    if config.randomised_model:  # clean.accuracy is each draw's own, from the per-sample table (auditor.stages.clean)
         metrics[ENSEMBLE_ACCURACY] = metrics.pop("clean.accuracy")
     sample_metrics, sample_skipped = aggregate(rows.get("per_sample", {}), bootstrap)
     metrics.update(sample_metrics)

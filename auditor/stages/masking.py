@@ -60,9 +60,9 @@ import torch
 
 from attacks import Attack, Domain, attack_class, make_attack
 from auditor.metrics import MetricSpec, format_eps
-from auditor.attack_catalogue import is_evasion_attack
-from auditor.robustness import aligned_batch, craft, predict
-from auditor.stage import Block, Stage
+from auditor.catalogue.attacks import is_evasion_attack
+from auditor.stages.robustness import aligned_batch, craft, predict
+from auditor.stages.base import Block, Stage
 from detectors.inputs.text import is_token_ids
 from detectors.blocks import SPARSE_ATTENTION
 

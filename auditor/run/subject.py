@@ -1,5 +1,5 @@
 """What is audited: a checkpoint's detector with the rows to audit, validated against each other, and the
-attacker's domain (:class:`Subject`). A model this tool did not train is loaded by ``auditor.foreign_subject``."""
+attacker's domain (:class:`Subject`). A model this tool did not train is loaded by ``auditor.run.foreign_subject``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from attacks import CategoryRule, Domain
-from auditor.determinism import Determinism
+from auditor.run.determinism import Determinism
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
 from detectors.data import align_table, is_builtin, load_table, split_table, stratified_subset
@@ -39,7 +39,7 @@ class Subject:
     device: torch.device
     domain: Domain | None = None
     frozen_features: tuple[str, ...] = ()
-    # None until auditor.determinism.settle checks it (a caller that knows may set it), then its findings
+    # None until auditor.run.determinism.settle checks it (a caller that knows may set it), then its findings
     deterministic: bool | None = None
     determinism: Determinism | None = None
     input_kind: str | None = None

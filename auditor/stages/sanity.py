@@ -60,9 +60,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditor.explain import Explainer, evaluating
+from auditor.stages.explainers import Explainer, evaluating
 from auditor.metrics import MPRT_PASS_BELOW, MetricSpec
-from auditor.stage import Block, Stage
+from auditor.stages.base import Block, Stage
 from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
 from detectors.foreign import ForeignDetector, captured_attention_modules
 from detectors.foreign_editing import edited_multihead_attention, multihead_edit_unsupported

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from auditor.faithfulness import feature_ranks
+from auditor.stages.faithfulness_metrics import feature_ranks
 from auditor.metrics import MetricSpec
-from auditor.stage import Block, Stage
+from auditor.stages.base import Block, Stage
 from detectors.errors import BadInputError
 from detectors.inputs import kind_of_rank
 from sklearn.metrics import average_precision_score

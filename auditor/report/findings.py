@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from attacks import attack_class
-from auditor.config import AuditConfig
+from auditor.run.config import AuditConfig
 from auditor.metrics import MetricValue, format_eps
-from auditor.robustness import KEPT_EXAMPLES, AttentionExample
-from auditor.trust import LEAD_EXPLAINERS, input_tokens, token_names, worst_samples
+from auditor.stages.robustness import KEPT_EXAMPLES, AttentionExample
+from auditor.stages.trust import LEAD_EXPLAINERS, input_tokens, token_names, worst_samples
 from detectors.base import Detector
 from detectors.categorical import category_name
 from detectors.table import Dataset
@@ -71,12 +71,12 @@ class AuditFindings:
     gallery: list[SampleView] = field(default_factory=list)
     masking: list[dict] = field(default_factory=list)
     memory: dict = field(default_factory=dict)
-    # the Detection section's per-class scores, ROC points and calibration bins (auditor.clean.detection_data)
+    # the Detection section's per-class scores, ROC points and calibration bins (auditor.stages.clean.detection_data)
     detection: dict = field(default_factory=dict)
     attention_examples: list = field(default_factory=list)
     adversarial_gallery: list[SampleView] = field(default_factory=list)
     sanity_curves: dict[str, list[dict]] = field(default_factory=dict)
-    # trust.hidden_importance's worst samples for the lead attention explainer: plain dicts (auditor.trust)
+    # trust.hidden_importance's worst samples for the lead attention explainer: plain dicts (auditor.stages.trust)
     hidden_importance: list[dict] = field(default_factory=list)
 
 

@@ -1,13 +1,13 @@
 """The explain stage: every configured explainer's attribution of each audited row (the explainers themselves
-are in ``auditor.explain``), and of each adversarial example an attack flipped, for the report."""
+are in ``auditor.stages.explainers``), and of each adversarial example an attack flipped, for the report."""
 
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
 
-from auditor.explain import AttentionExplainer, evaluating, make_explainer
-from auditor.stage import Block, Stage
+from auditor.stages.explainers import AttentionExplainer, evaluating, make_explainer
+from auditor.stages.base import Block, Stage
 from detectors.base import Detector
 
 
@@ -74,7 +74,7 @@ class ExplainStage(Stage):
 
 
 def explain_flipped(block: Block, examples: list) -> None:
-    """Each example an attack flipped (``auditor.robustness.FlippedExample``, global ``index``): its adversarial
+    """Each example an attack flipped (``auditor.stages.robustness.FlippedExample``, global ``index``): its adversarial
     input's class probabilities and every explainer's attribution of it for its new prediction."""
     x_adv = torch.stack([example.x_adv for example in examples]).to(block.x.device)
     index = torch.tensor([example.index for example in examples])

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from auditor.metrics import AGREEMENT_REFERENCES, MetricSpec
-from auditor.stage import Block, Stage
+from auditor.stages.base import Block, Stage
 from detectors.base import TokenMap
 
 ATTENTION_EXPLAINERS = ("attention", "rollout", "grad-attention")

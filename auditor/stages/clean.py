@@ -7,9 +7,9 @@ import torch
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
-from auditor.determinism import ExpectedDetector
+from auditor.run.determinism import ExpectedDetector
 from auditor.metrics import Bootstrap, MetricSpec, MetricValue
-from auditor.stage import Block, Stage
+from auditor.stages.base import Block, Stage
 
 ECE_BINS = 10
 ENSEMBLE_ACCURACY = "clean.accuracy_ensemble"

@@ -14,7 +14,7 @@ import numpy as np
 
 from auditor.gates import MIN_INTERVAL_ROWS, GateResult, Policy, gate_group
 from auditor.metrics import MetricValue
-from auditor.render import TOOL_NAME, md
+from auditor.report.render import TOOL_NAME, md
 from auditor.verdict import panel_markdown, panel_verdict
 
 SCHEMA_VERSION = 1

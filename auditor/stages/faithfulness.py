@@ -1,13 +1,13 @@
 """The faithfulness stage: its metric declarations and its run over a block (the metrics themselves are in
-``auditor.faithfulness``)."""
+``auditor.stages.faithfulness_metrics``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from auditor import faithfulness
+from auditor.stages import faithfulness_metrics as faithfulness
 from auditor.metrics import MetricSpec
-from auditor.stage import Block, Stage
+from auditor.stages.base import Block, Stage
 
 
 

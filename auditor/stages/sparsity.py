@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from auditor.explain import evaluating
+from auditor.stages.explainers import evaluating
 from auditor.metrics import MetricSpec
-from auditor.stage import Block, Stage
+from auditor.stages.base import Block, Stage
 from detectors.base import Detector
 from detectors.inputs.text import is_token_ids
 

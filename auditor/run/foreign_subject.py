@@ -1,6 +1,6 @@
 """A model this tool did not train, with its data: a ``python:`` model (bounds, class probing and label
 mapping, the checks that its attention can be captured) or an ``hf:`` directory (a Hugging Face classifier
-saved with ``save_pretrained``, :mod:`detectors.huggingface`), and the :class:`~auditor.subject.Subject` it
+saved with ``save_pretrained``, :mod:`detectors.huggingface`), and the :class:`~auditor.run.subject.Subject` it
 becomes."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auditor.subject import Subject, build_domain, check_long_text, sha256_of
+from auditor.run.subject import Subject, build_domain, check_long_text, sha256_of
 from detectors.categorical import most_frequent_codes, raw_bounds
 from detectors.data import load_table, stratified_subset
 from detectors.table import Dataset

@@ -1,25 +1,25 @@
 """The stages of an audit, in the order they run, and everything assembled from their declarations.
 
 The catalogue (every metric family's facts), the README's metric table, the names a configuration plans
-and the check that every planned name was produced are all read from the stages (``auditor.stage``), so a
+and the check that every planned name was produced are all read from the stages (``auditor.stages.base``), so a
 metric's direction, range, definition and reference are written once, beside the code that computes it.
 A new stage is one class in its module plus its place in :data:`STAGES`.
 """
 
 from __future__ import annotations
 
-from auditor.agreement import AgreementStage
-from auditor.clean import CleanStage
-from auditor.explain_stage import ExplainStage
-from auditor.faithfulness_stage import FaithfulnessStage
-from auditor.localisation import LocalisationStage
-from auditor.masking import MaskingStage
+from auditor.stages.agreement import AgreementStage
+from auditor.stages.clean import CleanStage
+from auditor.stages.explain import ExplainStage
+from auditor.stages.faithfulness import FaithfulnessStage
+from auditor.stages.localisation import LocalisationStage
+from auditor.stages.masking import MaskingStage
 from auditor.metrics import MetricSpec
-from auditor.robustness import RobustnessStage
-from auditor.sanity import SanityStage
-from auditor.sparsity import SparsityStage
-from auditor.stage import Stage
-from auditor.trust import TrustStage
+from auditor.stages.robustness import RobustnessStage
+from auditor.stages.sanity import SanityStage
+from auditor.stages.sparsity import SparsityStage
+from auditor.stages.base import Stage
+from auditor.stages.trust import TrustStage
 
 # run order: explain needs the clean prediction; the explanation stages need the attributions
 STAGES: tuple[Stage, ...] = (CleanStage(), RobustnessStage(), MaskingStage(), ExplainStage(), FaithfulnessStage(),
@@ -54,7 +54,7 @@ def check_produced(config, *, binary: bool, metrics: dict, skipped: dict[str, st
 
 
 def catalogue_markdown() -> str:
-    """The README's metric table, generated from :data:`CATALOGUE` (``python -m auditor.stages``)."""
+    """The README's metric table, generated from :data:`CATALOGUE` (``python -m auditor.stages.order``)."""
     lines = ["| Metric | Better | Range | Definition |", "| --- | --- | --- | --- |"]
     for spec in CATALOGUE:
         lines.append(f"| `{spec.pattern}` | {spec.arrow} {spec.direction} | {spec.value_range} | {spec.definition} |")

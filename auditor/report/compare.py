@@ -20,12 +20,12 @@ from matplotlib.figure import Figure
 from markupsafe import Markup
 
 from attacks import ATTACKS, TEXT_ATTACKS
-from auditor.explain import EXPLAINERS
+from auditor.stages.explainers import EXPLAINERS
 from auditor.gates import Policy, evaluate, known_spec
 from auditor.metrics import MetricValue
-from auditor.render import GROUP_TITLES, TOOL_NAME, environment, md, removal_plot, svg
-from auditor.report import render_json, tool_version
-from auditor.stages import spec_for
+from auditor.report.render import GROUP_TITLES, TOOL_NAME, environment, md, removal_plot, svg
+from auditor.report.document import render_json, tool_version
+from auditor.stages.order import spec_for
 from detectors.errors import BadInputError
 
 COMPARE_SCHEMA_VERSION = 1
@@ -207,7 +207,7 @@ def _choose_robust_metric(metrics: list[dict[str, MetricValue]], requested: str 
             raise BadInputError(f"--robust-metric {requested!r} is in none of the audits; choose a metric their "
                                 "results.json files hold, e.g. robust.accuracy.pgd@0.1")
         return requested
-    from auditor.attack_catalogue import curve_norm
+    from auditor.catalogue.attacks import curve_norm
 
     common = set.intersection(*(set(m) for m in metrics))
     preference = {"worst": 2, "pgd": 1}
@@ -239,7 +239,7 @@ def pareto_front(points: dict[str, tuple[float, float]], *, robust_higher: bool 
 def curves_from_clean_accuracy(metrics: dict[str, MetricValue]) -> dict[str, list[tuple[float, float]]]:
     """Robust accuracy against eps of every ``robust.accuracy.NAME@EPS`` an audit recorded, per name, each curve
     starting from the clean accuracy at eps 0 (the overlay of ``audit compare``; an audit's own report plots
-    :func:`auditor.attack_catalogue.robustness_curves`, on its eps grids, without the clean point)."""
+    :func:`auditor.catalogue.attacks.robustness_curves`, on its eps grids, without the clean point)."""
     curves: dict[str, list[tuple[float, float]]] = {}
     for name, value in metrics.items():
         if match := _ROBUST_ACCURACY.match(name):

@@ -2,7 +2,7 @@
 
 A stage declares its metrics (:class:`~auditor.metrics.MetricSpec`: name pattern, direction, range, definition,
 reference) and which of their names a configuration plans; the catalogue, the README table, the planned names,
-the gate checks and the report's references are all read from these declarations (``auditor.stages``). During
+the gate checks and the report's references are all read from these declarations (``auditor.stages.order``). During
 the audit a stage runs once per streamed block of rows (:meth:`Stage.run`): it reads the block and what earlier
 stages put there (the clean prediction, the attributions) and adds per-sample metric values, the reasons for
 metrics it could not compute, and the row-table groups the report needs. In the spirit of Quantus's metric
@@ -32,20 +32,20 @@ class Block:
     ``relevant``: the block's rows of the localisation ground truth; ``n_rows``: the rows of the whole audit.
     Stages fill ``pred`` (clean), ``attributions`` and ``explainers`` (explain), ``per_sample`` (metric name ->
     values, aggregated over all rows later), ``notes`` (metric name -> why it was not computed) and ``table``
-    (the block's row table, :func:`auditor.pipeline.audit_rows` says which groups it holds).
+    (the block's row table, :func:`auditor.run.pipeline.audit_rows` says which groups it holds).
     """
 
     detector: torch.nn.Module
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
-    config: object  # auditor.config.AuditConfig, bound to the model
+    config: object  # auditor.run.config.AuditConfig, bound to the model
     attacks: dict
     domain: object  # attacks.Domain
     baseline: torch.Tensor
     relevant: np.ndarray | None
     positive: int | None
-    plan: object  # auditor.memory.MemoryPlan
+    plan: object  # auditor.run.memory.MemoryPlan
     progress: bool
     n_rows: int
     pred: torch.Tensor | None = None
@@ -73,7 +73,7 @@ class Stage:
     """A stage: ``name``, ``specs`` (its metric families), :meth:`planned` and :meth:`run`.
 
     A stage that plans a name must produce it, or say why in ``Block.notes`` (a named reason of its own);
-    :func:`auditor.stages.check_produced` turns any other gap into an error naming the stage.
+    :func:`auditor.stages.order.check_produced` turns any other gap into an error naming the stage.
     """
 
     name: ClassVar[str]

@@ -1,6 +1,6 @@
 """report.html: an audit's seven sections as plain views, then one template.
 
-Verdict, Detection, Robustness, Attention under attack (their views in ``auditor.report_views``),
+Verdict, Detection, Robustness, Attention under attack (their views in ``auditor.report.views``),
 Faithfulness, Samples, Method (here). Every function turns results (metrics and the plain lists and
 curves the stages kept) into dataclasses, strings and inline images; the jinja2 template only lays them
 out and never touches a tensor. Plots are matplotlib SVG with text kept as text (small, selectable), heat
@@ -23,13 +23,13 @@ from matplotlib.figure import Figure
 from attacks import attack_class
 from auditor.gates import Policy
 from auditor.metrics import MPRT_PASS_BELOW, MetricValue
-from auditor.render import SHORT_NAMES, environment, fmt, metric_groups, png, removal_plot, robustness_plot, svg
-from auditor.report_views import Cell, Table, attention_pairs, cell, detection_view, eps_plot, worst_rows
-from auditor.outputs import write_atomically
-from auditor.result import AuditFindings, SampleView, findings_from_document
-from auditor.attack_catalogue import ATTACK_DEFINITIONS, TARGETED_SUFFIX, curve_norm
-from auditor.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
-from auditor.stages import CATALOGUE, spec_for
+from auditor.report.render import SHORT_NAMES, environment, fmt, metric_groups, png, removal_plot, robustness_plot, svg
+from auditor.report.views import Cell, Table, attention_pairs, cell, detection_view, eps_plot, worst_rows
+from auditor.report.outputs import write_atomically
+from auditor.report.findings import AuditFindings, SampleView, findings_from_document
+from auditor.catalogue.attacks import ATTACK_DEFINITIONS, TARGETED_SUFFIX, curve_norm
+from auditor.stages.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
+from auditor.stages.order import CATALOGUE, spec_for
 from auditor.verdict import TITLE as TRUST_TITLE, TrustVerdict, mprt_verdict, panel_verdict
 from detectors.errors import BadInputError
 from detectors.inputs import InputKind, kind_named, kind_of_rank
@@ -284,7 +284,7 @@ def counterparts(tokens: list[str], others: list[str]) -> list[str]:
 
 def render_document(document: dict) -> bytes:
     """report.html from a results.json document alone: every number and picture comes from what the audit
-    wrote there (its ``report`` section, :func:`auditor.result.report_section`), so ``audit run`` and
+    wrote there (its ``report`` section, :func:`auditor.report.findings.report_section`), so ``audit run`` and
     ``audit report`` draw the same page and neither touches the model."""
     section = document["report"]
     result = findings_from_document(document)

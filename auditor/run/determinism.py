@@ -16,7 +16,7 @@ attack follows the gradient of the expected probability (EOT) and every predicti
 is the argmax of the expected probability over the draws (a soft majority vote of the draws). That vote
 is an ensemble the deployed model is not: ``clean.accuracy`` is then the mean over the draws of each draw's
 own correctness (what one call of the model gets right), and the ensemble's accuracy is reported beside it as
-``clean.accuracy_ensemble`` (:mod:`auditor.clean`).
+``clean.accuracy_ensemble`` (:mod:`auditor.stages.clean`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from detectors.base import Detector
 
 if TYPE_CHECKING:
-    from auditor.config import AuditConfig
-    from auditor.subject import Subject
+    from auditor.run.config import AuditConfig
+    from auditor.run.subject import Subject
 
 CHECK_ROWS = 64
 RELATIVE_TOLERANCE = 1e-6

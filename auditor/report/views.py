@@ -1,5 +1,5 @@
 """report.html's first three sections as plain views: Detection, Robustness, Attention under attack, and
-the small views (cells, tables) every section uses. The page itself is assembled in ``auditor.report_html``."""
+the small views (cells, tables) every section uses. The page itself is assembled in ``auditor.report.html``."""
 
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from auditor.clean import ECE_BINS
+from auditor.stages.clean import ECE_BINS
 from auditor.metrics import MetricValue, format_eps
-from auditor.render import fmt, png, svg
-from auditor.attack_catalogue import WORST, curve_norm
-from auditor.result import AuditFindings
+from auditor.report.render import fmt, png, svg
+from auditor.catalogue.attacks import WORST, curve_norm
+from auditor.report.findings import AuditFindings
 from detectors.inputs import Bars, InputKind
 
 _PER_ATTACK = re.compile(r"^(?P<family>[a-z_]+\.[a-z_]+)\.(?P<attack>[a-z0-9-]+)@(?P<eps>[0-9.e-]+)$")
@@ -71,7 +71,7 @@ class DetectionView:
 
 def detection_view(result: AuditFindings, metrics: dict[str, MetricValue], class_names: list[str]) -> DetectionView:
     """The Detection section from what the clean stage computed over every row (``AuditFindings.detection``,
-    :func:`auditor.clean.detection_data`): nothing is recomputed here."""
+    :func:`auditor.stages.clean.detection_data`): nothing is recomputed here."""
     n_classes = len(class_names)
     confusion = result.confusion or [[0] * n_classes for _ in range(n_classes)]
     detection = result.detection
@@ -112,7 +112,7 @@ def roc_plot(curves: list[dict], class_names: list[str]) -> tuple[Markup, str]:
 
 
 def reliability_plot(bins: list[dict]) -> Markup:
-    """Accuracy per confidence bin (``auditor.clean.detection_data``), each bar as opaque as its share of rows."""
+    """Accuracy per confidence bin (``auditor.stages.clean.detection_data``), each bar as opaque as its share of rows."""
     figure = Figure(figsize=(3.6, 3.2))
     axes = figure.subplots()
     for b in bins:

@@ -11,7 +11,7 @@ Erasure shows what the decision rests on; this check asks whether the explainer 
 - the most erasure-important token t* = argmax_t d_t (ties: the lower token index). The sample counts only
   when d_t* > 0, i.e. some erasure lowers log p_y; otherwise it is NaN;
 - the explainer's share of t*: s_t = sum of |attribution| over the token's input positions
-  (:func:`auditor.agreement.token_scores`), share_t = s_t / sum_u s_u over the same tokens (NaN when the
+  (:func:`auditor.stages.agreement.token_scores`), share_t = s_t / sum_u s_u over the same tokens (NaN when the
   attribution is all zero);
 - the value is 1.0 when share_t* < 1 / T (T = the number of such tokens: less than a uniform share of the
   attribution mass), else 0.0.
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from auditor.agreement import token_scores
-from auditor.faithfulness import masked_probabilities
+from auditor.stages.agreement import token_scores
+from auditor.stages.faithfulness_metrics import masked_probabilities
 from auditor.metrics import MetricSpec
-from auditor.stage import Block, Stage
+from auditor.stages.base import Block, Stage
 from detectors.base import TokenMap
 
 METRIC = "trust.hidden_importance"

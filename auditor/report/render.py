@@ -17,7 +17,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from auditor.metrics import MetricValue
-from auditor.stages import spec_for
+from auditor.stages.order import spec_for
 
 TOOL_NAME = "attention-audit"
 
@@ -158,7 +158,7 @@ NORM_TITLES = {"l2": "L2 budgets", "tokens": "tokens changed", "embedding-linf":
 def metric_matrices(metrics: dict[str, MetricValue], attacks: list[str], explainers: list[str]) -> list[MetricMatrix]:
     """Metrics named FAMILY.ATTACK@EPS, arranged as one attack x eps table per family and norm (L-inf and L2
     budgets are other units): the worst case first, then each attack, then the targeted runs."""
-    from auditor.attack_catalogue import curve_names, curve_norm
+    from auditor.catalogue.attacks import curve_names, curve_norm
 
     order = curve_names(attacks, attacks)
     cells: dict[tuple[str, str], dict[str, dict[str, MetricValue]]] = {}
@@ -190,7 +190,7 @@ def _cell(value: MetricValue | None) -> str:
 def budget(eps: float | str, attack: str) -> str:
     """An attack's budget as the report words it: "eps 0.03", or "2 tokens" for a substitution attack on text."""
     from attacks.text import TOKEN_NORM
-    from auditor.attack_catalogue import curve_norm
+    from auditor.catalogue.attacks import curve_norm
 
     if curve_norm(attack) == TOKEN_NORM:
         count = int(float(eps))

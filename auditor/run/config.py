@@ -8,8 +8,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from attacks import ATTACKS, TEXT_ATTACKS, attack_class, make_attack, make_text_attack
-from auditor.explain import EXPLAINERS
-from auditor.faithfulness import FAITHFULNESS_METRICS, check_metric_names
+from auditor.stages.explainers import EXPLAINERS
+from auditor.stages.faithfulness_metrics import FAITHFULNESS_METRICS, check_metric_names
 from detectors.errors import BadInputError
 from detectors.inputs import REMOVAL_BASELINES
 
@@ -41,7 +41,7 @@ PROFILES = {
               "square": {"n_queries": 5000}, "cw": {}, "deepfool": {}, "pgd-l2": {"restarts": 20},
               "attention-guided": {}, "stealth": {}, "attention-hijack": {}}, True),
 }
-# faithfulness metrics per profile (names as in auditor.faithfulness.FAITHFULNESS_METRICS); every profile has
+# faithfulness metrics per profile (names as in auditor.stages.faithfulness_metrics.FAITHFULNESS_METRICS); every profile has
 # deletion_gain, which the trust verdict reads (attention beating chance, a reference counting as one)
 PROFILE_FAITHFULNESS = {"quick": ("deletion", "insertion", "deletion_gain"), "standard": FAITHFULNESS_METRICS,
                         "full": FAITHFULNESS_METRICS}
@@ -130,7 +130,7 @@ class AuditConfig:
     # features an attacker may not change; None: the checkpoint's own (``audit train --frozen-features``), none
     # for a python: model. After loading, the names actually frozen.
     frozen_features: tuple[str, ...] | None = None
-    # the model is not deterministic (auditor.determinism): AutoAttack runs its "rand" version (EOT)
+    # the model is not deterministic (auditor.run.determinism): AutoAttack runs its "rand" version (EOT)
     randomised_model: bool = False
     max_memory_gb: float | None = None
     attack_params: tuple[tuple[str, str, object], ...] = ()  # (attack, parameter, value): overrides the profile
@@ -318,7 +318,7 @@ class AuditConfig:
         payload["eps_l2"] = None if self.eps_l2 is None else [float(e) for e in self.eps_l2]
         payload["attack_params"] = {name: attack.params() for name, attack in self.build_attacks().items()}
         if self.target_index is not None:  # the targeted runs, under the names their metrics carry
-            from auditor.attack_catalogue import TARGETED_SUFFIX
+            from auditor.catalogue.attacks import TARGETED_SUFFIX
 
             payload["attack_params"].update({f"{name}{TARGETED_SUFFIX}": attack.params()
                                              for name, attack in self.build_targeted_attacks().items()})

@@ -1,7 +1,7 @@
 """Writing an audit's files: every file is written to a temporary name in the
 output folder and renamed into place only once complete, so a crash never leaves
 a half-written file. Most files are rendered in memory and written at once; the
-saved tensors are written row block by row block (auditor.tensorfile) into a
+saved tensors are written row block by row block (auditor.run.tensorfile) into a
 :func:`reserve`-d file that is :func:`commit`-ed when the audit succeeds."""
 
 from __future__ import annotations
