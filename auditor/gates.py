@@ -44,9 +44,9 @@ from pathlib import Path
 
 from attacks import ATTACKS, TEXT_ATTACKS
 from attacks.text import TOKEN_NORM
-from auditor.stages.explainers import EXPLAINERS
+from auditor.catalogue import EXPLAINER_NAMES as EXPLAINERS
 from auditor.metrics import MIN_INTERVAL_ROWS, MetricValue, format_eps
-from auditor.stages.order import CATALOGUE, spec_for
+from auditor.catalogue import CATALOGUE, spec_for
 from auditor.verdict import CONDITIONS, trust_verdict
 from detectors.errors import BadInputError
 

@@ -1,9 +1,9 @@
 """What a metric is and the numbers every stage writes into.
 
 A :class:`MetricSpec` holds one metric family's facts: its name pattern, whether higher is better, its range,
-a one-line definition and its reference. Each stage declares its own specs next to the code that computes
-them (``auditor.stages.base``); the catalogue is their union (``auditor.stages.order.CATALOGUE``), which gates validate
-names against, the report prints and the README's table is generated from.
+a one-line definition and its reference. Every stage's specs are declared in :mod:`auditor.catalogue.specs`;
+the catalogue is their union in run order (``auditor.catalogue.CATALOGUE``), which gates validate names against,
+the report prints and the README's table is generated from.
 """
 
 from __future__ import annotations

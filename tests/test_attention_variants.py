@@ -21,7 +21,7 @@ from attacks import ATTENTION_ATTACKS, Domain, make_attack
 from auditor.cli import cli
 from auditor.stages.explainers import EXPLAINERS, make_explainer
 from auditor.stages.masking import sparse_attention_note
-from auditor.stages.order import spec_for
+from auditor.catalogue import spec_for
 from auditor.stages.sanity import flip_rates
 from auditor.stages.sparsity import row_sparsity, sparsity_stage
 from detectors.blocks import ATTENTION_VARIANTS, SelfAttention, edited_attention

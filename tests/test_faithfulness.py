@@ -89,9 +89,10 @@ def test_one_curve_alone_equals_its_half_of_both(tiny_detector):
 
 
 from auditor.stages.explainers import make_explainer  # noqa: E402
+from auditor.stages.faithfulness import faithfulness_stage, planned_names  # noqa: E402
 from auditor.stages.faithfulness_metrics import (FAITHFULNESS_METRICS, aopc, aopc_counts, deletion_gain,  # noqa: E402
-                                  faithfulness_correlation, faithfulness_stage, infidelity_per_sample,
-                                  max_sensitivity, planned_names, random_deletion_auc)
+                                                 faithfulness_correlation, infidelity_per_sample, max_sensitivity,
+                                                 random_deletion_auc)
 from detectors.errors import BadInputError  # noqa: E402
 from detectors.inputs import removal_baseline  # noqa: E402
 from detectors.inputs.image import gaussian_blur  # noqa: E402

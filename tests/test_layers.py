@@ -1,7 +1,9 @@
 """The layers: detectors <- attacks <- auditor. Nothing imports upward, no two modules import each other
-(directly or round a longer circle, imports inside functions included), and what the layers promise holds in
-a fresh interpreter: detectors load without attacks or auditor, attacks without auditor, and ``audit --help``
-without torch."""
+(directly or round a longer circle, imports inside functions and type-only imports included), and what the
+layers promise holds in a fresh interpreter: detectors load without attacks or auditor, attacks without
+auditor, and ``audit --help`` without torch. Inside the auditor, the tree shows the flow: the report reads the
+results document and the catalogue, never a stage; at most 12 modules at the package's top; no module longer
+than a reader can hold (500 lines)."""
 
 from __future__ import annotations
 
@@ -24,23 +26,15 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _type_checking_only(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (getattr(test, "id", None) == "TYPE_CHECKING"
-                                         or getattr(test, "attr", None) == "TYPE_CHECKING")
-
-
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules ``name`` imports anywhere in its body (functions included; annotations-only
-    ``if TYPE_CHECKING:`` blocks left out: they never run)."""
+    """The project modules ``name`` imports anywhere in its body: functions and ``if TYPE_CHECKING:`` blocks
+    included (a type-only import is still a module a reader must understand first)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found: set[str] = set()
     pending = [tree]
     while pending:
         node = pending.pop()
-        if _type_checking_only(node):
-            continue
         pending.extend(ast.iter_child_nodes(node))
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -102,13 +96,66 @@ def test_no_import_circle_between_modules():
     assert _circles(_graph()) == []
 
 
+def _reached(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, pending = set(), [start]
+    while pending:
+        for other in graph.get(pending.pop(), ()):
+            if other not in seen:
+                seen.add(other)
+                pending.append(other)
+    return seen
+
+
+def test_the_report_never_imports_a_stage():
+    """Every module under auditor/report/, and everything it imports in turn, stays clear of auditor/stages/:
+    the report draws from the results document and the catalogue alone, so ``audit report DIR`` and
+    ``audit compare`` need no stage and a stage's internals can change without touching the report."""
+    graph = _graph()
+    report = [name for name in graph if name.startswith("auditor.report")]
+    assert len(report) >= 6
+    found = {name: sorted(m for m in _reached(graph, name) if m.startswith("auditor.stages")) for name in report}
+    assert {name: stages for name, stages in found.items() if stages} == {}
+
+
+def test_the_rule_sees_a_stage_reached_through_another_module():
+    graph = {"auditor.report.html": {"auditor.gates"}, "auditor.gates": {"auditor.stages.order"}}
+    assert "auditor.stages.order" in _reached(graph, "auditor.report.html")
+
+
+def test_the_auditor_shows_its_flow_at_the_top():
+    top = sorted(path.name for path in (ROOT / "auditor").glob("*.py"))
+    assert len(top) <= 12, top
+    assert {"stages", "run", "report", "catalogue"} <= {path.name for path in (ROOT / "auditor").iterdir()
+                                                         if (path / "__init__.py").exists()}
+
+
+def test_no_module_is_longer_than_a_reader_can_hold():
+    long = {name: lines for name, path in _modules().items()
+            if (lines := len(path.read_text().splitlines())) > 500}
+    assert long == {}
+
+
+def test_the_catalogue_names_the_registered_explainers():
+    from auditor.catalogue import EXPLAINER_NAMES
+    from auditor.stages.explainers import EXPLAINERS
+
+    assert EXPLAINER_NAMES == tuple(EXPLAINERS)
+
+
+def test_the_public_names_load_from_the_package():
+    from auditor import AuditConfig, AuditResult, audit
+    from auditor.api import AuditConfig as config, AuditResult as result, audit as run
+
+    assert (AuditConfig, AuditResult, audit) == (config, result, run)
+
+
 def test_the_reader_sees_imports_inside_functions_and_relative_ones(tmp_path):
     source = tmp_path / "x.py"
     source.write_text("from typing import TYPE_CHECKING\nimport torch\n"
                       "def later():\n    from auditor.cli import main\n    from . import seeding\n"
-                      "if TYPE_CHECKING:\n    from auditor.session import Subject\n")
-    modules = {"auditor.cli": source, "detectors.seeding": source}
-    assert _imports("detectors.x", source, modules) == {"auditor.cli", "detectors.seeding"}
+                      "if TYPE_CHECKING:\n    from auditor.run.subject import Subject\n")
+    modules = {"auditor.cli": source, "detectors.seeding": source, "auditor.run.subject": source}
+    assert _imports("detectors.x", source, modules) == {"auditor.cli", "detectors.seeding", "auditor.run.subject"}
     graph = {"detectors.a": {"auditor.b"}, "auditor.b": {"auditor.c"}, "auditor.c": {"auditor.d"},
              "auditor.d": {"auditor.b"}}
     assert _circles(graph) == [["auditor.b", "auditor.c", "auditor.d"]]

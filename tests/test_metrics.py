@@ -4,7 +4,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 
 from auditor.stages.clean import _binary_auc, _binary_f1, _binary_precision, _binary_recall, clean_metrics
 from auditor.metrics import Bootstrap
-from auditor.stages.order import CATALOGUE, spec_for
+from auditor.catalogue import CATALOGUE, spec_for
 
 
 def test_vectorised_statistics_equal_scikit_learn_on_the_full_sample():

@@ -5,14 +5,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-from auditor.stages.order import CATALOGUE, catalogue_markdown
+from auditor.catalogue import CATALOGUE, catalogue_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_docs_metric_table_is_generated_from_the_catalogue():
     page = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
-    assert catalogue_markdown() in page, "regenerate the table in docs/metrics.md with: python -m auditor.stages.order"
+    assert catalogue_markdown() in page, "regenerate the table in docs/metrics.md with: python -m auditor.catalogue"
     for spec in CATALOGUE:
         assert f"`{spec.pattern}`" in page
 

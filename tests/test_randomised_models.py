@@ -197,7 +197,7 @@ def test_logits_that_differ_between_the_two_paths_are_exit_2(noisy, tmp_path):
 
 
 def test_a_deterministic_models_numbers_do_not_change_with_the_check(tiny_detector):
-    from auditor.run.determinism import settle
+    from auditor.run.subject import settle
     from auditor.run.pipeline import run_audit
     from auditor.run.config import AuditConfig
     from auditor.run.subject import Subject

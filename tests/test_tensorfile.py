@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from auditor.stages import faithfulness_metrics as faithfulness
+from auditor.stages import faithfulness
 from auditor.cli import cli
 from auditor.run.tensorfile import RowWriter, create, header
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from auditor.metrics import Bootstrap, MetricValue
-from auditor.stages.order import spec_for
+from auditor.catalogue import spec_for
 from auditor.run.persample import aggregate
 from detectors.base import Detector, TokenMap
 from detectors.blocks import SelfAttention

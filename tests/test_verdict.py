@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from auditor.stages.agreement import agreement_stage
-from auditor.stages.faithfulness_metrics import faithfulness_stage
+from auditor.stages.faithfulness import faithfulness_stage
 from auditor.gates import Gate, Policy, evaluate, load_policy
 from auditor.metrics import Bootstrap, MetricValue
 from auditor.run.persample import aggregate

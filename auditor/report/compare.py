@@ -20,12 +20,12 @@ from matplotlib.figure import Figure
 from markupsafe import Markup
 
 from attacks import ATTACKS, TEXT_ATTACKS
-from auditor.stages.explainers import EXPLAINERS
+from auditor.catalogue import EXPLAINER_NAMES as EXPLAINERS
 from auditor.gates import Policy, evaluate, known_spec
 from auditor.metrics import MetricValue
 from auditor.report.render import GROUP_TITLES, TOOL_NAME, environment, md, removal_plot, svg
 from auditor.report.document import render_json, tool_version
-from auditor.stages.order import spec_for
+from auditor.catalogue import spec_for
 from detectors.errors import BadInputError
 
 COMPARE_SCHEMA_VERSION = 1

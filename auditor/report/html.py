@@ -28,8 +28,8 @@ from auditor.report.views import Cell, Table, attention_pairs, cell, detection_v
 from auditor.report.outputs import write_atomically
 from auditor.report.findings import AuditFindings, SampleView, findings_from_document
 from auditor.catalogue.attacks import ATTACK_DEFINITIONS, TARGETED_SUFFIX, curve_norm
-from auditor.stages.sanity import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
-from auditor.stages.order import CATALOGUE, spec_for
+from auditor.catalogue.specs import UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
+from auditor.catalogue import CATALOGUE, spec_for
 from auditor.verdict import TITLE as TRUST_TITLE, TrustVerdict, mprt_verdict, panel_verdict
 from detectors.errors import BadInputError
 from detectors.inputs import InputKind, kind_named, kind_of_rank

@@ -17,7 +17,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from auditor.metrics import MetricValue
-from auditor.stages.order import spec_for
+from auditor.catalogue import spec_for
 
 TOOL_NAME = "attention-audit"
 

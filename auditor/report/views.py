@@ -11,7 +11,7 @@ import numpy as np
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from auditor.stages.clean import ECE_BINS
+from auditor.catalogue.specs import ECE_BINS
 from auditor.metrics import MetricValue, format_eps
 from auditor.report.render import fmt, png, svg
 from auditor.catalogue.attacks import WORST, curve_norm

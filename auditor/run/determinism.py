@@ -23,15 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from detectors.base import Detector
-
-if TYPE_CHECKING:
-    from auditor.run.config import AuditConfig
-    from auditor.run.subject import Subject
 
 CHECK_ROWS = 64
 RELATIVE_TOLERANCE = 1e-6
@@ -112,22 +107,3 @@ class ExpectedDetector(Detector):
 
     def hparams(self) -> dict:
         return {**self.model.hparams(), "eot_draws": self.draws}
-
-
-def settle(subject: "Subject", config: "AuditConfig") -> tuple["Subject", "AuditConfig"]:
-    """Check ``subject``'s model (unless ``subject.deterministic`` is already known) and return the subject
-    and configuration the audit runs: unchanged for a deterministic model; for one that is not, the detector
-    behind :class:`ExpectedDetector` and the configuration marked ``randomised_model`` (AutoAttack's
-    ``rand`` version)."""
-    from dataclasses import replace
-
-    if subject.deterministic is None:
-        x = torch.as_tensor(subject.data.x[:CHECK_ROWS], device=subject.device)
-        found = check_determinism(subject.detector, x)
-    else:
-        found = Determinism(deterministic=subject.deterministic, max_abs_diff=0.0, rows=0)
-    if found.deterministic:
-        return replace(subject, deterministic=True, determinism=found), config
-    found = replace(found, draws=EOT_DRAWS)
-    return (replace(subject, detector=ExpectedDetector(subject.detector), deterministic=False, determinism=found),
-            replace(config, randomised_model=True))

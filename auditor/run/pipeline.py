@@ -22,8 +22,9 @@ from auditor.stages.masking import CHECK_METRICS, evaluate_checks, evaluate_text
 from auditor.run.memory import MemoryPlan, plan_memory
 from auditor.metrics import Bootstrap, MetricValue, format_eps
 from auditor.run.persample import aggregate
-from auditor.report.findings import (GALLERY_SIZE, AuditFindings, adversarial_gallery, gallery, hidden_importance_view,
-                            pick_attention_examples, pick_flipped)
+from auditor.report.findings import AuditFindings
+from auditor.run.findings import (GALLERY_SIZE, adversarial_gallery, gallery, hidden_importance_view,
+                                 pick_attention_examples, pick_flipped)
 from auditor.catalogue.attacks import curve_names, robustness_curves
 from auditor.stages.sanity import SanityOutcome, mean_sanity_curves
 from auditor.run.shard import RowTable, Shard, concatenate

@@ -10,7 +10,6 @@ import torch
 from attacks.category_pgd import CategoryPGD
 from auditor.run.pipeline import SAVED_FILES, run_audit, saved_layouts
 from auditor.run.config import DEFAULT_TOKEN_BUDGET, AuditConfig
-from auditor.run.determinism import settle
 from auditor.run.foreign_subject import ForeignOptions, is_foreign, load_foreign_subject
 from auditor.gates import (GateResult, Policy, check_baseline, default_policy, evaluate, evaluate_regression,
                            exit_code, load_baseline, load_policy, regression_tolerances, validate_policy)
@@ -23,7 +22,7 @@ from auditor.report.html import render_document
 from auditor.report.findings import AuditFindings, report_section
 from auditor.run.shard import Shard
 from auditor.stages.order import planned_metrics
-from auditor.run.subject import Subject, load_subject
+from auditor.run.subject import Subject, load_subject, settle
 from auditor.run.tensorfile import create
 from detectors.categorical import categorical_facts
 from detectors.devices import resolve_device

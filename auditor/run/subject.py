@@ -4,14 +4,15 @@ attacker's domain (:class:`Subject`). A model this tool did not train is loaded 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from attacks import CategoryRule, Domain
-from auditor.run.determinism import Determinism
+from auditor.run.determinism import CHECK_ROWS, EOT_DRAWS, Determinism, ExpectedDetector, check_determinism
 from detectors.base import Detector
 from detectors.checkpoint import load_checkpoint
 from detectors.data import align_table, is_builtin, load_table, split_table, stratified_subset
@@ -19,6 +20,9 @@ from detectors.table import Dataset
 from detectors.devices import resolve_device
 from detectors.errors import BadInputError
 from detectors.inputs import InputKind, kind_named, kind_of_rank
+
+if TYPE_CHECKING:
+    from auditor.run.config import AuditConfig
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Subject:
     device: torch.device
     domain: Domain | None = None
     frozen_features: tuple[str, ...] = ()
-    # None until auditor.run.determinism.settle checks it (a caller that knows may set it), then its findings
+    # None until auditor.run.subject.settle checks it (a caller that knows may set it), then its findings
     deterministic: bool | None = None
     determinism: Determinism | None = None
     input_kind: str | None = None
@@ -254,3 +258,20 @@ def _same_data(spec: str, trained_on: str) -> bool:
     if is_builtin(spec) or is_builtin(trained_on):
         return False
     return Path(spec).resolve() == Path(trained_on).resolve()
+
+
+def settle(subject: Subject, config: AuditConfig) -> tuple[Subject, AuditConfig]:
+    """Check ``subject``'s model (unless ``subject.deterministic`` is already known) and return the subject
+    and configuration the audit runs: unchanged for a deterministic model; for one that is not, the detector
+    behind :class:`ExpectedDetector` and the configuration marked ``randomised_model`` (AutoAttack's
+    ``rand`` version)."""
+    if subject.deterministic is None:
+        x = torch.as_tensor(subject.data.x[:CHECK_ROWS], device=subject.device)
+        found = check_determinism(subject.detector, x)
+    else:
+        found = Determinism(deterministic=subject.deterministic, max_abs_diff=0.0, rows=0)
+    if found.deterministic:
+        return replace(subject, deterministic=True, determinism=found), config
+    found = replace(found, draws=EOT_DRAWS)
+    return (replace(subject, detector=ExpectedDetector(subject.detector), deterministic=False, determinism=found),
+            replace(config, randomised_model=True))

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from auditor.metrics import AGREEMENT_REFERENCES, MetricSpec
+from auditor.catalogue.specs import AGREEMENT_SPECS as SPECS
+from auditor.metrics import AGREEMENT_REFERENCES
 from auditor.stages.base import Block, Stage
 from detectors.base import TokenMap
 
@@ -134,29 +135,6 @@ def planned_agreement(explainers: tuple[str, ...] | list[str]) -> list[str]:
         names += [f"agreement.kendall_tau_vs_floor.{attention}" for attention in ATTENTION_EXPLAINERS
                   if attention in explainers]
     return names
-
-
-SPECS = (
-    MetricSpec("agreement.kendall_tau.integrated-gradients~feature-ablation", True, "[-1, 1]",
-               "the agreement noise floor (Neely et al. 2022): Kendall's tau-b between the two references' token "
-               "rankings on the same samples, how far two sound explainers agree with each other",
-               reference="Neely et al. 2022, A Song of (Dis)agreement: Evaluating the Evaluation of Explainable AI"),
-    MetricSpec("agreement.kendall_tau_vs_floor.{explainer}", True, "[-2, 2]",
-               "per sample, the attention explainer's Kendall tau-b with the references (mean over "
-               "integrated-gradients and feature-ablation) minus the references' tau-b with each other; upper "
-               "end of the interval below 0: attention agrees with the references clearly less than they agree "
-               "with each other",
-               reference="Neely et al. 2022, A Song of (Dis)agreement; Jain & Wallace 2019"),
-    MetricSpec("agreement.kendall_tau.{explainer}~{reference}", True, "[-1, 1]",
-               "Kendall's tau-b between the attention explainer's and the reference's token rankings (each "
-               "attribution summed in absolute value over a token's inputs), mean over samples (Jain & Wallace "
-               "2019); reference: integrated-gradients or feature-ablation",
-               reference="Krishna et al. 2022, The Disagreement Problem in Explainable ML"),
-    MetricSpec("agreement.topk_overlap.{explainer}~{reference}", True, "[0, 1]",
-               "share of the attention explainer's top-k tokens (k = min(5, tokens)) that are also in the "
-               "reference's top-k",
-               reference="Krishna et al. 2022, The Disagreement Problem in Explainable ML"),
-)
 
 
 class AgreementStage(Stage):

@@ -1,8 +1,8 @@
 """The stage interface: what every stage of an audit declares and does.
 
-A stage declares its metrics (:class:`~auditor.metrics.MetricSpec`: name pattern, direction, range, definition,
-reference) and which of their names a configuration plans; the catalogue, the README table, the planned names,
-the gate checks and the report's references are all read from these declarations (``auditor.stages.order``). During
+A stage names its metrics (its ``specs``, :class:`~auditor.metrics.MetricSpec`: name pattern, direction, range,
+definition, reference; declared in :mod:`auditor.catalogue.specs`, where the report and the gates read them
+without importing a stage) and which of their names a configuration plans (``auditor.stages.order``). During
 the audit a stage runs once per streamed block of rows (:meth:`Stage.run`): it reads the block and what earlier
 stages put there (the clean prediction, the attributions) and adds per-sample metric values, the reasons for
 metrics it could not compute, and the row-table groups the report needs. In the spirit of Quantus's metric

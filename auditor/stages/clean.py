@@ -8,11 +8,9 @@ from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from auditor.run.determinism import ExpectedDetector
-from auditor.metrics import Bootstrap, MetricSpec, MetricValue
+from auditor.catalogue.specs import CLEAN_SPECS as SPECS, ECE_BINS, ENSEMBLE_ACCURACY
+from auditor.metrics import Bootstrap, MetricValue
 from auditor.stages.base import Block, Stage
-
-ECE_BINS = 10
-ENSEMBLE_ACCURACY = "clean.accuracy_ensemble"
 
 
 @torch.inference_mode()
@@ -134,36 +132,6 @@ def _binary_auc(truth: np.ndarray, score: np.ndarray) -> np.ndarray:
     n_neg = truth.shape[1] - n_pos
     rank_sum = (ranks * truth).sum(1)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-SKLEARN = "scikit-learn metrics on the clean samples"
-SPECS = (
-    MetricSpec("clean.accuracy", True, "[0, 1]", "share of samples whose predicted class is the true class; for a "
-               "model that is not deterministic, the mean over the draws of each draw's correctness (what one call "
-               "of the model gets right)",
-               reference=SKLEARN),
-    MetricSpec(ENSEMBLE_ACCURACY, True, "[0, 1]",
-               "a model that is not deterministic: the accuracy of the argmax of its mean probability over the draws "
-               "(an ensemble of calls, which the deployed model is not; never gated by default)",
-               reference="Athalye et al. 2018, Obfuscated Gradients Give a False Sense of Security (EOT)"),
-    MetricSpec("clean.precision", True, "[0, 1]",
-               "of the samples flagged as the positive class, the share that are (macro average over classes "
-               "when there are more than two)",
-               reference=SKLEARN),
-    MetricSpec("clean.recall", True, "[0, 1]",
-               "of the positive-class samples, the share flagged (macro average when more than two classes)",
-               reference=SKLEARN),
-    MetricSpec("clean.f1", True, "[0, 1]", "harmonic mean of precision and recall",
-               reference=SKLEARN),
-    MetricSpec("clean.roc_auc", True, "[0, 1]",
-               "area under the ROC curve of the positive class's probability (one-vs-rest macro average "
-               "when more than two classes)",
-               reference=SKLEARN),
-    MetricSpec("clean.ece", False, "[0, 1]",
-               "expected calibration error: the predicted-class probability against the accuracy over 10 "
-               "equal-width confidence bins, the bins weighted by their share of samples (Guo et al. 2017)",
-               reference="Guo et al. 2017, On Calibration of Modern Neural Networks"),
-)
 
 
 class CleanStage(Stage):

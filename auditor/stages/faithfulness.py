@@ -1,60 +1,109 @@
-"""The faithfulness stage: its metric declarations and its run over a block (the metrics themselves are in
-``auditor.stages.faithfulness_metrics``)."""
+"""The faithfulness stage: the chosen metrics of every explainer over a block (:func:`faithfulness_stage`). The
+metrics' declarations are in ``auditor.catalogue.specs``, the metrics themselves in
+``auditor.stages.faithfulness_metrics``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+import torch
 
-from auditor.stages import faithfulness_metrics as faithfulness
-from auditor.metrics import MetricSpec
+from auditor.catalogue.specs import FAITHFULNESS_SPECS as SPECS
 from auditor.stages.base import Block, Stage
+from auditor.stages.faithfulness_metrics import (DIFF_LEAD, METRIC_NAMES, NOT_FOR_RANDOM, NOT_ON_TOKENS, REMOVAL_KINDS,
+                                                 aopc, check_metric_names, deletion_gain, faithfulness_correlation,
+                                                 infidelity_per_sample, max_sensitivity, random_deletion_auc,
+                                                 removal_curves)
 
 
+@dataclass
+class FaithfulnessOutcome:
+    """Per-sample metrics (name -> (n,), NaN where a sample does not count) and per-sample curves
+    (name -> (n, points)) whose mean over samples the report plots, with their x-axis in ``fractions``."""
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    fractions: dict[str, list[float]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
-SPECS = (
-    MetricSpec("faithfulness.deletion_auc.{explainer}", False, "[0, 1]",
-               "area under the predicted-class probability as the top-attributed features are replaced by "
-               "the baseline, one by one (x-axis: fraction of features removed)",
-               reference="Petsiuk et al. 2018 (RISE), deletion metric"),
-    MetricSpec("faithfulness.insertion_auc.{explainer}", True, "[0, 1]",
-               "area under the predicted-class probability as the top-attributed features are restored into "
-               "the baseline, one by one",
-               reference="Petsiuk et al. 2018 (RISE), insertion metric"),
-    MetricSpec("faithfulness.deletion_auc_diff.attention~{explainer}", True, "[-1, 1]",
-               "paired difference, per sample: the other explainer's deletion AUC minus attention's, for every "
-               "explainer whose deletion curve ran beside attention's (above 0: attention is more faithful); its "
-               "interval is the paired bootstrap over the same resamples as every metric, so a comparison is "
-               "called only when the interval excludes 0",
-               reference="Petsiuk et al. 2018 (RISE) deletion, as a paired per-sample difference with a paired bootstrap interval (Efron & Tibshirani 1993)"),
-    MetricSpec("faithfulness.deletion_gain.{explainer}", True, "(-inf, 1]",
-               "1 - deletion AUC / mean deletion AUC of 8 random feature rankings of the same sample (above 0: "
-               "removing the explainer's top features hurts the prediction sooner than chance)",
-               reference="Petsiuk et al. 2018, relative to the random explainer"),
-    MetricSpec("faithfulness.comprehensiveness.{explainer}", True, "[-1, 1]",
-               "ERASER AOPC: mean over k = 1, 5, 10, 20, 50% of features (rounded up, at least one) of p_y(x) - "
-               "p_y(x with its top-k features at the baseline)",
-               reference="DeYoung et al. 2020 (ERASER)"),
-    MetricSpec("faithfulness.sufficiency.{explainer}", False, "[-1, 1]",
-               "ERASER AOPC: mean over the same k of p_y(x) - p_y(x with only its top-k features kept, the rest at "
-               "the baseline)",
-               reference="DeYoung et al. 2020 (ERASER)"),
-    MetricSpec("faithfulness.correlation.{explainer}", True, "[-1, 1]",
-               "Bhatt et al. 2020: Pearson correlation over 64 random subsets of 20% of the features between the "
-               "subset's attribution sum and the drop in p_y when the subset is set to the baseline (samples where "
-               "either side is constant do not count; n says how many did)",
-               reference="Bhatt et al. 2020, Evaluating and Aggregating Feature-based Explanations"),
-    MetricSpec("faithfulness.infidelity.{explainer}", False, "[0, inf)",
-               "infidelity (Yeh et al. 2019) of p_y with captum's perturbations: mean squared error between "
-               "beta * sum_i a_i eps_i and the drop in p_y when each feature moves a fraction eps_i ~ N(0, 0.1^2) "
-               "toward the baseline (16 draws), beta >= 0 the least-squares scale (sign-aware: a negated "
-               "attribution explains nothing)",
-               reference="Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations"),
-    MetricSpec("stability.max_sensitivity.{explainer}", False, "[0, inf)",
-               "captum sensitivity_max (Yeh et al. 2019): largest relative change ||e(x) - e(x')|| / ||e(x)|| of "
-               "the explanation over 8 inputs x' drawn uniformly within 0.02 (L-inf, [0,1] units) of x; not for "
-               "random, 0 by construction (its draws ignore the input)",
-               reference="Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations"),
-)
+
+def planned_names(metrics, explainers) -> list[str]:
+    """The metric names ``faithfulness_stage`` writes for these metric keys and explainers."""
+    names = [f"{METRIC_NAMES[metric]}.{explainer}" for explainer in explainers for metric in metrics
+             if not (metric == "max_sensitivity" and explainer == "random")]
+    if {"deletion", "deletion_gain"} & set(metrics) and DIFF_LEAD in explainers:
+        names += [diff_name(other) for other in explainers if other != DIFF_LEAD]
+    return names
+
+
+def diff_name(other: str) -> str:
+    return f"faithfulness.deletion_auc_diff.{DIFF_LEAD}~{other}"
+
+
+def faithfulness_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
+                       attributions: dict[str, torch.Tensor], *, baseline: torch.Tensor, seed: int,
+                       index: torch.Tensor, metrics: tuple[str, ...] = ("deletion", "insertion"),
+                       explainers: dict | None = None, max_batch: int = 16384,
+                       explained: torch.Tensor | None = None) -> FaithfulnessOutcome:
+    """The chosen faithfulness metrics of every explainer, per sample. ``index`` holds the samples'
+    global indices: every random draw is keyed by them, so a shard computes exactly its rows of the whole.
+    ``baseline`` is (*shape) or per sample (n, *shape). ``max_sensitivity`` re-runs the explainers, so
+    it needs ``explainers`` (name -> explainer object, as from auditor.stages.explainers.make_explainer). ``explained``:
+    (n, *shape) the positions that count (text: each message's tokens; the module docstring says how), where
+    infidelity and max_sensitivity are skipped."""
+    metrics = check_metric_names(metrics)
+    outcome = FaithfulnessOutcome()
+    deletion_aucs = {}
+    random_auc = (random_deletion_auc(model, x, target, baseline, seed=seed, index=index, max_batch=max_batch,
+                                      explained=explained)
+                  if "deletion_gain" in metrics else None)
+    for name, attribution in attributions.items():
+        if {"deletion", "insertion", "deletion_gain"} & set(metrics):
+            kinds = tuple(kind for kind in REMOVAL_KINDS
+                          if kind in metrics or (kind == "deletion" and "deletion_gain" in metrics))
+            curves = removal_curves(model, x, attribution, target, baseline, max_batch=max_batch, kinds=kinds,
+                                    explained=explained)
+            deletion_aucs[name] = curves.deletion_auc
+            if "deletion" in metrics:
+                outcome.per_sample[f"faithfulness.deletion_auc.{name}"] = curves.deletion_auc
+            if "insertion" in metrics:
+                outcome.per_sample[f"faithfulness.insertion_auc.{name}"] = curves.insertion_auc
+            if random_auc is not None:
+                outcome.per_sample[f"faithfulness.deletion_gain.{name}"] = deletion_gain(curves.deletion_auc,
+                                                                                        random_auc)
+            for kind in kinds:
+                outcome.curves[f"{kind}.{name}"] = getattr(curves, kind)
+                outcome.fractions[f"{kind}.{name}"] = curves.fractions.tolist()
+        if {"comprehensiveness", "sufficiency"} & set(metrics):
+            comprehensiveness, sufficiency = aopc(model, x, attribution, target, baseline, max_batch=max_batch,
+                                                  explained=explained)
+            if "comprehensiveness" in metrics:
+                outcome.per_sample[f"faithfulness.comprehensiveness.{name}"] = comprehensiveness
+            if "sufficiency" in metrics:
+                outcome.per_sample[f"faithfulness.sufficiency.{name}"] = sufficiency
+        if "correlation" in metrics:
+            outcome.per_sample[f"faithfulness.correlation.{name}"] = faithfulness_correlation(
+                model, x, attribution, target, baseline, seed=seed, index=index, max_batch=max_batch,
+                explained=explained)
+        if "infidelity" in metrics and explained is not None:
+            outcome.skipped[f"faithfulness.infidelity.{name}"] = NOT_ON_TOKENS.format(metric="infidelity")
+        elif "infidelity" in metrics:
+            outcome.per_sample[f"faithfulness.infidelity.{name}"] = infidelity_per_sample(
+                model, x, attribution, target, baseline, seed=seed, index=index, max_batch=max_batch)
+        if "max_sensitivity" in metrics and explained is not None and name != "random":
+            outcome.skipped[f"stability.max_sensitivity.{name}"] = NOT_ON_TOKENS.format(metric="max_sensitivity")
+        elif "max_sensitivity" in metrics and name == "random":
+            outcome.skipped["stability.max_sensitivity.random"] = NOT_FOR_RANDOM
+        elif "max_sensitivity" in metrics:
+            if explainers is None or name not in explainers:
+                raise ValueError(f"max_sensitivity re-runs the explainer: pass explainers[{name!r}]")
+            outcome.per_sample[f"stability.max_sensitivity.{name}"] = max_sensitivity(
+                model, explainers[name], x, target, baseline, seed=seed, index=index, max_batch=max_batch)
+    if DIFF_LEAD in deletion_aucs:
+        for other, auc in deletion_aucs.items():
+            if other != DIFF_LEAD:
+                outcome.per_sample[diff_name(other)] = auc - deletion_aucs[DIFF_LEAD]
+    return outcome
 
 
 class FaithfulnessStage(Stage):
@@ -65,10 +114,10 @@ class FaithfulnessStage(Stage):
     specs = SPECS
 
     def planned(self, config, *, binary: bool) -> list[str]:
-        return faithfulness.planned_names(config.faithfulness_metrics, config.explainers)
+        return planned_names(config.faithfulness_metrics, config.explainers)
 
     def run(self, block: Block) -> None:
-        faithful = faithfulness.faithfulness_stage(block.detector, block.x, block.pred, block.attributions,
+        faithful = faithfulness_stage(block.detector, block.x, block.pred, block.attributions,
                                       baseline=block.baseline, seed=block.config.seed, index=block.index,
                                       metrics=block.config.faithfulness_metrics, explainers=block.explainers,
                                       max_batch=block.plan.forward_batch, explained=block.explained)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from auditor.stages.faithfulness_metrics import feature_ranks
-from auditor.metrics import MetricSpec
+from auditor.catalogue.specs import LOCALISATION_SPECS as SPECS
 from auditor.stages.base import Block, Stage
 from detectors.errors import BadInputError
 from detectors.inputs import kind_of_rank
@@ -111,19 +111,6 @@ def localisation_stage(model: torch.nn.Module, x: torch.Tensor, target: torch.Te
         else:
             outcome.per_sample[plausible] = plausibility(attribution, relevant, explained)
     return outcome
-
-
-SPECS = (
-    MetricSpec("localisation.precision_at_k.{explainer}", True, "[0, 1]",
-               "on data with known relevant features: share of the k top-attributed features that are truly "
-               "relevant (k = number of relevant features of the sample)",
-               reference="Arras et al. 2022, CLEVR-XAI (relevance rank accuracy)"),
-    MetricSpec("localisation.plausibility.{explainer}", True, "[0, 1]",
-               "on text with rationales: area under the precision-recall curve (sklearn average_precision_score) "
-               "of the message's token attributions against its rationale tokens ([CLS] and padding left out; "
-               "messages whose tokens are all or none rationale do not count)",
-               reference="Attanasio et al. 2023, ferret (AUPRC plausibility); DeYoung et al. 2020, ERASER"),
-)
 
 
 class LocalisationStage(Stage):

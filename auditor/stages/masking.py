@@ -59,7 +59,8 @@ import numpy as np
 import torch
 
 from attacks import Attack, Domain, attack_class, make_attack
-from auditor.metrics import MetricSpec, format_eps
+from auditor.catalogue.specs import MASKING_SPECS as SPECS
+from auditor.metrics import format_eps
 from auditor.catalogue.attacks import is_evasion_attack
 from auditor.stages.robustness import aligned_batch, craft, predict
 from auditor.stages.base import Block, Stage
@@ -318,18 +319,6 @@ def verdict(checks: list[Check], kind: str) -> float | None:
     if not ran:
         return None
     return 1.0 if any(c.status == "failed" for c in ran) else 0.0
-
-
-SPECS = (
-    MetricSpec("robust.masking_suspected", False, "{0, 1}",
-               "1 when a sign of gradient masking was found (pgd weaker than fgsm, pgd failing with the whole box "
-               "allowed, square beating pgd by more than 0.05), 0 when every such check that ran passed",
-               reference="Athalye et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"),
-    MetricSpec("robust.not_converged", False, "{0, 1}",
-               "1 when more effort keeps lowering robust accuracy (pgd with 5x the steps and 2x the restarts lower by more "
-               "than max(0.02, 3/n), or an attack's accuracy rising with eps), 0 when every such check passed",
-               reference="Carlini et al. 2019, On Evaluating Adversarial Robustness; Croce & Hein 2020"),
-)
 
 
 class MaskingStage(Stage):

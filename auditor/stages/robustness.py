@@ -25,37 +25,15 @@ from attacks import CHUNK, Attack, Domain, attack_class, is_minimum_norm
 from attacks.text_domain import TOKEN_NORM
 from auditor.catalogue.attacks import (FLIPPING_ATTENTION_ATTACKS, HIJACK_ATTACKS, TARGETED_SUFFIX, WORST, in_worst_case,
                                       is_attention_attack, is_evasion_attack)
-from auditor.metrics import MetricSpec, format_eps
+from auditor.catalogue.specs import ROBUSTNESS_SPECS as SPECS, STABILITY_SPECS
+from auditor.metrics import format_eps
+from auditor.report.findings import AttentionExample
 from auditor.run.persample import only_where
 from auditor.stages.base import Block, Stage
 from detectors.inputs.text import is_token_ids
 
 TOPK = 5
 KEPT_EXAMPLES = 3  # per attack at the largest eps: the report's heat maps and adversarial gallery
-@dataclass
-class AttentionExample:
-    """One of the samples an attention attack moved most (largest JSD) at the largest eps, as plain lists
-    for the report: the clean and attacked attention spread over the input's shape.
-
-    Text only: ``x_adv`` holds the attacked message's token ids, and ``tokens`` and ``adv_tokens`` the clean and
-    attacked messages' tokens after [CLS], up to the padding (spelled by the tokeniser after the audit,
-    :func:`auditor.run.pipeline.spell_tokens`), so the report shows both messages with the substituted tokens marked.
-    """
-
-    attack: str
-    eps: float
-    index: int
-    jsd: float
-    clean_pred: int
-    adv_pred: int
-    x: list
-    clean: list
-    attacked: list
-    x_adv: list = field(default_factory=list)
-    tokens: list[str] = field(default_factory=list)
-    adv_tokens: list[str] = field(default_factory=list)
-
-
 @dataclass
 class FlippedExample:
     """A sample classified correctly when clean that the attack misclassifies at the largest eps."""
@@ -280,73 +258,7 @@ def _stability(model, attack: Attack, tag: str, x, p, q, clean_pred, adv_pred, t
     return {f"stability.{key}.{tag}": v.detach().cpu().numpy().astype(np.float64) for key, v in values.items()}
 
 
-MADRY_CARLINI = "Madry et al. 2018; Carlini et al. 2019, On Evaluating Adversarial Robustness"
-GHORBANI = "Ghorbani et al. 2019, Interpretation of Neural Networks is Fragile"
-SPECS = (
-    MetricSpec("robust.accuracy.worst@{eps}", True, "[0, 1]",
-               "the headline (Croce & Hein 2020, as RobustBench reports it): share of all audited samples still "
-               "classified correctly under every L-inf evasion attack that ran at eps (every standard L-inf "
-               "attack, attention-guided, stealth and the targeted runs; not attention-shift or -hijack): a "
-               "per-sample worst case, never above any single attack's value",
-               reference="Croce & Hein 2020 (AutoAttack); Croce et al. 2021 (RobustBench): worst case per sample"),
-    MetricSpec("robust.accuracy.worst-l2@{eps}", True, "[0, 1]",
-               "the same worst case over the L2 attacks (pgd-l2, cw, deepfool) at L2 budget eps (--eps-l2)",
-               reference="Croce & Hein 2020 (AutoAttack); Croce et al. 2021 (RobustBench): worst case per sample"),
-    MetricSpec("robust.accuracy.worst-tokens@{eps}", True, "[0, 1]",
-               "text: the same worst case over the label-preserving evasion attacks that ran at budget eps "
-               "(--token-budget): typo and homoglyph editing at most eps words, and the substitutions of a "
-               "--substitutions table (hotflip, exhaustive-substitution, attention-guided-sub, stealth-sub) "
-               "changing at most eps tokens, none touching a protected word; hotflip-any (which may change the "
-               "meaning) and embedding-pgd are not in it",
-               reference="Croce & Hein 2020 (AutoAttack): worst case per sample; Gao et al. 2018 (DeepWordBug); "
-                         "Morris et al. 2020 (Reevaluating Adversarial Examples in NLP)"),
-    MetricSpec("robust.rationale_edits.{attack}@{eps}", False, "[0, 1]",
-               "text, where the data records rationales (the phishing corpus): among the samples the attack "
-               "broke, the share whose edit touched a rationale token (a token of the frame that decides the "
-               "label). 0 by construction for every attack but hotflip-any, which may rewrite the deciding words",
-               reference="Morris et al. 2020 (Reevaluating Adversarial Examples in NLP): constraints that keep "
-                         "the meaning"),
-    MetricSpec("robust.accuracy.{attack}@{eps}", True, "[0, 1]",
-               "accuracy on the untargeted attack's adversarial examples at budget eps (all audited samples; "
-               "L-inf attacks on the --eps grid, L2 attacks on --eps-l2; on text the substitution attacks at eps "
-               "tokens changed (--token-budget) and embedding-pgd at eps times the mean embedding norm (--eps), "
-               "a continuous relaxation no real text reaches)",
-               reference=MADRY_CARLINI),
-    MetricSpec("robust.accuracy.{attack}-targeted@{eps}", True, "[0, 1]",
-               "with --target-class: accuracy on the adversarial examples of the attack aimed at the target "
-               "class (all audited samples)",
-               reference=MADRY_CARLINI),
-    MetricSpec("robust.attack_success_rate.{attack}@{eps}", False, "[0, 1]",
-               "among samples classified correctly when clean, the share the attack makes misclassified",
-               reference=MADRY_CARLINI),
-    MetricSpec("robust.evasion_rate.{attack}@{eps}", False, "[0, 1]",
-               "binary detectors: among positive-class samples detected when clean, the share the attack turns "
-               "into the negative class (the malicious sample passing as benign)",
-               reference=MADRY_CARLINI),
-    MetricSpec("robust.targeted_success_rate.{attack}@{eps}", False, "[0, 1]",
-               "with --target-class: among samples outside the target class classified correctly when clean, the "
-               "share the targeted attack moves into the target class",
-               reference=MADRY_CARLINI),
-)
 # the attention attacks' stability metrics (functions in auditor.stages.stability), computed by this stage
-STABILITY_SPECS = (
-    MetricSpec("stability.topk_intersection.{attack}@{eps}", True, "[0, 1]",
-               "share of the clean top-k attended tokens (k = 5) still in the top-k under the attention attack",
-               reference=GHORBANI),
-    MetricSpec("stability.spearman.{attack}@{eps}", True, "[-1, 1]",
-               "Spearman rank correlation between clean and attacked attention over tokens",
-               reference=GHORBANI),
-    MetricSpec("stability.jsd.{attack}@{eps}", False, "[0, ln 2]",
-               "Jensen-Shannon divergence between clean and attacked attention, in nats",
-               reference=GHORBANI),
-    MetricSpec("stability.prediction_kept.{attack}@{eps}", True, "[0, 1]",
-               "share of samples whose predicted class the attention attack left unchanged",
-               reference=GHORBANI),
-    MetricSpec("stability.hijack_success.{attack}@{eps}", False, "[0, 1]",
-               "attention-hijack (-sub on text): share of samples whose target tokens all entered the attacked "
-               "top-k",
-               reference=GHORBANI),
-)
 
 
 class RobustnessStage(Stage):

@@ -61,7 +61,8 @@ import torch
 from torch import nn
 
 from auditor.stages.explainers import Explainer, evaluating
-from auditor.metrics import MPRT_PASS_BELOW, MetricSpec
+from auditor.catalogue.specs import SANITY_SPECS as SPECS, FLIP_RATE_METRICS, UNIFORM_METRICS, UNUSED_ATTENTION_KEPT
+from auditor.metrics import MPRT_PASS_BELOW
 from auditor.stages.base import Block, Stage
 from detectors.blocks import AttentionEdit, SelfAttention, edited_attention
 from detectors.foreign import ForeignDetector, captured_attention_modules
@@ -72,38 +73,6 @@ from detectors.maths import spearman
 from detectors.seeding import per_sample_uniform, stream_seed
 
 MPRT_SAMPLES = 256
-SPECS = (
-    MetricSpec("sanity.mprt.{explainer}", False, "[0, 1]",
-               "Adebayo et al. 2018 cascading model-parameter randomisation: absolute Spearman rank correlation "
-               "between the explanations of the trained model and of the model with every layer re-initialised "
-               "(top-down), over the input's positions (text: the message's own tokens), the same random draws at "
-               "every step; passes when the upper end of its 95% interval "
-               f"is below {MPRT_PASS_BELOW:g}, fails when the lower end is at or above it (high = the explanation "
-               "ignores the model)",
-               reference="Adebayo et al. 2018, Sanity Checks for Saliency Maps"),
-    MetricSpec("sanity.flip_rate.attention", True, "[0, 1]",
-               "Serrano & Smith 2019: share of samples whose decision flips when the highest CLS attention weight "
-               "of the last layer is zeroed and the row renormalised (compare with sanity.flip_rate.random)",
-               reference="Serrano & Smith 2019, Is Attention Interpretable?"),
-    MetricSpec("sanity.flip_rate.random", False, "[0, 1]",
-               "the same when a random non-CLS weight (on text: of a message token) is zeroed instead: the chance level that "
-               "sanity.flip_rate.attention should exceed",
-               reference="Serrano & Smith 2019, Is Attention Interpretable?"),
-    MetricSpec("sanity.uniform_attention.prediction_kept", False, "[0, 1]",
-               "Wiegreffe & Pinter 2019: share of samples whose predicted class is unchanged when every attention "
-               "layer's weights are replaced by uniform weights over the keys each query may attend (all layers at "
-               "once, inside the forward); lower: the decisions rest on attention; at or above 0.95 attention does not "
-               "drive the model, so heat maps of it explain little",
-               reference="Wiegreffe & Pinter 2019, Attention is not not Explanation"),
-    MetricSpec("sanity.uniform_attention.accuracy", False, "[0, 1]",
-               "accuracy with every attention layer made uniform as in sanity.uniform_attention.prediction_kept; "
-               "far below clean.accuracy: the model needs its attention, close to it: it does not",
-               reference="Wiegreffe & Pinter 2019, Attention is not not Explanation"),
-)
-FLIP_RATE_METRICS = tuple(spec.pattern for spec in SPECS if spec.pattern.startswith("sanity.flip_rate."))
-UNIFORM_METRICS = tuple(spec.pattern for spec in SPECS if spec.pattern.startswith("sanity.uniform_attention."))
-# at or above this share of predictions kept under uniform attention, attention does not drive the model
-UNUSED_ATTENTION_KEPT = 0.95
 
 
 def spearman_rows(a: torch.Tensor, b: torch.Tensor, explained: torch.Tensor | None = None) -> np.ndarray:

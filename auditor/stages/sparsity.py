@@ -27,22 +27,10 @@ import numpy as np
 import torch
 
 from auditor.stages.explainers import evaluating
-from auditor.metrics import MetricSpec
+from auditor.catalogue.specs import SPARSITY_SPECS as SPECS, SPARSITY_METRICS
 from auditor.stages.base import Block, Stage
 from detectors.base import Detector
 from detectors.inputs.text import is_token_ids
-
-SPECS = (
-    MetricSpec("attention.zero_share", None, "[0, 1)",
-               "share of exactly-zero weights in the last layer's CLS attention row (over every token, CLS "
-               "included; mean over heads, then samples; every query row for models without CLS): about 0 for "
-               "softmax and additive attention, the share of tokens outside the support for sparsemax/entmax15, "
-               "where the gradient is exactly 0 too"),
-    MetricSpec("attention.entropy", None, "[0, ln tokens]",
-               "Shannon entropy -sum p ln p (nats, 0 ln 0 = 0) of the same rows, mean over heads, then samples: 0 "
-               "when each head attends to one token, ln(tokens) when uniform"),
-)
-SPARSITY_METRICS = tuple(spec.pattern for spec in SPECS)
 
 
 @dataclass

@@ -32,7 +32,7 @@ import torch
 
 from auditor.stages.agreement import token_scores
 from auditor.stages.faithfulness_metrics import masked_probabilities
-from auditor.metrics import MetricSpec
+from auditor.catalogue.specs import TRUST_SPECS as SPECS
 from auditor.stages.base import Block, Stage
 from detectors.base import TokenMap
 
@@ -151,17 +151,6 @@ def worst_samples(rows: dict[str, np.ndarray], index: np.ndarray, *, explainer: 
     order = counted[np.lexsort((index[counted], share[counted]))][:k]
     return [{"index": int(index[i]), "token": int(rows["token"][i]), "drop": float(rows["drop"][i]),
              "share": float(share[i]), "uniform": 1.0 / n_tokens} for i in order]
-
-
-SPECS = (
-    MetricSpec("trust.hidden_importance.{explainer}", False, "[0, 1]",
-               "Pruthi et al. 2020: share of samples whose most erasure-important token (largest drop in log p_y "
-               "when that token's inputs alone are set to the removal baseline; samples where no erasure lowers "
-               "it do not count) gets less than a uniform share 1/T of the explainer's attribution mass (sum of "
-               "|attribution| over each token's inputs, normalised over the T tokens that cover inputs, CLS "
-               "excluded)",
-               reference="Pruthi et al. 2020, Learning to Deceive with Attention-Based Explanations"),
-)
 
 
 class TrustStage(Stage):

@@ -1,0 +1,3 @@
+from auditor.catalogue import catalogue_markdown
+
+print(catalogue_markdown())
