@@ -217,3 +217,26 @@ def test_the_torch_free_names_match_what_the_detectors_implement():
     assert blocks.ATTENTION_VARIANTS is kinds.ATTENTION_VARIANTS
     assert kinds.INPUT_KIND_NAMES == tuple(inputs.INPUT_KINDS)
     assert kinds.REMOVAL_BASELINES == inputs.REMOVAL_BASELINES
+
+
+def test_the_architecture_page_lays_out_the_tree():
+    """docs/architecture.md's layout names every module of the auditor under its own folder, so the page is
+    the tree."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    layout = page[page.index("## Layout"):]
+    block = layout[layout.index("auditor/ "):layout.index("bench/ ")]
+    folders = ["catalogue", "stages", "run", "report"]
+    starts = {folder: block.index(f"{folder}/ ") for folder in folders}
+    missing = []
+    for path in sorted((ROOT / "auditor").rglob("*.py")):
+        parts = path.relative_to(ROOT / "auditor").parts
+        if len(parts) == 1:
+            where = block[:min(starts.values())]
+        elif parts[0] in folders:
+            later = [s for s in starts.values() if s > starts[parts[0]]]
+            where = block[starts[parts[0]]:min(later) if later else len(block)]
+        else:
+            continue  # training/ and export/ are listed by their modules' names in words
+        if path.name != "__init__.py" and path.name not in where and path.stem not in where:
+            missing.append(str(path.relative_to(ROOT)))
+    assert missing == []
