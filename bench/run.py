@@ -9,9 +9,9 @@ records absolute samples per second.
 Sections: (1) attack overhead, (2) attention attacks, (3) faithfulness, (4) our pgd
 against Adversarial Robustness Toolbox, (5) end to end, (6) scaling, (7) memory on
 large data, (8) training overhead, (9) text attacks, (10) a Hugging Face BERT through ``hf:`` against the
-tool's own text detector of the same size. Add a faithfulness metric by adding one entry to ``FAITHFULNESS``.
-``--standard`` adds the
-standard profile's wall time to section 5 (minutes: not part of ``make bench``).
+tool's own text detector of the same size, (11) text training overhead. Add a faithfulness metric by adding
+one entry to ``FAITHFULNESS``. ``--standard`` adds the standard profile's wall time to section 5 (minutes: not
+part of ``make bench``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.processes import PY, ROOT, timed_process, train_checkpoint
+from bench.training import fresh_process_seconds
 
 ROWS: list[dict] = []
 
@@ -444,44 +445,28 @@ def memory(folder: Path, device) -> None:
     record("7 memory", "peak RSS flows:200000 / flows:20000", peaks[200_000] / peaks[20_000], target="<= 1.5")
 
 
-def bare_training(device: str = "cpu") -> None:
-    """A bare AdamW loop over ``audit train``'s detector, batches and validation pass (flows, 2 epochs)."""
-    from auditor.training.config import auto_batch_size
-    from detectors.data import load_table, split_table
-    from detectors.registry import detector_for_data
-
-    table = load_table("flows", seed=0)
-    splits = split_table(table, seed=0)
-    torch.manual_seed(0)
-    model = detector_for_data("tabular", table.input_shape, len(table.class_names), "flows").to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
-    x, y = torch.as_tensor(splits.train.x, device=device), torch.as_tensor(splits.train.y, device=device)
-    x_val, y_val = torch.as_tensor(splits.val.x, device=device), torch.as_tensor(splits.val.y, device=device)
-    batch, generator = auto_batch_size(len(x)), torch.Generator().manual_seed(0)
-    for _ in range(2):
-        model.train()
-        order = torch.randperm(len(x), generator=generator).to(device)
-        for start in range(0, len(x), batch):
-            rows = order[start:start + batch]
-            optimiser.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[rows]), y[rows]).backward()
-            optimiser.step()
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(y_val), 1024):
-                F.cross_entropy(model(x_val[start:start + 1024]), y_val[start:start + 1024], reduction="sum").item()
-
-
 def training_overhead(folder: Path, device) -> None:
-    """``audit train --data flows --epochs 2`` against :func:`bare_training`, each a fresh process (start-up,
-    imports and data included on both sides), best of 3 after a warm-up."""
+    """``audit train --data flows --epochs 2`` against :func:`bench.training.bare_training`
+    (:func:`bench.training.fresh_process_seconds`: fresh processes, best of 3 after a warm-up)."""
     train = [PY, "-m", "auditor", "train", "--data", "flows", "--epochs", "2", "--device", device.type, "--quiet",
              "--out", str(folder / "overhead.safetensors")]
-    bare = [PY, "-c", f"from bench.run import bare_training; bare_training({device.type!r})"]
-    timed_process(train), timed_process(bare)
-    ours, theirs = min(timed_process(train)[0] for _ in range(3)), min(timed_process(bare)[0] for _ in range(3))
+    bare = [PY, "-c", f"from bench.training import bare_training; bare_training({device.type!r})"]
+    ours, theirs = fresh_process_seconds(train, bare)
     record("8 training", f"audit train / bare AdamW loop, flows, 2 epochs, fresh processes "
            f"({ours:.1f} s vs {theirs:.1f} s)", ours / theirs, target="<= 1.15")
+
+
+def text_training_overhead(folder: Path, device, data: str = "phishing:2000", epochs: int = 3) -> None:
+    """``audit train --detector text`` (width 32, 2 layers: its defaults) against
+    :func:`bench.training.bare_text_training`, timed as section 8."""
+    train = [PY, "-m", "auditor", "train", "--detector", "text", "--data", data, "--epochs", str(epochs),
+             "--device", device.type, "--quiet", "--out", str(folder / "text-overhead.safetensors")]
+    bare = [PY, "-c", f"from bench.training import bare_text_training; "
+                      f"bare_text_training({data!r}, {epochs}, {device.type!r})"]
+    ours, theirs = fresh_process_seconds(train, bare)
+    record("11 text training", f"audit train --detector text / bare AdamW loop, {data}, {epochs} epochs, fresh "
+           f"processes ({ours:.1f} s vs {theirs:.1f} s)", ours / theirs, target="<= 1.15")
+
 
 def print_table() -> str:
     lines = ["| Section | Figure | Value | Target | Note |", "| --- | --- | --- | --- | --- |"]
@@ -556,7 +541,8 @@ def main() -> None:
                     ("3", lambda: faithfulness(device)), ("4", lambda: versus_art(device)),
                     ("5", lambda: end_to_end(folder, device, standard=args.standard)), ("6", lambda: scaling(folder, device)),
                     ("7", lambda: memory(folder, device)), ("8", lambda: training_overhead(folder, device)),
-                    ("9", lambda: text_attacks(folder, device)), ("10", lambda: huggingface_text(folder, device))]
+                    ("9", lambda: text_attacks(folder, device)), ("10", lambda: huggingface_text(folder, device)),
+                    ("11", lambda: text_training_overhead(folder, device))]
         for number, section in sections:
             if not only or number in only:
                 section()
