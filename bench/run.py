@@ -9,9 +9,9 @@ records absolute samples per second.
 Sections: (1) attack overhead, (2) attention attacks, (3) faithfulness, (4) our pgd
 against Adversarial Robustness Toolbox, (5) end to end, (6) scaling, (7) memory on
 large data, (8) training overhead, (9) text attacks, (10) a Hugging Face BERT through ``hf:`` against the
-tool's own text detector of the same size. Add a faithfulness metric by adding one entry to ``FAITHFULNESS``.
-``--standard`` adds the
-standard profile's wall time to section 5 (minutes: not part of ``make bench``).
+tool's own text detector of the same size, (11) text training overhead. Add a faithfulness metric by adding
+one entry to ``FAITHFULNESS``. ``--standard`` adds the standard profile's wall time to section 5 (minutes: not
+part of ``make bench``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
+from bench.processes import PY, ROOT, timed_process, train_checkpoint
+from bench.training import fresh_process_seconds
+
 ROWS: list[dict] = []
 
 
@@ -181,9 +181,7 @@ def text_end_to_end(folder: Path, device) -> None:
     corpus, model = folder / "phishing-128.jsonl", folder / "phishing-128.safetensors"
     long_message = {"text": " ".join(["thanks for your order"] * 40), "label": table.class_names[0]}
     corpus.write_text("\n".join(json.dumps(row) for row in rows + [long_message]) + "\n", encoding="utf-8")
-    subprocess.run([PY, "-m", "auditor", "train", "--detector", "text", "--data", str(corpus), "--epochs", "8",
-                    "--device", device.type, "--out", str(model), "--quiet"], check=True, cwd=ROOT,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    train_checkpoint(model, str(corpus), epochs=8, detector="text", device=device.type)
     audited = folder / "phishing-audited.jsonl"
     audited.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
     audit_seconds, model_seconds = model_pass_seconds(str(model), str(audited), 1000, device.type)
@@ -392,24 +390,10 @@ def versus_art(device, steps: int = 10, eps: float = 0.05) -> None:
         record("4 vs ART", f"time, {start}: our pgd / ART ProjectedGradientDescent", a / b)
 
 
-def _peak(command: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS (MiB) and exit code of ``command`` run in a fresh process of its own."""
-    probe = ("import resource, subprocess, sys, time, json; t = time.perf_counter(); "
-             "rc = subprocess.call(sys.argv[1:]); "
-             "print(json.dumps([time.perf_counter() - t, "
-             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, rc]))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    out = subprocess.run([PY, "-c", probe, *command], capture_output=True, text=True, env=env, cwd=ROOT)
-    wall, peak, rc = json.loads(out.stdout.strip().splitlines()[-1])
-    return wall, peak, rc
-
-
 def _train(folder: Path, data: str) -> Path:
     path = folder / "flows.safetensors"
     if not path.is_file():
-        subprocess.run([PY, "-m", "auditor", "train", "--data", data, "--epochs", "5", "--out", str(path),
-                        "--quiet"], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                       capture_output=True)
+        train_checkpoint(path, data, epochs=5)
     return path
 
 
@@ -419,7 +403,7 @@ def end_to_end(folder: Path, device, *, standard: bool = False) -> None:
     model = _train(folder, "flows:4000")
     audit = [PY, "-m", "auditor", "run", "--model", str(model), "--data", "flows:5000", "--profile", "quick",
              "--max-samples", "1000", "--device", device.type, "--quiet"]
-    wall, peak, rc = _peak([*audit, "--out", str(folder / "quick")])
+    wall, peak, rc = timed_process([*audit, "--out", str(folder / "quick")])
     record("5 end to end", "audit run --profile quick, 1,000 flows: wall time", wall, unit="s", target="< 120",
            note=f"exit {rc}")
     record("5 end to end", "audit run --profile quick: peak RSS", peak, unit="MiB")
@@ -428,7 +412,7 @@ def end_to_end(folder: Path, device, *, standard: bool = False) -> None:
            audit_seconds / model_seconds, target="<= 1.5")
     if standard:
         profile = [arg if arg != "quick" else "standard" for arg in audit]
-        wall, peak, rc = _peak([*profile, "--out", str(folder / "standard")])
+        wall, peak, rc = timed_process([*profile, "--out", str(folder / "standard")])
         record("5 end to end", "audit run --profile standard, 1,000 flows: wall time", wall, unit="s",
                target="< 1800", note=f"exit {rc}; peak RSS {peak:.0f} MiB")
 
@@ -437,8 +421,8 @@ def scaling(folder: Path, device) -> None:
     model = _train(folder, "flows:4000")
     audit = [PY, "-m", "auditor", "run", "--model", str(model), "--data", "flows:4000", "--attacks", "fgsm,pgd",
              "--max-samples", "1024", "--device", device.type, "--quiet"]
-    one, _, _ = _peak([*audit, "--out", str(folder / "one")])
-    two, _, _ = _peak([*audit, "--nproc", "2", "--out", str(folder / "two")])
+    one, _, _ = timed_process([*audit, "--out", str(folder / "one")])
+    two, _, _ = timed_process([*audit, "--nproc", "2", "--out", str(folder / "two")])
     record("6 scaling", "1 process: samples/s (incl. start-up)", 1024 / one, unit="samples/s")
     record("6 scaling", "2 processes: samples/s (incl. start-up)", 1024 / two, unit="samples/s")
     record("6 scaling", "speed-up of 2 processes (each takes cores / 2 threads)", one / two,
@@ -450,7 +434,7 @@ def memory(folder: Path, device) -> None:
     model = _train(folder, "flows:4000")
     peaks = {}
     for rows in (20_000, 200_000):
-        wall, peak, rc = _peak([PY, "-m", "auditor", "run", "--model", str(model), "--data", f"flows:{rows}",
+        wall, peak, rc = timed_process([PY, "-m", "auditor", "run", "--model", str(model), "--data", f"flows:{rows}",
                                 "--attacks", "fgsm", "--max-samples", "0", "--device", device.type, "--quiet",
                                 # one explainer and one removal curve: memory, not the cost of every stage, is
                                 # measured here, and the 200k-row audit must fit the 10 minutes of make bench
@@ -461,44 +445,28 @@ def memory(folder: Path, device) -> None:
     record("7 memory", "peak RSS flows:200000 / flows:20000", peaks[200_000] / peaks[20_000], target="<= 1.5")
 
 
-def bare_training(device: str = "cpu") -> None:
-    """A bare AdamW loop over ``audit train``'s detector, batches and validation pass (flows, 2 epochs)."""
-    from auditor.training.config import auto_batch_size
-    from detectors.data import load_table, split_table
-    from detectors.registry import detector_for_data
-
-    table = load_table("flows", seed=0)
-    splits = split_table(table, seed=0)
-    torch.manual_seed(0)
-    model = detector_for_data("tabular", table.input_shape, len(table.class_names), "flows").to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
-    x, y = torch.as_tensor(splits.train.x, device=device), torch.as_tensor(splits.train.y, device=device)
-    x_val, y_val = torch.as_tensor(splits.val.x, device=device), torch.as_tensor(splits.val.y, device=device)
-    batch, generator = auto_batch_size(len(x)), torch.Generator().manual_seed(0)
-    for _ in range(2):
-        model.train()
-        order = torch.randperm(len(x), generator=generator).to(device)
-        for start in range(0, len(x), batch):
-            rows = order[start:start + batch]
-            optimiser.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[rows]), y[rows]).backward()
-            optimiser.step()
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(y_val), 1024):
-                F.cross_entropy(model(x_val[start:start + 1024]), y_val[start:start + 1024], reduction="sum").item()
-
-
 def training_overhead(folder: Path, device) -> None:
-    """``audit train --data flows --epochs 2`` against :func:`bare_training`, each a fresh process (start-up,
-    imports and data included on both sides), best of 3 after a warm-up."""
+    """``audit train --data flows --epochs 2`` against :func:`bench.training.bare_training`
+    (:func:`bench.training.fresh_process_seconds`: fresh processes, best of 3 after a warm-up)."""
     train = [PY, "-m", "auditor", "train", "--data", "flows", "--epochs", "2", "--device", device.type, "--quiet",
              "--out", str(folder / "overhead.safetensors")]
-    bare = [PY, "-c", f"from bench.run import bare_training; bare_training({device.type!r})"]
-    _peak(train), _peak(bare)
-    ours, theirs = min(_peak(train)[0] for _ in range(3)), min(_peak(bare)[0] for _ in range(3))
+    bare = [PY, "-c", f"from bench.training import bare_training; bare_training({device.type!r})"]
+    ours, theirs = fresh_process_seconds(train, bare)
     record("8 training", f"audit train / bare AdamW loop, flows, 2 epochs, fresh processes "
            f"({ours:.1f} s vs {theirs:.1f} s)", ours / theirs, target="<= 1.15")
+
+
+def text_training_overhead(folder: Path, device, data: str = "phishing:2000", epochs: int = 3) -> None:
+    """``audit train --detector text`` (width 32, 2 layers: its defaults) against
+    :func:`bench.training.bare_text_training`, timed as section 8."""
+    train = [PY, "-m", "auditor", "train", "--detector", "text", "--data", data, "--epochs", str(epochs),
+             "--device", device.type, "--quiet", "--out", str(folder / "text-overhead.safetensors")]
+    bare = [PY, "-c", f"from bench.training import bare_text_training; "
+                      f"bare_text_training({data!r}, {epochs}, {device.type!r})"]
+    ours, theirs = fresh_process_seconds(train, bare)
+    record("11 text training", f"audit train --detector text / bare AdamW loop, {data}, {epochs} epochs, fresh "
+           f"processes ({ours:.1f} s vs {theirs:.1f} s)", ours / theirs, target="<= 1.15")
+
 
 def print_table() -> str:
     lines = ["| Section | Figure | Value | Target | Note |", "| --- | --- | --- | --- | --- |"]
@@ -520,11 +488,8 @@ def huggingface_text(folder: Path, device) -> None:
     from detectors.checkpoint import load_checkpoint
     from detectors.text_data import CLS, MASK, PAD, UNK, load_text_table, split_text_table
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    own = folder / "text.safetensors"
-    subprocess.run([PY, "-m", "auditor", "train", "--detector", "text", "--data", "phishing:1000", "--epochs", "8",
-                    "--device", device.type, "--out", str(own), "--quiet"], check=True, cwd=ROOT, env=env,
-                   capture_output=True)
+    own = train_checkpoint(folder / "text.safetensors", "phishing:1000", epochs=8, detector="text",
+                           device=device.type)
     checkpoint = load_checkpoint(str(own))
     backend = Tokenizer.from_str(checkpoint.metadata["text"]["tokenizer"])
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, unk_token=UNK,
@@ -549,7 +514,7 @@ def huggingface_text(folder: Path, device) -> None:
              "--quiet"]
     walls, audited = {}, True
     for name, model in (("own", str(own)), ("hf", f"hf:{folder / 'bert'}")):
-        walls[name], peak, rc = _peak([PY, "-m", "auditor", "run", "--model", model, *audit,
+        walls[name], peak, rc = timed_process([PY, "-m", "auditor", "run", "--model", model, *audit,
                                        "--out", str(folder / f"audit-{name}")])
         audited = audited and rc in (0, 1)  # 1: a gate failed; 2 or 3: no audit to time
         record("10 hugging face", f"audit run --profile quick, 50 phishing messages, {name}: wall time", walls[name],
@@ -576,7 +541,8 @@ def main() -> None:
                     ("3", lambda: faithfulness(device)), ("4", lambda: versus_art(device)),
                     ("5", lambda: end_to_end(folder, device, standard=args.standard)), ("6", lambda: scaling(folder, device)),
                     ("7", lambda: memory(folder, device)), ("8", lambda: training_overhead(folder, device)),
-                    ("9", lambda: text_attacks(folder, device)), ("10", lambda: huggingface_text(folder, device))]
+                    ("9", lambda: text_attacks(folder, device)), ("10", lambda: huggingface_text(folder, device)),
+                    ("11", lambda: text_training_overhead(folder, device))]
         for number, section in sections:
             if not only or number in only:
                 section()
