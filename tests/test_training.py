@@ -153,3 +153,21 @@ def test_adversarial_training_beats_no_defense_under_pgd_on_flows(tmp_path):
         robust[defense] = document["metrics"]["robust.accuracy.pgd@0.05"]["value"]
         assert document["metrics"]["clean.accuracy"]["value"] > 0.9
     assert robust["pgd-at"] > robust["none"], robust
+
+
+def test_the_reported_validation_figures_are_the_kept_weights_measured_again(tmp_path):
+    """The summary reuses the kept epoch's validation loss and accuracy (measured on those very weights during
+    training): a fresh measurement of the written checkpoint on the same validation split gives them back."""
+    from auditor.training.loop import VALIDATION_BATCH, evaluate
+    from detectors.data import load_table, split_table
+
+    out = tmp_path / "m.safetensors"
+    assert invoke("train", "--data", "flows:300", "--epochs", "6", "--patience", "2", "--out", out,
+                  "--quiet").exit_code == 0
+    loaded = load_checkpoint(out)
+    summary = read_metadata(out)["training"]
+    splits = split_table(load_table("flows:300", seed=0), seed=0)
+    loss, accuracy = evaluate(loaded.detector, torch.as_tensor(splits.val.x), torch.as_tensor(splits.val.y),
+                              VALIDATION_BATCH)
+    assert summary["best_val_loss"] == pytest.approx(loss, abs=1e-5)
+    assert summary["val_accuracy"] == pytest.approx(accuracy, abs=1e-6)  # both rounded to 6 decimals
