@@ -116,14 +116,11 @@ def text_masking_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[str
                       domain, seed: int, batch_size: int, index: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """The text checks' own attack, per sample (1.0 where still correct): ``wider@BUDGET``, hotflip with
     :data:`WIDER` times the audited hotflip's candidates and beam, at each token budget."""
-    from attacks import make_text_attack
-
     if "hotflip" not in attacks or getattr(domain, "pairs", None) is None:  # hotflip runs only with a table
         return {}
     base = attacks["hotflip"]
     candidates = None if base.candidates is None else WIDER["candidates"] * base.candidates
-    wider = make_text_attack("hotflip", candidates=candidates, beam=WIDER["beam"] * base.beam,
-                             batch_size=base.batch_size)
+    wider = make_attack("hotflip", candidates=candidates, beam=WIDER["beam"] * base.beam, batch_size=base.batch_size)
     rows = {}
     for budget in budgets:
         adv = craft(model, wider, x, y, eps=budget, domain=domain, seed=seed, batch_size=batch_size, index=index)
