@@ -61,7 +61,7 @@ import torch
 from attacks import Attack, Domain, attack_class, make_attack
 from auditor.metrics import MetricSpec, format_eps
 from auditor.attack_catalogue import is_evasion_attack
-from auditor.robustness import aligned_batch, craft, predict
+from auditor.robustness import aligned_batch, craft, craft_each, predict
 from auditor.stage import Block, Stage
 from detectors.inputs.text import is_token_ids
 from detectors.blocks import SPARSE_ATTENTION
@@ -115,17 +115,17 @@ def planned_text_check_metrics(evasion_grids: dict[str, tuple[float, ...]]) -> l
 def text_masking_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], budgets: list[int], *,
                       domain, seed: int, batch_size: int, index: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """The text checks' own attack, per sample (1.0 where still correct): ``wider@BUDGET``, hotflip with
-    :data:`WIDER` times the audited hotflip's candidates and beam, at each token budget."""
+    :data:`WIDER` times the audited hotflip's candidates and beam, at each token budget (one search to the
+    largest, :func:`auditor.robustness.craft_each`)."""
     if "hotflip" not in attacks or getattr(domain, "pairs", None) is None:  # hotflip runs only with a table
         return {}
     base = attacks["hotflip"]
     candidates = None if base.candidates is None else WIDER["candidates"] * base.candidates
     wider = make_attack("hotflip", candidates=candidates, beam=WIDER["beam"] * base.beam, batch_size=base.batch_size)
-    rows = {}
-    for budget in budgets:
-        adv = craft(model, wider, x, y, eps=budget, domain=domain, seed=seed, batch_size=batch_size, index=index)
-        rows[f"wider@{format_eps(budget)}"] = (predict(model, adv, batch_size) == y).cpu().numpy().astype(np.float64)
-    return rows
+    examples = craft_each(model, wider, x, y, budgets=budgets, domain=domain, seed=seed, batch_size=batch_size,
+                          index=index)
+    return {f"wider@{format_eps(budget)}": (predict(model, adv, batch_size) == y).cpu().numpy().astype(np.float64)
+            for budget, adv in zip(budgets, examples)}
 
 
 def evaluate_text_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[str, Attack],

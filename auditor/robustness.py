@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -126,6 +127,28 @@ def craft(model, attack: Attack, x, y, *, eps: float, domain: Domain, seed: int,
     return torch.cat(parts)
 
 
+def craft_each(model, attack: Attack, x, y, *, budgets: list[float], domain: Domain, seed: int, batch_size: int,
+               bar=None, index: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """The adversarial examples at each of ``budgets`` in turn, equal to :func:`craft` at each: where the attack's
+    budgets nest (:attr:`attacks.Attack.nested_budgets`, the text searches) one search per batch to the largest
+    budget, snapshotted after each budget's steps (budgets 1, 2, 4 cost 4 steps, not 7); otherwise one
+    :func:`craft` per budget, made when it is asked for (so the model sees its calls in the same order)."""
+    if not attack.nested_budgets:
+        for eps in budgets:
+            yield craft(model, attack, x, y, eps=eps, domain=domain, seed=seed, batch_size=batch_size, bar=bar,
+                        index=index)
+        return
+    index = torch.arange(len(x)) if index is None else index
+    parts = []
+    for start in range(0, len(x), batch_size):
+        rows = slice(start, start + batch_size)
+        parts.append(attack.at_budgets(model, x[rows], y[rows], budgets=budgets, domain=domain, seed=seed,
+                                       index=index[rows]))
+        if bar is not None:
+            bar.update(len(budgets))
+    yield from (torch.cat([part[i] for part in parts]) for i in range(len(budgets)))
+
+
 @torch.inference_mode()
 def predict(model, x, batch_size: int, ids: torch.Tensor | None = None) -> torch.Tensor:
     """Predicted classes; ``x`` may be the embeddings (N, T, dim) an embedding-space attack returns for ``ids``."""
@@ -147,7 +170,8 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
     then the per-sample worst case per norm and eps. ``grids`` (norm -> budgets) replaces both grids where given
     (text: ``tokens`` and the embedding norms); an attack returning embeddings for token ids (embedding-pgd) is
     judged by :func:`attacks.text.embedding_logits`. ``rationale`` (text, (n, T) bool): the rows' rationale
-    tokens, for ``robust.rationale_edits`` (:func:`rationale_edits`, padding ``pad_id``)."""
+    tokens, for ``robust.rationale_edits`` (:func:`rationale_edits`, padding ``pad_id``). Every attack's examples
+    come from :func:`craft_each` (a text search's budgets from one run)."""
     outcome = RobustnessOutcome()
     eps_l2 = list(eps_grid) if eps_l2 is None else list(eps_l2)
     grids = {"linf": list(eps_grid), "l2": eps_l2} if grids is None else grids
@@ -165,16 +189,16 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
     clean_attention = None
     try:
         for name, attack, aimed in runs:
-            unbounded = craft(model, attack, x, y, eps=math.inf, domain=domain, seed=seed, batch_size=batch_size,
-                              bar=bar, index=index) if is_minimum_norm(attack) else None
             grid = grids[attack.norm]
-            for eps in grid:
+            if is_minimum_norm(attack):
+                unbounded = craft(model, attack, x, y, eps=math.inf, domain=domain, seed=seed,
+                                  batch_size=batch_size, bar=bar, index=index)
+                examples = (within_budget(unbounded, x, eps) for eps in grid)
+            else:
+                examples = craft_each(model, attack, x, y, budgets=grid, domain=domain, seed=seed,
+                                      batch_size=batch_size, bar=bar, index=index)
+            for eps, x_adv in zip(grid, examples):
                 tag = f"{name}@{format_eps(eps)}"
-                if unbounded is not None:
-                    x_adv = within_budget(unbounded, x, eps)
-                else:
-                    x_adv = craft(model, attack, x, y, eps=eps, domain=domain, seed=seed, batch_size=batch_size,
-                                  bar=bar, index=index)
                 adv_pred = predict(model, x_adv, batch_size, ids=x)
                 correct = (adv_pred == y).cpu().numpy()
                 largest = eps == max(grid)
