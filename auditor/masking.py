@@ -103,6 +103,10 @@ UNBOUNDED = {"schedule": "constant", "steps": 50, "step_size": 0.1, "restarts": 
 WIDER = {"candidates": 4, "beam": 2}
 
 
+#: the attack each family of checks searches harder with (pgd with more effort; hotflip searching wider on text)
+SEARCHED = {False: "pgd", True: "hotflip"}
+
+
 def planned_text_check_metrics(evasion_grids: dict[str, tuple[float, ...]]) -> list[str]:
     """The check metrics of a text audit: masking needs hotflip (the wider search); convergence needs hotflip or
     an evasion attack with two token budgets."""
@@ -346,13 +350,13 @@ class MaskingStage(Stage):
         return planned_text_check_metrics(grids) if config.text else planned_check_metrics(grids)
 
     def run(self, block: Block) -> None:
-        if block.config.masking_checks and is_token_ids(block.x):
-            block.table["masking"] = text_masking_rows(block.detector, block.x, block.y, block.attacks,
-                                                       list(block.config.token_budget), domain=block.domain,
-                                                       seed=block.config.seed, batch_size=block.plan.attack_batch,
-                                                       index=block.index)
-        elif block.config.masking_checks:
-            block.table["masking"] = masking_attack_rows(block.detector, block.x, block.y, block.attacks,
-                                                         list(block.config.eps), domain=block.domain,
-                                                         seed=block.config.seed, batch_size=block.plan.attack_batch,
-                                                         index=block.index)
+        """The checks' own attacks on the grid of the searched attack's norm (pgd's L-inf eps, hotflip's token
+        budgets)."""
+        config = block.config
+        if not config.masking_checks:
+            return
+        text = is_token_ids(block.x)
+        rows = text_masking_rows if text else masking_attack_rows
+        block.table["masking"] = rows(block.detector, block.x, block.y, block.attacks,
+                                      list(config.grid(attack_class(SEARCHED[text]).norm)), domain=block.domain,
+                                      seed=config.seed, batch_size=block.plan.attack_batch, index=block.index)

@@ -167,11 +167,11 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 rationale: np.ndarray | None = None, pad_id: int = 0) -> RobustnessOutcome:
     """Every attack (untargeted) on its norm's grid (``eps_grid`` L-inf, ``eps_l2`` L2; default: the same),
     then each of ``targeted`` (the targetable attacks aiming at class ``target``) under ``NAME-targeted``,
-    then the per-sample worst case per norm and eps. ``grids`` (norm -> budgets) replaces both grids where given
-    (text: ``tokens`` and the embedding norms); an attack returning embeddings for token ids (embedding-pgd) is
-    judged by :func:`attacks.text.embedding_logits`. ``rationale`` (text, (n, T) bool): the rows' rationale
-    tokens, for ``robust.rationale_edits`` (:func:`rationale_edits`, padding ``pad_id``). Every attack's examples
-    come from :func:`craft_each` (a text search's budgets from one run)."""
+    then the per-sample worst case per norm and eps. ``grids`` (norm -> budgets, every norm's: the stage passes
+    :meth:`auditor.config.AuditConfig.grids`) replaces both grids where given; an attack returning embeddings for
+    token ids (embedding-pgd) is judged by :func:`attacks.text.embedding_logits`. ``rationale`` (text, (n, T)
+    bool): the rows' rationale tokens, for ``robust.rationale_edits`` (:func:`rationale_edits`, padding
+    ``pad_id``). Every attack's examples come from :func:`craft_each` (a text search's budgets from one run)."""
     outcome = RobustnessOutcome()
     eps_l2 = list(eps_grid) if eps_l2 is None else list(eps_l2)
     grids = {"linf": list(eps_grid), "l2": eps_l2} if grids is None else grids
@@ -419,8 +419,6 @@ class RobustnessStage(Stage):
         rationale = pad_id = None
         if is_token_ids(block.x):  # text: the word edits and substitutions on --token-budget, embedding-pgd on --eps
             attacks, targeted = self._without_table(block, attacks, targeted)
-            grids = {attack.norm: list(config.grid(attack.norm)) for attack in attacks.values()}
-            eps_l2 = []
             pad_id = block.tokens.pad_id if block.tokens is not None else 0
             if block.relevant is not None and block.relevant.shape == tuple(block.x.shape):
                 rationale = np.asarray(block.relevant, dtype=bool)
@@ -428,14 +426,11 @@ class RobustnessStage(Stage):
                 block.notes.update({name: NO_RATIONALES for attack in attacks
                                     for name in self.attack_names(config, attack, binary=True)
                                     if name.startswith("robust.rationale_edits.")})
-        else:
-            grids, eps_l2 = None, list(config.grid("l2"))
         robust = run_attacks(block.detector, block.x, block.y, block.pred, attacks, list(config.eps),
                              domain=block.domain, seed=config.seed, batch_size=block.plan.attack_batch,
                              keep_examples=config.save_adversarial, progress=block.progress, positive=block.positive,
                              n_classes=block.detector.n_classes, target=config.target_index, index=block.index,
-                             eps_l2=eps_l2, targeted=targeted, grids=grids, rationale=rationale,
-                             pad_id=pad_id or 0)
+                             targeted=targeted, grids=config.grids(), rationale=rationale, pad_id=pad_id or 0)
         block.per_sample.update(robust.per_sample)
         block.table["attention_examples"] = {"example": objects(
             [replace(e, index=int(index_np[e.index])) for e in robust.attention_examples])}
