@@ -23,24 +23,17 @@ TEXT_ATTENTION_ATTACKS = (*EDIT_ATTENTION_ATTACKS, *SUBSTITUTION_ATTENTION_ATTAC
 __all__ = ["ATTACKS", "ATTENTION_ATTACKS", "CHUNK", "TEXT_ATTACKS", "TEXT_ATTENTION_ATTACKS", "Attack", "CategoryRule",
            "Domain",
            "ImageView", "TokenDomain",
-           "attack_class", "is_minimum_norm", "make_attack", "make_text_attack"]
+           "attack_class", "is_minimum_norm", "make_attack"]
 
 
 def make_attack(name: str, **params) -> Attack:
+    """An attack of either registry by name (:func:`attack_class`): :data:`ATTACKS` on continuous inputs,
+    :data:`TEXT_ATTACKS` on token ids (word edits and substitutions within a token budget, embedding-space pgd)."""
     try:
-        family = ATTACKS[name]
+        family = attack_class(name)
     except KeyError:
-        raise ValueError(f"unknown attack {name!r}; registered: {', '.join(sorted(ATTACKS))}") from None
-    return family(**params)
-
-
-def make_text_attack(name: str, **params) -> Attack:
-    """An attack on token ids by name (:data:`TEXT_ATTACKS`: word edits and substitutions within a token budget,
-    embedding-space pgd)."""
-    try:
-        family = TEXT_ATTACKS[name]
-    except KeyError:
-        raise ValueError(f"unknown text attack {name!r}; registered: {', '.join(sorted(TEXT_ATTACKS))}") from None
+        raise ValueError(f"unknown attack {name!r}; registered: {', '.join(sorted({**ATTACKS, **TEXT_ATTACKS}))}"
+                         ) from None
     return family(**params)
 
 

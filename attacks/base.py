@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -27,6 +29,10 @@ class Attack:
     reference: ClassVar[str] = ""
     #: whether the attack can aim at one class (``target_class``) instead of away from the true one
     targetable: ClassVar[bool] = False
+    #: a search whose first k steps do not depend on its budget (greedy or beam search over one change a step,
+    #: without randomness): one run to the largest budget, snapshotted after each budget's steps, gives every
+    #: budget's example as separate runs do (:meth:`at_budgets`)
+    nested_budgets: ClassVar[bool] = False
     target_class: int | None = None
 
     def params(self) -> dict:
@@ -47,16 +53,30 @@ class Attack:
             attack.set_mode_targeted_by_function(lambda images, labels: torch.full_like(labels, target), quiet=True)
         return attack
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain: Domain,
-                 seed: int, index: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    @contextmanager
+    def _attacking(model: nn.Module) -> Iterator[None]:
+        """The model in eval mode with gradients on, left in the mode it was found in, also when the attack
+        raises."""
         was_training = model.training
         model.eval()
         try:
             with torch.enable_grad():
-                x_adv = self.perturb(model, x.detach(), y, eps=eps, domain=domain, seed=seed, index=index)
-            return domain.project(x_adv, x, eps=eps, norm=self.norm)
+                yield
         finally:
             model.train(was_training)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain: Domain,
+                 seed: int, index: torch.Tensor) -> torch.Tensor:
+        with self._attacking(model):
+            x_adv = self.perturb(model, x.detach(), y, eps=eps, domain=domain, seed=seed, index=index)
+        return domain.project(x_adv, x, eps=eps, norm=self.norm)
+
+    def at_budgets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Sequence[float],
+                   domain: Domain, seed: int, index: torch.Tensor) -> list[torch.Tensor]:
+        """The adversarial examples at each of ``budgets``, each as a call at that budget gives it; an attack
+        with :attr:`nested_budgets` answers from one search to the largest budget."""
+        return [self(model, x, y, eps=eps, domain=domain, seed=seed, index=index) for eps in budgets]
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain: Domain,
                 seed: int, index: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ best first-order estimate of the attack's objective, Ebrahimi et al. 2018's esti
 ``(E[v] - E[x_t]) . dJ/de_t`` from one forward and backward pass, verifies every proposal with a real forward
 pass, and keeps the ``beam`` best verified sequences (``beam`` 1: greedy). A row stops at the first step where
 a proposal reaches the attack's goal (so it uses the fewest substitutions the search found); every choice is
-made per row, so nothing depends on the batch. No randomness is involved.
+made per row, so nothing depends on the batch. No randomness is involved, and no step reads the budget: the
+examples of budgets 1, 2 and 4 are one search's best after steps 1, 2 and 4 (:meth:`TokenSearch.at_budgets`).
 
 ``hotflip`` (:class:`HotFlip`)
     Ebrahimi et al. 2018, "HotFlip: white-box adversarial examples for text classification", at the word
@@ -111,6 +112,7 @@ class TokenSearch(Attack):
     """
 
     norm: ClassVar[str] = TOKEN_NORM
+    nested_budgets: ClassVar[bool] = True  # the search never reads its budget, and draws nothing at random
     needs_attention: ClassVar[bool] = False
     #: rank proposals by the absolute first-order change (objectives whose gradient vanishes at the clean input)
     absolute_estimate: ClassVar[bool] = False
@@ -205,9 +207,23 @@ class TokenSearch(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain, seed: int,
                 index: torch.Tensor) -> torch.Tensor:
+        return self._search(model, x, y, budgets=[eps], domain=domain, index=index)[0]
+
+    def at_budgets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets, domain, seed: int,
+                   index: torch.Tensor) -> list[torch.Tensor]:
+        """One search to the largest budget, the best sequence taken after each budget's steps, each projected
+        as a call at that budget projects it."""
+        with self._attacking(model):
+            found = self._search(model, x.detach(), y, budgets=budgets, domain=domain, index=index)
+        return [domain.project(x_adv, x, eps=eps, norm=self.norm) for x_adv, eps in zip(found, budgets)]
+
+    def _search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets, domain,
+                index: torch.Tensor) -> list[torch.Tensor]:
+        """The best sequence after each of ``budgets`` steps (the search never reads its budget: a step's state
+        is the same whatever budget follows)."""
         domain = token_domain(self.name, domain)
         check_text_model(self.name, model)
-        budget = check_budget(self.name, eps)
+        steps = [check_budget(self.name, eps) for eps in budgets]
         if x.ndim != 2 or x.dtype not in (torch.int64, torch.int32) or y.shape != (len(x),):
             raise ValueError(f"{self.name}: expected token ids (N, T) and labels (N,), got {tuple(x.shape)} "
                              f"{x.dtype} and {tuple(y.shape)}")
@@ -217,7 +233,7 @@ class TokenSearch(Attack):
                              "bound)")
         n, length = x.shape
         if n == 0:
-            return x.clone()
+            return [x.clone() for _ in steps]
         x = x.long()
         with torch.no_grad():
             logits, dist = self._forward(model, x)
@@ -231,7 +247,8 @@ class TokenSearch(Attack):
         done = clean.success.clone()  # already where the attack wants it: nothing to do
         beams = x.unsqueeze(1)  # (n, B, T)
         open_beams = ~done.unsqueeze(1)
-        for _ in range(budget):
+        found = {0: best.clone()} if 0 in steps else {}
+        for step in range(1, max(steps, default=0) + 1):
             if not open_beams.any():
                 break
             width = beams.shape[1]
@@ -258,7 +275,9 @@ class TokenSearch(Attack):
             order = torch.sort(rank, dim=1, descending=True, stable=True).indices[:, :self.beam]
             beams = proposals.gather(1, order.unsqueeze(-1).expand(-1, -1, length))
             open_beams = torch.isfinite(rank.gather(1, order)) & ~done.unsqueeze(1)
-        return best
+            if step in steps:
+                found[step] = best.clone()
+        return [found[k] if k in found else best.clone() for k in steps]  # a search that stopped holds its best
 
     def _judge_valid(self, model, proposals: torch.Tensor, valid: torch.Tensor, ctx: dict) -> Judged:
         """Verify only the valid proposals; the rest are judged infeasible."""

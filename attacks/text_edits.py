@@ -31,7 +31,8 @@ estimate, the first-order change of the objective (the cross-entropy, as hotflip
 the tokeniser's ``[UNK]`` (``(E[unk] - E[x_t]) . dJ/de_t`` summed over the word's tokens, one forward and backward
 pass); each step verifies, with real forward passes, every variant of the ``words`` (4) best-ranked words not
 edited yet and keeps the best; a row stops at the first step that misclassifies it. Every choice is made per
-row, without randomness, so nothing depends on the batch.
+row, without randomness, so nothing depends on the batch; no step reads the budget, so one search gives every
+budget's message (:meth:`WordEditSearch.at_budgets`).
 
 TextAttack's DeepWordBug transformations were read for the choice of edits; nothing is taken from it (its
 recipes download resources on first use).
@@ -232,13 +233,14 @@ class WordEditSearch(TokenSearch):
                  seed: int, index: torch.Tensor) -> torch.Tensor:
         """Edited messages (N, T): an edit moves the tokens after it, so no position-wise projection applies;
         the search itself keeps the budget and the protected words."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.enable_grad():
-                return self.perturb(model, x.detach(), y, eps=eps, domain=domain, seed=seed, index=index)
-        finally:
-            model.train(was_training)
+        with self._attacking(model):
+            return self.perturb(model, x.detach(), y, eps=eps, domain=domain, seed=seed, index=index)
+
+    def at_budgets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets, domain, seed: int,
+                   index: torch.Tensor) -> list[torch.Tensor]:
+        """One search to the largest budget, the best message taken after each budget's steps."""
+        with self._attacking(model):
+            return self._search(model, x.detach(), y, budgets=budgets, domain=domain, index=index)
 
     def _importance(self, model, x: torch.Tensor, ctx: dict, unk_id: int) -> torch.Tensor:
         """(n, T) the first-order change of the objective when each token becomes [UNK]."""
@@ -251,9 +253,14 @@ class WordEditSearch(TokenSearch):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, domain, seed: int,
                 index: torch.Tensor) -> torch.Tensor:
+        return self._search(model, x, y, budgets=[eps], domain=domain, index=index)[0]
+
+    def _search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets, domain,
+                index: torch.Tensor) -> list[torch.Tensor]:
+        """The best message after each of ``budgets`` steps (the search never reads its budget)."""
         domain = token_domain(self.name, domain)
         check_text_model(self.name, model)
-        budget = check_budget(self.name, eps)
+        steps = [check_budget(self.name, eps) for eps in budgets]
         if domain.codec is None:
             raise ValueError(f"{self.name} edits words and needs the tokeniser: a TokenDomain with a codec "
                              "(TokenDomain.with_protection(codec=WordCodec(tokenizer)))")
@@ -263,8 +270,8 @@ class WordEditSearch(TokenSearch):
         codec = domain.codec
         n, length = x.shape
         x = x.long()
-        if n == 0 or budget == 0:
-            return x.clone()
+        if n == 0 or max(steps, default=0) == 0:
+            return [x.clone() for _ in steps]
         protected = domain.protected_positions(x, index).cpu()
         with torch.no_grad():
             logits, dist = self._forward(model, x)
@@ -292,7 +299,8 @@ class WordEditSearch(TokenSearch):
         best_keep = torch.where(clean.feasible, clean.keep.float(), -math.inf)
         current = [list(units) for _, units, _, _ in rows]
         edited: list[set[int]] = [set() for _ in range(n)]
-        for _ in range(budget):
+        found = {0: best.clone()} if 0 in steps else {}
+        for step in range(1, max(steps) + 1):
             proposals, owner, picks = [], [], []
             for r, (head, _, tail, order) in enumerate(rows):
                 if done[r]:
@@ -335,9 +343,11 @@ class WordEditSearch(TokenSearch):
                     best[r] = candidates[pick]
                     best_keep[r] = keep[pick]
                 done[r] |= hit
+            if step in steps:
+                found[step] = best.clone()
             if bool(done.all()):
                 break
-        return best
+        return [found[k] if k in found else best.clone() for k in steps]  # a search that stopped holds its best
 
 
 class Typo(WordEditSearch, HotFlip):

@@ -380,7 +380,7 @@ def card_command(folder: Path, into: Path | None) -> None:
 @cli.command("attacks")
 def list_attacks() -> None:
     """List the registered attacks with their norm, parameters and reference, and the profiles."""
-    from attacks import ATTACKS, TEXT_ATTACKS, make_attack, make_text_attack
+    from attacks import ATTACKS, TEXT_ATTACKS, make_attack
     from auditor.run.config import PROFILES, TEXT_PROFILES
 
     def show(name, attack) -> None:
@@ -395,7 +395,7 @@ def list_attacks() -> None:
         show(name, make_attack(name))
     click.echo("\ntext (token ids; budgets: --token-budget tokens changed, embedding-pgd on --eps):")
     for name in sorted(TEXT_ATTACKS):
-        show(name, make_text_attack(name))
+        show(name, make_attack(name))
     click.echo("")
     for profile, (chosen, checks) in PROFILES.items():
         click.echo(f"profile {profile}: {settings(chosen)}; masking checks {'on' if checks else 'off'}; "

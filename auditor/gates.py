@@ -232,7 +232,10 @@ def _how_to_compute(metric: str, pattern: str, eps_grid: tuple[float, ...], atta
         l2 = attack == "worst-l2" or (attack in ATTACKS and ATTACKS[attack].norm == "l2")
         tokens = attack == "worst-tokens" or (attack in TEXT_ATTACKS and TEXT_ATTACKS[attack].norm == TOKEN_NORM)
         if float(groups["eps"]) not in (eps_l2 if l2 else token_budget if tokens else eps_grid):
-            hints.append(f"add {groups['eps']} to {'--eps-l2' if l2 else '--token-budget' if tokens else '--eps'}")
+            from auditor.catalogue.attacks import NORM_LABELS
+
+            norm = "l2" if l2 else TOKEN_NORM if tokens else "linf"
+            hints.append(f"add {groups['eps']} to {NORM_LABELS[norm].option}")
     return " and ".join(hints) if hints else "check the options that select attacks and explainers"
 
 

@@ -135,7 +135,7 @@ def text_attacks(folder: Path, device, steps: int = 2, candidates: int = 16) -> 
     estimate) and one forward of the batch's ``candidates`` proposals per row (the verification). The model is
     a phishing-sized TextTransformer (300 tokens, T = 48, dim 32, 2 layers) whose head always answers class 0,
     so no row stops early and every step does the same work."""
-    from attacks import TokenDomain, make_text_attack
+    from attacks import TokenDomain, make_attack
     from detectors.text import TextTransformer
 
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def text_attacks(folder: Path, device, steps: int = 2, candidates: int = 16) -> 
     x[:, 40:] = 0
     y = torch.zeros(len(x), dtype=torch.long, device=device)
     domain, index = TokenDomain(300, (0, 1, 2, 3)), torch.arange(len(x))
-    hotflip = make_text_attack("hotflip-any", candidates=candidates)  # no table here: the any-token search
+    hotflip = make_attack("hotflip-any", candidates=candidates)  # no table here: the any-token search
     proposals = x.repeat_interleave(candidates, 0)
 
     def floor() -> None:

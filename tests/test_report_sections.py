@@ -100,3 +100,34 @@ def test_agreement_matrix_comes_from_agreement_names():
         ("attention", ["0.25 ± 0.01", "0.125 ± 0.01"]), ("rollout", ["0.5 ± 0.01", "—"])]
 
 
+
+
+def test_each_norm_is_worded_once_in_the_catalogue():
+    """Every registered attack's norm has its words in auditor.catalogue.attacks.NORM_LABELS; the headline, the metric
+    tables, the plots' axes, summary.md and the gates' hints read them there."""
+    from attacks import ATTACKS, TEXT_ATTACKS
+    from auditor.catalogue.attacks import NORM_LABELS
+    from auditor.gates import Gate, Policy, validate_policy
+    from detectors.errors import BadInputError
+    from auditor.report.document import render_summary
+    from auditor.report.render import metric_matrices
+    from auditor.report.views import worst_rows
+
+    assert {family.norm for family in {**ATTACKS, **TEXT_ATTACKS}.values()} == set(NORM_LABELS)
+    worst = {"robust.accuracy.worst@0.1": _value(0.4), "robust.accuracy.worst-l2@0.5": _value(0.2),
+             "robust.accuracy.worst-tokens@2": _value(0.3)}
+    assert [row[0] for row in worst_rows(worst)] == ["L-inf eps 0.1", "L2 eps 0.5", "2 tokens changed"]
+    per_attack = {"robust.accuracy.pgd@0.1": _value(0.5), "robust.accuracy.cw@0.5": _value(0.4),
+                  "robust.accuracy.hotflip@2": _value(0.3), "robust.accuracy.embedding-pgd@0.1": _value(0.2)}
+    assert [m.family for m in metric_matrices(per_attack, list(ATTACKS) + list(TEXT_ATTACKS), [])] == [
+        "robust.accuracy", "robust.accuracy (L2 budgets)", "robust.accuracy (tokens changed)",
+        "robust.accuracy (embedding space, L-inf)"]
+    document = {"passed": True, "model": {"path": "m", "detector": "tabular", "defense": "none"},
+                "data": {"n_samples": 10, "name": "d"}, "policy": {"source": "default"}, "gates": [],
+                "metrics": {name: {"value": v.value, "ci95": None} for name, v in worst.items()}, "skipped": {}}
+    text = render_summary(document).decode()
+    assert "every L-inf evasion attack: eps 0.1" in text and "every L2 evasion attack: eps 0.5" in text
+    for metric, option in (("hotflip@3", "--token-budget"), ("cw@0.7", "--eps-l2"), ("pgd@0.2", "--eps")):
+        with pytest.raises(BadInputError, match=f"add {metric.split('@')[1]} to {option}$"):
+            validate_policy(Policy(gates=(Gate(f"robust.accuracy.{metric}", ">=", 0.5),), source="p.toml"), [],
+                            eps_grid=(0.1,), attacks=("hotflip", "cw", "pgd"), eps_l2=(0.5,), token_budget=(2,))

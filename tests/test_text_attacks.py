@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import TEXT_ATTACKS, TokenDomain, make_text_attack
+from attacks import TEXT_ATTACKS, TokenDomain, make_attack
 from attacks.text import EMBEDDING_NORMS, embedding_logits, embedding_scale, load_substitutions
 from attacks.text_edits import WordCodec, WordEditSearch
 from detectors.base import Detector, TokenMap
@@ -107,7 +107,7 @@ def full_table(**protection) -> TokenDomain:
 def run(name, model, x, y, eps, domain=None, index=None, seed=0, **params):
     domain = domain or full_table()
     index = torch.arange(len(x)) if index is None else index
-    return make_text_attack(name, **params)(model, x, y, eps=eps, domain=domain, seed=seed, index=index)
+    return make_attack(name, **params)(model, x, y, eps=eps, domain=domain, seed=seed, index=index)
 
 
 def correct(model, x_adv, x, y):
@@ -306,7 +306,7 @@ def test_text_masking_checks_known_answers():
     from auditor.stages.masking import evaluate_text_checks, text_masking_rows
     from auditor.metrics import MetricValue
 
-    attacks = {"hotflip": make_text_attack("hotflip")}
+    attacks = {"hotflip": make_attack("hotflip")}
     grids = {"tokens": [1, 2]}
 
     def status(hotflip, wider):

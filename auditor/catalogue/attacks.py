@@ -1,9 +1,11 @@
 """What the report and the gates need to know of the attacks by name, without running any: which attacks
-flip the prediction and which count toward a norm's worst case, the one-line definition of each, and the
-robust-accuracy curves (their names, their norm, their points in a metrics table). The robustness stage reads
-the same facts, so the report renders from results.json and this catalogue alone."""
+flip the prediction and which count toward a norm's worst case, the one-line definition of each, the words for
+each norm's budgets, and the robust-accuracy curves (their names, their norm, their points in a metrics table).
+The robustness stage reads the same facts, so the report renders from results.json and this catalogue alone."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from attacks import TEXT_ATTENTION_ATTACKS, attack_class
 from auditor.metrics import MetricValue, format_eps
@@ -15,6 +17,35 @@ HIJACK_ATTACKS = ("attention-hijack", "attention-hijack-sub", "attention-hijack-
 # budget (embedding-pgd, a relaxation no real text reaches, and hotflip-any, which may change the meaning, in none)
 WORST = {"linf": "worst", "l2": "worst-l2", "tokens": "worst-tokens"}
 TARGETED_SUFFIX = "-targeted"
+
+
+@dataclass(frozen=True)
+class NormLabels:
+    """How the outputs word one norm's budgets (the report, summary.md, the model card, the gates' hints)."""
+
+    name: str  # in a sentence: "worst case over every L-inf evasion attack"
+    axis: str  # a robustness plot's budget axis
+    unit: str  # a budget axis shared with no other norm's label: the plots of one metric against its budget
+    title: str  # beside a metric table's family; none for L-inf, the budget's default units
+    budget: str  # one budget of the headline, "{}" its value
+    option: str  # the command-line option that sets the grid
+
+
+# in the order the robustness plot draws its panels
+NORM_LABELS = {
+    "linf": NormLabels("L-inf", "eps (fraction of each feature's range, L-inf)",
+                       "eps (fraction of each feature's range)", "", "L-inf eps {}", "--eps"),
+    "l2": NormLabels("L2", "eps (L2 norm, [0, 1] units)", "eps (L2 norm, [0, 1] units)", "L2 budgets", "L2 eps {}",
+                     "--eps-l2"),
+    "tokens": NormLabels("token", "tokens changed (--token-budget)", "tokens changed", "tokens changed",
+                         "{} tokens changed", "--token-budget"),
+    "embedding-linf": NormLabels("embedding L-inf", "eps (x mean embedding norm / sqrt(dim), L-inf)",
+                                 "eps (x mean embedding norm / sqrt(dim))", "embedding space, L-inf",
+                                 "embedding L-inf eps {}", "--eps"),
+    "embedding-l2": NormLabels("embedding L2", "eps (x mean embedding norm per token, L2)",
+                               "eps (x mean embedding norm per token)", "embedding space, L2", "embedding L2 eps {}",
+                               "--eps"),
+}
 
 # a one-line definition per attack this stage runs (the report's Method section); the reference comes
 # from the attack's class

@@ -23,7 +23,7 @@ START = "<!-- attention-audit:start -->"
 END = "<!-- attention-audit:end -->"
 TASKS = {"tabular": "tabular-classification", "image": "image-classification", "text": "text-classification",
          "sequence": "time-series-classification"}
-HEADLINES = (("worst", "L-inf"), ("worst-l2", "L2"))
+HEADLINE_NORMS = ("linf", "l2")  # the worst cases the card's summary states
 
 
 def eval_results(document: dict, report_link: str) -> list:
@@ -50,6 +50,8 @@ def eval_results(document: dict, report_link: str) -> list:
 
 def summary_markdown(document: dict, report_link: str) -> str:
     """The card's section: verdict, robustness headline, trust verdict, link to the report, between markers."""
+    from auditor.catalogue.attacks import NORM_LABELS, WORST
+
     metrics = {name: MetricValue.from_dict(entry) for name, entry in document["metrics"].items()}
     gates = document.get("gates", [])
     data = document["data"]
@@ -59,7 +61,7 @@ def summary_markdown(document: dict, report_link: str) -> str:
              f"**{'PASSED' if document['passed'] else 'FAILED'}**, {sum(g['passed'] for g in gates)}/{len(gates)} "
              f"gates of the policy ({document.get('policy', {}).get('source', 'default')}) passed.", ""]
     clean = metrics.get("clean.accuracy")
-    for worst, norm in HEADLINES:
+    for worst, norm in ((WORST[norm], NORM_LABELS[norm].name) for norm in HEADLINE_NORMS):
         points = sorted((float(name.split("@", 1)[1]), value) for name, value in metrics.items()
                         if name.startswith(f"robust.accuracy.{worst}@"))
         if points:

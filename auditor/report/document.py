@@ -85,8 +85,10 @@ def _interval(ci95) -> str:
 
 def _worst_lines(metrics: dict) -> list[str]:
     """The headline first: robust accuracy as the per-sample worst case over the attacks, per norm and eps."""
+    from auditor.catalogue.attacks import NORM_LABELS, WORST
+
     lines = []
-    for worst, title in (("worst", "L-inf"), ("worst-l2", "L2")):
+    for worst, title in ((WORST[norm], NORM_LABELS[norm].name) for norm in ("linf", "l2")):
         found = sorted(((float(name.split("@", 1)[1]), entry) for name, entry in metrics.items()
                         if name.startswith(f"robust.accuracy.{worst}@")), key=lambda item: item[0])
         if found:

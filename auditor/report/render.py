@@ -47,18 +47,15 @@ def svg(figure: Figure) -> Markup:
     return Markup(text)
 
 
-# the budget axis of each norm's panel
-LABELS = {"linf": "eps (fraction of each feature's range, L-inf)", "l2": "eps (L2 norm, [0, 1] units)",
-          "tokens": "tokens changed (--token-budget)", "embedding-linf": "eps (x mean embedding norm / sqrt(dim), L-inf)",
-          "embedding-l2": "eps (x mean embedding norm per token, L2)"}
-
-
 def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy: float,
                     norms: dict[str, str] | None = None) -> Markup:
     """Robust accuracy against eps, one panel per norm (``norms``: curve name -> "linf" or "l2"; L2 budgets are
-    other units, so they get their own axes); the worst case drawn first, thick and black."""
+    other units, so they get their own axes, each labelled by its norm's axis); the worst case drawn first, thick
+    and black."""
+    from auditor.catalogue.attacks import NORM_LABELS
+
     norms = norms or {name: "linf" for name in curves}
-    panels = [norm for norm in LABELS if any(norms.get(name) == norm for name in curves)]
+    panels = [norm for norm in NORM_LABELS if any(norms.get(name) == norm for name in curves)]
     figure = Figure(figsize=(5.2 * len(panels), 3.0))
     axes_list = np.atleast_1d(figure.subplots(1, len(panels), sharey=True))
     for axes, norm in zip(axes_list, panels):
@@ -70,7 +67,7 @@ def robustness_plot(curves: dict[str, list[tuple[float, float]]], clean_accuracy
             worst = attack.startswith("worst")
             axes.plot(eps, acc, marker="o", label=attack, **({"color": "black", "linewidth": 2.4, "zorder": 3}
                                                              if worst else {}))
-        axes.set_xlabel(LABELS[norm])
+        axes.set_xlabel(NORM_LABELS[norm].axis)
         axes.set_ylabel("accuracy")
         axes.set_ylim(-0.02, 1.02)
         axes.grid(alpha=0.3)
@@ -151,14 +148,10 @@ def metric_groups(metrics: dict[str, MetricValue], attacks: list[str], explainer
 _PER_ATTACK = re.compile(r"^(?P<family>[a-z_]+\.[a-z_]+)\.(?P<attack>[a-z0-9-]+)@(?P<eps>[0-9.e-]+)$")
 
 
-NORM_TITLES = {"l2": "L2 budgets", "tokens": "tokens changed", "embedding-linf": "embedding space, L-inf",
-               "embedding-l2": "embedding space, L2"}
-
-
 def metric_matrices(metrics: dict[str, MetricValue], attacks: list[str], explainers: list[str]) -> list[MetricMatrix]:
     """Metrics named FAMILY.ATTACK@EPS, arranged as one attack x eps table per family and norm (L-inf and L2
     budgets are other units): the worst case first, then each attack, then the targeted runs."""
-    from auditor.catalogue.attacks import curve_names, curve_norm
+    from auditor.catalogue.attacks import NORM_LABELS, curve_names, curve_norm
 
     order = curve_names(attacks, attacks)
     cells: dict[tuple[str, str], dict[str, dict[str, MetricValue]]] = {}
@@ -174,7 +167,7 @@ def metric_matrices(metrics: dict[str, MetricValue], attacks: list[str], explain
                        next(iter(by_attack)))  # the family's definition, not the worst case's
         spec = spec_for(f"{family}.{typical}@{eps[0]}", attacks, explainers)
         rows = [(attack, [_cell(by_attack[attack].get(e)) for e in eps]) for attack in order if attack in by_attack]
-        title = family if norm == "linf" else f"{family} ({NORM_TITLES.get(norm, norm)})"
+        title = family if norm == "linf" else f"{family} ({NORM_LABELS[norm].title})"
         matrices.append(MetricMatrix(title, spec.arrow if spec else "", spec.definition if spec else "", eps, rows))
     return matrices
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from auditor.catalogue.specs import ECE_BINS
 from auditor.metrics import MetricValue, format_eps
 from auditor.report.render import fmt, png, svg
-from auditor.catalogue.attacks import WORST, curve_norm
+from auditor.catalogue.attacks import NORM_LABELS, WORST, curve_norm
 from auditor.report.findings import AuditFindings
 from detectors.inputs import Bars, InputKind
 
@@ -151,26 +151,23 @@ def eps_plot(metrics: dict[str, MetricValue], families: list[tuple[str, str]], a
             axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=attack)
         axes.set_title(title, fontsize=9)
         if {curve_norm(attack) for attack in lines} == {"tokens"}:
-            axes.set_xlabel("tokens changed")
+            axes.set_xlabel(NORM_LABELS["tokens"].unit)
         else:
-            axes.set_xlabel("eps (fraction of each feature's range)" if len(panels) == 1 else "eps")
+            axes.set_xlabel(NORM_LABELS["linf"].unit if len(panels) == 1 else "eps")
         axes.set_ylim(-0.02, 1.02)
         axes.grid(alpha=0.3)
         axes.legend(frameon=False, fontsize=7)
     return svg(figure)
 
 
-# the headline's column per norm of a worst case, from its budget
-_BUDGET_LABELS = {"linf": "L-inf eps {}", "l2": "L2 eps {}", "tokens": "{} tokens changed"}
-
-
 def worst_rows(metrics: dict[str, MetricValue]) -> list[tuple[str, str, str]]:
-    """The robustness headline, shown first: (budget, value, half interval) of each worst case."""
+    """The robustness headline, shown first: (budget, value, half interval) of each worst case, its budget worded
+    as its norm's."""
     rows = []
     for norm, worst in WORST.items():
         found = sorted((float(name.split("@", 1)[1]), value) for name, value in metrics.items()
                        if name.startswith(f"robust.accuracy.{worst}@"))
-        rows += [(_BUDGET_LABELS[norm].format(format_eps(eps)), fmt(value.value),
+        rows += [(NORM_LABELS[norm].budget.format(format_eps(eps)), fmt(value.value),
                   fmt((value.ci95[1] - value.ci95[0]) / 2) if value.ci95 else "") for eps, value in found]
     return rows
 

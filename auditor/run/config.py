@@ -7,7 +7,7 @@ import inspect
 import math
 from dataclasses import asdict, dataclass, replace
 
-from attacks import ATTACKS, TEXT_ATTACKS, attack_class, make_attack, make_text_attack
+from attacks import ATTACKS, TEXT_ATTACKS, attack_class, make_attack
 from auditor.stages.explainers import EXPLAINERS
 from auditor.stages.faithfulness_metrics import FAITHFULNESS_METRICS, check_metric_names
 from detectors.errors import BadInputError
@@ -249,15 +249,13 @@ class AuditConfig:
 
     def build_attacks(self) -> dict:
         """Every attack, untargeted: ``robust.accuracy.ATTACK@EPS`` means the same with or without --target-class."""
-        make = make_text_attack if self.text else make_attack
-        return {name: make(name, **self.attack_settings(name)) for name in self.attacks}
+        return {name: make_attack(name, **self.attack_settings(name)) for name in self.attacks}
 
     def build_targeted_attacks(self) -> dict:
         """With --target-class, the targetable attacks aiming at it (reported as ``ATTACK-targeted``)."""
         if self.target_index is None:
             return {}
-        make = make_text_attack if self.text else make_attack
-        return {name: make(name, **self.attack_settings(name), target_class=self.target_index)
+        return {name: make_attack(name, **self.attack_settings(name), target_class=self.target_index)
                 for name in self.attacks if attack_class(name).targetable}
 
     def __post_init__(self) -> None:
@@ -294,7 +292,7 @@ class AuditConfig:
         object.__setattr__(self, "attack_params", tuple(coerced))  # frozen: the typed values, set once here
         for attack in {attack for attack, _, _ in self.attack_params}:
             try:
-                (make_text_attack if attack in TEXT_ATTACKS else make_attack)(attack, **self.attack_settings(attack))
+                make_attack(attack, **self.attack_settings(attack))
             except (ValueError, TypeError) as error:
                 raise BadInputError(f"--attack-param {attack}: {error}") from None
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:

@@ -62,7 +62,7 @@ from attacks import Attack, Domain, attack_class, make_attack
 from auditor.catalogue.specs import MASKING_SPECS as SPECS
 from auditor.metrics import format_eps
 from auditor.catalogue.attacks import is_evasion_attack
-from auditor.stages.robustness import aligned_batch, craft, predict
+from auditor.stages.robustness import aligned_batch, craft, craft_each, predict
 from auditor.stages.base import Block, Stage
 from detectors.inputs.text import is_token_ids
 from detectors.blocks import SPARSE_ATTENTION
@@ -104,11 +104,17 @@ UNBOUNDED = {"schedule": "constant", "steps": 50, "step_size": 0.1, "restarts": 
 WIDER = {"candidates": 4, "beam": 2}
 
 
-def planned_text_check_metrics(evasion_grids: dict[str, tuple[float, ...]]) -> list[str]:
-    """The check metrics of a text audit: masking needs hotflip (the wider search); convergence needs hotflip or
-    an evasion attack with two token budgets."""
-    names = [CHECK_METRICS["masking"]] if "hotflip" in evasion_grids else []
-    if "hotflip" in evasion_grids or any(len(grid) > 1 for grid in evasion_grids.values()):
+#: the attack each family of checks searches harder with (pgd with more effort; hotflip searching wider on text)
+SEARCHED = {False: "pgd", True: "hotflip"}
+
+
+def planned_check_metrics(evasion_grids: dict[str, tuple[float, ...]], *, text: bool = False) -> list[str]:
+    """The check metrics an audit computes, from its evasion attacks' grids (attack -> grid): masking always (the
+    unbounded check), on text only with hotflip (the wider search); convergence with the searched attack (pgd,
+    hotflip on text) or an evasion attack with two budgets."""
+    searched = SEARCHED[text] in evasion_grids
+    names = [CHECK_METRICS["masking"]] if searched or not text else []
+    if searched or any(len(grid) > 1 for grid in evasion_grids.values()):
         names.append(CHECK_METRICS["convergence"])
     return names
 
@@ -116,56 +122,34 @@ def planned_text_check_metrics(evasion_grids: dict[str, tuple[float, ...]]) -> l
 def text_masking_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], budgets: list[int], *,
                       domain, seed: int, batch_size: int, index: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """The text checks' own attack, per sample (1.0 where still correct): ``wider@BUDGET``, hotflip with
-    :data:`WIDER` times the audited hotflip's candidates and beam, at each token budget."""
-    from attacks import make_text_attack
-
+    :data:`WIDER` times the audited hotflip's candidates and beam, at each token budget (one search to the
+    largest, :func:`auditor.stages.robustness.craft_each`)."""
     if "hotflip" not in attacks or getattr(domain, "pairs", None) is None:  # hotflip runs only with a table
         return {}
     base = attacks["hotflip"]
     candidates = None if base.candidates is None else WIDER["candidates"] * base.candidates
-    wider = make_text_attack("hotflip", candidates=candidates, beam=WIDER["beam"] * base.beam,
-                             batch_size=base.batch_size)
-    rows = {}
-    for budget in budgets:
-        adv = craft(model, wider, x, y, eps=budget, domain=domain, seed=seed, batch_size=batch_size, index=index)
-        rows[f"wider@{format_eps(budget)}"] = (predict(model, adv, batch_size) == y).cpu().numpy().astype(np.float64)
-    return rows
+    wider = make_attack("hotflip", candidates=candidates, beam=WIDER["beam"] * base.beam, batch_size=base.batch_size)
+    return _still_correct(model, wider, x, y, budgets, "wider", domain=domain, seed=seed, batch_size=batch_size,
+                          index=index)
 
 
 def evaluate_text_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[str, Attack],
                          grids: dict[str, list[float]], *, n: int) -> list[Check]:
     """The text checks (module docstring, 6-8) from the aggregate robust accuracies and the wider search's rows."""
-    tolerance = max(0.02, 3 / n) + 1e-6
-    checks = []
-
-    def add(name: str, status: str, detail: str) -> None:
-        checks.append(Check(name, status, detail, MEANING[name], CHECK_METRICS[KIND[name]]))
-
+    checks = _Checks(n)
     if "hotflip" in attacks and all(f"wider@{format_eps(b)}" in rows for b in grids["tokens"]):
-        pairs = [(b, _robust(metrics, "hotflip", b), float(np.mean(rows[f"wider@{format_eps(b)}"])))
-                 for b in grids["tokens"]]
-        wider = f"hotflip with {WIDER['candidates']}x the candidates and {WIDER['beam']}x the beam"
-        less = [(b, r, w) for b, r, w in pairs if w > r + tolerance]
-        more = [(b, r, w) for b, r, w in pairs if r - w > tolerance]
-        show = lambda chosen: "; ".join(f"{b:g} tokens: {r:.3f} -> {w:.3f}" for b, r, w in chosen)  # noqa: E731
-        add("wider-search-finds-no-less", "failed" if less else "passed",
-            f"{wider}: {show(less or pairs)} (tolerance {tolerance:.3f})")
-        add("wider-search-same-answer", "failed" if more else "passed",
-            f"{wider}: {show(more or pairs)} (tolerance {tolerance:.3f})")
+        pairs = _against(metrics, rows, "hotflip", "wider", grids["tokens"])
+        wider = f"hotflip with {WIDER['candidates']}x the candidates and {WIDER['beam']}x the beam: "
+        show = "{:g} tokens: {:.3f} -> {:.3f}".format
+        checks.compare("wider-search-finds-no-less", pairs, lambda r, w: w > r + checks.tolerance, show,
+                       lead=wider, tail=f" (tolerance {checks.tolerance:.3f})")
+        checks.compare("wider-search-same-answer", pairs, lambda r, w: r - w > checks.tolerance, show,
+                       lead=wider, tail=f" (tolerance {checks.tolerance:.3f})")
     else:
-        add("wider-search-finds-no-less", "not run", "needs hotflip in --attacks and a --substitutions table")
-        add("wider-search-same-answer", "not run", "needs hotflip in --attacks and a --substitutions table")
-    _monotone(add, metrics, attacks, grids, tolerance)
-    return checks
-
-
-def planned_check_metrics(evasion_grids: dict[str, tuple[float, ...]]) -> list[str]:
-    """The check metrics an audit computes, from its evasion attacks' eps grids (attack -> grid): the unbounded
-    check always runs; a convergence check needs pgd, or an evasion attack with two eps values."""
-    names = [CHECK_METRICS["masking"]]
-    if "pgd" in evasion_grids or any(len(grid) > 1 for grid in evasion_grids.values()):
-        names.append(CHECK_METRICS["convergence"])
-    return names
+        checks.add("wider-search-finds-no-less", "not run", "needs hotflip in --attacks and a --substitutions table")
+        checks.add("wider-search-same-answer", "not run", "needs hotflip in --attacks and a --substitutions table")
+    _monotone(checks.add, metrics, attacks, grids, checks.tolerance)
+    return checks.done
 
 
 @dataclass
@@ -185,6 +169,41 @@ def _robust(metrics: dict, attack: str, eps: float) -> float | None:
     return value.value if value is not None else None
 
 
+class _Checks:
+    """The checks as they are judged (``done``), with the tolerance t = max(0.02, 3/n) every comparison of two
+    robust accuracies allows (a hair more, so a difference of exactly 3/n does not fail by rounding)."""
+
+    def __init__(self, n: int) -> None:
+        self.done: list[Check] = []
+        self.tolerance = max(0.02, 3 / n) + 1e-6
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        self.done.append(Check(name, status, detail, MEANING[name], CHECK_METRICS[KIND[name]]))
+
+    def compare(self, name: str, pairs: list[tuple], fails, show, *, lead: str = "", tail: str = "") -> None:
+        """A check over ``pairs`` (budget, a, b): failed where ``fails(a, b)`` for a budget, its detail those
+        budgets (else every budget) each as ``show(budget, a, b)``."""
+        bad = [(eps, a, b) for eps, a, b in pairs if fails(a, b)]
+        self.add(name, "failed" if bad else "passed", lead + "; ".join(show(*pair) for pair in (bad or pairs)) + tail)
+
+
+def _against(metrics: dict, rows: dict[str, np.ndarray], attack: str, search: str, grid: list[float]) -> list[tuple]:
+    """(budget, the audited attack's robust accuracy, the checks' own ``search`` row's mean) at each budget."""
+    return [(eps, _robust(metrics, attack, eps), float(np.mean(rows[f"{search}@{format_eps(eps)}"]))) for eps in grid]
+
+
+def _correct(model, adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> np.ndarray:
+    return (predict(model, adv, batch_size) == y).cpu().numpy().astype(np.float64)
+
+
+def _still_correct(model, attack: Attack, x: torch.Tensor, y: torch.Tensor, budgets: list[float], search: str, *,
+                   domain, seed: int, batch_size: int, index: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """``SEARCH@BUDGET``: per sample 1.0 where ``attack`` at that budget leaves it classified correctly."""
+    examples = craft_each(model, attack, x, y, budgets=budgets, domain=domain, seed=seed, batch_size=batch_size,
+                          index=index)
+    return {f"{search}@{format_eps(eps)}": _correct(model, adv, y, batch_size) for eps, adv in zip(budgets, examples)}
+
+
 def masking_attack_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], eps_grid: list[float],
                         *, domain: Domain, seed: int, batch_size: int,
                         index: torch.Tensor | None = None) -> dict[str, np.ndarray]:
@@ -199,19 +218,18 @@ def masking_attack_rows(model, x: torch.Tensor, y: torch.Tensor, attacks: dict[s
         raise ValueError("the masking checks need the untargeted pgd; AuditConfig.build_attacks gives it")
     pgd = make_attack("pgd", **UNBOUNDED)
     unbounded = craft(model, pgd, x, y, eps=1.0, domain=domain, seed=seed, batch_size=batch, index=index)
-    rows["unbounded"] = (predict(model, unbounded, batch) == y).cpu().numpy().astype(np.float64)
+    rows["unbounded"] = _correct(model, unbounded, y, batch)
     if not bool(domain.mutable.all()):
         free = replace(domain, mutable=torch.ones_like(domain.mutable))
         unbounded = craft(model, pgd, x, y, eps=1.0, domain=free, seed=seed, batch_size=batch, index=index)
-        rows["unbounded-free"] = (predict(model, unbounded, batch) == y).cpu().numpy().astype(np.float64)
+        rows["unbounded-free"] = _correct(model, unbounded, y, batch)
     if "pgd" in attacks:
         base = attacks["pgd"]
         schedule = getattr(base, "schedule", None)
         stronger = make_attack("pgd", steps=5 * base.steps, step_size=base.step_size, restarts=2 * base.restarts,
                                random_start=True, **({} if schedule is None else {"schedule": schedule}))
-        for eps in eps_grid:
-            adv = craft(model, stronger, x, y, eps=eps, domain=domain, seed=seed + 1, batch_size=batch, index=index)
-            rows[f"stronger@{format_eps(eps)}"] = (predict(model, adv, batch) == y).cpu().numpy().astype(np.float64)
+        rows.update(_still_correct(model, stronger, x, y, eps_grid, "stronger", domain=domain, seed=seed + 1,
+                                   batch_size=batch, index=index))
     return rows
 
 
@@ -229,18 +247,14 @@ def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[st
     """The checks from the aggregate robust accuracies and the per-sample rows of the checks' own attacks
     (:func:`masking_attack_rows`, gathered over all samples; ``unbounded-free`` among them when the audit
     holds features fixed). ``grids``: norm -> eps values (``linf``, ``l2``)."""
-    tolerance = max(0.02, 3 / n) + 1e-6  # so a difference of exactly 3/n does not fail by rounding
+    checks = _Checks(n)
+    add, tolerance = checks.add, checks.tolerance
     eps_grid = list(grids["linf"])
-    checks = []
-
-    def add(name: str, status: str, detail: str) -> None:
-        checks.append(Check(name, status, detail, MEANING[name], CHECK_METRICS[KIND[name]]))
 
     if "pgd" in attacks and "fgsm" in attacks:
         gaps = [(eps, _robust(metrics, "pgd", eps), _robust(metrics, "fgsm", eps)) for eps in eps_grid]
-        bad = [(e, p, f) for e, p, f in gaps if p > f + tolerance]
-        detail = "; ".join(f"eps {e:g}: pgd {p:.3f} vs fgsm {f:.3f}" for e, p, f in (bad or gaps))
-        add("iterative-beats-single-step", "failed" if bad else "passed", detail + f" (tolerance {tolerance:.3f})")
+        checks.compare("iterative-beats-single-step", gaps, lambda p, f: p > f + tolerance,
+                       "eps {:g}: pgd {:.3f} vs fgsm {:.3f}".format, tail=f" (tolerance {tolerance:.3f})")
     else:
         add("iterative-beats-single-step", "not run", "needs both fgsm and pgd in --attacks")
 
@@ -265,24 +279,20 @@ def evaluate_checks(metrics: dict, rows: dict[str, np.ndarray], attacks: dict[st
     if "square" in attacks and "pgd" in attacks:
         margin = max(0.05, 3 / n) + 1e-6
         pairs = [(eps, _robust(metrics, "square", eps), _robust(metrics, "pgd", eps)) for eps in eps_grid]
-        bad = [(e, s, p) for e, s, p in pairs if s < p - margin]
-        detail = "; ".join(f"eps {e:g}: square {s:.3f} vs pgd {p:.3f}" for e, s, p in (bad or pairs))
-        add("black-box-not-stronger", "failed" if bad else "passed", detail + f" (margin {margin:.3f})")
+        checks.compare("black-box-not-stronger", pairs, lambda s, p: s < p - margin,
+                       "eps {:g}: square {:.3f} vs pgd {:.3f}".format, tail=f" (margin {margin:.3f})")
     else:
         add("black-box-not-stronger", "not run", "needs both square and pgd in --attacks")
 
     if "pgd" in attacks:
-        drops = [(eps, _robust(metrics, "pgd", eps), float(np.mean(rows[f"stronger@{format_eps(eps)}"])))
-                 for eps in eps_grid]
-        bad = [(e, r, s) for e, r, s in drops if r - s > tolerance]
-        detail = "; ".join(f"eps {e:g}: {r:.3f} -> {s:.3f}" for e, r, s in (bad or drops))
-        add("more-effort-same-answer", "failed" if bad else "passed",
-            f"pgd with 5x the steps and 2x the restarts: {detail} (tolerance {tolerance:.3f})")
+        checks.compare("more-effort-same-answer", _against(metrics, rows, "pgd", "stronger", eps_grid),
+                       lambda r, s: r - s > tolerance, "eps {:g}: {:.3f} -> {:.3f}".format,
+                       lead="pgd with 5x the steps and 2x the restarts: ", tail=f" (tolerance {tolerance:.3f})")
     else:
         add("more-effort-same-answer", "not run", "needs pgd in --attacks")
 
     _monotone(add, metrics, attacks, grids, tolerance)
-    return checks
+    return checks.done
 
 
 def _monotone(add, metrics: dict, attacks: dict[str, Attack], grids: dict[str, list[float]], tolerance: float) -> None:
@@ -335,16 +345,16 @@ class MaskingStage(Stage):
             return []
         grids = {a: config.grid(attack_class(a).norm) for a in config.attacks
                  if is_evasion_attack(a) and config.runs(a)}
-        return planned_text_check_metrics(grids) if config.text else planned_check_metrics(grids)
+        return planned_check_metrics(grids, text=config.text)
 
     def run(self, block: Block) -> None:
-        if block.config.masking_checks and is_token_ids(block.x):
-            block.table["masking"] = text_masking_rows(block.detector, block.x, block.y, block.attacks,
-                                                       list(block.config.token_budget), domain=block.domain,
-                                                       seed=block.config.seed, batch_size=block.plan.attack_batch,
-                                                       index=block.index)
-        elif block.config.masking_checks:
-            block.table["masking"] = masking_attack_rows(block.detector, block.x, block.y, block.attacks,
-                                                         list(block.config.eps), domain=block.domain,
-                                                         seed=block.config.seed, batch_size=block.plan.attack_batch,
-                                                         index=block.index)
+        """The checks' own attacks on the grid of the searched attack's norm (pgd's L-inf eps, hotflip's token
+        budgets)."""
+        config = block.config
+        if not config.masking_checks:
+            return
+        text = is_token_ids(block.x)
+        rows = text_masking_rows if text else masking_attack_rows
+        block.table["masking"] = rows(block.detector, block.x, block.y, block.attacks,
+                                      list(config.grid(attack_class(SEARCHED[text]).norm)), domain=block.domain,
+                                      seed=config.seed, batch_size=block.plan.attack_batch, index=block.index)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -104,6 +105,28 @@ def craft(model, attack: Attack, x, y, *, eps: float, domain: Domain, seed: int,
     return torch.cat(parts)
 
 
+def craft_each(model, attack: Attack, x, y, *, budgets: list[float], domain: Domain, seed: int, batch_size: int,
+               bar=None, index: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """The adversarial examples at each of ``budgets`` in turn, equal to :func:`craft` at each: where the attack's
+    budgets nest (:attr:`attacks.Attack.nested_budgets`, the text searches) one search per batch to the largest
+    budget, snapshotted after each budget's steps (budgets 1, 2, 4 cost 4 steps, not 7); otherwise one
+    :func:`craft` per budget, made when it is asked for (so the model sees its calls in the same order)."""
+    if not attack.nested_budgets:
+        for eps in budgets:
+            yield craft(model, attack, x, y, eps=eps, domain=domain, seed=seed, batch_size=batch_size, bar=bar,
+                        index=index)
+        return
+    index = torch.arange(len(x)) if index is None else index
+    parts = []
+    for start in range(0, len(x), batch_size):
+        rows = slice(start, start + batch_size)
+        parts.append(attack.at_budgets(model, x[rows], y[rows], budgets=budgets, domain=domain, seed=seed,
+                                       index=index[rows]))
+        if bar is not None:
+            bar.update(len(budgets))
+    yield from (torch.cat([part[i] for part in parts]) for i in range(len(budgets)))
+
+
 @torch.inference_mode()
 def predict(model, x, batch_size: int, ids: torch.Tensor | None = None) -> torch.Tensor:
     """Predicted classes; ``x`` may be the embeddings (N, T, dim) an embedding-space attack returns for ``ids``."""
@@ -122,10 +145,11 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
                 rationale: np.ndarray | None = None, pad_id: int = 0) -> RobustnessOutcome:
     """Every attack (untargeted) on its norm's grid (``eps_grid`` L-inf, ``eps_l2`` L2; default: the same),
     then each of ``targeted`` (the targetable attacks aiming at class ``target``) under ``NAME-targeted``,
-    then the per-sample worst case per norm and eps. ``grids`` (norm -> budgets) replaces both grids where given
-    (text: ``tokens`` and the embedding norms); an attack returning embeddings for token ids (embedding-pgd) is
-    judged by :func:`attacks.text.embedding_logits`. ``rationale`` (text, (n, T) bool): the rows' rationale
-    tokens, for ``robust.rationale_edits`` (:func:`rationale_edits`, padding ``pad_id``)."""
+    then the per-sample worst case per norm and eps. ``grids`` (norm -> budgets, every norm's: the stage passes
+    :meth:`auditor.run.config.AuditConfig.grids`) replaces both grids where given; an attack returning embeddings for
+    token ids (embedding-pgd) is judged by :func:`attacks.text.embedding_logits`. ``rationale`` (text, (n, T)
+    bool): the rows' rationale tokens, for ``robust.rationale_edits`` (:func:`rationale_edits`, padding
+    ``pad_id``). Every attack's examples come from :func:`craft_each` (a text search's budgets from one run)."""
     outcome = RobustnessOutcome()
     eps_l2 = list(eps_grid) if eps_l2 is None else list(eps_l2)
     grids = {"linf": list(eps_grid), "l2": eps_l2} if grids is None else grids
@@ -143,16 +167,16 @@ def run_attacks(model, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tenso
     clean_attention = None
     try:
         for name, attack, aimed in runs:
-            unbounded = craft(model, attack, x, y, eps=math.inf, domain=domain, seed=seed, batch_size=batch_size,
-                              bar=bar, index=index) if is_minimum_norm(attack) else None
             grid = grids[attack.norm]
-            for eps in grid:
+            if is_minimum_norm(attack):
+                unbounded = craft(model, attack, x, y, eps=math.inf, domain=domain, seed=seed,
+                                  batch_size=batch_size, bar=bar, index=index)
+                examples = (within_budget(unbounded, x, eps) for eps in grid)
+            else:
+                examples = craft_each(model, attack, x, y, budgets=grid, domain=domain, seed=seed,
+                                      batch_size=batch_size, bar=bar, index=index)
+            for eps, x_adv in zip(grid, examples):
                 tag = f"{name}@{format_eps(eps)}"
-                if unbounded is not None:
-                    x_adv = within_budget(unbounded, x, eps)
-                else:
-                    x_adv = craft(model, attack, x, y, eps=eps, domain=domain, seed=seed, batch_size=batch_size,
-                                  bar=bar, index=index)
                 adv_pred = predict(model, x_adv, batch_size, ids=x)
                 correct = (adv_pred == y).cpu().numpy()
                 largest = eps == max(grid)
@@ -307,8 +331,6 @@ class RobustnessStage(Stage):
         rationale = pad_id = None
         if is_token_ids(block.x):  # text: the word edits and substitutions on --token-budget, embedding-pgd on --eps
             attacks, targeted = self._without_table(block, attacks, targeted)
-            grids = {attack.norm: list(config.grid(attack.norm)) for attack in attacks.values()}
-            eps_l2 = []
             pad_id = block.tokens.pad_id if block.tokens is not None else 0
             if block.relevant is not None and block.relevant.shape == tuple(block.x.shape):
                 rationale = np.asarray(block.relevant, dtype=bool)
@@ -316,14 +338,11 @@ class RobustnessStage(Stage):
                 block.notes.update({name: NO_RATIONALES for attack in attacks
                                     for name in self.attack_names(config, attack, binary=True)
                                     if name.startswith("robust.rationale_edits.")})
-        else:
-            grids, eps_l2 = None, list(config.grid("l2"))
         robust = run_attacks(block.detector, block.x, block.y, block.pred, attacks, list(config.eps),
                              domain=block.domain, seed=config.seed, batch_size=block.plan.attack_batch,
                              keep_examples=config.save_adversarial, progress=block.progress, positive=block.positive,
                              n_classes=block.detector.n_classes, target=config.target_index, index=block.index,
-                             eps_l2=eps_l2, targeted=targeted, grids=grids, rationale=rationale,
-                             pad_id=pad_id or 0)
+                             targeted=targeted, grids=config.grids(), rationale=rationale, pad_id=pad_id or 0)
         block.per_sample.update(robust.per_sample)
         block.table["attention_examples"] = {"example": objects(
             [replace(e, index=int(index_np[e.index])) for e in robust.attention_examples])}

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attacks import Domain, TokenDomain, make_attack, make_text_attack
+from attacks import Domain, TokenDomain, make_attack
 from auditor.training.config import DefenseConfig
 from detectors.base import Detector
 from detectors.maths import attention_distribution_of, jensen_shannon
@@ -49,7 +49,7 @@ class DefenseLoss:
         self.config, self.seed = config, seed
         self.domain = Domain.unit(input_shape, frozen=frozen)
         self.pgd = make_attack("pgd", steps=config.steps, step_size=config.step_size, restarts=1, schedule="constant")
-        self.embedding_pgd = make_text_attack("embedding-pgd-l2", steps=config.steps, step_size=config.step_size)
+        self.embedding_pgd = make_attack("embedding-pgd-l2", steps=config.steps, step_size=config.step_size)
 
     def embedding_adversarial(self, module: Detector, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                               epoch: int) -> torch.Tensor:
